@@ -1,0 +1,27 @@
+use std::path::PathBuf;
+
+/// Every failure of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum VisionError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot decode image: {message}")]
+    Decode { path: PathBuf, message: String },
+    #[error("image is {width}x{height}: zero-sized images have no frame")]
+    ZeroSize { width: usize, height: usize },
+    #[error("mask is {mask_w}x{mask_h} (WxH) but the image is {image_w}x{image_h}")]
+    MaskSize {
+        mask_w: usize,
+        mask_h: usize,
+        image_w: usize,
+        image_h: usize,
+    },
+    #[error("invalid frame: {0}")]
+    BadFrame(String),
+}
+
+pub type Result<T> = std::result::Result<T, VisionError>;

@@ -1,0 +1,63 @@
+//! The image side of OG-LLaVA.
+//!
+//! - [`load_rgb`]: decode PNG/JPEG/WebP/GIF/BMP/TIFF into RGB8 with typed errors.
+//! - [`Frame`]: the geometry from an original image to the encoder input (LLaVA's
+//!   `expand2square`, shortest-side resize, centre crop), applied to images and — with area or
+//!   nearest semantics — to masks, so masks and patch features agree spatially.
+//!
+//! The CLIP ViT encoder joins this crate next (see the crate README).
+
+mod error;
+mod frame;
+
+use std::path::Path;
+
+pub use error::{Result, VisionError};
+pub use frame::{CLIP_MEAN, CLIP_STD, Frame, FrameConfig, PatchCoverage, mean_color};
+pub use image::RgbImage;
+
+/// Decodes an image file into RGB8 (alpha dropped, greyscale expanded).
+pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|source| VisionError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let decoded = image::load_from_memory(&bytes).map_err(|e| VisionError::Decode {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if decoded.width() == 0 || decoded.height() == 0 {
+        return Err(VisionError::ZeroSize {
+            width: decoded.width() as usize,
+            height: decoded.height() as usize,
+        });
+    }
+    Ok(decoded.to_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_and_truncated_files_are_typed_errors() {
+        let dir = std::env::temp_dir().join(format!("og-vision-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.png");
+        assert!(matches!(load_rgb(&missing), Err(VisionError::Io { .. })));
+        let junk = dir.join("junk.png");
+        std::fs::write(&junk, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+        let e = load_rgb(&junk).unwrap_err();
+        assert!(matches!(e, VisionError::Decode { .. }) && e.to_string().contains("junk.png"));
+        let img = RgbImage::from_pixel(4, 3, image::Rgb([1, 2, 3]));
+        let good = dir.join("good.png");
+        img.save(&good).unwrap();
+        assert_eq!(load_rgb(&good).unwrap(), img);
+        let bytes = std::fs::read(&good).unwrap();
+        let cut = dir.join("cut.png");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(load_rgb(&cut), Err(VisionError::Decode { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
