@@ -1,1 +1,286 @@
-fn main() {}
+//! `og-llava`: the command line of OG-LLaVA in Rust.
+
+mod overlay;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use og_fusion::{MaskOrder, Phi, Selection, SelectionConfig, Threshold};
+use og_llava::{ConnectorProbe, DeviceSpec};
+use og_segment::MaskSet;
+use og_vision::FrameConfig;
+
+#[derive(Parser)]
+#[command(name = "og-llava", version, about = "OG-LLaVA: object-guided visual tokens, in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show which encoder rows (grid cells) each mask selects, and the token count T.
+    Tokens(TokensArgs),
+    /// Run the connector at paper size on a backend: proves the backend works, times it.
+    DeviceCheck {
+        /// ndarray | flex | wgpu[:N] | cuda[:N] (default: the measured-fastest CPU backend)
+        #[arg(long)]
+        device: Option<String>,
+        /// LLM width D (3072: Llama-3.2-3B, 4096: Llama-3.1-8B)
+        #[arg(long, default_value_t = 3072)]
+        text_hidden: usize,
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PhiKind {
+    /// The paper's Listing 1 (raster strips of the flattened original mask).
+    Raster,
+    /// Patch-aligned: masks mapped through the image frame, pooled per patch.
+    Patch,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AlphaUnit {
+    /// Encoder-input pixels covered (patch Φ).
+    Pixels,
+    /// Fraction of the patch covered (patch Φ).
+    Fraction,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FrameKind {
+    /// LLaVA-1.5: pad to square with the mean colour, resize, crop.
+    Llava,
+    /// CLIPImageProcessor: resize shortest side, centre crop.
+    Clip,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OrderKind {
+    Area,
+    Score,
+    Given,
+}
+
+#[derive(clap::Args)]
+struct TokensArgs {
+    /// The image the masks belong to.
+    #[arg(long)]
+    image: PathBuf,
+    /// COCO RLE JSON (SAM's output) or a folder of mask_<k>.npy files.
+    #[arg(long)]
+    masks: PathBuf,
+    #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
+    phi: PhiKind,
+    /// Threshold α: Listing 1's count for raster; pixels or a fraction for patch.
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    #[arg(long, value_enum, default_value_t = AlphaUnit::Pixels)]
+    alpha_unit: AlphaUnit,
+    /// Patches per side: V = grid² (24 for ViT-L/14@336).
+    #[arg(long, default_value_t = 24)]
+    grid: usize,
+    /// Encoder patch size in pixels.
+    #[arg(long, default_value_t = 14)]
+    patch_size: usize,
+    #[arg(long, value_enum, default_value_t = FrameKind::Llava)]
+    frame: FrameKind,
+    #[arg(long, value_enum, default_value_t = OrderKind::Area)]
+    order: OrderKind,
+    /// Add a group of the patches no mask keeps.
+    #[arg(long)]
+    complement: bool,
+    /// Cap on T (whole masks in order; see og_fusion::TOKEN_CAP_POLICY).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Where TOKENS.json goes.
+    #[arg(long)]
+    out: PathBuf,
+    /// Draw the kept cells over the encoder's view of the image (PNG).
+    #[arg(long)]
+    overlay: Option<PathBuf>,
+    /// In the overlay, draw raster-strip (left) and patch-aligned (right) side by side.
+    #[arg(long)]
+    compare: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Vision(#[from] og_vision::VisionError),
+    #[error(transparent)]
+    Segment(#[from] og_segment::SegmentError),
+    #[error(transparent)]
+    Fusion(#[from] og_fusion::FusionError),
+    #[error(transparent)]
+    Backend(#[from] og_llava::BackendError),
+    #[error("{path}: {message}")]
+    Output { path: PathBuf, message: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Tokens(args) => tokens(&args),
+        Command::DeviceCheck {
+            device,
+            text_hidden,
+            iterations,
+        } => device_check(device.as_deref(), text_hidden, iterations),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_masks(path: &Path) -> Result<MaskSet, CliError> {
+    if path.is_dir() {
+        Ok(og_segment::npy::read_npy_folder(path)?)
+    } else {
+        Ok(MaskSet::read_coco_json(path)?)
+    }
+}
+
+fn phi_of(kind: PhiKind, alpha: f64, unit: AlphaUnit) -> Phi {
+    match kind {
+        PhiKind::Raster => Phi::RasterStrip1d { alpha },
+        PhiKind::Patch => Phi::PatchGrid2d {
+            threshold: match unit {
+                AlphaUnit::Pixels => Threshold::Pixels(alpha),
+                AlphaUnit::Fraction => Threshold::Fraction(alpha),
+            },
+        },
+    }
+}
+
+fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    og_segment::write_atomic(path, bytes).map_err(|e| CliError::Output {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn tokens(args: &TokensArgs) -> Result<(), CliError> {
+    if args.grid == 0 || args.patch_size == 0 {
+        return Err(CliError::Usage("--grid and --patch-size must be positive".into()));
+    }
+    let image = og_vision::load_rgb(&args.image)?;
+    let masks = read_masks(&args.masks)?;
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    masks.expect_size(w, h).map_err(|e| {
+        CliError::Usage(format!(
+            "{} does not fit {}: {e}",
+            args.masks.display(),
+            args.image.display()
+        ))
+    })?;
+    let size = args.grid * args.patch_size;
+    let frame_cfg = FrameConfig {
+        pad_to_square: matches!(args.frame, FrameKind::Llava),
+        ..FrameConfig::square(size, args.patch_size)
+    };
+    let frame = frame_cfg.frame(w, h)?;
+    let phi = phi_of(args.phi, args.alpha, args.alpha_unit);
+    let config = SelectionConfig {
+        phi,
+        order: match args.order {
+            OrderKind::Area => MaskOrder::AreaDesc,
+            OrderKind::Score => MaskOrder::Score,
+            OrderKind::Given => MaskOrder::Given,
+        },
+        complement: args.complement,
+        max_tokens: args.max_tokens,
+        ..SelectionConfig::default()
+    };
+    let selection = Selection::from_masks(&masks, &frame, &config)?;
+    let report = selection.report(&phi);
+    let json = serde_json::to_string(&report).expect("report serialises");
+
+    // Render the overlay before writing anything, so a failure leaves no partial output.
+    let png = match &args.overlay {
+        Some(_) => {
+            let base = frame.apply_image(&image)?;
+            let mut panels = Vec::new();
+            if args.compare {
+                for kind in [PhiKind::Raster, PhiKind::Patch] {
+                    let cfg = SelectionConfig {
+                        phi: phi_of(kind, args.alpha, args.alpha_unit),
+                        ..config.clone()
+                    };
+                    let sel = Selection::from_masks(&masks, &frame, &cfg)?;
+                    panels.push(overlay::panel(&base, &frame, &masks, &sel));
+                }
+            } else {
+                panels.push(overlay::panel(&base, &frame, &masks, &selection));
+            }
+            let img = overlay::side_by_side(&panels);
+            let mut bytes = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+                .map_err(|e| CliError::Output {
+                    path: args.overlay.clone().unwrap_or_default(),
+                    message: e.to_string(),
+                })?;
+            Some(bytes)
+        }
+        None => None,
+    };
+    write_output(&args.out, json.as_bytes())?;
+    if let (Some(path), Some(bytes)) = (&args.overlay, png) {
+        write_output(path, &bytes)?;
+    }
+    eprintln!(
+        "{} masks, phi={} alpha={}: T = {} tokens over {} groups{}",
+        masks.len(),
+        phi.name(),
+        args.alpha,
+        report.total_tokens,
+        selection.groups.len(),
+        if report.fallback_full_grid {
+            " (no mask kept a patch: full grid)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+fn device_check(device: Option<&str>, text_hidden: usize, iterations: usize) -> Result<(), CliError> {
+    let spec = match device {
+        Some(s) => s.parse::<DeviceSpec>()?,
+        None => DeviceSpec::default(),
+    };
+    eprintln!(
+        "compiled backends: {}; running on {spec}",
+        og_llava::compiled_backends().join(", ")
+    );
+    let report = og_llava::dispatch(
+        spec,
+        ConnectorProbe {
+            grid: 24,
+            vision_hidden_size: 1024,
+            text_hidden_size: text_hidden,
+            iterations,
+        },
+    )?;
+    if !report.mean.is_finite() {
+        return Err(CliError::Usage(format!(
+            "{} produced a non-finite output",
+            report.backend
+        )));
+    }
+    println!(
+        "{}: OGVT {:?}, mean {:.5}, median {:.1} ms per connector forward",
+        report.backend, report.shape, report.mean, report.median_ms
+    );
+    Ok(())
+}

@@ -1,1 +1,98 @@
-//! placeholder
+//! OG-LLaVA: Object-Guided Visual Tokens (Nulli et al.) in Rust.
+//!
+//! This facade composes the crates of the workspace — [`og_vision`] (images, `Frame`, CLIP),
+//! [`og_segment`] (masks), [`og_fusion`] (the OG-Fusion connector) and, as they land, the LLM,
+//! training and evaluation crates — and owns run-time backend selection ([`backend`]).
+
+pub mod backend;
+
+pub use og_fusion;
+pub use og_segment;
+pub use og_vision;
+
+pub use backend::{BackendError, BackendTask, DeviceSpec, compiled_backends, dispatch};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, ElementConversion, Tensor};
+use og_fusion::{OgFusionConfig, Selection};
+
+/// A connector forward at a given size on any backend, with random weights and features:
+/// proves a backend works end to end and measures it (`og-llava device-check`).
+#[derive(Debug, Clone)]
+pub struct ConnectorProbe {
+    /// Patch grid side (24 for ViT-L/14@336).
+    pub grid: usize,
+    /// F, vision width.
+    pub vision_hidden_size: usize,
+    /// D, LLM width.
+    pub text_hidden_size: usize,
+    /// Timed repetitions after one warm-up.
+    pub iterations: usize,
+}
+
+/// What [`ConnectorProbe`] measured.
+#[derive(Debug, Clone)]
+pub struct ProbeReport {
+    pub backend: String,
+    /// Shape of the OGVT produced: [batch, T, D].
+    pub shape: [usize; 3],
+    /// Mean of the output (finite on a working backend).
+    pub mean: f32,
+    /// Median wall time of one forward, milliseconds.
+    pub median_ms: f64,
+}
+
+impl BackendTask for ConnectorProbe {
+    type Output = ProbeReport;
+
+    fn run<B: Backend>(self, device: B::Device) -> ProbeReport {
+        let cfg = OgFusionConfig::new(self.vision_hidden_size, self.text_hidden_size);
+        let model = cfg.init::<B>(&device);
+        let v = self.grid * self.grid;
+        let features = Tensor::<B, 3>::random(
+            [1, v, self.vision_hidden_size],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        // Two overlapping "objects" covering the left and right halves plus a shared column.
+        let g = self.grid;
+        let left: Vec<u32> = (0..v as u32).filter(|i| (*i as usize % g) <= g / 2).collect();
+        let right: Vec<u32> = (0..v as u32).filter(|i| (*i as usize % g) >= g / 2).collect();
+        let selection = Selection {
+            grid: (g, g),
+            groups: vec![
+                og_fusion::Group {
+                    source: og_fusion::GroupSource::Mask(0),
+                    indices: left,
+                },
+                og_fusion::Group {
+                    source: og_fusion::GroupSource::Mask(1),
+                    indices: right,
+                },
+            ],
+            per_mask: Vec::new(),
+        };
+        let run = || {
+            let out = model
+                .forward(features.clone(), std::slice::from_ref(&selection))
+                .expect("probe shapes are consistent");
+            let shape = out.tokens.dims();
+            let mean: f32 = out.tokens.mean().into_scalar().elem();
+            (shape, mean)
+        };
+        let (shape, mean) = run();
+        let mut times = Vec::with_capacity(self.iterations);
+        for _ in 0..self.iterations.max(1) {
+            let t = std::time::Instant::now();
+            run();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        ProbeReport {
+            backend: B::name(&device),
+            shape,
+            mean,
+            median_ms: times[times.len() / 2],
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Run-time backend selection at the binary edge; library code stays generic over `B: Backend`.
+//!
+//! `--device ndarray|flex|wgpu[:N]|cuda[:N]` parses into a [`DeviceSpec`]; [`dispatch`] runs a
+//! [`BackendTask`] on the matching backend. A backend that was not compiled in, or a CUDA
+//! device without a usable driver, is a [`BackendError`], never a panic.
+
+use std::fmt;
+use std::str::FromStr;
+
+#[allow(unused_imports)]
+use burn::tensor::backend::Backend;
+
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    /// burn's NdArray CPU backend.
+    NdArray,
+    /// burn's Flex CPU backend.
+    Flex,
+    /// wgpu: the default adapter, or the N-th discrete GPU.
+    Wgpu(Option<usize>),
+    /// CUDA device N.
+    Cuda(usize),
+}
+
+/// The CPU backend used when no `--device` is given. Chosen by measurement on the connector
+/// forward at paper size (`cargo bench -p og-llava --bench backends`, see docs/backends.md).
+pub const DEFAULT_DEVICE: DeviceSpec = DeviceSpec::Flex;
+
+impl Default for DeviceSpec {
+    fn default() -> Self {
+        if cfg!(feature = "flex") {
+            DEFAULT_DEVICE
+        } else if cfg!(feature = "ndarray") {
+            DeviceSpec::NdArray
+        } else if cfg!(feature = "cuda") {
+            DeviceSpec::Cuda(0)
+        } else {
+            DeviceSpec::Wgpu(None)
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSpec::NdArray => write!(f, "ndarray"),
+            DeviceSpec::Flex => write!(f, "flex"),
+            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
+            DeviceSpec::Wgpu(Some(n)) => write!(f, "wgpu:{n}"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Why a device cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("unknown device {0:?}: expected ndarray, flex, wgpu[:N] or cuda[:N]")]
+    Parse(String),
+    #[error("device {device} needs the `{feature}` cargo feature; rebuild with `--features {feature}`")]
+    NotCompiled { device: DeviceSpec, feature: &'static str },
+    #[error("CUDA device {index} is not usable: {reason}")]
+    Cuda { index: usize, reason: String },
+}
+
+impl FromStr for DeviceSpec {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => (
+                n,
+                Some(i.parse::<usize>().map_err(|_| BackendError::Parse(s.to_string()))?),
+            ),
+            None => (s, None),
+        };
+        match (name.to_ascii_lowercase().as_str(), index) {
+            ("ndarray", None) => Ok(DeviceSpec::NdArray),
+            ("flex", None) => Ok(DeviceSpec::Flex),
+            ("wgpu", i) => Ok(DeviceSpec::Wgpu(i)),
+            ("cuda", i) => Ok(DeviceSpec::Cuda(i.unwrap_or(0))),
+            _ => Err(BackendError::Parse(s.to_string())),
+        }
+    }
+}
+
+/// Work that runs on any backend: implement `run` once, generically.
+pub trait BackendTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+/// Runs `task` on the backend `spec` names.
+pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, BackendError> {
+    #[allow(unreachable_code, unused_variables)]
+    match spec {
+        DeviceSpec::NdArray => {
+            #[cfg(feature = "ndarray")]
+            return Ok(task.run::<burn::backend::NdArray<f32>>(Default::default()));
+            Err(BackendError::NotCompiled {
+                device: spec,
+                feature: "ndarray",
+            })
+        }
+        DeviceSpec::Flex => {
+            #[cfg(feature = "flex")]
+            return Ok(task.run::<burn::backend::Flex<f32>>(Default::default()));
+            Err(BackendError::NotCompiled {
+                device: spec,
+                feature: "flex",
+            })
+        }
+        DeviceSpec::Wgpu(index) => {
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::backend::wgpu::WgpuDevice;
+                let device = match index {
+                    None => WgpuDevice::DefaultDevice,
+                    Some(n) => WgpuDevice::DiscreteGpu(n),
+                };
+                return Ok(task.run::<burn::backend::Wgpu>(device));
+            }
+            Err(BackendError::NotCompiled {
+                device: spec,
+                feature: "wgpu",
+            })
+        }
+        DeviceSpec::Cuda(index) => {
+            #[cfg(feature = "cuda")]
+            {
+                cuda_probe(index)?;
+                let device = burn::backend::cuda::CudaDevice { index };
+                return Ok(task.run::<burn::backend::Cuda>(device));
+            }
+            Err(BackendError::NotCompiled {
+                device: spec,
+                feature: "cuda",
+            })
+        }
+    }
+}
+
+/// Checks that the CUDA driver loads, initialises and has device `index`, before burn touches
+/// it (burn 0.21 panics in a worker thread otherwise).
+#[cfg(feature = "cuda")]
+pub fn cuda_probe(index: usize) -> Result<(), BackendError> {
+    let err = |reason: String| BackendError::Cuda { index, reason };
+    let names: &[&str] = if cfg!(windows) {
+        &["nvcuda.dll"]
+    } else {
+        &["libcuda.so.1", "libcuda.so"]
+    };
+    // SAFETY: loading the CUDA driver library runs its initialisers, which is what using CUDA
+    // at all requires; the symbols are called with their documented C signatures.
+    unsafe {
+        let lib = names
+            .iter()
+            .find_map(|n| libloading::Library::new(n).ok())
+            .ok_or_else(|| err(format!("no CUDA driver library found ({})", names.join(", "))))?;
+        let init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> =
+            lib.get(b"cuInit\0").map_err(|e| err(e.to_string()))?;
+        let count_fn: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> = lib
+            .get(b"cuDeviceGetCount\0")
+            .map_err(|e| err(e.to_string()))?;
+        let rc = init(0);
+        if rc != 0 {
+            return Err(err(format!("cuInit failed with CUDA error {rc}")));
+        }
+        let mut count = 0i32;
+        let rc = count_fn(&mut count);
+        if rc != 0 {
+            return Err(err(format!("cuDeviceGetCount failed with CUDA error {rc}")));
+        }
+        if index >= count as usize {
+            return Err(err(format!("the driver reports {count} device(s)")));
+        }
+    }
+    Ok(())
+}
+
+/// The backends this build can dispatch to.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "ndarray") {
+        v.push("ndarray");
+    }
+    if cfg!(feature = "flex") {
+        v.push("flex");
+    }
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
+    }
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Name;
+    impl BackendTask for Name {
+        type Output = String;
+        fn run<B: Backend>(self, _device: B::Device) -> String {
+            B::name(&Default::default())
+        }
+    }
+
+    #[test]
+    fn parse() {
+        assert_eq!("ndarray".parse::<DeviceSpec>().unwrap(), DeviceSpec::NdArray);
+        assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+        assert_eq!("CUDA".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(None));
+        assert!(matches!("tpu".parse::<DeviceSpec>(), Err(BackendError::Parse(_))));
+        assert!(matches!("cuda:x".parse::<DeviceSpec>(), Err(BackendError::Parse(_))));
+        assert!(matches!("flex:0".parse::<DeviceSpec>(), Err(BackendError::Parse(_))));
+    }
+
+    #[test]
+    fn missing_backends_are_errors() {
+        #[cfg(not(feature = "cuda"))]
+        {
+            let e = dispatch(DeviceSpec::Cuda(0), Name).unwrap_err();
+            assert!(e.to_string().contains("--features cuda"), "{e}");
+        }
+        #[cfg(not(feature = "wgpu"))]
+        assert!(matches!(
+            dispatch(DeviceSpec::Wgpu(None), Name),
+            Err(BackendError::NotCompiled { feature: "wgpu", .. })
+        ));
+        #[cfg(feature = "ndarray")]
+        assert!(dispatch(DeviceSpec::NdArray, Name).unwrap().to_lowercase().contains("ndarray"));
+    }
+}
