@@ -1,1 +1,3 @@
-//! placeholder
+//! Evaluation of OG-LLaVA.
+//!
+//! Not yet implemented; the crate exists so the layering is visible (see README.md).

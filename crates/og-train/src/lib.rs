@@ -1,1 +1,3 @@
-//! placeholder
+//! Two-stage OG-LLaVA training.
+//!
+//! Not yet implemented; the crate exists so the layering is visible (see README.md).
