@@ -29,18 +29,36 @@ fn main() -> ExitCode {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let task = std::env::args().nth(1);
     match task.as_deref() {
-        Some("fixtures") => run(Command::new("python3").arg("scripts/make_fixtures.py").current_dir(&root)),
-        Some("compare-phi") => run(Command::new("python3").arg("scripts/compare_phi.py").current_dir(&root)),
+        Some("fixtures") => run(Command::new("python3")
+            .arg("scripts/make_fixtures.py")
+            .current_dir(&root)),
+        Some("compare-phi") => run(Command::new("python3")
+            .arg("scripts/compare_phi.py")
+            .current_dir(&root)),
         Some("ci") => run(Command::new(".ci/run").current_dir(&root)),
         Some("demo") => run(Command::new("cargo")
             .args([
-                "run", "--release", "-p", "og-llava-cli", "--", "tokens", "--image",
-                "fixtures/examples/coffee.jpg", "--masks", "fixtures/examples/coffee_masks.json",
-                "--out", "tokens.json", "--overlay", "overlay.png", "--compare",
+                "run",
+                "--release",
+                "-p",
+                "og-llava-cli",
+                "--",
+                "tokens",
+                "--image",
+                "fixtures/examples/coffee.jpg",
+                "--masks",
+                "fixtures/examples/coffee_masks.json",
+                "--out",
+                "tokens.json",
+                "--overlay",
+                "overlay.png",
+                "--compare",
             ])
             .current_dir(&root)),
         Some("train") => {
-            eprintln!("xtask: `train` arrives with og-train and the nano world (not implemented yet)");
+            eprintln!(
+                "xtask: `train` arrives with og-train and the nano world (not implemented yet)"
+            );
             ExitCode::FAILURE
         }
         _ => {

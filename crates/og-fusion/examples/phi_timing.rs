@@ -39,7 +39,10 @@ fn gather(features: &[f32], f: usize, kept: &[Vec<u32>], y: &mut Vec<f32>) -> us
 fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().expect("usage: phi_timing MASKS.json [REPEATS]");
-    let repeats: usize = args.next().map(|s| s.parse().expect("REPEATS")).unwrap_or(50);
+    let repeats: usize = args
+        .next()
+        .map(|s| s.parse().expect("REPEATS"))
+        .unwrap_or(50);
     let set = MaskSet::read_coco_json(&path).unwrap_or_else(|e| panic!("{e}"));
     let (h, w) = (set.height(), set.width());
     let bitmaps: Vec<Bitmap> = set.iter().map(|m| m.rle.to_bitmap()).collect();
@@ -59,7 +62,10 @@ fn main() {
         let kept: Vec<Vec<u32>> = bitmaps.iter().map(|b| raster_strip_1d(b, v, 0.5)).collect();
         black_box(kept);
     });
-    let rows: usize = bitmaps.iter().map(|b| raster_strip_1d(b, v, 0.5).len()).sum();
+    let rows: usize = bitmaps
+        .iter()
+        .map(|b| raster_strip_1d(b, v, 0.5).len())
+        .sum();
     let frame = FrameConfig::llava_1_5().frame(w, h).expect("frame");
     let patch = median_us(repeats, || {
         let phi = Phi::default().prepare(&frame).expect("phi");

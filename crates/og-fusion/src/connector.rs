@@ -187,7 +187,11 @@ fn positional_code(p: PositionalEncoding) -> usize {
     }
 }
 
-fn build_layout(selection: &Selection, global_view: GlobalView, delimiter: Delimiter) -> TokenLayout {
+fn build_layout(
+    selection: &Selection,
+    global_view: GlobalView,
+    delimiter: Delimiter,
+) -> TokenLayout {
     let cols = selection.grid.1;
     let v = selection.num_patches() as u32;
     let mut layout = TokenLayout::default();
@@ -259,6 +263,16 @@ impl<B: Backend> OgFusion<B> {
         [Delimiter::None, Delimiter::BeforeMask, Delimiter::AfterMask][self.delimiter_kind]
     }
 
+    /// F, the vision feature width.
+    pub fn vision_hidden_size(&self) -> usize {
+        self.vision_hidden_size
+    }
+
+    /// D, the LLM embedding width.
+    pub fn text_hidden_size(&self) -> usize {
+        self.text_hidden_size
+    }
+
     /// The token layout of a selection for this connector.
     pub fn layout(&self, selection: &Selection) -> TokenLayout {
         build_layout(selection, self.global_view(), self.delimiter_kind())
@@ -269,7 +283,8 @@ impl<B: Backend> OgFusion<B> {
     /// # Shapes
     /// `[..., F]` → `[..., D]`
     pub fn project<const N: usize>(&self, x: Tensor<B, N>) -> Tensor<B, N> {
-        self.linear_2.forward(self.act.forward(self.linear_1.forward(x)))
+        self.linear_2
+            .forward(self.act.forward(self.linear_1.forward(x)))
     }
 
     /// OGVT of a batch of images.
@@ -277,7 +292,11 @@ impl<B: Backend> OgFusion<B> {
     /// # Shapes
     /// - `features`: X' `[batch, V, F]` (frozen encoder output, layer −2, CLS dropped)
     /// - output tokens `[batch, T_max, D]`, padding mask `[batch, T_max]`
-    pub fn forward(&self, features: Tensor<B, 3>, selections: &[Selection]) -> FResult<FusionOutput<B>> {
+    pub fn forward(
+        &self,
+        features: Tensor<B, 3>,
+        selections: &[Selection],
+    ) -> FResult<FusionOutput<B>> {
         let [batch, v, f] = features.dims();
         let device = features.device();
         if selections.len() != batch {
@@ -336,7 +355,8 @@ impl<B: Backend> OgFusion<B> {
                 padding.push(true);
             }
         }
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [batch * t_max]), &device);
+        let index =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(index, [batch * t_max]), &device);
         let mut tokens = table.select(0, index).reshape([batch, t_max, d]);
         if let Some(pe) = self.positional_encoding(&layouts, t_max, &device)? {
             tokens = tokens + pe;
@@ -408,7 +428,8 @@ impl<B: Backend> OgFusion<B> {
                     vec![Tensor::zeros([1, d], device), table.slice([1..rows])],
                     0,
                 );
-                let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * t_max]), device);
+                let ids =
+                    Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * t_max]), device);
                 Ok(Some(table.select(0, ids).reshape([batch, t_max, d])))
             }
             _ => Ok(None),
@@ -454,7 +475,9 @@ mod tests {
     }
 
     fn features<BB: Backend>(batch: usize, device: &BB::Device) -> Tensor<BB, 3> {
-        let data: Vec<f32> = (0..batch * 6 * 4).map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.4).collect();
+        let data: Vec<f32> = (0..batch * 6 * 4)
+            .map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.4)
+            .collect();
         Tensor::from_data(TensorData::new(data, [batch, 6, 4]), device)
     }
 
@@ -474,7 +497,10 @@ mod tests {
         let cfg = OgFusionConfig::new(4, 5);
         let m = cfg.init::<B>(&device);
         let x = features::<B>(2, &device);
-        let sels = vec![selection(vec![vec![0, 2], vec![2, 3, 5]]), Selection::full_grid((2, 3))];
+        let sels = vec![
+            selection(vec![vec![0, 2], vec![2, 3, 5]]),
+            Selection::full_grid((2, 3)),
+        ];
         let out = m.forward(x.clone(), &sels).unwrap();
         assert_eq!(out.tokens.dims(), [2, 6, 5]);
         assert_eq!(out.lengths, vec![5, 6]);
@@ -543,7 +569,10 @@ mod tests {
         let plain = base.init::<B>(&device);
         let x = features::<B>(1, &device);
         let t0 = rows(&plain.forward(x.clone(), &[sel.clone()]).unwrap().tokens, 0);
-        for pe in [PositionalEncoding::Sinusoidal1d, PositionalEncoding::Sinusoidal2d] {
+        for pe in [
+            PositionalEncoding::Sinusoidal1d,
+            PositionalEncoding::Sinusoidal2d,
+        ] {
             let m = OgFusion {
                 positional: positional_code(pe),
                 ..plain.clone()
@@ -553,13 +582,18 @@ mod tests {
                 let diff: Vec<f32> = a.iter().zip(b).map(|(p, q)| p - q).collect();
                 let mut expect = vec![0f32; 6];
                 match pe {
-                    PositionalEncoding::Sinusoidal1d => sinusoid(if i < 3 { 1.0 } else { 2.0 }, &mut expect),
+                    PositionalEncoding::Sinusoidal1d => {
+                        sinusoid(if i < 3 { 1.0 } else { 2.0 }, &mut expect)
+                    }
                     _ => {
                         sinusoid((i / 3) as f64, &mut expect[..3]);
                         sinusoid((i % 3) as f64, &mut expect[3..]);
                     }
                 }
-                assert!(close(&diff, &expect), "{pe:?} token {i}: {diff:?} vs {expect:?}");
+                assert!(
+                    close(&diff, &expect),
+                    "{pe:?} token {i}: {diff:?} vs {expect:?}"
+                );
             }
         }
         // Learned: overflow of the table is an error, not a panic.
@@ -579,16 +613,35 @@ mod tests {
         let m = cfg.init::<AB>(&device);
         // The frozen encoder's output: a tensor that does not require grad.
         let x = features::<AB>(2, &device);
-        let sels = vec![selection(vec![vec![0, 1], vec![5]]), selection(vec![vec![3]])];
+        let sels = vec![
+            selection(vec![vec![0, 1], vec![5]]),
+            selection(vec![vec![3]]),
+        ];
         let out = m.forward(x.clone(), &sels).unwrap();
         let grads = out.tokens.sum().backward();
         assert!(x.grad(&grads).is_none(), "frozen features get no gradient");
         for (name, g) in [
-            ("linear_1", m.linear_1.weight.grad(&grads).map(|g| g.abs().sum().into_scalar())),
-            ("linear_2", m.linear_2.weight.grad(&grads).map(|g| g.abs().sum().into_scalar())),
+            (
+                "linear_1",
+                m.linear_1
+                    .weight
+                    .grad(&grads)
+                    .map(|g| g.abs().sum().into_scalar()),
+            ),
+            (
+                "linear_2",
+                m.linear_2
+                    .weight
+                    .grad(&grads)
+                    .map(|g| g.abs().sum().into_scalar()),
+            ),
             (
                 "delimiter",
-                m.delimiter.as_ref().unwrap().grad(&grads).map(|g| g.abs().sum().into_scalar()),
+                m.delimiter
+                    .as_ref()
+                    .unwrap()
+                    .grad(&grads)
+                    .map(|g| g.abs().sum().into_scalar()),
             ),
         ] {
             assert!(g.is_some_and(|v| v > 0.0), "{name} trains");
@@ -596,8 +649,14 @@ mod tests {
         let pe = m.segment_embedding.as_ref().unwrap().grad(&grads).unwrap();
         let pe: Vec<f32> = pe.into_data().to_vec().unwrap();
         assert!(pe[..5].iter().all(|&v| v == 0.0), "row 0 never trains");
-        assert!(pe[5..15].iter().all(|&v| v != 0.0), "rows of used segments train");
-        assert!(pe[15..].iter().all(|&v| v == 0.0), "unused segments get nothing");
+        assert!(
+            pe[5..15].iter().all(|&v| v != 0.0),
+            "rows of used segments train"
+        );
+        assert!(
+            pe[15..].iter().all(|&v| v == 0.0),
+            "unused segments get nothing"
+        );
     }
 
     #[test]

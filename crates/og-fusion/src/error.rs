@@ -14,6 +14,11 @@ pub enum FusionError {
     Config(String),
     #[error("inconsistent batch: {0}")]
     Batch(String),
+    #[error("{path}: {message}")]
+    Weights {
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error(transparent)]
     Vision(#[from] og_vision::VisionError),
     #[error(transparent)]

@@ -12,10 +12,11 @@ mod connector;
 mod error;
 mod phi;
 mod selection;
+mod weights;
 
 pub use connector::{
-    Delimiter, FusionOutput, GlobalView, OgFusion, OgFusionConfig, PositionalEncoding,
-    TokenKind, TokenLayout, sinusoid,
+    Delimiter, FusionOutput, GlobalView, OgFusion, OgFusionConfig, PositionalEncoding, TokenKind,
+    TokenLayout, sinusoid,
 };
 pub use error::{FusionError, Result};
 pub use phi::{Phi, PreparedPhi, Threshold, adaptive_bin, raster_strip_1d};

@@ -131,9 +131,8 @@ impl PreparedPhi {
     /// The ascending patch indices `mask` keeps.
     pub fn kept(&self, mask: &Bitmap) -> Result<Vec<u32>> {
         let (w, h) = match self {
-            PreparedPhi::Raster { width, height, .. } | PreparedPhi::Patch { width, height, .. } => {
-                (*width, *height)
-            }
+            PreparedPhi::Raster { width, height, .. }
+            | PreparedPhi::Patch { width, height, .. } => (*width, *height),
         };
         if (mask.width(), mask.height()) != (w, h) {
             return Err(FusionError::MaskSize {
@@ -206,7 +205,9 @@ mod tests {
         // A centred 56x56 square on a 336x336 image is exactly 4x4 = 16 patches of 14 px.
         // The raster strips select 64 bins (each bin is 196 px = 0.58 of a row) of which only
         // 8 are among those 16 patch indices; the patch-aligned Φ selects exactly the 16.
-        let m = Bitmap::from_fn(336, 336, |y, x| (140..196).contains(&y) && (140..196).contains(&x));
+        let m = Bitmap::from_fn(336, 336, |y, x| {
+            (140..196).contains(&y) && (140..196).contains(&x)
+        });
         let raster = raster_strip_1d(&m, 576, 0.5);
         let frame = FrameConfig::clip_336().frame(336, 336).unwrap();
         let patch = Phi::default().prepare(&frame).unwrap().kept(&m).unwrap();
@@ -223,7 +224,13 @@ mod tests {
         // Frames whose scale puts pixel edges on patch edges (0.5 and 0.375 here), so a mask
         // can be exactly one patch's preimage; through the pad (first) and crops (others).
         let cases = [
-            (FrameConfig::llava_1_5(), 672usize, 448usize, 10usize, 7usize),
+            (
+                FrameConfig::llava_1_5(),
+                672usize,
+                448usize,
+                10usize,
+                7usize,
+            ),
             (FrameConfig::clip_336(), 896, 672, 3, 20),
             (FrameConfig::clip_336(), 672, 896, 20, 3),
         ];
@@ -253,7 +260,13 @@ mod tests {
             Err(FusionError::MaskSize { .. })
         ));
         assert!(Phi::RasterStrip1d { alpha: f64::NAN }.validate().is_err());
-        assert!(Phi::PatchGrid2d { threshold: Threshold::Fraction(1.5) }.validate().is_err());
+        assert!(
+            Phi::PatchGrid2d {
+                threshold: Threshold::Fraction(1.5)
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     fn random_mask(h: usize, w: usize, seed: u64, density: u64) -> Bitmap {

@@ -27,7 +27,8 @@ pub enum MaskOrder {
 /// left of the budget is skipped whole (an object is never half-represented) and later, smaller
 /// masks may still fit. The complement group, if any, comes last and is cut to the remaining
 /// budget (it is background, not an object).
-pub const TOKEN_CAP_POLICY: &str = "whole masks in order, skipping those that do not fit; complement truncated";
+pub const TOKEN_CAP_POLICY: &str =
+    "whole masks in order, skipping those that do not fit; complement truncated";
 
 /// Configuration of the grouping step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,7 +138,9 @@ impl Selection {
             .map(|m| phi.kept(&m.rle.to_bitmap()))
             .collect::<Result<Vec<_>>>()?;
         let grid = frame.grid();
-        let mut order: Vec<usize> = (0..masks.len()).filter(|&k| !per_mask[k].is_empty()).collect();
+        let mut order: Vec<usize> = (0..masks.len())
+            .filter(|&k| !per_mask[k].is_empty())
+            .collect();
         if order.is_empty() {
             return Ok(Self {
                 per_mask,
@@ -207,7 +210,9 @@ impl Selection {
         let groups = match windows {
             Windows::Raster { k } => {
                 if k == 0 || k > v {
-                    return Err(FusionError::Config(format!("{k} raster windows for {v} patches")));
+                    return Err(FusionError::Config(format!(
+                        "{k} raster windows for {v} patches"
+                    )));
                 }
                 // As the released code: k ranges of ⌊V/k⌋, the last one takes the remainder.
                 let size = v / k;
@@ -230,7 +235,10 @@ impl Selection {
                     .map(|tr| (tr, k / tr))
                     .next_back()
                     .ok_or_else(|| {
-                        FusionError::Config(format!("{k} tiles do not fit a {}x{} grid", grid.0, grid.1))
+                        FusionError::Config(format!(
+                            "{k} tiles do not fit a {}x{} grid",
+                            grid.0, grid.1
+                        ))
                     })?;
                 let mut groups = Vec::with_capacity(k);
                 for ti in 0..tr {
@@ -402,11 +410,17 @@ mod tests {
         let s = Selection::from_masks(&empty, &frame, &SelectionConfig::default()).unwrap();
         assert!(s.is_full_grid());
         assert_eq!(s.total_tokens(), 576);
-        let many = MaskSet::new(vec![Mask::new(Rle::from_counts(4, 4, vec![16]).unwrap()); 5000])
-            .unwrap();
+        let many = MaskSet::new(vec![
+            Mask::new(Rle::from_counts(4, 4, vec![16]).unwrap());
+            5000
+        ])
+        .unwrap();
         let frame4 = FrameConfig::clip_336().frame(4, 4).unwrap();
         let e = Selection::from_masks(&many, &frame4, &SelectionConfig::default()).unwrap_err();
-        assert!(matches!(e, FusionError::TooManyMasks { got: 5000, .. }), "{e}");
+        assert!(
+            matches!(e, FusionError::TooManyMasks { got: 5000, .. }),
+            "{e}"
+        );
         let e = Selection::from_masks(&empty, &frame4, &SelectionConfig::default()).unwrap_err();
         assert!(matches!(e, FusionError::MaskSize { .. }), "{e}");
     }

@@ -12,7 +12,11 @@ use og_segment::MaskSet;
 use og_vision::FrameConfig;
 
 #[derive(Parser)]
-#[command(name = "og-llava", version, about = "OG-LLaVA: object-guided visual tokens, in Rust")]
+#[command(
+    name = "og-llava",
+    version,
+    about = "OG-LLaVA: object-guided visual tokens, in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -172,7 +176,9 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 
 fn tokens(args: &TokensArgs) -> Result<(), CliError> {
     if args.grid == 0 || args.patch_size == 0 {
-        return Err(CliError::Usage("--grid and --patch-size must be positive".into()));
+        return Err(CliError::Usage(
+            "--grid and --patch-size must be positive".into(),
+        ));
     }
     let image = og_vision::load_rgb(&args.image)?;
     let masks = read_masks(&args.masks)?;
@@ -225,11 +231,14 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
             }
             let img = overlay::side_by_side(&panels);
             let mut bytes = Vec::new();
-            img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
-                .map_err(|e| CliError::Output {
-                    path: args.overlay.clone().unwrap_or_default(),
-                    message: e.to_string(),
-                })?;
+            img.write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .map_err(|e| CliError::Output {
+                path: args.overlay.clone().unwrap_or_default(),
+                message: e.to_string(),
+            })?;
             Some(bytes)
         }
         None => None,
@@ -254,7 +263,11 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn device_check(device: Option<&str>, text_hidden: usize, iterations: usize) -> Result<(), CliError> {
+fn device_check(
+    device: Option<&str>,
+    text_hidden: usize,
+    iterations: usize,
+) -> Result<(), CliError> {
     let spec = match device {
         Some(s) => s.parse::<DeviceSpec>()?,
         None => DeviceSpec::default(),

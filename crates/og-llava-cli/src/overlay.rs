@@ -65,7 +65,10 @@ pub fn panel(base: &RgbImage, frame: &Frame, masks: &MaskSet, selection: &Select
                 continue;
             }
             let (x0, y0) = (col as u32 * p + inset, r as u32 * p + inset);
-            let (x1, y1) = ((col as u32 + 1) * p - 1 - inset, (r as u32 + 1) * p - 1 - inset);
+            let (x1, y1) = (
+                (col as u32 + 1) * p - 1 - inset,
+                (r as u32 + 1) * p - 1 - inset,
+            );
             for x in x0..=x1 {
                 img.put_pixel(x, y0, Rgb(c));
                 img.put_pixel(x, y1, Rgb(c));

@@ -13,17 +13,23 @@ fn og() -> Command {
 
 /// A 168x112 image and three masks: a patch-aligned square, an empty mask, a single pixel.
 fn setup(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let img = image::RgbImage::from_fn(168, 112, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+    let img = image::RgbImage::from_fn(168, 112, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 90])
+    });
     let image_path = dir.join("img.png");
     img.save(&image_path).unwrap();
     // grid 12, patch 14 → 168 px encoder input; 168x112 pads to 168x168 with the image at
     // y = 28 = two patch rows. Mask 0 covers encoder patches rows 3..5, cols 2..4.
-    let m0 = Bitmap::from_fn(112, 168, |y, x| (14..42).contains(&y) && (28..56).contains(&x));
+    let m0 = Bitmap::from_fn(112, 168, |y, x| {
+        (14..42).contains(&y) && (28..56).contains(&x)
+    });
     let m1 = Bitmap::new(112, 168);
     let m2 = Bitmap::from_fn(112, 168, |y, x| y == 100 && x == 160);
     let masks = MaskSet::from_bitmaps(&[m0, m1, m2]).unwrap();
     let masks_path = dir.join("masks.json");
-    masks.write_coco_json(&masks_path, CountsFormat::Compressed).unwrap();
+    masks
+        .write_coco_json(&masks_path, CountsFormat::Compressed)
+        .unwrap();
     (image_path, masks_path)
 }
 
@@ -52,7 +58,12 @@ fn writes_documented_tokens_json_and_overlay() {
     assert_eq!(v["alpha"], 0.5);
     let masks = v["masks"].as_array().unwrap();
     assert_eq!(masks.len(), 3);
-    let kept0: Vec<u64> = masks[0]["kept"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let kept0: Vec<u64> = masks[0]["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     assert_eq!(kept0, vec![3 * 12 + 2, 3 * 12 + 3, 4 * 12 + 2, 4 * 12 + 3]);
     assert_eq!(masks[1]["kept"].as_array().unwrap().len(), 0);
     assert_eq!(masks[2]["kept"], serde_json::json!([9 * 12 + 11]));
@@ -88,7 +99,11 @@ fn bad_inputs_fail_clearly_without_output() {
         .write_coco_json(&wrong, CountsFormat::Compressed)
         .unwrap();
     let corrupt = dir.path().join("corrupt.json");
-    std::fs::write(&corrupt, r#"[{"segmentation": {"size": [112, 168], "counts": "@@@"}}]"#).unwrap();
+    std::fs::write(
+        &corrupt,
+        r#"[{"segmentation": {"size": [112, 168], "counts": "@@@"}}]"#,
+    )
+    .unwrap();
     let empty = dir.path().join("empty.json");
     std::fs::write(&empty, "").unwrap();
     let none = dir.path().join("none.json");

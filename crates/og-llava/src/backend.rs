@@ -58,8 +58,13 @@ impl fmt::Display for DeviceSpec {
 pub enum BackendError {
     #[error("unknown device {0:?}: expected ndarray, flex, wgpu[:N] or cuda[:N]")]
     Parse(String),
-    #[error("device {device} needs the `{feature}` cargo feature; rebuild with `--features {feature}`")]
-    NotCompiled { device: DeviceSpec, feature: &'static str },
+    #[error(
+        "device {device} needs the `{feature}` cargo feature; rebuild with `--features {feature}`"
+    )]
+    NotCompiled {
+        device: DeviceSpec,
+        feature: &'static str,
+    },
     #[error("CUDA device {index} is not usable: {reason}")]
     Cuda { index: usize, reason: String },
 }
@@ -71,7 +76,10 @@ impl FromStr for DeviceSpec {
         let (name, index) = match s.split_once(':') {
             Some((n, i)) => (
                 n,
-                Some(i.parse::<usize>().map_err(|_| BackendError::Parse(s.to_string()))?),
+                Some(
+                    i.parse::<usize>()
+                        .map_err(|_| BackendError::Parse(s.to_string()))?,
+                ),
             ),
             None => (s, None),
         };
@@ -157,7 +165,12 @@ pub fn cuda_probe(index: usize) -> Result<(), BackendError> {
         let lib = names
             .iter()
             .find_map(|n| libloading::Library::new(n).ok())
-            .ok_or_else(|| err(format!("no CUDA driver library found ({})", names.join(", "))))?;
+            .ok_or_else(|| {
+                err(format!(
+                    "no CUDA driver library found ({})",
+                    names.join(", ")
+                ))
+            })?;
         let init: libloading::Symbol<unsafe extern "C" fn(u32) -> i32> =
             lib.get(b"cuInit\0").map_err(|e| err(e.to_string()))?;
         let count_fn: libloading::Symbol<unsafe extern "C" fn(*mut i32) -> i32> = lib
@@ -211,13 +224,28 @@ mod tests {
 
     #[test]
     fn parse() {
-        assert_eq!("ndarray".parse::<DeviceSpec>().unwrap(), DeviceSpec::NdArray);
+        assert_eq!(
+            "ndarray".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::NdArray
+        );
         assert_eq!("cuda:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
         assert_eq!("CUDA".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
-        assert_eq!("wgpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Wgpu(None));
-        assert!(matches!("tpu".parse::<DeviceSpec>(), Err(BackendError::Parse(_))));
-        assert!(matches!("cuda:x".parse::<DeviceSpec>(), Err(BackendError::Parse(_))));
-        assert!(matches!("flex:0".parse::<DeviceSpec>(), Err(BackendError::Parse(_))));
+        assert_eq!(
+            "wgpu".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Wgpu(None)
+        );
+        assert!(matches!(
+            "tpu".parse::<DeviceSpec>(),
+            Err(BackendError::Parse(_))
+        ));
+        assert!(matches!(
+            "cuda:x".parse::<DeviceSpec>(),
+            Err(BackendError::Parse(_))
+        ));
+        assert!(matches!(
+            "flex:0".parse::<DeviceSpec>(),
+            Err(BackendError::Parse(_))
+        ));
     }
 
     #[test]
@@ -230,9 +258,17 @@ mod tests {
         #[cfg(not(feature = "wgpu"))]
         assert!(matches!(
             dispatch(DeviceSpec::Wgpu(None), Name),
-            Err(BackendError::NotCompiled { feature: "wgpu", .. })
+            Err(BackendError::NotCompiled {
+                feature: "wgpu",
+                ..
+            })
         ));
         #[cfg(feature = "ndarray")]
-        assert!(dispatch(DeviceSpec::NdArray, Name).unwrap().to_lowercase().contains("ndarray"));
+        assert!(
+            dispatch(DeviceSpec::NdArray, Name)
+                .unwrap()
+                .to_lowercase()
+                .contains("ndarray")
+        );
     }
 }

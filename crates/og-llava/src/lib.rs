@@ -56,8 +56,12 @@ impl BackendTask for ConnectorProbe {
         );
         // Two overlapping "objects" covering the left and right halves plus a shared column.
         let g = self.grid;
-        let left: Vec<u32> = (0..v as u32).filter(|i| (*i as usize % g) <= g / 2).collect();
-        let right: Vec<u32> = (0..v as u32).filter(|i| (*i as usize % g) >= g / 2).collect();
+        let left: Vec<u32> = (0..v as u32)
+            .filter(|i| (*i as usize % g) <= g / 2)
+            .collect();
+        let right: Vec<u32> = (0..v as u32)
+            .filter(|i| (*i as usize % g) >= g / 2)
+            .collect();
         let selection = Selection {
             grid: (g, g),
             groups: vec![

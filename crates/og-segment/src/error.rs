@@ -11,7 +11,9 @@ pub enum SegmentError {
     },
     #[error("{path}: malformed mask JSON: {message}")]
     Json { path: PathBuf, message: String },
-    #[error("{context}: the file holds no masks (use the mask-free path instead of an empty mask set)")]
+    #[error(
+        "{context}: the file holds no masks (use the mask-free path instead of an empty mask set)"
+    )]
     NoMasks { context: String },
     #[error("{context}: mask {index}: {message}")]
     BadMask {

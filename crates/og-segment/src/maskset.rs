@@ -217,8 +217,9 @@ impl MaskSet {
                     let counts = c
                         .into_iter()
                         .map(|v| {
-                            u32::try_from(v)
-                                .map_err(|_| SegmentError::CorruptRle(format!("count {v} too large")))
+                            u32::try_from(v).map_err(|_| {
+                                SegmentError::CorruptRle(format!("count {v} too large"))
+                            })
                         })
                         .collect::<Result<Vec<_>>>();
                     counts.and_then(|c| Rle::from_counts(h, w, c))
@@ -277,7 +278,13 @@ impl MaskSet {
                 extra.insert("area".into(), Value::from(m.area()));
                 extra.insert(
                     "bbox".into(),
-                    Value::from(m.rle.bbox().iter().map(|&v| Value::from(v)).collect::<Vec<_>>()),
+                    Value::from(
+                        m.rle
+                            .bbox()
+                            .iter()
+                            .map(|&v| Value::from(v))
+                            .collect::<Vec<_>>(),
+                    ),
                 );
                 serde_json::to_value(CocoRecord {
                     segmentation: CocoSegmentation {
@@ -313,7 +320,9 @@ mod tests {
     use super::*;
 
     fn square(h: usize, w: usize, y0: usize, x0: usize, s: usize) -> Bitmap {
-        Bitmap::from_fn(h, w, |y, x| (y0..y0 + s).contains(&y) && (x0..x0 + s).contains(&x))
+        Bitmap::from_fn(h, w, |y, x| {
+            (y0..y0 + s).contains(&y) && (x0..x0 + s).contains(&x)
+        })
     }
 
     /// The RLE of a square, built column by column without a dense intermediate.
@@ -343,13 +352,16 @@ mod tests {
 
     #[test]
     fn square_rle_matches_bitmap() {
-        assert_eq!(square_rle(9, 7, 2, 3, 4), Rle::from_bitmap(&square(9, 7, 2, 3, 4)));
+        assert_eq!(
+            square_rle(9, 7, 2, 3, 4),
+            Rle::from_bitmap(&square(9, 7, 2, 3, 4))
+        );
     }
 
     #[test]
     fn json_round_trip_both_formats() {
-        let set = MaskSet::from_bitmaps(&[square(30, 40, 2, 3, 5), square(30, 40, 10, 20, 8)])
-            .unwrap();
+        let set =
+            MaskSet::from_bitmaps(&[square(30, 40, 2, 3, 5), square(30, 40, 10, 20, 8)]).unwrap();
         for f in [CountsFormat::Compressed, CountsFormat::Uncompressed] {
             let text = set.to_coco_json(f);
             let back = MaskSet::from_coco_json_str(&text, "mem").unwrap();
@@ -381,7 +393,10 @@ mod tests {
             "x.json",
         )
         .unwrap_err();
-        assert!(matches!(e, SegmentError::InconsistentSize { index: 1, .. }), "{e}");
+        assert!(
+            matches!(e, SegmentError::InconsistentSize { index: 1, .. }),
+            "{e}"
+        );
         let e = MaskSet::from_coco_json_str(r#"[{"segmentation": 3}]"#, "x.json").unwrap_err();
         assert!(matches!(e, SegmentError::BadMask { index: 0, .. }), "{e}");
         let set = MaskSet::from_coco_json_str(

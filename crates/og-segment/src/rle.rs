@@ -167,7 +167,12 @@ impl Rle {
 
     /// Number of foreground pixels.
     pub fn area(&self) -> u64 {
-        self.counts.iter().skip(1).step_by(2).map(|&c| c as u64).sum()
+        self.counts
+            .iter()
+            .skip(1)
+            .step_by(2)
+            .map(|&c| c as u64)
+            .sum()
     }
 
     /// Tight bounding box `[x, y, w, h]` in pixels as pycocotools `toBbox` computes it
@@ -307,7 +312,8 @@ impl Bitmap {
         if ws == we {
             return (self.words[ws] & lo_mask & hi_mask).count_ones();
         }
-        let mut n = (self.words[ws] & lo_mask).count_ones() + (self.words[we] & hi_mask).count_ones();
+        let mut n =
+            (self.words[ws] & lo_mask).count_ones() + (self.words[we] & hi_mask).count_ones();
         for w in &self.words[ws + 1..we] {
             n += w.count_ones();
         }

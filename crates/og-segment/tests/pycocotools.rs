@@ -4,7 +4,10 @@ use og_segment::{Bitmap, CountsFormat, MaskSet, Rle};
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/rle/pycocotools.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/rle/pycocotools.json"
+    );
     let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
@@ -14,7 +17,10 @@ fn decode_and_encode_match_pycocotools() {
     let cases = cases();
     assert!(cases.len() >= 15);
     for c in cases {
-        let (h, w) = (c["height"].as_u64().unwrap() as usize, c["width"].as_u64().unwrap() as usize);
+        let (h, w) = (
+            c["height"].as_u64().unwrap() as usize,
+            c["width"].as_u64().unwrap() as usize,
+        );
         let s = c["counts"].as_str().unwrap();
         let rle = Rle::from_compressed(h, w, s).unwrap();
         let counts: Vec<u32> = c["uncompressed"]
@@ -26,7 +32,12 @@ fn decode_and_encode_match_pycocotools() {
         assert_eq!(rle.counts(), counts.as_slice(), "{}", c["kind"]);
         assert_eq!(rle.to_compressed(), s, "encode {h}x{w} {}", c["kind"]);
         assert_eq!(rle.area(), c["area"].as_u64().unwrap());
-        let bbox: Vec<f64> = c["bbox"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let bbox: Vec<f64> = c["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
         assert_eq!(rle.bbox().to_vec(), bbox, "bbox {h}x{w} {}", c["kind"]);
         if let Some(bits) = c["bits"].as_str() {
             let bytes: Vec<u8> = bits.bytes().map(|b| b - b'0').collect();

@@ -266,11 +266,17 @@ impl Frame {
     /// takes the original pixel under its centre; padding is background).
     pub fn map_mask(&self, mask: &Bitmap) -> Result<Bitmap> {
         self.check_mask(mask)?;
-        let xs: Vec<Option<usize>> = (0..self.x.out).map(|u| self.source_index(&self.x, u)).collect();
-        let ys: Vec<Option<usize>> = (0..self.y.out).map(|v| self.source_index(&self.y, v)).collect();
-        Ok(Bitmap::from_fn(self.y.out, self.x.out, |v, u| match (ys[v], xs[u]) {
-            (Some(y), Some(x)) => mask.get(y, x),
-            _ => false,
+        let xs: Vec<Option<usize>> = (0..self.x.out)
+            .map(|u| self.source_index(&self.x, u))
+            .collect();
+        let ys: Vec<Option<usize>> = (0..self.y.out)
+            .map(|v| self.source_index(&self.y, v))
+            .collect();
+        Ok(Bitmap::from_fn(self.y.out, self.x.out, |v, u| {
+            match (ys[v], xs[u]) {
+                (Some(y), Some(x)) => mask.get(y, x),
+                _ => false,
+            }
         }))
     }
 
@@ -282,8 +288,7 @@ impl Frame {
     /// The encoder input image: pad (if configured), resize with bicubic (Catmull-Rom,
     /// antialiased when shrinking), centre crop.
     pub fn apply_image(&self, image: &RgbImage) -> Result<RgbImage> {
-        if (image.width() as usize, image.height() as usize) != (self.x.original, self.y.original)
-        {
+        if (image.width() as usize, image.height() as usize) != (self.x.original, self.y.original) {
             return Err(VisionError::BadFrame(format!(
                 "frame made for {}x{} applied to a {}x{} image",
                 self.x.original,
@@ -319,12 +324,7 @@ impl Frame {
             padded
         };
         let mut out = RgbImage::new(self.x.out as u32, self.y.out as u32);
-        imageops::replace(
-            &mut out,
-            &resized,
-            -self.x.crop_offset,
-            -self.y.crop_offset,
-        );
+        imageops::replace(&mut out, &resized, -self.x.crop_offset, -self.y.crop_offset);
         Ok(out)
     }
 }
@@ -481,7 +481,9 @@ mod tests {
         let f = FrameConfig::llava_1_5().frame(672, 448).unwrap();
         // Patch (r=10, c=7) covers encoder [98,112)x[140,154) = original x [196,224),
         // y [280-112, 308-112).
-        let m = Bitmap::from_fn(448, 672, |y, x| (168..196).contains(&y) && (196..224).contains(&x));
+        let m = Bitmap::from_fn(448, 672, |y, x| {
+            (168..196).contains(&y) && (196..224).contains(&x)
+        });
         let cov = f.patch_coverage(&m).unwrap();
         for (i, &c) in cov.iter().enumerate() {
             if i == 10 * 24 + 7 {
@@ -526,6 +528,9 @@ mod tests {
         assert_eq!(out.get_pixel(5, 5).0, [122, 116, 104]);
         assert_eq!(out.get_pixel(168, 168).0, [255, 0, 0]);
         let wrong = Bitmap::new(64, 32);
-        assert!(matches!(f.map_mask(&wrong), Err(VisionError::MaskSize { .. })));
+        assert!(matches!(
+            f.map_mask(&wrong),
+            Err(VisionError::MaskSize { .. })
+        ));
     }
 }
