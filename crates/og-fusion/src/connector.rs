@@ -424,10 +424,8 @@ impl<B: Backend> OgFusion<B> {
                     ids.extend(std::iter::repeat_n(0i64, t_max - layout.len()));
                 }
                 // Row 0 is replaced by zeros so it neither contributes nor trains.
-                let table = Tensor::cat(
-                    vec![Tensor::zeros([1, d], device), table.slice([1..rows])],
-                    0,
-                );
+                let table =
+                    Tensor::cat(vec![Tensor::zeros([1, d], device), table.slice(1..rows)], 0);
                 let ids =
                     Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * t_max]), device);
                 Ok(Some(table.select(0, ids).reshape([batch, t_max, d])))
@@ -483,7 +481,7 @@ mod tests {
 
     fn rows(t: &Tensor<B, 3>, b: usize) -> Vec<Vec<f32>> {
         let [_, n, d] = t.dims();
-        let v: Vec<f32> = t.clone().slice([b..b + 1]).into_data().to_vec().unwrap();
+        let v: Vec<f32> = t.clone().slice(b..b + 1).into_data().to_vec().unwrap();
         (0..n).map(|i| v[i * d..(i + 1) * d].to_vec()).collect()
     }
 
@@ -568,7 +566,13 @@ mod tests {
         let base = OgFusionConfig::new(4, 6);
         let plain = base.init::<B>(&device);
         let x = features::<B>(1, &device);
-        let t0 = rows(&plain.forward(x.clone(), &[sel.clone()]).unwrap().tokens, 0);
+        let t0 = rows(
+            &plain
+                .forward(x.clone(), std::slice::from_ref(&sel))
+                .unwrap()
+                .tokens,
+            0,
+        );
         for pe in [
             PositionalEncoding::Sinusoidal1d,
             PositionalEncoding::Sinusoidal2d,
@@ -577,7 +581,12 @@ mod tests {
                 positional: positional_code(pe),
                 ..plain.clone()
             };
-            let t = rows(&m.forward(x.clone(), &[sel.clone()]).unwrap().tokens, 0);
+            let t = rows(
+                &m.forward(x.clone(), std::slice::from_ref(&sel))
+                    .unwrap()
+                    .tokens,
+                0,
+            );
             for (i, (a, b)) in t.iter().zip(&t0).enumerate() {
                 let diff: Vec<f32> = a.iter().zip(b).map(|(p, q)| p - q).collect();
                 let mut expect = vec![0f32; 6];

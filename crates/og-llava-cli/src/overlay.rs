@@ -23,8 +23,8 @@ fn palette(k: usize) -> [u8; 3] {
 }
 
 fn blend(p: &mut Rgb<u8>, c: [u8; 3], a: f32) {
-    for i in 0..3 {
-        p.0[i] = (p.0[i] as f32 * (1.0 - a) + c[i] as f32 * a).round() as u8;
+    for (v, &c) in p.0.iter_mut().zip(&c) {
+        *v = (*v as f32 * (1.0 - a) + c as f32 * a).round() as u8;
     }
 }
 

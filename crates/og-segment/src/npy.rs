@@ -204,7 +204,7 @@ mod tests {
         let set = read_npy_folder(dir.path()).unwrap();
         let order: Vec<usize> = set.iter().map(|m| m.source_index).collect();
         assert_eq!(order, vec![1, 2, 10]);
-        assert_eq!(set.masks()[2].rle.to_bitmap().get(0, 2), true);
+        assert!(set.masks()[2].rle.to_bitmap().get(0, 2));
     }
 
     #[test]

@@ -152,8 +152,8 @@ impl Frame {
             || config.shortest_edge == 0
             || config.crop_width < p
             || config.crop_height < p
-            || config.crop_width % p != 0
-            || config.crop_height % p != 0
+            || !config.crop_width.is_multiple_of(p)
+            || !config.crop_height.is_multiple_of(p)
         {
             return Err(VisionError::BadFrame(format!(
                 "crop {}x{} is not a positive multiple of the patch size {p} (shortest edge {})",
