@@ -83,6 +83,23 @@ def main():
                         "counts": encode(m),
                         "kept": torch.nonzero(kept).flatten().tolist(),
                     })
+    # Boundary cases where PyTorch's f32 arithmetic and exact arithmetic disagree: with
+    # L = 41·576 a bin holding one pixel counts 0.99999994 < 1.0 in f32; with L = 23·576 a bin
+    # holding seven pixels counts 6.9999995 < 7.0.
+    for (h, w, per_bin, alpha) in ((123, 192, 1, 1.0), (96, 138, 7, 7.0)):
+        L, n = h * w, 576
+        flat = np.zeros(L, dtype=bool)
+        for i in range(0, n, 3):
+            start = (i * L) // n
+            flat[start:start + per_bin] = True
+        m = flat.reshape(h, w)
+        for a in (alpha, alpha - 1e-3, 0.5):
+            kept = listing1(torch.from_numpy(m), n, a)
+            cases.append({
+                "height": h, "width": w, "kind": "f32-boundary", "bins": n, "alpha": a,
+                "counts": encode(m),
+                "kept": torch.nonzero(kept).flatten().tolist(),
+            })
     os.makedirs(os.path.join(ROOT, "phi"), exist_ok=True)
     with open(os.path.join(ROOT, "phi", "listing1.json"), "w") as f:
         json.dump({"torch": torch.__version__, "cases": cases}, f, separators=(",", ":"))
