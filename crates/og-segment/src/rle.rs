@@ -138,16 +138,30 @@ impl Rle {
     /// Decodes into a row-major bit-packed bitmap.
     pub fn to_bitmap(&self) -> Bitmap {
         let mut bitmap = Bitmap::new(self.height, self.width);
-        let h = self.height;
-        let mut pos = 0usize;
+        let (h, w) = (self.height, self.width);
+        // Walk (y, x) along the column-major scan without dividing per pixel.
+        let (mut y, mut x) = (0usize, 0usize);
         for (i, &c) in self.counts.iter().enumerate() {
-            let c = c as usize;
-            if i % 2 == 1 {
-                for idx in pos..pos + c {
-                    bitmap.set(idx % h, idx / h, true);
+            let mut c = c as usize;
+            if i % 2 == 0 {
+                let pos = x * h + y + c;
+                (y, x) = (pos % h, pos / h);
+                continue;
+            }
+            while c > 0 {
+                let n = c.min(h - y);
+                let mut bit = y * w + x;
+                for _ in 0..n {
+                    bitmap.words[bit >> 6] |= 1 << (bit & 63);
+                    bit += w;
+                }
+                c -= n;
+                y += n;
+                if y == h {
+                    y = 0;
+                    x += 1;
                 }
             }
-            pos += c;
         }
         bitmap
     }
