@@ -26,3 +26,16 @@ pub enum FusionError {
 }
 
 pub type Result<T> = std::result::Result<T, FusionError>;
+
+/// Fails with [`FusionError::MaskSize`] unless a `mask` (width, height) equals the `image`'s.
+pub(crate) fn expect_mask_size(mask: (usize, usize), image: (usize, usize)) -> Result<()> {
+    if mask != image {
+        return Err(FusionError::MaskSize {
+            mask_w: mask.0,
+            mask_h: mask.1,
+            image_w: image.0,
+            image_h: image.1,
+        });
+    }
+    Ok(())
+}

@@ -7,7 +7,7 @@ use og_segment::Bitmap;
 use og_vision::{Frame, PatchCoverage};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FusionError, Result};
+use crate::error::{FusionError, Result, expect_mask_size};
 
 /// The threshold of [`Phi::PatchGrid2d`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -134,14 +134,7 @@ impl PreparedPhi {
             PreparedPhi::Raster { width, height, .. }
             | PreparedPhi::Patch { width, height, .. } => (*width, *height),
         };
-        if (mask.width(), mask.height()) != (w, h) {
-            return Err(FusionError::MaskSize {
-                mask_w: mask.width(),
-                mask_h: mask.height(),
-                image_w: w,
-                image_h: h,
-            });
-        }
+        expect_mask_size((mask.width(), mask.height()), (w, h))?;
         Ok(match self {
             PreparedPhi::Raster { bins, alpha, .. } => raster_strip_1d(mask, *bins, *alpha),
             PreparedPhi::Patch {

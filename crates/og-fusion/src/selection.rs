@@ -5,7 +5,7 @@ use og_segment::MaskSet;
 use og_vision::Frame;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FusionError, Result};
+use crate::error::{FusionError, Result, expect_mask_size};
 use crate::phi::Phi;
 
 /// The order in which mask groups are concatenated.
@@ -123,15 +123,7 @@ impl Selection {
                 max: config.max_masks,
             });
         }
-        let (w, h) = frame.original_size();
-        if (masks.width(), masks.height()) != (w, h) {
-            return Err(FusionError::MaskSize {
-                mask_w: masks.width(),
-                mask_h: masks.height(),
-                image_w: w,
-                image_h: h,
-            });
-        }
+        expect_mask_size((masks.width(), masks.height()), frame.original_size())?;
         let phi = config.phi.prepare(frame)?;
         let per_mask = masks
             .iter()

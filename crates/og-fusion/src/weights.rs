@@ -269,20 +269,11 @@ mod tests {
             &device,
         );
         let sel = [Selection::full_grid((2, 3))];
-        let ya: Vec<f32> = a
-            .forward(x.clone(), &sel)
-            .unwrap()
-            .tokens
-            .into_data()
-            .to_vec()
-            .unwrap();
-        let yb: Vec<f32> = b
-            .forward(x.clone(), &sel)
-            .unwrap()
-            .tokens
-            .into_data()
-            .to_vec()
-            .unwrap();
+        let out = |m: &OgFusion<B>| -> Vec<f32> {
+            let y = m.forward(x.clone(), &sel).unwrap().tokens;
+            y.into_data().to_vec().unwrap()
+        };
+        let (ya, yb) = (out(&a), out(&b));
         assert_eq!(ya, yb);
 
         // Rename to the original LLaVA layout, in bf16: still loads.
@@ -318,13 +309,7 @@ mod tests {
         let p2 = dir.path().join("mm_projector.safetensors");
         std::fs::write(&p2, safetensors::serialize(views, None).unwrap()).unwrap();
         let c = cfg.init::<B>(&device).load_safetensors(&p2).unwrap();
-        let yc: Vec<f32> = c
-            .forward(x, &sel)
-            .unwrap()
-            .tokens
-            .into_data()
-            .to_vec()
-            .unwrap();
+        let yc = out(&c);
         let max = ya
             .iter()
             .zip(&yc)
