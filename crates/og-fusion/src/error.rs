@@ -20,6 +20,8 @@ pub enum FusionError {
         message: String,
     },
     #[error(transparent)]
+    Checkpoint(#[from] og_weights::WeightError),
+    #[error(transparent)]
     Vision(#[from] og_vision::VisionError),
     #[error(transparent)]
     Segment(#[from] og_segment::SegmentError),

@@ -1,0 +1,462 @@
+//! safetensors checkpoints for OG-LLaVA's model crates.
+//!
+//! [`Weights`] indexes one file, a sharded checkpoint or a `save_pretrained` directory,
+//! memory-mapped; tensors are converted from f32/f16/bf16 into burn tensors on request, with
+//! errors that name the file, the tensor and the shapes involved.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+/// Every failure of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable checkpoint: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("{path}: missing tensor {name}{}", if tried.is_empty() { String::new() } else { format!(" (also tried {})", tried.join(", ")) })]
+    Missing {
+        path: PathBuf,
+        name: String,
+        tried: Vec<String>,
+    },
+    #[error("{path}: tensor {name} has shape {got:?}, expected {want:?}")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        got: Vec<usize>,
+        want: Vec<usize>,
+    },
+    #[error("{path}: tensor {name} has dtype {dtype}; expected F32, F16 or BF16")]
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+    #[error("{path}: tensor {name} holds a non-finite value at flat index {index}")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, WeightError>;
+
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    range: (usize, usize),
+}
+
+struct MappedFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+}
+
+/// An indexed, memory-mapped set of safetensors files.
+pub struct Weights {
+    origin: PathBuf,
+    files: Vec<MappedFile>,
+    index: HashMap<String, Entry>,
+}
+
+impl std::fmt::Debug for Weights {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("origin", &self.origin)
+            .field("files", &self.files.len())
+            .field("tensors", &self.index.len())
+            .finish()
+    }
+}
+
+impl Weights {
+    /// Opens a `.safetensors` file, a `*.safetensors.index.json`, or a directory holding
+    /// `model.safetensors`, `model.safetensors.index.json` or other `*.safetensors` files.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let io = |source| WeightError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let files: Vec<PathBuf> = if path.is_dir() {
+            let index = path.join("model.safetensors.index.json");
+            if index.is_file() {
+                shards_of(&index)?
+            } else if path.join("model.safetensors").is_file() {
+                vec![path.join("model.safetensors")]
+            } else {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(path)
+                    .map_err(io)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                    .collect();
+                v.sort();
+                if v.is_empty() {
+                    return Err(WeightError::Format {
+                        path: path.to_path_buf(),
+                        message: "the directory holds no .safetensors file".into(),
+                    });
+                }
+                v
+            }
+        } else if path.to_string_lossy().ends_with(".index.json") {
+            shards_of(path)?
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut weights = Weights {
+            origin: path.to_path_buf(),
+            files: Vec::with_capacity(files.len()),
+            index: HashMap::new(),
+        };
+        for file_path in files {
+            let file = std::fs::File::open(&file_path).map_err(|source| WeightError::Io {
+                path: file_path.clone(),
+                source,
+            })?;
+            // SAFETY: the map is read-only; files changed by another process while mapped are
+            // outside what we guard against (as with every mmap-based checkpoint loader).
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| WeightError::Io {
+                path: file_path.clone(),
+                source,
+            })?;
+            let (header, meta) =
+                SafeTensors::read_metadata(&map).map_err(|e| WeightError::Format {
+                    path: file_path.clone(),
+                    message: e.to_string(),
+                })?;
+            let start = 8 + header;
+            let file_index = weights.files.len();
+            for (name, info) in meta.tensors() {
+                weights.index.insert(
+                    name,
+                    Entry {
+                        file: file_index,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        range: (start + info.data_offsets.0, start + info.data_offsets.1),
+                    },
+                );
+            }
+            weights.files.push(MappedFile {
+                path: file_path,
+                map,
+            });
+        }
+        Ok(weights)
+    }
+
+    /// Where the weights were opened from.
+    pub fn origin(&self) -> &Path {
+        &self.origin
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// All tensor names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.index.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.index.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// The first of `candidates` present, or a [`WeightError::Missing`] naming them all.
+    pub fn first_of<'a>(&self, candidates: &[&'a str]) -> Result<&'a str> {
+        candidates
+            .iter()
+            .copied()
+            .find(|c| self.contains(c))
+            .ok_or_else(|| self.missing(candidates))
+    }
+
+    /// The first prefix `p` of `prefixes` such that `p + probe` is a tensor of the checkpoint.
+    pub fn detect_prefix<'a>(&self, prefixes: &[&'a str], probe: &str) -> Option<&'a str> {
+        prefixes
+            .iter()
+            .copied()
+            .find(|p| self.contains(&format!("{p}{probe}")))
+    }
+
+    fn missing(&self, candidates: &[&str]) -> WeightError {
+        WeightError::Missing {
+            path: self.origin.clone(),
+            name: candidates.first().copied().unwrap_or_default().to_string(),
+            tried: candidates.iter().skip(1).map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// A tensor as f32 values and its shape.
+    pub fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let entry = self.index.get(name).ok_or_else(|| self.missing(&[name]))?;
+        let file = &self.files[entry.file];
+        let bytes = &file.map[entry.range.0..entry.range.1];
+        let view = TensorView::new(entry.dtype, entry.shape.clone(), bytes).map_err(|e| {
+            WeightError::Format {
+                path: file.path.clone(),
+                message: format!("tensor {name}: {e}"),
+            }
+        })?;
+        let values = to_f32(view.data(), entry.dtype).ok_or_else(|| WeightError::Dtype {
+            path: file.path.clone(),
+            name: name.to_string(),
+            dtype: format!("{:?}", entry.dtype),
+        })?;
+        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+            return Err(WeightError::NonFinite {
+                path: file.path.clone(),
+                name: name.to_string(),
+                index,
+            });
+        }
+        Ok((values, entry.shape.clone()))
+    }
+
+    /// A tensor of exactly the shape `want`, on `device`.
+    pub fn tensor<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        want: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let (values, shape) = self.f32(name)?;
+        if shape != want {
+            return Err(WeightError::Shape {
+                path: self.files[self.index[name].file].path.clone(),
+                name: name.to_string(),
+                got: shape,
+                want: want.to_vec(),
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(values, want), device))
+    }
+
+    /// A tensor whose element count equals `want`'s, reshaped to `want` (e.g. a `[1, F]` token
+    /// stored where `[F]` is used).
+    pub fn tensor_reshaped<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        want: [usize; D],
+        device: &B::Device,
+    ) -> Result<Tensor<B, D>> {
+        let (values, shape) = self.f32(name)?;
+        if values.len() != want.iter().product::<usize>() {
+            return Err(WeightError::Shape {
+                path: self.files[self.index[name].file].path.clone(),
+                name: name.to_string(),
+                got: shape,
+                want: want.to_vec(),
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(values, want), device))
+    }
+}
+
+fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index).map_err(|source| WeightError::Io {
+        path: index.to_path_buf(),
+        source,
+    })?;
+    let format = |message: String| WeightError::Format {
+        path: index.to_path_buf(),
+        message,
+    };
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format(e.to_string()))?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| format("no \"weight_map\" object".into()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for (tensor, file) in map {
+        let file = file
+            .as_str()
+            .ok_or_else(|| format(format!("weight_map[{tensor}] is not a file name")))?;
+        let p = dir.join(file);
+        if !files.contains(&p) {
+            files.push(p);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// One tensor to save: PyTorch name, shape, f32 values (row-major).
+pub struct SaveTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+impl SaveTensor {
+    /// From a burn tensor (converted to f32).
+    pub fn from_tensor<B: Backend, const D: usize>(
+        name: impl Into<String>,
+        t: Tensor<B, D>,
+    ) -> Self {
+        let shape = t.dims().to_vec();
+        let values = t
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("converted data is f32");
+        Self {
+            name: name.into(),
+            shape,
+            values,
+        }
+    }
+}
+
+/// Writes f32 tensors as one safetensors file (`{"format": "pt"}` metadata), atomically.
+pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[SaveTensor]) -> Result<()> {
+    let path = path.as_ref();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            TensorView::new(Dtype::F32, t.shape.clone(), b)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| WeightError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("tensor {}: {e}", t.name),
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let data = safetensors::serialize(views, Some(meta)).map_err(|e| WeightError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let io = |source| WeightError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    std::fs::write(&tmp, &data).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray<f32>;
+
+    #[test]
+    fn shards_dtypes_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SaveTensor {
+            name: "a.weight".into(),
+            shape: vec![2, 3],
+            values: (0..6).map(|i| i as f32).collect(),
+        };
+        let b = SaveTensor {
+            name: "b.bias".into(),
+            shape: vec![3],
+            values: vec![1.5, -2.0, 0.25],
+        };
+        save_safetensors(dir.path().join("model-00001-of-00002.safetensors"), &[a]).unwrap();
+        // The second shard in bf16, written by hand.
+        let bf: Vec<u8> = b
+            .values
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let view = TensorView::new(Dtype::BF16, vec![3], &bf).unwrap();
+        std::fs::write(
+            dir.path().join("model-00002-of-00002.safetensors"),
+            safetensors::serialize([("b.bias", view)], None).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            r#"{"metadata": {}, "weight_map": {"a.weight": "model-00001-of-00002.safetensors",
+                "b.bias": "model-00002-of-00002.safetensors"}}"#,
+        )
+        .unwrap();
+        let w = Weights::open(dir.path()).unwrap();
+        assert_eq!(w.names(), vec!["a.weight", "b.bias"]);
+        let device = Default::default();
+        let t = w.tensor::<B, 2>("a.weight", [2, 3], &device).unwrap();
+        assert_eq!(t.into_data().to_vec::<f32>().unwrap()[5], 5.0);
+        let (v, _) = w.f32("b.bias").unwrap();
+        assert_eq!(v, vec![1.5, -2.0, 0.25]);
+        let e = w.tensor::<B, 2>("a.weight", [3, 2], &device).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a.weight has shape [2, 3], expected [3, 2]"),
+            "{e}"
+        );
+        let e = w.first_of(&["x.weight", "y.weight"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("missing tensor x.weight (also tried y.weight)"),
+            "{e}"
+        );
+        assert_eq!(w.detect_prefix(&["model.", ""], "a.weight"), Some(""));
+        let bad = dir.path().join("bad.safetensors");
+        std::fs::write(&bad, b"nope").unwrap();
+        assert!(matches!(
+            Weights::open(&bad),
+            Err(WeightError::Format { .. })
+        ));
+        let nan = dir.path().join("nan.safetensors");
+        save_safetensors(
+            &nan,
+            &[SaveTensor {
+                name: "n".into(),
+                shape: vec![2],
+                values: vec![0.0, f32::NAN],
+            }],
+        )
+        .unwrap();
+        let e = Weights::open(&nan).unwrap().f32("n").unwrap_err();
+        assert!(matches!(e, WeightError::NonFinite { index: 1, .. }), "{e}");
+    }
+}
