@@ -212,7 +212,11 @@ mod tests {
             .init::<B>(&device)
             .load_safetensors(&p)
             .unwrap_err();
-        assert!(e.to_string().contains("missing tensor multi_modal_projector.segment_embedding"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("missing tensor multi_modal_projector.segment_embedding"),
+            "{e}"
+        );
         std::fs::write(&p2, b"garbage").unwrap();
         assert!(cfg.init::<B>(&device).load_safetensors(&p2).is_err());
     }

@@ -22,6 +22,12 @@ pub enum VisionError {
     },
     #[error("invalid frame: {0}")]
     BadFrame(String),
+    #[error("vision config: {0}")]
+    Config(String),
+    #[error("vision input: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Checkpoint(#[from] og_weights::WeightError),
 }
 
 pub type Result<T> = std::result::Result<T, VisionError>;

@@ -5,8 +5,9 @@
 //!   `expand2square`, shortest-side resize, centre crop), applied to images and — with area or
 //!   nearest semantics — to masks, so masks and patch features agree spatially.
 //!
-//! The CLIP ViT encoder joins this crate next (see the crate README).
+//! - [`clip`]: the CLIP ViT encoder (HF configs and checkpoints), features X'.
 
+pub mod clip;
 mod error;
 mod frame;
 

@@ -1,0 +1,305 @@
+//! [`ClipVisionConfig`]: transformers' `CLIPVisionConfig`, read from any `config.json` that
+//! holds one (bare, inside `CLIPConfig`, inside `LlavaConfig`; old `vision_config_dict`
+//! spelling too), with HF's defaults for every absent field.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Result, VisionError};
+
+/// The activation of the encoder MLP (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClipActivation {
+    /// `x·σ(1.702x)`, CLIP's default.
+    QuickGelu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// tanh-approximated GELU (`gelu_new`, `gelu_pytorch_tanh`).
+    #[serde(alias = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluTanh,
+}
+
+/// Which tokens of the selected layer are the features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectFeature {
+    /// Patch tokens only (CLS dropped): LLaVA's `default` / `patch`.
+    #[serde(alias = "default")]
+    Patch,
+    /// CLS and patch tokens: LLaVA's `full` / `cls_patch`.
+    #[serde(alias = "full")]
+    ClsPatch,
+}
+
+fn d_hidden() -> usize {
+    768
+}
+fn d_intermediate() -> usize {
+    3072
+}
+fn d_layers() -> usize {
+    12
+}
+fn d_heads() -> usize {
+    12
+}
+fn d_channels() -> usize {
+    3
+}
+fn d_image() -> usize {
+    224
+}
+fn d_patch() -> usize {
+    32
+}
+fn d_act() -> ClipActivation {
+    ClipActivation::QuickGelu
+}
+fn d_eps() -> f64 {
+    1e-5
+}
+fn d_select_layer() -> i64 {
+    -2
+}
+fn d_select_feature() -> SelectFeature {
+    SelectFeature::Patch
+}
+
+/// The vision tower's hyper-parameters. Field names and defaults are transformers'.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipVisionConfig {
+    #[serde(default = "d_hidden")]
+    pub hidden_size: usize,
+    #[serde(default = "d_intermediate")]
+    pub intermediate_size: usize,
+    #[serde(default = "d_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "d_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "d_channels")]
+    pub num_channels: usize,
+    #[serde(default = "d_image")]
+    pub image_size: usize,
+    #[serde(default = "d_patch")]
+    pub patch_size: usize,
+    #[serde(default = "d_act")]
+    pub hidden_act: ClipActivation,
+    #[serde(default = "d_eps")]
+    pub layer_norm_eps: f64,
+    /// Hidden state whose features are used (negative: from the end; −2 in LLaVA). Read from
+    /// `vision_feature_layer` / `mm_vision_select_layer` when the config has one.
+    #[serde(default = "d_select_layer")]
+    pub select_layer: i64,
+    /// Read from `vision_feature_select_strategy` / `mm_vision_select_feature`.
+    #[serde(default = "d_select_feature")]
+    pub select_feature: SelectFeature,
+}
+
+impl Default for ClipVisionConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialise")
+    }
+}
+
+impl ClipVisionConfig {
+    /// CLIP ViT-L/14 at 336 px: the encoder of LLaVA-1.5 and OG-LLaVA (V = 576, F = 1024).
+    pub fn vit_l_14_336() -> Self {
+        Self {
+            hidden_size: 1024,
+            intermediate_size: 4096,
+            num_hidden_layers: 24,
+            num_attention_heads: 16,
+            image_size: 336,
+            patch_size: 14,
+            ..Self::default()
+        }
+    }
+
+    /// CLIP ViT-L/14 at 224 px.
+    pub fn vit_l_14() -> Self {
+        Self {
+            image_size: 224,
+            ..Self::vit_l_14_336()
+        }
+    }
+
+    /// CLIP ViT-B/16 at 224 px.
+    pub fn vit_b_16() -> Self {
+        Self {
+            patch_size: 16,
+            ..Self::default()
+        }
+    }
+
+    /// A tiny tower for tests (30 px, 6 px patches, width 32, 3 layers).
+    pub fn tiny() -> Self {
+        Self {
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 3,
+            num_attention_heads: 4,
+            image_size: 30,
+            patch_size: 6,
+            ..Self::default()
+        }
+    }
+
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    /// V, the number of patch tokens.
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// The hidden state index (0 = embeddings, L = last layer) of `select_layer`.
+    pub fn selected_hidden_state(&self) -> Result<usize> {
+        let n = self.num_hidden_layers as i64;
+        let idx = if self.select_layer < 0 {
+            n + 1 + self.select_layer
+        } else {
+            self.select_layer
+        };
+        if !(0..=n).contains(&idx) {
+            return Err(VisionError::Config(format!(
+                "select_layer {} is outside the {} hidden states of a {n}-layer tower",
+                self.select_layer,
+                n + 1
+            )));
+        }
+        Ok(idx as usize)
+    }
+
+    /// Checks the numbers describe a buildable tower.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(VisionError::Config(m));
+        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.patch_size == 0 {
+            return bad("hidden_size, num_attention_heads and patch_size must be positive".into());
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.image_size % self.patch_size != 0 {
+            return bad(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        self.selected_hidden_state().map(|_| ())
+    }
+
+    /// Reads the vision config from an HF `config.json` value: a bare `CLIPVisionConfig`, or
+    /// `vision_config` (or the older `vision_config_dict`) inside `CLIPConfig`/`LlavaConfig`.
+    /// LLaVA's `vision_feature_layer` / `vision_feature_select_strategy` (llava-hf) or
+    /// `mm_vision_select_layer` / `mm_vision_select_feature` (original LLaVA) set the selection.
+    pub fn from_hf_value(value: &Value) -> Result<Self> {
+        let obj = value
+            .as_object()
+            .ok_or_else(|| VisionError::Config("config.json is not a JSON object".into()))?;
+        let nested = obj
+            .get("vision_config")
+            .filter(|v| v.is_object())
+            .or_else(|| obj.get("vision_config_dict").filter(|v| v.is_object()));
+        let is_vision = obj
+            .get("model_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t == "clip_vision_model")
+            || obj.contains_key("patch_size");
+        let source = match nested {
+            Some(v) => v.clone(),
+            None if is_vision => value.clone(),
+            None => {
+                return Err(VisionError::Config(
+                    "config.json has no vision_config and is not a CLIP vision config".into(),
+                ));
+            }
+        };
+        let mut cfg: ClipVisionConfig = serde_json::from_value(source)
+            .map_err(|e| VisionError::Config(format!("vision config: {e}")))?;
+        // The selection lives on the outer (LLaVA) config.
+        let layer = obj
+            .get("vision_feature_layer")
+            .or_else(|| obj.get("mm_vision_select_layer"));
+        if let Some(l) = layer {
+            cfg.select_layer = l.as_i64().ok_or_else(|| {
+                VisionError::Config(format!("vision_feature_layer {l} is not one integer"))
+            })?;
+        }
+        let feature = obj
+            .get("vision_feature_select_strategy")
+            .or_else(|| obj.get("mm_vision_select_feature"));
+        if let Some(f) = feature {
+            cfg.select_feature = serde_json::from_value(f.clone())
+                .map_err(|e| VisionError::Config(format!("vision feature strategy {f}: {e}")))?;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads `config.json` from a `save_pretrained` directory (or the file itself).
+    pub fn from_hf_dir(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|source| VisionError::Io {
+            path: file.clone(),
+            source,
+        })?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| VisionError::Config(format!("{}: malformed JSON: {e}", file.display())))?;
+        Self::from_hf_value(&value)
+            .map_err(|e| VisionError::Config(format!("{}: {e}", file.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings_and_defaults() {
+        let llava = serde_json::json!({
+            "model_type": "llava",
+            "vision_config": {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096,
+                              "model_type": "clip_vision_model", "num_attention_heads": 16,
+                              "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768},
+            "vision_feature_layer": -2, "vision_feature_select_strategy": "default"
+        });
+        let c = ClipVisionConfig::from_hf_value(&llava).unwrap();
+        assert_eq!(c, ClipVisionConfig::vit_l_14_336());
+        assert_eq!(c.num_patches(), 576);
+        assert_eq!(c.selected_hidden_state().unwrap(), 23);
+        let old = serde_json::json!({"vision_config_dict": {"patch_size": 16, "hidden_act": "gelu"},
+                                     "text_config_dict": {}});
+        let c = ClipVisionConfig::from_hf_value(&old).unwrap();
+        assert_eq!((c.patch_size, c.hidden_act), (16, ClipActivation::Gelu));
+        let bare = serde_json::json!({"model_type": "clip_vision_model", "hidden_act": "gelu_pytorch_tanh",
+                                      "mm_vision_select_feature": "cls_patch"});
+        let c = ClipVisionConfig::from_hf_value(&bare).unwrap();
+        assert_eq!(c.hidden_act, ClipActivation::GeluTanh);
+        let orig = serde_json::json!({"patch_size": 14, "mm_vision_select_layer": -1,
+                                      "mm_vision_select_feature": "patch"});
+        assert_eq!(
+            ClipVisionConfig::from_hf_value(&orig).unwrap().select_layer,
+            -1
+        );
+        assert!(
+            ClipVisionConfig::from_hf_value(&serde_json::json!({"model_type": "llama"})).is_err()
+        );
+        let bad = serde_json::json!({"patch_size": 14, "hidden_act": "relu6"});
+        assert!(ClipVisionConfig::from_hf_value(&bad).is_err());
+        let bad = serde_json::json!({"patch_size": 14, "vision_feature_layer": -30});
+        assert!(ClipVisionConfig::from_hf_value(&bad).is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! Loading the vision tower from HF checkpoints in every layout users have.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{LayerNorm, Linear};
+use burn::tensor::backend::Backend;
+use og_weights::Weights;
+
+use super::config::ClipVisionConfig;
+use super::model::ClipVisionTransformer;
+use crate::error::{Result, VisionError};
+
+/// Where the vision tower lives in the checkpoints we know, probed in this order:
+/// CLIPModel / older CLIPVisionModel, newer CLIPVisionModel, llava-hf on the hub, Llava as
+/// newer transformers writes it, and the original LLaVA layout.
+pub const VISION_PREFIXES: &[&str] = &[
+    "vision_model.",
+    "",
+    "vision_tower.vision_model.",
+    "vision_tower.",
+    "model.vision_tower.vision_model.",
+    "model.vision_tower.",
+    "model.vision_tower.vision_tower.vision_model.",
+];
+
+const PROBE: &str = "embeddings.patch_embedding.weight";
+
+fn linear<B: Backend>(w: &Weights, name: &str, lin: &mut Linear<B>) -> Result<()> {
+    let [d_in, d_out] = lin.weight.dims();
+    let device = lin.weight.device();
+    // PyTorch stores [out, in]; burn's Linear holds [in, out].
+    let weight = w.tensor::<B, 2>(&format!("{name}.weight"), [d_out, d_in], &device)?;
+    lin.weight = Param::from_tensor(weight.transpose());
+    lin.bias = Some(Param::from_tensor(w.tensor(
+        &format!("{name}.bias"),
+        [d_out],
+        &device,
+    )?));
+    Ok(())
+}
+
+fn layer_norm<B: Backend>(w: &Weights, name: &str, ln: &mut LayerNorm<B>) -> Result<()> {
+    let [d] = ln.gamma.dims();
+    let device = ln.gamma.device();
+    ln.gamma = Param::from_tensor(w.tensor(&format!("{name}.weight"), [d], &device)?);
+    ln.beta = Some(Param::from_tensor(w.tensor(
+        &format!("{name}.bias"),
+        [d],
+        &device,
+    )?));
+    Ok(())
+}
+
+impl<B: Backend> ClipVisionTransformer<B> {
+    /// Loads weights from an opened checkpoint; the layout is detected (see
+    /// [`VISION_PREFIXES`]). Text towers, projectors and language models are ignored.
+    pub fn load_weights(mut self, w: &Weights) -> Result<Self> {
+        let p = w.detect_prefix(VISION_PREFIXES, PROBE).ok_or_else(|| {
+            VisionError::Config(format!(
+                "{}: no CLIP vision tower found (looked for {PROBE} under {VISION_PREFIXES:?})",
+                w.origin().display()
+            ))
+        })?;
+        let device = self.embeddings.class_embedding.device();
+        let h = self.hidden_size();
+        let e = &mut self.embeddings;
+        e.class_embedding = Param::from_tensor(w.tensor(
+            &format!("{p}embeddings.class_embedding"),
+            [h],
+            &device,
+        )?);
+        let conv = e.patch_embedding.weight.dims();
+        e.patch_embedding.weight = Param::from_tensor(w.tensor(
+            &format!("{p}embeddings.patch_embedding.weight"),
+            conv,
+            &device,
+        )?);
+        let pos = e.position_embedding.weight.dims();
+        e.position_embedding.weight = Param::from_tensor(w.tensor(
+            &format!("{p}embeddings.position_embedding.weight"),
+            pos,
+            &device,
+        )?);
+        layer_norm(w, &format!("{p}pre_layrnorm"), &mut self.pre_layrnorm)?;
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let l = format!("{p}encoder.layers.{i}");
+            let a = &mut layer.self_attn;
+            linear(w, &format!("{l}.self_attn.q_proj"), &mut a.q_proj)?;
+            linear(w, &format!("{l}.self_attn.k_proj"), &mut a.k_proj)?;
+            linear(w, &format!("{l}.self_attn.v_proj"), &mut a.v_proj)?;
+            linear(w, &format!("{l}.self_attn.out_proj"), &mut a.out_proj)?;
+            layer_norm(w, &format!("{l}.layer_norm1"), &mut layer.layer_norm1)?;
+            linear(w, &format!("{l}.mlp.fc1"), &mut layer.mlp.fc1)?;
+            linear(w, &format!("{l}.mlp.fc2"), &mut layer.mlp.fc2)?;
+            layer_norm(w, &format!("{l}.layer_norm2"), &mut layer.layer_norm2)?;
+        }
+        layer_norm(w, &format!("{p}post_layernorm"), &mut self.post_layernorm)?;
+        // A checkpoint with more layers than the config is a mismatch worth reporting.
+        let extra = format!("{p}encoder.layers.{}.layer_norm1.weight", self.num_layers());
+        if w.contains(&extra) {
+            return Err(VisionError::Config(format!(
+                "{}: the checkpoint has more than the {} layers its config declares",
+                w.origin().display(),
+                self.num_layers()
+            )));
+        }
+        Ok(self)
+    }
+
+    /// Builds the tower of a `save_pretrained` directory (CLIPModel, CLIPVisionModel, Llava or
+    /// original LLaVA with a bundled tower): `config.json` plus safetensors weights.
+    pub fn load_hf(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = ClipVisionConfig::from_hf_dir(dir)?;
+        let weights = Weights::open(dir)?;
+        config.init::<B>(device)?.load_weights(&weights)
+    }
+}

@@ -1,0 +1,120 @@
+//! CLIP vision tower equal to transformers on committed tiny checkpoints
+//! (scripts/make_vision_fixtures.py): every hidden state, X' (layer −2, CLS dropped) and the
+//! pooled output, within 1e-4, for CLIPVisionModel, CLIPModel and Llava layouts.
+
+use burn::backend::NdArray;
+use burn::tensor::Tensor;
+use og_vision::VisionError;
+use og_vision::clip::{ClipVisionConfig, ClipVisionTransformer};
+use og_weights::{SaveTensor, Weights};
+
+type B = NdArray<f32>;
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vision")
+}
+
+fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    (a - b).abs().max().into_scalar()
+}
+
+fn check(name: &str) {
+    let device = Default::default();
+    let model = ClipVisionTransformer::<B>::load_hf(fixtures().join(name), &device).unwrap();
+    let io = Weights::open(fixtures().join(format!("{name}_io.safetensors"))).unwrap();
+    let pv: Tensor<B, 4> = io.tensor("pixel_values", [2, 3, 30, 30], &device).unwrap();
+    let n = model.num_layers();
+    let out = model.forward_hidden_states(pv.clone(), n).unwrap();
+    assert_eq!(out.hidden_states.len(), n + 1);
+    for (i, h) in out.hidden_states.into_iter().enumerate() {
+        let want: Tensor<B, 3> = io
+            .tensor(&format!("hidden_states.{i}"), [2, 26, 32], &device)
+            .unwrap();
+        let d = max_diff(h, want);
+        assert!(d < 1e-4, "{name}: hidden state {i} differs by {d}");
+    }
+    let want: Tensor<B, 3> = io.tensor("features", [2, 25, 32], &device).unwrap();
+    let d = max_diff(model.features(pv.clone()).unwrap(), want);
+    assert!(d < 1e-4, "{name}: features differ by {d}");
+    let want: Tensor<B, 2> = io.tensor("pooler_output", [2, 32], &device).unwrap();
+    let d = max_diff(model.pooled(pv).unwrap(), want);
+    assert!(d < 1e-4, "{name}: pooled output differs by {d}");
+}
+
+#[test]
+fn clip_vision_model_matches_transformers() {
+    check("clip_vision_tiny");
+}
+
+#[test]
+fn clip_model_gelu_tower_matches_transformers() {
+    check("clip_tiny");
+}
+
+#[test]
+fn llava_vision_tower_matches_transformers() {
+    check("llava_tiny");
+}
+
+#[test]
+fn missing_and_misshaped_tensors_are_named() {
+    let device = Default::default();
+    let src = Weights::open(fixtures().join("clip_vision_tiny")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("clip_vision_tiny/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let tensors = |skip: &str, reshape: &str| -> Vec<SaveTensor> {
+        src.names()
+            .into_iter()
+            .filter(|n| *n != skip)
+            .map(|n| {
+                let (values, mut shape) = src.f32(n).unwrap();
+                if n == reshape {
+                    shape.reverse();
+                }
+                SaveTensor {
+                    name: n.to_string(),
+                    shape,
+                    values,
+                }
+            })
+            .collect()
+    };
+    let ckpt = dir.path().join("model.safetensors");
+    og_weights::save_safetensors(&ckpt, &tensors("encoder.layers.1.mlp.fc2.bias", "")).unwrap();
+    let e = ClipVisionTransformer::<B>::load_hf(dir.path(), &device).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("missing tensor encoder.layers.1.mlp.fc2.bias"),
+        "{e}"
+    );
+    og_weights::save_safetensors(&ckpt, &tensors("", "encoder.layers.0.mlp.fc1.weight")).unwrap();
+    let e = ClipVisionTransformer::<B>::load_hf(dir.path(), &device).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("encoder.layers.0.mlp.fc1.weight has shape [32, 64], expected [64, 32]"),
+        "{msg}"
+    );
+    // A tower that is not CLIP at all.
+    og_weights::save_safetensors(
+        &ckpt,
+        &[SaveTensor {
+            name: "x".into(),
+            shape: vec![1],
+            values: vec![0.0],
+        }],
+    )
+    .unwrap();
+    let e = ClipVisionTransformer::<B>::load_hf(dir.path(), &device).unwrap_err();
+    assert!(matches!(e, VisionError::Config(_)), "{e}");
+    // Wrong input size.
+    let m = ClipVisionConfig::tiny().init::<B>(&device).unwrap();
+    let e = m
+        .features(Tensor::zeros([1, 3, 32, 32], &device))
+        .unwrap_err();
+    assert!(e.to_string().contains("[_, 3, 30, 30]"), "{e}");
+}
