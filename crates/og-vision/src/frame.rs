@@ -285,8 +285,8 @@ impl Frame {
         (s >= 0.0 && (s as usize) < axis.original).then_some(s as usize)
     }
 
-    /// The encoder input image: pad (if configured), resize with bicubic (Catmull-Rom,
-    /// antialiased when shrinking), centre crop.
+    /// The encoder input image: pad (if configured), resize with Pillow's bicubic (as
+    /// `CLIPImageProcessor`; see [`crate::resize`]), centre crop.
     pub fn apply_image(&self, image: &RgbImage) -> Result<RgbImage> {
         if (image.width() as usize, image.height() as usize) != (self.x.original, self.y.original) {
             return Err(VisionError::BadFrame(format!(
@@ -314,12 +314,7 @@ impl Frame {
             image.clone()
         };
         let resized = if (self.x.resized, self.y.resized) != (self.x.padded, self.y.padded) {
-            imageops::resize(
-                &padded,
-                self.x.resized as u32,
-                self.y.resized as u32,
-                imageops::FilterType::CatmullRom,
-            )
+            crate::resize::resize_bicubic(&padded, self.x.resized as u32, self.y.resized as u32)
         } else {
             padded
         };

@@ -10,6 +10,7 @@
 pub mod clip;
 mod error;
 mod frame;
+pub mod resize;
 
 use std::path::Path;
 
