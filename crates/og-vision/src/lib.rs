@@ -10,6 +10,7 @@
 pub mod clip;
 mod error;
 mod frame;
+mod preprocess;
 pub mod resize;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ use std::path::Path;
 pub use error::{Result, VisionError};
 pub use frame::{CLIP_MEAN, CLIP_STD, Frame, FrameConfig, PatchCoverage, mean_color};
 pub use image::RgbImage;
+pub use preprocess::ImageProcessor;
 
 /// Decodes an image file into RGB8 (alpha dropped, greyscale expanded).
 pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
