@@ -292,7 +292,7 @@ fn device_check(
         )));
     }
     println!(
-        "{}: OGVT {:?}, mean {:.5}, median {:.1} ms per connector forward",
+        "{}: OGVT {:?}, mean {:.7}, median {:.1} ms per connector forward",
         report.backend, report.shape, report.mean, report.median_ms
     );
     Ok(())

@@ -248,6 +248,23 @@ mod tests {
         ));
     }
 
+    /// The same connector on both CPU backends computes the same function.
+    #[cfg(all(feature = "ndarray", feature = "flex"))]
+    #[test]
+    fn cpu_backends_agree() {
+        let probe = crate::ConnectorProbe {
+            grid: 6,
+            vision_hidden_size: 32,
+            text_hidden_size: 48,
+            iterations: 1,
+        };
+        let a = dispatch(DeviceSpec::NdArray, probe.clone()).unwrap();
+        let b = dispatch(DeviceSpec::Flex, probe).unwrap();
+        assert_eq!(a.shape, [1, 42, 48]);
+        assert!(a.mean.is_finite() && a.mean != 0.0);
+        assert!((a.mean - b.mean).abs() < 1e-5, "{} vs {}", a.mean, b.mean);
+    }
+
     #[test]
     fn missing_backends_are_errors() {
         #[cfg(not(feature = "cuda"))]

@@ -13,10 +13,11 @@ pub use og_vision;
 pub use backend::{BackendError, BackendTask, DeviceSpec, compiled_backends, dispatch};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Distribution, ElementConversion, Tensor};
+use burn::module::Param;
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use og_fusion::{OgFusionConfig, Selection};
 
-/// A connector forward at a given size on any backend, with random weights and features:
+/// A connector forward at a given size on any backend, with deterministic weights and features:
 /// proves a backend works end to end and measures it (`og-llava device-check`).
 #[derive(Debug, Clone)]
 pub struct ConnectorProbe {
@@ -36,7 +37,8 @@ pub struct ProbeReport {
     pub backend: String,
     /// Shape of the OGVT produced: [batch, T, D].
     pub shape: [usize; 3],
-    /// Mean of the output (finite on a working backend).
+    /// Mean of the output (finite on a working backend; equal across backends up to rounding,
+    /// since weights and features come from a host-side generator).
     pub mean: f32,
     /// Median wall time of one forward, milliseconds.
     pub median_ms: f64,
@@ -46,14 +48,29 @@ impl BackendTask for ConnectorProbe {
     type Output = ProbeReport;
 
     fn run<B: Backend>(self, device: B::Device) -> ProbeReport {
-        let cfg = OgFusionConfig::new(self.vision_hidden_size, self.text_hidden_size);
-        let model = cfg.init::<B>(&device);
+        let (f, d) = (self.vision_hidden_size, self.text_hidden_size);
+        let mut model = OgFusionConfig::new(f, d).init::<B>(&device);
+        // Weights and features from a host-side generator: every backend computes the same
+        // function, so the printed means are comparable across backends.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut host = |shape: Vec<usize>, scale: f32| {
+            let n: usize = shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+                })
+                .collect();
+            TensorData::new(values, shape)
+        };
+        model.linear_1.weight = Param::from_data(host(vec![f, d], 2.0 / (f as f32).sqrt()), &device);
+        model.linear_2.weight = Param::from_data(host(vec![d, d], 2.0 / (d as f32).sqrt()), &device);
+        model.linear_1.bias = Some(Param::from_data(host(vec![d], 0.1), &device));
+        model.linear_2.bias = Some(Param::from_data(host(vec![d], 0.1), &device));
         let v = self.grid * self.grid;
-        let features = Tensor::<B, 3>::random(
-            [1, v, self.vision_hidden_size],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
+        let features = Tensor::<B, 3>::from_data(host(vec![1, v, f], 2.0), &device);
         // Two overlapping "objects" covering the left and right halves plus a shared column.
         let g = self.grid;
         let left: Vec<u32> = (0..v as u32)
