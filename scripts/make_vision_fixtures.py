@@ -53,6 +53,16 @@ def main():
     m.save_pretrained(os.path.join(OUT, "clip_vision_tiny"))
     dump_io("clip_vision_tiny", m, pixel_values)
 
+    # The whole pipeline on a photo: the tiny tower's own processor (30 px), saved with it.
+    tiny_proc = CLIPImageProcessor(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30})
+    tiny_proc.save_pretrained(os.path.join(OUT, "clip_vision_tiny"))
+    photo = Image.open(os.path.join(ROOT, "images", "chelsea.webp")).convert("RGB")
+    pv = torch.from_numpy(tiny_proc(images=photo, return_tensors="np")["pixel_values"])
+    with torch.no_grad():
+        hs = m(pixel_values=pv, output_hidden_states=True).hidden_states
+    save_file({"pixel_values": pv.contiguous(), "features": hs[-2][:, 1:].clone()},
+              os.path.join(OUT, "clip_vision_tiny_chelsea.safetensors"))
+
     cfg = CLIPConfig(
         text_config=dict(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, max_position_embeddings=16),

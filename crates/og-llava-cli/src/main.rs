@@ -26,6 +26,9 @@ struct Cli {
 enum Command {
     /// Show which encoder rows (grid cells) each mask selects, and the token count T.
     Tokens(TokensArgs),
+    /// Dump intermediate tensors of a checkpoint, to compare a conversion with transformers.
+    #[command(subcommand)]
+    Inspect(Inspect),
     /// Run the connector at paper size on a backend: proves the backend works, times it.
     DeviceCheck {
         /// ndarray | flex | wgpu[:N] | cuda[:N] (default: the measured-fastest CPU backend)
@@ -37,6 +40,38 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         iterations: usize,
     },
+}
+
+#[derive(Subcommand)]
+enum Inspect {
+    /// Preprocess an image and run the vision tower of any HF checkpoint directory (CLIPModel,
+    /// CLIPVisionModel, Llava, original LLaVA with a bundled tower); write `pixel_values`
+    /// [1,3,S,S] and `features` [1,V,F] (layer −2, CLS dropped unless flags say otherwise).
+    Vision(InspectVisionArgs),
+}
+
+#[derive(clap::Args)]
+struct InspectVisionArgs {
+    /// A `save_pretrained` directory with config.json and safetensors weights.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    image: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Hidden state to use (negative counts from the end); default: the config's (−2).
+    #[arg(long, allow_hyphen_values = true)]
+    select_layer: Option<i64>,
+    /// Keep the CLS token in `features`.
+    #[arg(long)]
+    cls: bool,
+    /// Pad to square with the mean colour first (LLaVA-1.5's expand2square).
+    #[arg(long)]
+    pad: bool,
+    /// ndarray | flex | wgpu[:N] | cuda[:N]
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,6 +159,8 @@ enum CliError {
     Backend(#[from] og_llava::BackendError),
     #[error("{path}: {message}")]
     Output { path: PathBuf, message: String },
+    #[error(transparent)]
+    Checkpoint(#[from] og_weights::WeightError),
     #[error("{0}")]
     Usage(String),
 }
@@ -132,6 +169,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokens(args) => tokens(&args),
+        Command::Inspect(Inspect::Vision(args)) => inspect_vision(&args),
         Command::DeviceCheck {
             device,
             text_hidden,
@@ -296,4 +334,77 @@ fn device_check(
         report.backend, report.shape, report.mean, report.median_ms
     );
     Ok(())
+}
+
+struct InspectVision<'a> {
+    args: &'a InspectVisionArgs,
+    image: og_vision::RgbImage,
+    config: og_vision::clip::ClipVisionConfig,
+    processor: og_vision::ImageProcessor,
+}
+
+impl og_llava::BackendTask for InspectVision<'_> {
+    type Output = Result<(), CliError>;
+
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Self::Output {
+        use og_vision::clip::ClipVisionTransformer;
+        let weights = og_weights::Weights::open(&self.args.model)?;
+        let tower: ClipVisionTransformer<B> =
+            self.config.init::<B>(&device)?.load_weights(&weights)?;
+        let (pixel_values, _) = self.processor.pixel_values::<B>(&self.image, &device)?;
+        let features = tower.features(pixel_values.clone())?;
+        let dims = features.dims();
+        og_weights::save_safetensors(
+            &self.args.out,
+            &[
+                og_weights::SaveTensor::from_tensor("pixel_values", pixel_values),
+                og_weights::SaveTensor::from_tensor("features", features),
+            ],
+        )?;
+        eprintln!(
+            "features {dims:?} (hidden state {} of {}) written to {}",
+            self.config.selected_hidden_state()?,
+            self.config.num_hidden_layers,
+            self.args.out.display()
+        );
+        Ok(())
+    }
+}
+
+fn inspect_vision(args: &InspectVisionArgs) -> Result<(), CliError> {
+    use og_vision::clip::{ClipVisionConfig, SelectFeature};
+    if !args.model.join("config.json").is_file() {
+        return Err(CliError::Usage(format!(
+            "{} has no config.json: expected a save_pretrained directory",
+            args.model.display()
+        )));
+    }
+    let mut config = ClipVisionConfig::from_hf_dir(&args.model)?;
+    if let Some(l) = args.select_layer {
+        config.select_layer = l;
+    }
+    if args.cls {
+        config.select_feature = SelectFeature::ClsPatch;
+    }
+    config.validate()?;
+    let processor = og_vision::ImageProcessor::from_hf_dir(
+        &args.model,
+        config.image_size,
+        config.patch_size,
+        args.pad,
+    )?;
+    let image = og_vision::load_rgb(&args.image)?;
+    let spec = match &args.device {
+        Some(s) => s.parse::<DeviceSpec>()?,
+        None => DeviceSpec::default(),
+    };
+    og_llava::dispatch(
+        spec,
+        InspectVision {
+            args,
+            image,
+            config,
+            processor,
+        },
+    )?
 }

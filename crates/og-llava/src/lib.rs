@@ -12,8 +12,8 @@ pub use og_vision;
 
 pub use backend::{BackendError, BackendTask, DeviceSpec, compiled_backends, dispatch};
 
-use burn::tensor::backend::Backend;
 use burn::module::Param;
+use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use og_fusion::{OgFusionConfig, Selection};
 
@@ -65,8 +65,10 @@ impl BackendTask for ConnectorProbe {
                 .collect();
             TensorData::new(values, shape)
         };
-        model.linear_1.weight = Param::from_data(host(vec![f, d], 2.0 / (f as f32).sqrt()), &device);
-        model.linear_2.weight = Param::from_data(host(vec![d, d], 2.0 / (d as f32).sqrt()), &device);
+        model.linear_1.weight =
+            Param::from_data(host(vec![f, d], 2.0 / (f as f32).sqrt()), &device);
+        model.linear_2.weight =
+            Param::from_data(host(vec![d, d], 2.0 / (d as f32).sqrt()), &device);
         model.linear_1.bias = Some(Param::from_data(host(vec![d], 0.1), &device));
         model.linear_2.bias = Some(Param::from_data(host(vec![d], 0.1), &device));
         let v = self.grid * self.grid;
