@@ -118,3 +118,42 @@ fn missing_and_misshaped_tensors_are_named() {
         .unwrap_err();
     assert!(e.to_string().contains("[_, 3, 30, 30]"), "{e}");
 }
+
+/// The llava tower saved under the other prefixes users have (llava-hf on the hub, original
+/// LLaVA) loads to the same model.
+#[test]
+fn llava_hub_and_original_layouts_load() {
+    let device = Default::default();
+    let src_dir = fixtures().join("llava_tiny");
+    let src = Weights::open(&src_dir).unwrap();
+    let io = Weights::open(fixtures().join("llava_tiny_io.safetensors")).unwrap();
+    let pv: Tensor<B, 4> = io.tensor("pixel_values", [2, 3, 30, 30], &device).unwrap();
+    let want: Tensor<B, 3> = io.tensor("features", [2, 25, 32], &device).unwrap();
+    for prefix in [
+        "vision_tower.vision_model.",
+        "model.vision_tower.vision_tower.vision_model.",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(src_dir.join("config.json"), dir.path().join("config.json")).unwrap();
+        let tensors: Vec<SaveTensor> = src
+            .names()
+            .into_iter()
+            .map(|n| {
+                let (values, shape) = src.f32(n).unwrap();
+                let name = match n.strip_prefix("vision_tower.") {
+                    Some(rest) => format!("{prefix}{rest}"),
+                    None => n.to_string(),
+                };
+                SaveTensor {
+                    name,
+                    shape,
+                    values,
+                }
+            })
+            .collect();
+        og_weights::save_safetensors(dir.path().join("model.safetensors"), &tensors).unwrap();
+        let m = ClipVisionTransformer::<B>::load_hf(dir.path(), &device).unwrap();
+        let d = max_diff(m.features(pv.clone()).unwrap(), want.clone());
+        assert!(d < 1e-4, "{prefix}: {d}");
+    }
+}

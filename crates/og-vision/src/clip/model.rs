@@ -5,8 +5,10 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, sigmoid, softmax};
+use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
 
 use super::config::{ClipActivation, ClipVisionConfig, SelectFeature};
@@ -131,26 +133,31 @@ impl<B: Backend> ClipAttention<B> {
         let [b, n, h] = x.dims();
         let heads = self.num_heads;
         let hd = h / heads;
-        let split = |t: Tensor<B, 3>| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
+        // Projections on the flattened tokens: one plain matmul each.
+        let x = x.reshape([b * n, h]);
+        let split = |t: Tensor<B, 2>| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone()));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        let out = softmax(scores, 3).matmul(v);
+        // softmax(q kᵀ / √d) v through the backend's attention kernel (fused on Flex and the
+        // CubeCL backends; the unfused reference elsewhere and under autodiff).
+        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b, n, h]))
+            .forward(out.swap_dims(1, 2).reshape([b * n, h]))
+            .reshape([b, n, h])
     }
 }
 
 impl<B: Backend> ClipMlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = self.fc1.forward(x);
+        let [b, n, h] = x.dims();
+        let x = self.fc1.forward(x.reshape([b * n, h]));
         let x = match self.activation {
             0 => x.clone() * sigmoid(x * 1.702),
             1 => gelu(x),
             _ => burn::tensor::activation::gelu_approximate(x),
         };
-        self.fc2.forward(x)
+        self.fc2.forward(x).reshape([b, n, h])
     }
 }
 
