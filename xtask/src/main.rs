@@ -5,8 +5,10 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  fixtures      regenerate fixtures/ with PyTorch and pycocotools (scripts/make_fixtures.py)
+  fixtures      regenerate fixtures/ (scripts/make_fixtures.py, scripts/make_vision_fixtures.py;
+                needs: pip install torch transformers numpy pycocotools pillow safetensors)
   compare-phi   time Φ against the paper's Listing 1 in PyTorch (scripts/compare_phi.py)
+  compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
   demo          the README's main job: og-llava tokens on the example image";
 
