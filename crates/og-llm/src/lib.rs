@@ -1,3 +1,20 @@
-//! The language side of OG-LLaVA: Llama 3, LoRA, tokenizer and chat template.
+//! The language side of OG-LLaVA: Llama (HF configs and checkpoints) with explicit position
+//! ids, KV cache, generation and log-likelihood scoring.
 //!
-//! Not yet implemented; the crate exists so the layering is visible (see README.md).
+//! The model receives input embeddings and position ids; it knows nothing of masks. LoRA, the
+//! tokenizer and the chat template join this crate next (see README.md).
+
+mod config;
+mod error;
+mod generate;
+mod load;
+mod model;
+pub mod rope;
+
+pub use config::{LlamaConfig, RopeScaling};
+pub use error::{LlmError, Result};
+pub use generate::{GenerationConfig, Sampling, Score};
+pub use load::{DECODER_PREFIXES, HEAD_NAMES};
+pub use model::{
+    KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
+};

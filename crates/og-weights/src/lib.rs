@@ -229,6 +229,32 @@ impl Weights {
         Ok((values, entry.shape.clone()))
     }
 
+    /// An integer tensor (I64, I32 or U8) as i64 values and its shape.
+    pub fn i64(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
+        let entry = self.index.get(name).ok_or_else(|| self.missing(&[name]))?;
+        let file = &self.files[entry.file];
+        let bytes = &file.map[entry.range.0..entry.range.1];
+        let values: Vec<i64> = match entry.dtype {
+            Dtype::I64 => bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            Dtype::I32 => bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                .collect(),
+            Dtype::U8 | Dtype::BOOL => bytes.iter().map(|&b| b as i64).collect(),
+            d => {
+                return Err(WeightError::Dtype {
+                    path: file.path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{d:?} (an integer tensor was expected)"),
+                });
+            }
+        };
+        Ok((values, entry.shape.clone()))
+    }
+
     /// A tensor of exactly the shape `want`, on `device`.
     pub fn tensor<B: Backend, const D: usize>(
         &self,

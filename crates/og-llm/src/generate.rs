@@ -1,0 +1,245 @@
+//! Generation (greedy, temperature + top-p) with or without the KV cache, and log-likelihood
+//! scoring of candidate continuations (how evaluation ranks captions and options).
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+
+use crate::error::{LlmError, Result};
+use crate::model::{KvCache, LlamaForCausalLM};
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most likely token (ties: the lowest id).
+    Greedy,
+    /// Sample from the smallest set of most likely tokens whose probability reaches `top_p`,
+    /// after dividing the logits by `temperature`; deterministic for a `seed`.
+    TopP {
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+    },
+}
+
+/// Generation settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationConfig {
+    pub max_new_tokens: usize,
+    pub sampling: Sampling,
+    /// Stop after emitting any of these (it is included in the output).
+    pub eos_token_ids: Vec<u32>,
+    /// Reuse keys/values of earlier tokens (false recomputes the whole sequence every step).
+    pub use_cache: bool,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 128,
+            sampling: Sampling::Greedy,
+            eos_token_ids: Vec::new(),
+            use_cache: true,
+        }
+    }
+}
+
+/// Log-likelihood of one candidate continuation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    /// Σ log p(token | prefix) over the candidate's tokens.
+    pub sum: f64,
+    /// `sum` divided by the number of tokens.
+    pub mean: f64,
+    pub tokens: usize,
+}
+
+fn pick(logits: &[f32], sampling: Sampling, rng: &mut rand::rngs::StdRng) -> Result<u32> {
+    if logits.iter().any(|v| !v.is_finite()) {
+        return Err(LlmError::Input(
+            "the model produced non-finite logits".into(),
+        ));
+    }
+    match sampling {
+        Sampling::Greedy => {
+            let mut best = 0;
+            for (i, &v) in logits.iter().enumerate() {
+                if v > logits[best] {
+                    best = i;
+                }
+            }
+            Ok(best as u32)
+        }
+        Sampling::TopP {
+            temperature, top_p, ..
+        } => {
+            if !(temperature > 0.0 && top_p > 0.0 && top_p <= 1.0) {
+                return Err(LlmError::Input(format!(
+                    "temperature {temperature} must be > 0 and top_p {top_p} in (0, 1]"
+                )));
+            }
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut probs: Vec<(usize, f64)> = logits
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| (i, (((v - max) / temperature) as f64).exp()))
+                .collect();
+            let total: f64 = probs.iter().map(|p| p.1).sum();
+            probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            let mut kept = 0.0;
+            let mut n = 0;
+            for p in &probs {
+                kept += p.1 / total;
+                n += 1;
+                if kept >= top_p as f64 {
+                    break;
+                }
+            }
+            let mass: f64 = probs[..n].iter().map(|p| p.1).sum();
+            let mut r = rng.random::<f64>() * mass;
+            for p in &probs[..n] {
+                r -= p.1;
+                if r <= 0.0 {
+                    return Ok(p.0 as u32);
+                }
+            }
+            Ok(probs[n - 1].0 as u32)
+        }
+    }
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    fn last_logits(&self, logits: Tensor<B, 3>) -> Vec<f32> {
+        let [_, t, v] = logits.dims();
+        logits
+            .slice([0..1, t - 1..t, 0..v])
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 logits")
+    }
+
+    /// Generates after a prompt of token ids; `on_token` sees each new token as it comes.
+    /// Returns the new tokens (an EOS, if reached, included).
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        config: &GenerationConfig,
+        on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        if prompt.is_empty() {
+            return Err(LlmError::Input("empty prompt".into()));
+        }
+        let embeds = self.embed(&[prompt.to_vec()])?;
+        let positions: Vec<i64> = (0..prompt.len() as i64).collect();
+        self.generate_from_embeds(embeds, positions, config, on_token)
+    }
+
+    /// Generates after a prompt given as embeddings `[1, T, hidden]` with its position ids
+    /// (e.g. text with visual tokens spliced in, positions segment-aware). New tokens continue
+    /// from the largest prompt position.
+    pub fn generate_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Vec<i64>,
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        let [b, t, _] = embeds.dims();
+        if b != 1 || t == 0 || positions.len() != t {
+            return Err(LlmError::Input(format!(
+                "generation takes one non-empty sequence with one position per token (got [{b}, {t}], {} positions)",
+                positions.len()
+            )));
+        }
+        let seed = match config.sampling {
+            Sampling::TopP { seed, .. } => seed,
+            Sampling::Greedy => 0,
+        };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut next_pos = positions.iter().copied().max().unwrap_or(-1) + 1;
+        let mut out = Vec::new();
+        if config.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        if config.use_cache {
+            let mut cache = KvCache::new(self.num_layers());
+            let mut logits = self.forward(embeds, &[positions], None, Some(&mut cache))?;
+            loop {
+                let token = pick(&self.last_logits(logits), config.sampling, &mut rng)?;
+                out.push(token);
+                on_token(token);
+                if out.len() >= config.max_new_tokens || config.eos_token_ids.contains(&token) {
+                    return Ok(out);
+                }
+                let e = self.embed(&[vec![token]])?;
+                logits = self.forward(e, &[vec![next_pos]], None, Some(&mut cache))?;
+                next_pos += 1;
+            }
+        } else {
+            let mut all_embeds = embeds;
+            let mut all_pos = positions;
+            loop {
+                let logits = self.forward(all_embeds.clone(), &[all_pos.clone()], None, None)?;
+                let token = pick(&self.last_logits(logits), config.sampling, &mut rng)?;
+                out.push(token);
+                on_token(token);
+                if out.len() >= config.max_new_tokens || config.eos_token_ids.contains(&token) {
+                    return Ok(out);
+                }
+                all_embeds = Tensor::cat(vec![all_embeds, self.embed(&[vec![token]])?], 1);
+                all_pos.push(next_pos);
+                next_pos += 1;
+            }
+        }
+    }
+
+    /// Log-likelihood of each candidate continuation after `prompt`, in one padded batch.
+    pub fn score(&self, prompt: &[u32], candidates: &[Vec<u32>]) -> Result<Vec<Score>> {
+        if prompt.is_empty() {
+            return Err(LlmError::Input("scoring needs a non-empty prompt".into()));
+        }
+        if candidates.iter().any(Vec::is_empty) {
+            return Err(LlmError::Input("a candidate continuation is empty".into()));
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = prompt.len();
+        let t = p + candidates.iter().map(Vec::len).max().unwrap_or(0);
+        let b = candidates.len();
+        let mut ids = Vec::with_capacity(b);
+        let mut pad = Vec::with_capacity(b * t);
+        for c in candidates {
+            let mut row: Vec<u32> = prompt.iter().chain(c).copied().collect();
+            let real = row.len();
+            row.resize(t, 0);
+            pad.extend((0..t).map(|i| i >= real));
+            ids.push(row);
+        }
+        let device = self.model.embed_tokens.weight.device();
+        let padding = Tensor::<B, 2, Bool>::from_data(TensorData::new(pad, [b, t]), &device);
+        let positions: Vec<Vec<i64>> = vec![(0..t as i64).collect(); b];
+        let logits = self.forward(self.embed(&ids)?, &positions, Some(padding), None)?;
+        let logp = log_softmax(logits, 2);
+        let v = self.vocab_size();
+        let data: Vec<f32> = logp.into_data().convert::<f32>().to_vec().expect("f32");
+        Ok(candidates
+            .iter()
+            .enumerate()
+            .map(|(bi, c)| {
+                let sum: f64 = c
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &tok)| data[(bi * t + p + j - 1) * v + tok as usize] as f64)
+                    .sum();
+                Score {
+                    sum,
+                    mean: sum / c.len() as f64,
+                    tokens: c.len(),
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,112 @@
+//! Loading a Llama from HF checkpoints: `LlamaForCausalLM` (`model.*`, `lm_head`), the language
+//! model inside llava-hf checkpoints (`language_model.model.*` on the hub,
+//! `model.language_model.*` as newer transformers writes it) and original LLaVA (`model.*`).
+//! Single-file or sharded safetensors, f32/f16/bf16.
+
+use std::path::Path;
+
+use burn::module::Param;
+use burn::nn::{Linear, RmsNorm};
+use burn::tensor::backend::Backend;
+use og_weights::Weights;
+
+use crate::config::LlamaConfig;
+use crate::error::{LlmError, Result};
+use crate::model::LlamaForCausalLM;
+
+/// Decoder prefixes, probed with `embed_tokens.weight`.
+pub const DECODER_PREFIXES: &[&str] = &[
+    "model.",
+    "language_model.model.",
+    "model.language_model.",
+    "language_model.",
+    "",
+];
+/// Head names, tried in order.
+pub const HEAD_NAMES: &[&str] = &["lm_head.weight", "language_model.lm_head.weight"];
+
+pub(crate) fn linear<B: Backend>(w: &Weights, name: &str, lin: &mut Linear<B>) -> Result<()> {
+    let [d_in, d_out] = lin.weight.dims();
+    let device = lin.weight.device();
+    // PyTorch stores [out, in]; burn's Linear holds [in, out].
+    let weight = w.tensor::<B, 2>(&format!("{name}.weight"), [d_out, d_in], &device)?;
+    lin.weight = Param::from_tensor(weight.transpose());
+    if lin.bias.is_some() {
+        lin.bias = Some(Param::from_tensor(w.tensor(
+            &format!("{name}.bias"),
+            [d_out],
+            &device,
+        )?));
+    }
+    Ok(())
+}
+
+fn rms<B: Backend>(w: &Weights, name: &str, n: &mut RmsNorm<B>) -> Result<()> {
+    let [d] = n.gamma.dims();
+    let device = n.gamma.device();
+    n.gamma = Param::from_tensor(w.tensor(&format!("{name}.weight"), [d], &device)?);
+    Ok(())
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    /// Loads weights from an opened checkpoint (layout detected, see [`DECODER_PREFIXES`]).
+    pub fn load_weights(mut self, w: &Weights) -> Result<Self> {
+        let p = w
+            .detect_prefix(DECODER_PREFIXES, "embed_tokens.weight")
+            .ok_or_else(|| {
+                LlmError::Config(format!(
+                    "{}: no Llama decoder found (looked for embed_tokens.weight under {DECODER_PREFIXES:?})",
+                    w.origin().display()
+                ))
+            })?;
+        let device = self.model.embed_tokens.weight.device();
+        let dims = self.model.embed_tokens.weight.dims();
+        self.model.embed_tokens.weight =
+            Param::from_tensor(w.tensor(&format!("{p}embed_tokens.weight"), dims, &device)?);
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let l = format!("{p}layers.{i}");
+            let a = &mut layer.self_attn;
+            linear(w, &format!("{l}.self_attn.q_proj"), &mut a.q_proj)?;
+            linear(w, &format!("{l}.self_attn.k_proj"), &mut a.k_proj)?;
+            linear(w, &format!("{l}.self_attn.v_proj"), &mut a.v_proj)?;
+            linear(w, &format!("{l}.self_attn.o_proj"), &mut a.o_proj)?;
+            linear(w, &format!("{l}.mlp.gate_proj"), &mut layer.mlp.gate_proj)?;
+            linear(w, &format!("{l}.mlp.up_proj"), &mut layer.mlp.up_proj)?;
+            linear(w, &format!("{l}.mlp.down_proj"), &mut layer.mlp.down_proj)?;
+            rms(
+                w,
+                &format!("{l}.input_layernorm"),
+                &mut layer.input_layernorm,
+            )?;
+            rms(
+                w,
+                &format!("{l}.post_attention_layernorm"),
+                &mut layer.post_attention_layernorm,
+            )?;
+        }
+        rms(w, &format!("{p}norm"), &mut self.model.norm)?;
+        let extra = format!("{p}layers.{}.input_layernorm.weight", self.num_layers());
+        if w.contains(&extra) {
+            return Err(LlmError::Config(format!(
+                "{}: the checkpoint has more than the {} layers its config declares",
+                w.origin().display(),
+                self.num_layers()
+            )));
+        }
+        if let Some(head) = &mut self.lm_head {
+            let name = w.first_of(HEAD_NAMES)?;
+            let [d_in, d_out] = head.weight.dims();
+            let weight = w.tensor::<B, 2>(name, [d_out, d_in], &device)?;
+            head.weight = Param::from_tensor(weight.transpose());
+        }
+        Ok(self)
+    }
+
+    /// Builds the model of a `save_pretrained` directory: `config.json` plus safetensors.
+    pub fn load_hf(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config = LlamaConfig::from_hf_dir(dir)?;
+        let weights = Weights::open(dir)?;
+        config.init::<B>(device)?.load_weights(&weights)
+    }
+}

@@ -1,0 +1,342 @@
+//! Llama as transformers' `LlamaForCausalLM`: token embeddings, pre-RMSNorm decoder layers with
+//! grouped-query attention and RoPE, SwiGLU MLP, final norm, tied or untied head. Field names
+//! mirror HF's parameters.
+//!
+//! The forward takes input **embeddings** (so OG-Fusion's visual tokens can be spliced in) and
+//! explicit **position ids** per token, plus a key-padding mask; attention is causal in
+//! sequence order whatever the position ids say.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use crate::config::LlamaConfig;
+use crate::error::{LlmError, Result};
+use crate::rope;
+
+/// Grouped-query self-attention.
+#[derive(Module, Debug)]
+pub struct LlamaAttention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub o_proj: Linear<B>,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// SwiGLU: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct LlamaMlp<B: Backend> {
+    pub gate_proj: Linear<B>,
+    pub up_proj: Linear<B>,
+    pub down_proj: Linear<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer<B: Backend> {
+    pub self_attn: LlamaAttention<B>,
+    pub mlp: LlamaMlp<B>,
+    pub input_layernorm: RmsNorm<B>,
+    pub post_attention_layernorm: RmsNorm<B>,
+}
+
+/// The decoder stack (`model.*` in HF checkpoints).
+#[derive(Module, Debug)]
+pub struct LlamaModel<B: Backend> {
+    pub embed_tokens: Embedding<B>,
+    pub layers: Vec<LlamaDecoderLayer<B>>,
+    pub norm: RmsNorm<B>,
+}
+
+/// Decoder plus language-model head. `lm_head` is `None` when tied to `embed_tokens`.
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM<B: Backend> {
+    pub model: LlamaModel<B>,
+    pub lm_head: Option<Linear<B>>,
+    inv_freq: Vec<f32>,
+    vocab_size: usize,
+    hidden_size: usize,
+}
+
+/// Keys and values of earlier tokens, per layer (after RoPE, before head repetition), and
+/// which of those tokens are padding.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    /// `[batch, past]`, true at padding.
+    padding: Option<Tensor<B, 2, Bool>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+            padding: None,
+        }
+    }
+
+    /// Number of cached tokens.
+    pub fn len(&self) -> usize {
+        self.padding.as_ref().map_or(0, |p| p.dims()[1])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl LlamaConfig {
+    /// A randomly initialised model (weights normally come from `load_hf`).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<LlamaForCausalLM<B>> {
+        self.validate()?;
+        let (h, hd) = (self.hidden_size, self.head_dim);
+        let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let norm = || {
+            RmsNormConfig::new(h)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| LlamaDecoderLayer {
+                self_attn: LlamaAttention {
+                    q_proj: lin(h, self.num_attention_heads * hd, self.attention_bias),
+                    k_proj: lin(h, self.num_key_value_heads * hd, self.attention_bias),
+                    v_proj: lin(h, self.num_key_value_heads * hd, self.attention_bias),
+                    o_proj: lin(self.num_attention_heads * hd, h, self.attention_bias),
+                    num_heads: self.num_attention_heads,
+                    num_kv_heads: self.num_key_value_heads,
+                    head_dim: hd,
+                },
+                mlp: LlamaMlp {
+                    gate_proj: lin(h, self.intermediate_size, self.mlp_bias),
+                    up_proj: lin(h, self.intermediate_size, self.mlp_bias),
+                    down_proj: lin(self.intermediate_size, h, self.mlp_bias),
+                },
+                input_layernorm: norm(),
+                post_attention_layernorm: norm(),
+            })
+            .collect();
+        Ok(LlamaForCausalLM {
+            model: LlamaModel {
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, h).init(device),
+                layers,
+                norm: norm(),
+            },
+            lm_head: (!self.tie_word_embeddings).then(|| lin(h, self.vocab_size, false)),
+            inv_freq: rope::inv_freq(self),
+            vocab_size: self.vocab_size,
+            hidden_size: h,
+        })
+    }
+}
+
+impl<B: Backend> LlamaAttention<B> {
+    /// # Shapes
+    /// `x` `[batch, tokens, hidden]`; cos/sin `[batch, 1, tokens, head_dim]`; `mask`
+    /// `[batch, 1, tokens, past + tokens]` (true = masked).
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
+    ) -> Tensor<B, 3> {
+        let [b, t, h] = x.dims();
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let x = x.reshape([b * t, h]);
+        let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
+        let q = rope::apply(
+            heads(self.q_proj.forward(x.clone()), nh),
+            cos.clone(),
+            sin.clone(),
+        );
+        let mut k = rope::apply(heads(self.k_proj.forward(x.clone()), nkv), cos, sin);
+        let mut v = heads(self.v_proj.forward(x), nkv);
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.take() {
+                k = Tensor::cat(vec![pk, k], 2);
+                v = Tensor::cat(vec![pv, v], 2);
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let s = k.dims()[2];
+        let rep = nh / nkv;
+        let repeat = |y: Tensor<B, 4>| {
+            if rep == 1 {
+                y
+            } else {
+                y.unsqueeze_dim::<5>(2)
+                    .expand([b, nkv, rep, s, hd])
+                    .reshape([b, nh, s, hd])
+            }
+        };
+        let (k, v) = (repeat(k), repeat(v));
+        let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
+        // A large finite fill keeps rows whose keys are all masked (padding queries) finite.
+        let scores = scores.mask_fill(mask, -1.0e30);
+        let out = softmax(scores, 3).matmul(v);
+        self.o_proj
+            .forward(out.swap_dims(1, 2).reshape([b * t, nh * hd]))
+            .reshape([b, t, h])
+    }
+}
+
+impl<B: Backend> LlamaMlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, h] = x.dims();
+        let x = x.reshape([b * t, h]);
+        let y = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
+        self.down_proj.forward(y).reshape([b, t, h])
+    }
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.model.layers.len()
+    }
+
+    /// Token embeddings `[batch, tokens, hidden]` of token ids.
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Tensor<B, 3>> {
+        let b = ids.len();
+        let t = ids.first().map_or(0, Vec::len);
+        if ids.iter().any(|r| r.len() != t) {
+            return Err(LlmError::Input(
+                "token id rows have different lengths".into(),
+            ));
+        }
+        if let Some(&bad) = ids
+            .iter()
+            .flatten()
+            .find(|&&i| i as usize >= self.vocab_size)
+        {
+            return Err(LlmError::Input(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.vocab_size
+            )));
+        }
+        let device = self.model.embed_tokens.weight.device();
+        let flat: Vec<i64> = ids.iter().flatten().map(|&i| i as i64).collect();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [b, t]), &device);
+        Ok(self.model.embed_tokens.forward(ids))
+    }
+
+    /// Logits for every position.
+    ///
+    /// # Shapes
+    /// - `embeds`: `[batch, tokens, hidden]`
+    /// - `positions`: batch × tokens position ids (any values: segment-aware RoPE repeats them)
+    /// - `padding`: `[batch, tokens]`, true at padding keys (never attended); `None`: none
+    /// - output: `[batch, tokens, vocab]`
+    ///
+    /// With a cache, earlier tokens' keys/values are reused and the new ones appended.
+    pub fn forward(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: &[Vec<i64>],
+        padding: Option<Tensor<B, 2, Bool>>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let hidden = self.forward_hidden(embeds, positions, padding, cache)?;
+        Ok(self.head(hidden))
+    }
+
+    /// The final-norm hidden states, before the head.
+    pub fn forward_hidden(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: &[Vec<i64>],
+        padding: Option<Tensor<B, 2, Bool>>,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Result<Tensor<B, 3>> {
+        let [b, t, h] = embeds.dims();
+        let device = embeds.device();
+        if h != self.hidden_size {
+            return Err(LlmError::Input(format!(
+                "embeddings have width {h}, the model {}",
+                self.hidden_size
+            )));
+        }
+        if positions.len() != b || positions.iter().any(|r| r.len() != t) {
+            return Err(LlmError::Input(format!(
+                "position ids must be {b} rows of {t} (one per token)"
+            )));
+        }
+        let padding = match padding {
+            Some(p) if p.dims() != [b, t] => {
+                return Err(LlmError::Input(format!(
+                    "padding mask is {:?}, expected [{b}, {t}]",
+                    p.dims()
+                )));
+            }
+            Some(p) => p,
+            None => Tensor::<B, 2, Bool>::from_data(
+                TensorData::new(vec![false; b * t], [b, t]),
+                &device,
+            ),
+        };
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let key_padding = match cache.as_deref_mut() {
+            Some(c) => {
+                let all = match c.padding.take() {
+                    Some(prev) => Tensor::cat(vec![prev, padding], 1),
+                    None => padding,
+                };
+                c.padding = Some(all.clone());
+                all
+            }
+            None => padding,
+        };
+        let s = past + t;
+        // Causal in sequence order: query i (at past + i) sees keys j ≤ past + i.
+        let causal: Vec<bool> = (0..t)
+            .flat_map(|i| (0..s).map(move |j| j > past + i))
+            .collect();
+        let causal = Tensor::<B, 2, Bool>::from_data(TensorData::new(causal, [t, s]), &device)
+            .reshape([1, 1, t, s])
+            .expand([b, 1, t, s]);
+        let keys = key_padding.reshape([b, 1, 1, s]).expand([b, 1, t, s]);
+        let mask = causal.bool_or(keys);
+        let (cos, sin) = rope::cos_sin::<B>(&self.inv_freq, positions, &device);
+        let mut x = embeds;
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let a = layer.self_attn.forward(
+                layer.input_layernorm.forward(x.clone()),
+                cos.clone(),
+                sin.clone(),
+                mask.clone(),
+                slot,
+            );
+            x = x + a;
+            x = x.clone() + layer.mlp.forward(layer.post_attention_layernorm.forward(x));
+        }
+        Ok(self.model.norm.forward(x))
+    }
+
+    /// The language-model head (tied to the embeddings when there is no `lm_head`).
+    ///
+    /// # Shapes
+    /// `[batch, tokens, hidden]` → `[batch, tokens, vocab]`
+    pub fn head(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, h] = hidden.dims();
+        let x = hidden.reshape([b * t, h]);
+        let logits = match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => x.matmul(self.model.embed_tokens.weight.val().transpose()),
+        };
+        logits.reshape([b, t, self.vocab_size])
+    }
+}

@@ -1,0 +1,124 @@
+//! Rotary position embeddings in transformers' `rotate_half` layout, for explicit position ids
+//! (so segment-aware RoPE — tokens of one mask group sharing a position — is just a choice of
+//! ids), with the `default`, `linear` and `llama3` frequency scalings.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+
+use crate::config::{LlamaConfig, RopeScaling};
+
+/// Inverse frequencies `θ^(−2i/d)` (i < d/2), scaled as the config says; f32 as transformers
+/// computes them.
+pub fn inv_freq(config: &LlamaConfig) -> Vec<f32> {
+    let d = config.head_dim;
+    let base: Vec<f32> = (0..d / 2)
+        .map(|i| {
+            let exponent = (2 * i) as f32 / d as f32;
+            1.0 / (config.rope_theta as f32).powf(exponent)
+        })
+        .collect();
+    match config.rope_scaling {
+        RopeScaling::Default => base,
+        RopeScaling::Linear { factor } => base.iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: old_len,
+        } => {
+            let low_wavelen = old_len / low_freq_factor;
+            let high_wavelen = old_len / high_freq_factor;
+            base.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f as f64;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        (f as f64 / factor) as f32
+                    } else {
+                        let smooth = (old_len / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        ((1.0 - smooth) * f as f64 / factor + smooth * f as f64) as f32
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// cos and sin tables for given positions.
+///
+/// # Shapes
+/// `positions`: batch × tokens → cos, sin `[batch, 1, tokens, head_dim]`
+pub fn cos_sin<B: Backend>(
+    inv_freq: &[f32],
+    positions: &[Vec<i64>],
+    device: &B::Device,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let b = positions.len();
+    let t = positions.first().map_or(0, Vec::len);
+    let half = inv_freq.len();
+    let d = half * 2;
+    let mut cos = vec![0f32; b * t * d];
+    let mut sin = vec![0f32; b * t * d];
+    for (bi, row) in positions.iter().enumerate() {
+        for (ti, &p) in row.iter().enumerate() {
+            let base = (bi * t + ti) * d;
+            for (i, &f) in inv_freq.iter().enumerate() {
+                // f32 product, as transformers (autocast disabled, float32 matmul).
+                let angle = p as f32 * f;
+                let (s, c) = angle.sin_cos();
+                cos[base + i] = c;
+                cos[base + half + i] = c;
+                sin[base + i] = s;
+                sin[base + half + i] = s;
+            }
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [b, 1, t, d]), device),
+        Tensor::from_data(TensorData::new(sin, [b, 1, t, d]), device),
+    )
+}
+
+/// `x·cos + rotate_half(x)·sin`, `rotate_half([x1, x2]) = [−x2, x1]`.
+///
+/// # Shapes
+/// `x`: `[batch, heads, tokens, head_dim]`; cos/sin broadcast over heads.
+pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, t, d] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
+    let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    x * cos + rotated * sin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_bands() {
+        let mut c = LlamaConfig::tiny();
+        c.head_dim = 64;
+        c.rope_theta = 500_000.0;
+        let plain = inv_freq(&c);
+        c.rope_scaling = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        };
+        let scaled = inv_freq(&c);
+        // High frequencies untouched, the lowest divided by the factor, the middle in between.
+        assert_eq!(scaled[0], plain[0]);
+        let last = plain.len() - 1;
+        assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-12);
+        assert!(
+            scaled
+                .iter()
+                .zip(&plain)
+                .all(|(s, p)| s <= p && *s >= p / 8.0 - 1e-12)
+        );
+    }
+}

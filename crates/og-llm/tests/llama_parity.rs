@@ -1,0 +1,152 @@
+//! Llama equal to transformers' LlamaForCausalLM on committed tiny checkpoints
+//! (scripts/make_llm_fixtures.py): logits within 1e-4 with standard and segment-aware position
+//! ids and a right-padded row; greedy generations token for token, with and without the cache.
+
+use burn::backend::NdArray;
+use burn::tensor::{Bool, Tensor, TensorData};
+use og_llm::{GenerationConfig, LlamaForCausalLM, Sampling};
+use og_weights::Weights;
+
+type B = NdArray<f32>;
+
+fn fixtures() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llm")
+}
+
+fn rows(w: &Weights, name: &str) -> Vec<Vec<i64>> {
+    let (v, s) = w.i64(name).unwrap();
+    v.chunks(s[1]).map(|c| c.to_vec()).collect()
+}
+
+fn check(name: &str) {
+    let device = Default::default();
+    let model = LlamaForCausalLM::<B>::load_hf(fixtures().join(name), &device).unwrap();
+    let io = Weights::open(fixtures().join(format!("{name}_io.safetensors"))).unwrap();
+    let ids: Vec<Vec<u32>> = rows(&io, "input_ids")
+        .into_iter()
+        .map(|r| r.into_iter().map(|x| x as u32).collect())
+        .collect();
+    let mask = rows(&io, "attention_mask");
+    let valid: Vec<usize> = mask
+        .iter()
+        .map(|r| r.iter().filter(|&&m| m == 1).count())
+        .collect();
+    let padding: Vec<bool> = mask.iter().flatten().map(|&m| m == 0).collect();
+    for (pos_name, logit_name) in [
+        ("position_ids", "logits"),
+        ("seg_position_ids", "seg_logits"),
+    ] {
+        let positions = rows(&io, pos_name);
+        let pad =
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(padding.clone(), [2, 10]), &device);
+        let logits = model
+            .forward(model.embed(&ids).unwrap(), &positions, Some(pad), None)
+            .unwrap();
+        let want: Tensor<B, 3> = io.tensor(logit_name, [2, 10, 64], &device).unwrap();
+        for (b, &n) in valid.iter().enumerate() {
+            let d: f32 = (logits.clone().slice([b..b + 1, 0..n])
+                - want.clone().slice([b..b + 1, 0..n]))
+            .abs()
+            .max()
+            .into_scalar();
+            assert!(d < 1e-4, "{name} {pos_name} row {b}: logits differ by {d}");
+        }
+    }
+    let greedy: Vec<u32> = rows(&io, "greedy")[0].iter().map(|&x| x as u32).collect();
+    for use_cache in [true, false] {
+        let cfg = GenerationConfig {
+            max_new_tokens: 12,
+            sampling: Sampling::Greedy,
+            eos_token_ids: vec![],
+            use_cache,
+        };
+        let mut streamed = Vec::new();
+        let out = model
+            .generate(&greedy[..5], &cfg, |t| streamed.push(t))
+            .unwrap();
+        assert_eq!(out, greedy[5..], "{name} greedy (cache: {use_cache})");
+        assert_eq!(streamed, out);
+    }
+}
+
+#[test]
+fn gqa_untied_default_rope() {
+    check("gqa");
+}
+
+#[test]
+fn llama3_rope_tied_head_biases_head_dim() {
+    check("llama3");
+}
+
+#[test]
+fn linear_rope_old_config_spelling() {
+    check("linear_old");
+}
+
+#[test]
+fn scoring_is_consistent_and_padding_free() {
+    let device = Default::default();
+    let model = LlamaForCausalLM::<B>::load_hf(fixtures().join("gqa"), &device).unwrap();
+    let prompt = [5u32, 9, 17];
+    let cands = vec![vec![3u32, 4, 8, 20], vec![11u32], vec![40u32, 41]];
+    let together = model.score(&prompt, &cands).unwrap();
+    for (c, s) in cands.iter().zip(&together) {
+        let alone = model.score(&prompt, std::slice::from_ref(c)).unwrap()[0];
+        assert!((alone.sum - s.sum).abs() < 1e-4, "padding changed a score");
+        // Direct: sum of log-softmax of a full forward.
+        let seq: Vec<u32> = prompt.iter().chain(c).copied().collect();
+        let n = seq.len();
+        let logits = model
+            .forward(
+                model.embed(std::slice::from_ref(&seq)).unwrap(),
+                &[(0..n as i64).collect()],
+                None,
+                None,
+            )
+            .unwrap();
+        let lp: Vec<f32> = burn::tensor::activation::log_softmax(logits, 2)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let direct: f64 = (0..c.len())
+            .map(|j| lp[(prompt.len() + j - 1) * 64 + c[j] as usize] as f64)
+            .sum();
+        assert!((direct - s.sum).abs() < 1e-4);
+        assert!((s.mean - s.sum / c.len() as f64).abs() < 1e-12);
+    }
+    assert!(model.score(&[], &cands).is_err());
+    assert!(model.score(&prompt, &[vec![]]).is_err());
+    assert!(
+        model.embed(&[vec![64]]).is_err(),
+        "out-of-vocabulary ids are errors"
+    );
+}
+
+#[test]
+fn sampling_is_seeded_and_stops_at_eos() {
+    let device = Default::default();
+    let model = LlamaForCausalLM::<B>::load_hf(fixtures().join("llama3"), &device).unwrap();
+    let cfg = GenerationConfig {
+        max_new_tokens: 10,
+        sampling: Sampling::TopP {
+            temperature: 1.5,
+            top_p: 0.9,
+            seed: 7,
+        },
+        eos_token_ids: vec![],
+        use_cache: true,
+    };
+    let a = model.generate(&[3, 4, 5], &cfg, |_| {}).unwrap();
+    let b = model.generate(&[3, 4, 5], &cfg, |_| {}).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 10);
+    // Declaring the third sampled token an EOS stops right after it.
+    let stop = GenerationConfig {
+        eos_token_ids: vec![a[2]],
+        ..cfg
+    };
+    let c = model.generate(&[3, 4, 5], &stop, |_| {}).unwrap();
+    let first = a.iter().position(|&t| t == a[2]).unwrap();
+    assert_eq!(c, a[..=first]);
+}
