@@ -70,10 +70,33 @@ def dump(name, model):
     }, os.path.join(OUT, f"{name}_io.safetensors"))
 
 
+def lora(model):
+    """A PEFT LoRA adapter with random A and B (init_lora_weights=False) on the gqa model."""
+    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(11)
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                     target_modules=["q_proj", "v_proj", "down_proj"], task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, cfg).eval()
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(10.0)  # make the adapter's effect large enough to matter in the test
+    peft_model.save_pretrained(os.path.join(OUT, "gqa_lora"))
+    os.remove(os.path.join(OUT, "gqa_lora", "README.md"))
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 64, (2, 10), generator=g)
+    with torch.no_grad():
+        logits = peft_model(input_ids=ids).logits
+    save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()},
+              os.path.join(OUT, "gqa_lora_io.safetensors"))
+    peft_model.unload()
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     m, _ = build("gqa", num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
     dump("gqa", m)
+    lora(m)
     m, _ = build("llama3", num_attention_heads=4, num_key_value_heads=1, head_dim=12,
                  tie_word_embeddings=True, attention_bias=True, mlp_bias=True,
                  rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0,

@@ -1,13 +1,15 @@
 //! The language side of OG-LLaVA: Llama (HF configs and checkpoints) with explicit position
 //! ids, KV cache, generation and log-likelihood scoring.
 //!
-//! The model receives input embeddings and position ids; it knows nothing of masks. LoRA, the
-//! tokenizer and the chat template join this crate next (see README.md).
+//! The model receives input embeddings and position ids; it knows nothing of masks. LoRA is
+//! factorised and PEFT-compatible ([`LoraConfig`]). The tokenizer and the chat template join
+//! this crate next (see README.md).
 
 mod config;
 mod error;
 mod generate;
 mod load;
+mod lora;
 mod model;
 pub mod rope;
 
@@ -15,6 +17,7 @@ pub use config::{LlamaConfig, RopeScaling};
 pub use error::{LlmError, Result};
 pub use generate::{GenerationConfig, Sampling, Score};
 pub use load::{DECODER_PREFIXES, HEAD_NAMES};
+pub use lora::{LORA_TARGETS, LoraAdapter, LoraConfig, LoraLinear};
 pub use model::{
     KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
 };

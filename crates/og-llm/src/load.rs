@@ -66,13 +66,14 @@ impl<B: Backend> LlamaForCausalLM<B> {
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             let l = format!("{p}layers.{i}");
             let a = &mut layer.self_attn;
-            linear(w, &format!("{l}.self_attn.q_proj"), &mut a.q_proj)?;
-            linear(w, &format!("{l}.self_attn.k_proj"), &mut a.k_proj)?;
-            linear(w, &format!("{l}.self_attn.v_proj"), &mut a.v_proj)?;
-            linear(w, &format!("{l}.self_attn.o_proj"), &mut a.o_proj)?;
-            linear(w, &format!("{l}.mlp.gate_proj"), &mut layer.mlp.gate_proj)?;
-            linear(w, &format!("{l}.mlp.up_proj"), &mut layer.mlp.up_proj)?;
-            linear(w, &format!("{l}.mlp.down_proj"), &mut layer.mlp.down_proj)?;
+            linear(w, &format!("{l}.self_attn.q_proj"), &mut a.q_proj.base)?;
+            linear(w, &format!("{l}.self_attn.k_proj"), &mut a.k_proj.base)?;
+            linear(w, &format!("{l}.self_attn.v_proj"), &mut a.v_proj.base)?;
+            linear(w, &format!("{l}.self_attn.o_proj"), &mut a.o_proj.base)?;
+            let m = &mut layer.mlp;
+            linear(w, &format!("{l}.mlp.gate_proj"), &mut m.gate_proj.base)?;
+            linear(w, &format!("{l}.mlp.up_proj"), &mut m.up_proj.base)?;
+            linear(w, &format!("{l}.mlp.down_proj"), &mut m.down_proj.base)?;
             rms(
                 w,
                 &format!("{l}.input_layernorm"),

@@ -14,15 +14,16 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlmError, Result};
+use crate::lora::LoraLinear;
 use crate::rope;
 
 /// Grouped-query self-attention.
 #[derive(Module, Debug)]
 pub struct LlamaAttention<B: Backend> {
-    pub q_proj: Linear<B>,
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub o_proj: Linear<B>,
+    pub q_proj: LoraLinear<B>,
+    pub k_proj: LoraLinear<B>,
+    pub v_proj: LoraLinear<B>,
+    pub o_proj: LoraLinear<B>,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -31,9 +32,9 @@ pub struct LlamaAttention<B: Backend> {
 /// SwiGLU: `down(silu(gate(x)) · up(x))`.
 #[derive(Module, Debug)]
 pub struct LlamaMlp<B: Backend> {
-    pub gate_proj: Linear<B>,
-    pub up_proj: Linear<B>,
-    pub down_proj: Linear<B>,
+    pub gate_proj: LoraLinear<B>,
+    pub up_proj: LoraLinear<B>,
+    pub down_proj: LoraLinear<B>,
 }
 
 #[derive(Module, Debug)]
@@ -95,6 +96,7 @@ impl LlamaConfig {
         self.validate()?;
         let (h, hd) = (self.hidden_size, self.head_dim);
         let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        let proj = |i, o, bias| LoraLinear::new(lin(i, o, bias));
         let norm = || {
             RmsNormConfig::new(h)
                 .with_epsilon(self.rms_norm_eps)
@@ -103,18 +105,18 @@ impl LlamaConfig {
         let layers = (0..self.num_hidden_layers)
             .map(|_| LlamaDecoderLayer {
                 self_attn: LlamaAttention {
-                    q_proj: lin(h, self.num_attention_heads * hd, self.attention_bias),
-                    k_proj: lin(h, self.num_key_value_heads * hd, self.attention_bias),
-                    v_proj: lin(h, self.num_key_value_heads * hd, self.attention_bias),
-                    o_proj: lin(self.num_attention_heads * hd, h, self.attention_bias),
+                    q_proj: proj(h, self.num_attention_heads * hd, self.attention_bias),
+                    k_proj: proj(h, self.num_key_value_heads * hd, self.attention_bias),
+                    v_proj: proj(h, self.num_key_value_heads * hd, self.attention_bias),
+                    o_proj: proj(self.num_attention_heads * hd, h, self.attention_bias),
                     num_heads: self.num_attention_heads,
                     num_kv_heads: self.num_key_value_heads,
                     head_dim: hd,
                 },
                 mlp: LlamaMlp {
-                    gate_proj: lin(h, self.intermediate_size, self.mlp_bias),
-                    up_proj: lin(h, self.intermediate_size, self.mlp_bias),
-                    down_proj: lin(self.intermediate_size, h, self.mlp_bias),
+                    gate_proj: proj(h, self.intermediate_size, self.mlp_bias),
+                    up_proj: proj(h, self.intermediate_size, self.mlp_bias),
+                    down_proj: proj(self.intermediate_size, h, self.mlp_bias),
                 },
                 input_layernorm: norm(),
                 post_attention_layernorm: norm(),

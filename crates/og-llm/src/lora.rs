@@ -1,0 +1,361 @@
+//! LoRA (Hu et al.): `y = x·W + s·(dropout(x)·A)·B` with `W` frozen, `A` [in, r], `B` [r, out]
+//! initialised to zero, `s = α / r` (paper: r = 128, α = 256, dropout 0.05 in SFT). The update
+//! `W + s·A·B` is never materialised in the forward; [`LoraLinear::merge`] folds it in for
+//! inference.
+//!
+//! Adapters are PEFT-compatible both ways: `adapter_config.json` + `adapter_model.safetensors`
+//! with PEFT's names (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight`, A as
+//! `[r, in]`, B as `[out, r]`).
+
+use std::path::Path;
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+use og_weights::{SaveTensor, Weights};
+use serde_json::{Value, json};
+
+use crate::error::{LlmError, Result};
+use crate::model::LlamaForCausalLM;
+
+/// The projections LoRA can adapt (PEFT's `target_modules` names).
+pub const LORA_TARGETS: &[&str] = &[
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// Which projections get adapters, and how large.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    pub target_modules: Vec<String>,
+}
+
+impl LoraConfig {
+    /// The paper's SFT adapters: r = 128, α = 256, dropout 0.05 on every projection.
+    pub fn paper() -> Self {
+        Self {
+            r: 128,
+            alpha: 256.0,
+            dropout: 0.05,
+            target_modules: LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// `α / r`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.r == 0 || !self.alpha.is_finite() || !(0.0..1.0).contains(&self.dropout) {
+            return Err(LlmError::Config(format!(
+                "LoRA needs r > 0, a finite alpha and dropout in [0, 1) (got r={}, alpha={}, dropout={})",
+                self.r, self.alpha, self.dropout
+            )));
+        }
+        if let Some(t) = self
+            .target_modules
+            .iter()
+            .find(|t| !LORA_TARGETS.contains(&t.as_str()))
+        {
+            return Err(LlmError::Config(format!(
+                "LoRA target {t:?} is not one of {LORA_TARGETS:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads PEFT's `adapter_config.json`.
+    pub fn from_peft_json(value: &Value) -> Result<Self> {
+        let bad = |m: String| LlmError::Config(format!("adapter_config.json: {m}"));
+        if let Some(t) = value.get("peft_type").and_then(Value::as_str)
+            && t != "LORA"
+        {
+            return Err(bad(format!("peft_type {t} is not LORA")));
+        }
+        for (flag, what) in [
+            ("use_rslora", "rsLoRA"),
+            ("use_dora", "DoRA"),
+            ("fan_in_fan_out", "fan_in_fan_out"),
+            ("lora_bias", "LoRA bias"),
+        ] {
+            if value.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(bad(format!("{what} adapters are not supported")));
+            }
+        }
+        for pattern in ["rank_pattern", "alpha_pattern"] {
+            if value
+                .get(pattern)
+                .and_then(Value::as_object)
+                .is_some_and(|o| !o.is_empty())
+            {
+                return Err(bad(format!("per-module {pattern} is not supported")));
+            }
+        }
+        if let Some(b) = value.get("bias").and_then(Value::as_str)
+            && b != "none"
+        {
+            return Err(bad(format!("bias = {b:?} is not supported (none)")));
+        }
+        let r = value
+            .get("r")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| bad("missing r".into()))? as usize;
+        let alpha = value
+            .get("lora_alpha")
+            .and_then(Value::as_f64)
+            .unwrap_or(8.0);
+        let dropout = value
+            .get("lora_dropout")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        let target_modules = match value.get("target_modules") {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            Some(Value::String(s)) if s == "all-linear" => {
+                LORA_TARGETS.iter().map(|s| s.to_string()).collect()
+            }
+            other => {
+                return Err(bad(format!(
+                    "target_modules {other:?} is not a list of projection names"
+                )));
+            }
+        };
+        let cfg = Self {
+            r,
+            alpha,
+            dropout,
+            target_modules,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// PEFT's `adapter_config.json` for this configuration.
+    pub fn to_peft_json(&self, base_model: &str) -> Value {
+        json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": base_model,
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "target_modules": self.target_modules,
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "use_rslora": false,
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "modules_to_save": null,
+        })
+    }
+}
+
+/// The low-rank pair of one projection.
+#[derive(Module, Debug)]
+pub struct LoraAdapter<B: Backend> {
+    /// `[in, r]` (PEFT stores its transpose as `lora_A.weight`).
+    pub lora_a: Param<Tensor<B, 2>>,
+    /// `[r, out]` (PEFT: `lora_B.weight`, transposed), zero at initialisation.
+    pub lora_b: Param<Tensor<B, 2>>,
+    pub dropout: Dropout,
+    scale: f64,
+}
+
+/// A linear projection with an optional LoRA adapter; the base weights are frozen once an
+/// adapter is attached.
+#[derive(Module, Debug)]
+pub struct LoraLinear<B: Backend> {
+    pub base: Linear<B>,
+    pub lora: Option<LoraAdapter<B>>,
+}
+
+impl<B: Backend> LoraLinear<B> {
+    pub fn new(base: Linear<B>) -> Self {
+        Self { base, lora: None }
+    }
+
+    /// # Shapes
+    /// `[n, in]` → `[n, out]`
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let y = self.base.forward(x.clone());
+        match &self.lora {
+            Some(l) => {
+                y + l
+                    .dropout
+                    .forward(x)
+                    .matmul(l.lora_a.val())
+                    .matmul(l.lora_b.val())
+                    * l.scale
+            }
+            None => y,
+        }
+    }
+
+    /// Attaches a fresh adapter (A Kaiming-uniform as PEFT, B zero) and freezes the base.
+    pub fn attach(self, cfg: &LoraConfig) -> Self {
+        let [d_in, d_out] = self.base.weight.dims();
+        let device = self.base.weight.device();
+        let bound = 1.0 / (d_in as f64).sqrt();
+        Self {
+            base: self.base.no_grad(),
+            lora: Some(LoraAdapter {
+                lora_a: Initializer::Uniform {
+                    min: -bound,
+                    max: bound,
+                }
+                .init([d_in, cfg.r], &device),
+                lora_b: Initializer::Zeros.init([cfg.r, d_out], &device),
+                dropout: DropoutConfig::new(cfg.dropout).init(),
+                scale: cfg.scale(),
+            }),
+        }
+    }
+
+    /// Folds `s·A·B` into `W` and drops the adapter (inference).
+    pub fn merge(self) -> Self {
+        match self.lora {
+            None => self,
+            Some(l) => {
+                let delta = l.lora_a.val().matmul(l.lora_b.val()) * l.scale;
+                let mut base = self.base;
+                base.weight = Param::from_tensor(base.weight.val() + delta);
+                Self { base, lora: None }
+            }
+        }
+    }
+}
+
+type Visit<'a, B> = (String, &'a mut LoraLinear<B>);
+
+impl<B: Backend> LlamaForCausalLM<B> {
+    /// Every adaptable projection with its PEFT module path (`model.layers.N.self_attn.q_proj`).
+    fn projections(&mut self) -> Vec<Visit<'_, B>> {
+        let mut v = Vec::new();
+        for (i, layer) in self.model.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            let p = format!("model.layers.{i}");
+            v.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
+            v.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
+            v.push((format!("{p}.self_attn.v_proj"), &mut a.v_proj));
+            v.push((format!("{p}.self_attn.o_proj"), &mut a.o_proj));
+            v.push((format!("{p}.mlp.gate_proj"), &mut m.gate_proj));
+            v.push((format!("{p}.mlp.up_proj"), &mut m.up_proj));
+            v.push((format!("{p}.mlp.down_proj"), &mut m.down_proj));
+        }
+        v
+    }
+
+    /// Attaches fresh adapters to the configured projections and freezes every base weight
+    /// (embeddings, norms and head included): only LoRA trains.
+    pub fn with_lora(mut self, cfg: &LoraConfig) -> Result<Self> {
+        cfg.validate()?;
+        for (name, proj) in self.projections() {
+            let target = name.rsplit('.').next().unwrap_or_default();
+            // Module clones share tensor storage: this moves no weights.
+            let current = proj.clone();
+            *proj = if cfg.target_modules.iter().any(|t| t == target) {
+                current.attach(cfg)
+            } else {
+                LoraLinear {
+                    base: current.base.no_grad(),
+                    lora: current.lora,
+                }
+            };
+        }
+        self.model.embed_tokens = self.model.embed_tokens.no_grad();
+        self.model.norm = self.model.norm.no_grad();
+        for layer in &mut self.model.layers {
+            layer.input_layernorm = layer.input_layernorm.clone().no_grad();
+            layer.post_attention_layernorm = layer.post_attention_layernorm.clone().no_grad();
+        }
+        self.lm_head = self.lm_head.map(|h| h.no_grad());
+        Ok(self)
+    }
+
+    /// Loads a PEFT LoRA adapter directory (`adapter_config.json`, `adapter_model.safetensors`).
+    pub fn load_peft_adapter(self, dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let cfg_path = dir.join("adapter_config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|source| LlmError::Io {
+            path: cfg_path.clone(),
+            source,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| {
+            LlmError::Config(format!("{}: malformed JSON: {e}", cfg_path.display()))
+        })?;
+        let cfg = LoraConfig::from_peft_json(&value)?;
+        let weights = Weights::open(dir.join("adapter_model.safetensors"))?;
+        let mut model = self.with_lora(&cfg)?;
+        for (name, proj) in model.projections() {
+            let Some(l) = proj.lora.as_mut() else {
+                continue;
+            };
+            let [d_in, r] = l.lora_a.dims();
+            let [_, d_out] = l.lora_b.dims();
+            let device = l.lora_a.device();
+            let key = |m: &str| format!("base_model.model.{name}.{m}.weight");
+            let a: Tensor<B, 2> = weights.tensor(&key("lora_A"), [r, d_in], &device)?;
+            let b: Tensor<B, 2> = weights.tensor(&key("lora_B"), [d_out, r], &device)?;
+            l.lora_a = Param::from_tensor(a.transpose());
+            l.lora_b = Param::from_tensor(b.transpose());
+        }
+        Ok(model)
+    }
+
+    /// Writes the adapters as a PEFT adapter directory (created if needed).
+    pub fn save_peft_adapter(
+        &mut self,
+        dir: impl AsRef<Path>,
+        cfg: &LoraConfig,
+        base_model: &str,
+    ) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|source| LlmError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut tensors = Vec::new();
+        for (name, proj) in self.projections() {
+            if let Some(l) = &proj.lora {
+                tensors.push(SaveTensor::from_tensor(
+                    format!("base_model.model.{name}.lora_A.weight"),
+                    l.lora_a.val().transpose(),
+                ));
+                tensors.push(SaveTensor::from_tensor(
+                    format!("base_model.model.{name}.lora_B.weight"),
+                    l.lora_b.val().transpose(),
+                ));
+            }
+        }
+        if tensors.is_empty() {
+            return Err(LlmError::Config(
+                "the model has no LoRA adapters to save".into(),
+            ));
+        }
+        og_weights::save_safetensors(dir.join("adapter_model.safetensors"), &tensors)?;
+        let text = serde_json::to_string_pretty(&cfg.to_peft_json(base_model)).expect("json");
+        let path = dir.join("adapter_config.json");
+        std::fs::write(&path, text).map_err(|source| LlmError::Io { path, source })
+    }
+
+    /// Folds every adapter into its base weight (inference; no LoRA overhead afterwards).
+    pub fn merge_lora(mut self) -> Self {
+        for (_, proj) in self.projections() {
+            *proj = proj.clone().merge();
+        }
+        self
+    }
+}
