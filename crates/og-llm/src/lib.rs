@@ -2,8 +2,8 @@
 //! ids, KV cache, generation and log-likelihood scoring.
 //!
 //! The model receives input embeddings and position ids; it knows nothing of masks. LoRA is
-//! factorised and PEFT-compatible ([`LoraConfig`]). The tokenizer and the chat template join
-//! this crate next (see README.md).
+//! factorised and PEFT-compatible ([`LoraConfig`]). [`ChatTokenizer`] renders any HF chat
+//! template and splits conversations at `<image>`.
 
 mod config;
 mod error;
@@ -12,6 +12,7 @@ mod load;
 mod lora;
 mod model;
 pub mod rope;
+mod tokenizer;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::{LlmError, Result};
@@ -21,3 +22,4 @@ pub use lora::{LORA_TARGETS, LoraAdapter, LoraConfig, LoraLinear};
 pub use model::{
     KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
 };
+pub use tokenizer::{ChatTokenizer, IMAGE_PLACEHOLDER, LLAMA3_TEMPLATE, Message, Segment};
