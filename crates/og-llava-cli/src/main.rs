@@ -1,5 +1,6 @@
 //! `og-llava`: the command line of OG-LLaVA in Rust.
 
+mod llm;
 mod overlay;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ enum Command {
     /// Dump intermediate tensors of a checkpoint, to compare a conversion with transformers.
     #[command(subcommand)]
     Inspect(Inspect),
+    /// Generate text with any HF Llama checkpoint directory, streaming it.
+    Generate(GenerateArgs),
     /// Run the connector at paper size on a backend: proves the backend works, times it.
     DeviceCheck {
         /// ndarray | flex | wgpu[:N] | cuda[:N] (default: the measured-fastest CPU backend)
@@ -48,6 +51,52 @@ enum Inspect {
     /// CLIPVisionModel, Llava, original LLaVA with a bundled tower); write `pixel_values`
     /// [1,3,S,S] and `features` [1,V,F] (layer −2, CLS dropped unless flags say otherwise).
     Vision(InspectVisionArgs),
+    /// Run any HF Llama checkpoint directory on token ids; write `logits` [1,T,vocab].
+    Llm(InspectLlmArgs),
+}
+
+#[derive(clap::Args)]
+struct InspectLlmArgs {
+    /// A `save_pretrained` directory (LlamaForCausalLM, or a Llava's language model).
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated token ids.
+    #[arg(long, value_delimiter = ',', required = true)]
+    token_ids: Vec<u32>,
+    /// Output safetensors file.
+    #[arg(long)]
+    out: PathBuf,
+    /// A PEFT LoRA adapter directory to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long)]
+    device: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// A `save_pretrained` directory with config.json, weights and tokenizer files.
+    #[arg(long)]
+    model: PathBuf,
+    /// The user's message (rendered with the model's chat template).
+    prompt: String,
+    /// Send the prompt as raw text instead of a chat turn.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A PEFT LoRA adapter directory to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    #[arg(long)]
+    device: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +210,8 @@ enum CliError {
     Output { path: PathBuf, message: String },
     #[error(transparent)]
     Checkpoint(#[from] og_weights::WeightError),
+    #[error(transparent)]
+    Llm(#[from] og_llm::LlmError),
     #[error("{0}")]
     Usage(String),
 }
@@ -170,6 +221,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Tokens(args) => tokens(&args),
         Command::Inspect(Inspect::Vision(args)) => inspect_vision(&args),
+        Command::Inspect(Inspect::Llm(args)) => llm::inspect(&args),
+        Command::Generate(args) => llm::generate(&args),
         Command::DeviceCheck {
             device,
             text_hidden,
