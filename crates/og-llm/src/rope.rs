@@ -122,3 +122,40 @@ mod tests {
         );
     }
 }
+
+/// Position ids for a token layout (paper 5.4.3, segment-aware 1-D RoPE): `segments[i]` is 0
+/// for a token that stands alone (text, plain visual tokens, Global View rows) and k > 0 for a
+/// token of mask group k. Each run of equal non-zero ids shares the position of its first
+/// token; every other token advances the position by one. Computed on the real layout, so
+/// the text before an image counts.
+pub fn segment_positions(segments: &[u32]) -> Vec<i64> {
+    let mut out = Vec::with_capacity(segments.len());
+    let mut next = 0i64;
+    let mut prev: Option<u32> = None;
+    for &s in segments {
+        if s != 0 && prev == Some(s) {
+            out.push(next - 1);
+        } else {
+            out.push(next);
+            next += 1;
+        }
+        prev = Some(s);
+    }
+    out
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::segment_positions;
+
+    #[test]
+    fn groups_share_their_first_position() {
+        // BOS, 2 text tokens, group 1 (3 tokens), group 2 (2 tokens), plain token, text.
+        let segs = [0, 0, 0, 1, 1, 1, 2, 2, 0, 0];
+        assert_eq!(segment_positions(&segs), vec![0, 1, 2, 3, 3, 3, 4, 4, 5, 6]);
+        assert_eq!(segment_positions(&[0, 0, 0]), vec![0, 1, 2]);
+        assert_eq!(segment_positions(&[]), Vec::<i64>::new());
+        // Adjacent groups with different ids do not merge; a group may start the sequence.
+        assert_eq!(segment_positions(&[3, 3, 4, 4, 4]), vec![0, 0, 1, 1, 1]);
+    }
+}
