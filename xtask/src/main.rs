@@ -5,10 +5,11 @@ use std::process::{Command, ExitCode};
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  fixtures      regenerate fixtures/ (scripts/make_fixtures.py, scripts/make_vision_fixtures.py;
-                needs: pip install torch transformers numpy pycocotools pillow safetensors)
+  fixtures      regenerate fixtures/ (scripts/make_*_fixtures.py;
+                needs: pip install torch transformers peft numpy pycocotools pillow safetensors)
   compare-phi   time Φ against the paper's Listing 1 in PyTorch (scripts/compare_phi.py)
   compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
+  compare-llm   decode tok/s against transformers, SmolLM2-135M shape (scripts/compare_llm.py)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
   demo          the README's main job: og-llava tokens on the example image";
 
@@ -27,16 +28,33 @@ fn run(cmd: &mut Command) -> ExitCode {
     }
 }
 
+fn python(root: &std::path::Path, script: &str) -> ExitCode {
+    run(Command::new("python3")
+        .arg(format!("scripts/{script}"))
+        .current_dir(root))
+}
+
 fn main() -> ExitCode {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let task = std::env::args().nth(1);
     match task.as_deref() {
-        Some("fixtures") => run(Command::new("python3")
-            .arg("scripts/make_fixtures.py")
-            .current_dir(&root)),
-        Some("compare-phi") => run(Command::new("python3")
-            .arg("scripts/compare_phi.py")
-            .current_dir(&root)),
+        Some("fixtures") => {
+            for script in [
+                "make_fixtures.py",
+                "make_vision_fixtures.py",
+                "make_llm_fixtures.py",
+                "make_tokenizer_fixtures.py",
+            ] {
+                let code = python(&root, script);
+                if code != ExitCode::SUCCESS {
+                    return code;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Some("compare-phi") => python(&root, "compare_phi.py"),
+        Some("compare-vit") => python(&root, "compare_vit.py"),
+        Some("compare-llm") => python(&root, "compare_llm.py"),
         Some("ci") => run(Command::new(".ci/run").current_dir(&root)),
         Some("demo") => run(Command::new("cargo")
             .args([

@@ -3,7 +3,6 @@
 //! embeddings) with and without LoRA adapters on every projection. `cargo bench -p og-llm`
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use criterion::{Criterion, criterion_group, criterion_main};
 use og_llm::{KvCache, LlamaConfig, LlamaForCausalLM, LoraConfig};
@@ -101,7 +100,6 @@ fn lora_overhead(c: &mut Criterion) {
         b.iter(|| train_step(&lora, &x))
     });
     g.finish();
-    let _ = <AB as Backend>::name(&device);
 }
 
 criterion_group!(benches, inference, lora_overhead);
