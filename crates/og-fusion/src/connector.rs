@@ -164,26 +164,13 @@ impl OgFusionConfig {
             linear_2: linear(self.text_hidden_size, self.text_hidden_size),
             delimiter,
             segment_embedding,
-            vision_hidden_size: self.vision_hidden_size,
-            text_hidden_size: self.text_hidden_size,
-            global_view: self.global_view as u8 as usize,
-            delimiter_kind: self.delimiter as u8 as usize,
-            positional: positional_code(self.positional),
+            config: self.clone(),
         }
     }
 
     /// The token layout of a selection under this configuration.
     pub fn layout(&self, selection: &Selection) -> TokenLayout {
         build_layout(selection, self.global_view, self.delimiter)
-    }
-}
-
-fn positional_code(p: PositionalEncoding) -> usize {
-    match p {
-        PositionalEncoding::None => 0,
-        PositionalEncoding::Sinusoidal1d => 1,
-        PositionalEncoding::Learned1d { .. } => 2,
-        PositionalEncoding::Sinusoidal2d => 3,
     }
 }
 
@@ -234,11 +221,8 @@ pub struct OgFusion<B: Backend> {
     pub delimiter: Option<Param<Tensor<B, 1>>>,
     /// Learned 1-D positional table [K+1, D]; row 0 is never used (zero is added instead).
     pub segment_embedding: Option<Param<Tensor<B, 2>>>,
-    vision_hidden_size: usize,
-    text_hidden_size: usize,
-    global_view: usize,
-    delimiter_kind: usize,
-    positional: usize,
+    #[module(skip)]
+    config: OgFusionConfig,
 }
 
 /// A batch of OGVT, padded to the longest image.
@@ -255,27 +239,24 @@ pub struct FusionOutput<B: Backend> {
 }
 
 impl<B: Backend> OgFusion<B> {
-    fn global_view(&self) -> GlobalView {
-        [GlobalView::None, GlobalView::Full, GlobalView::Mean][self.global_view]
-    }
-
-    fn delimiter_kind(&self) -> Delimiter {
-        [Delimiter::None, Delimiter::BeforeMask, Delimiter::AfterMask][self.delimiter_kind]
+    /// The configuration this connector was built from.
+    pub fn config(&self) -> &OgFusionConfig {
+        &self.config
     }
 
     /// F, the vision feature width.
     pub fn vision_hidden_size(&self) -> usize {
-        self.vision_hidden_size
+        self.config.vision_hidden_size
     }
 
     /// D, the LLM embedding width.
     pub fn text_hidden_size(&self) -> usize {
-        self.text_hidden_size
+        self.config.text_hidden_size
     }
 
     /// The token layout of a selection for this connector.
     pub fn layout(&self, selection: &Selection) -> TokenLayout {
-        build_layout(selection, self.global_view(), self.delimiter_kind())
+        build_layout(selection, self.config.global_view, self.config.delimiter)
     }
 
     /// The 2-layer GELU MLP of LLaVA-1.5 (`mlp2x_gelu`), Eq. (6), row-wise.
@@ -305,10 +286,10 @@ impl<B: Backend> OgFusion<B> {
                 selections.len()
             )));
         }
-        if f != self.vision_hidden_size {
+        if f != self.config.vision_hidden_size {
             return Err(FusionError::Batch(format!(
                 "features have width {f}, the connector expects {}",
-                self.vision_hidden_size
+                self.config.vision_hidden_size
             )));
         }
         for (b, s) in selections.iter().enumerate() {
@@ -332,7 +313,7 @@ impl<B: Backend> OgFusion<B> {
         };
         let ext = Tensor::cat(vec![features, mean, delim], 1).reshape([batch * stride, f]);
         let projected = self.project(ext);
-        let d = self.text_hidden_size;
+        let d = self.config.text_hidden_size;
         let zero_row = batch * stride;
         let table = Tensor::cat(vec![projected, Tensor::zeros([1, d], &device)], 0);
 
@@ -378,15 +359,16 @@ impl<B: Backend> OgFusion<B> {
         t_max: usize,
         device: &B::Device,
     ) -> FResult<Option<Tensor<B, 3>>> {
-        let d = self.text_hidden_size;
+        let d = self.config.text_hidden_size;
         let batch = layouts.len();
-        match self.positional {
-            1 | 3 => {
+        match self.config.positional {
+            PositionalEncoding::Sinusoidal1d | PositionalEncoding::Sinusoidal2d => {
+                let by_segment = self.config.positional == PositionalEncoding::Sinusoidal1d;
                 let mut data = vec![0f32; batch * t_max * d];
                 for (b, layout) in layouts.iter().enumerate() {
                     for t in 0..layout.len() {
                         let row = &mut data[(b * t_max + t) * d..(b * t_max + t + 1) * d];
-                        if self.positional == 1 {
+                        if by_segment {
                             let seg = layout.segment_ids[t];
                             if seg > 0 {
                                 sinusoid(seg as f64, row);
@@ -403,7 +385,7 @@ impl<B: Backend> OgFusion<B> {
                     device,
                 )))
             }
-            2 => {
+            PositionalEncoding::Learned1d { .. } => {
                 let table = self
                     .segment_embedding
                     .as_ref()
@@ -430,7 +412,7 @@ impl<B: Backend> OgFusion<B> {
                     Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [batch * t_max]), device);
                 Ok(Some(table.select(0, ids).reshape([batch, t_max, d])))
             }
-            _ => Ok(None),
+            PositionalEncoding::None => Ok(None),
         }
     }
 }
@@ -578,7 +560,7 @@ mod tests {
             PositionalEncoding::Sinusoidal2d,
         ] {
             let m = OgFusion {
-                positional: positional_code(pe),
+                config: base.clone().with_positional(pe),
                 ..plain.clone()
             };
             let t = rows(

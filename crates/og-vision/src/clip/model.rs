@@ -37,8 +37,8 @@ pub struct ClipAttention<B: Backend> {
 pub struct ClipMlp<B: Backend> {
     pub fc1: Linear<B>,
     pub fc2: Linear<B>,
-    /// 0 quick_gelu, 1 gelu, 2 gelu (tanh).
-    activation: usize,
+    #[module(skip)]
+    activation: ClipActivation,
 }
 
 /// One pre-LN encoder layer.
@@ -75,11 +75,7 @@ impl ClipVisionConfig {
                 .init(device)
         };
         let lin = |i, o| LinearConfig::new(i, o).init(device);
-        let activation = match self.hidden_act {
-            ClipActivation::QuickGelu => 0,
-            ClipActivation::Gelu => 1,
-            ClipActivation::GeluTanh => 2,
-        };
+        let activation = self.hidden_act;
         let layers = (0..self.num_hidden_layers)
             .map(|_| ClipEncoderLayer {
                 self_attn: ClipAttention {
@@ -153,9 +149,9 @@ impl<B: Backend> ClipMlp<B> {
         let [b, n, h] = x.dims();
         let x = self.fc1.forward(x.reshape([b * n, h]));
         let x = match self.activation {
-            0 => x.clone() * sigmoid(x * 1.702),
-            1 => gelu(x),
-            _ => burn::tensor::activation::gelu_approximate(x),
+            ClipActivation::QuickGelu => x.clone() * sigmoid(x * 1.702),
+            ClipActivation::Gelu => gelu(x),
+            ClipActivation::GeluTanh => burn::tensor::activation::gelu_approximate(x),
         };
         self.fc2.forward(x).reshape([b, n, h])
     }
