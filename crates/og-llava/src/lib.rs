@@ -1,12 +1,15 @@
 //! OG-LLaVA: Object-Guided Visual Tokens (Nulli et al.) in Rust.
 //!
 //! This facade composes the crates of the workspace — [`og_vision`] (images, `Frame`, CLIP),
-//! [`og_segment`] (masks), [`og_fusion`] (the OG-Fusion connector) and, as they land, the LLM,
-//! training and evaluation crates — and owns run-time backend selection ([`backend`]).
+//! [`og_segment`] (masks), [`og_fusion`] (the OG-Fusion connector), [`og_llm`] (Llama, LoRA,
+//! tokenizer) into [`OgLlava`] — and owns run-time backend selection ([`backend`]).
 
 pub mod backend;
+mod model;
 
+pub use model::{ModelError, OgLlava, OgLlavaInput, Prepared};
 pub use og_fusion;
+pub use og_llm;
 pub use og_segment;
 pub use og_vision;
 

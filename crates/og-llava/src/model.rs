@@ -1,0 +1,253 @@
+//! [`OgLlava`]: the frozen CLIP tower, the OG-Fusion connector and the Llama LLM composed.
+//!
+//! A prompt holds the image token where its image goes — once, or repeated as transformers
+//! writes it (any run of image tokens is one image). The placeholder is replaced by the image's
+//! OGVT (T tokens, varying per image) or, with no masks, by the plain V-token grid. Batches of
+//! prompts of different lengths are right-padded; padding is never attended. Position ids are
+//! standard or segment-aware (tokens of one mask group share a position), computed from the
+//! real layout.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor, TensorData};
+use og_fusion::{OgFusion, OgFusionConfig, Selection};
+use og_llm::{LlamaConfig, LlamaForCausalLM, rope};
+use og_vision::clip::{ClipVisionConfig, ClipVisionTransformer};
+use og_weights::Weights;
+
+/// Failures of the composed model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Vision(#[from] og_vision::VisionError),
+    #[error(transparent)]
+    Fusion(#[from] og_fusion::FusionError),
+    #[error(transparent)]
+    Llm(#[from] og_llm::LlmError),
+    #[error(transparent)]
+    Checkpoint(#[from] og_weights::WeightError),
+    #[error("{0}")]
+    Input(String),
+    #[error("{path}: {message}")]
+    Config {
+        path: std::path::PathBuf,
+        message: String,
+    },
+}
+
+type R<T> = std::result::Result<T, ModelError>;
+
+/// One prompt with at most one image.
+#[derive(Debug, Clone)]
+pub struct OgLlavaInput<B: Backend> {
+    /// Token ids; the image token marks where the image goes (once or repeated).
+    pub token_ids: Vec<u32>,
+    /// `pixel_values` `[1, 3, S, S]` of the prompt's image, if it has one.
+    pub pixel_values: Option<Tensor<B, 4>>,
+    /// The image's groups (from masks or windows); `None`: the plain V-token grid.
+    pub selection: Option<Selection>,
+}
+
+/// What the LLM receives for a batch.
+#[derive(Debug, Clone)]
+pub struct Prepared<B: Backend> {
+    /// `[batch, T_max, D]`, zero at padding.
+    pub embeds: Tensor<B, 3>,
+    /// `[batch, T_max]`, true at padding.
+    pub padding: Tensor<B, 2, Bool>,
+    pub positions: Vec<Vec<i64>>,
+    /// Real length of each sequence.
+    pub lengths: Vec<usize>,
+}
+
+/// OG-LLaVA.
+#[derive(Debug)]
+pub struct OgLlava<B: Backend> {
+    pub vision: ClipVisionTransformer<B>,
+    pub connector: OgFusion<B>,
+    pub llm: LlamaForCausalLM<B>,
+    pub image_token_id: u32,
+    /// Segment-aware 1-D RoPE (paper 5.4.3) instead of consecutive positions.
+    pub segment_rope: bool,
+}
+
+impl<B: Backend> OgLlava<B> {
+    /// Loads a llava-hf `LlavaForConditionalGeneration` directory (hub or newer transformers
+    /// layout, either config spelling); the connector gets `fusion` (its widths are taken from
+    /// the checkpoint).
+    pub fn load_llava_hf(
+        dir: impl AsRef<Path>,
+        fusion: Option<OgFusionConfig>,
+        device: &B::Device,
+    ) -> R<Self> {
+        let dir = dir.as_ref();
+        let cfg_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Config {
+            path: cfg_path.clone(),
+            message: e.to_string(),
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                path: cfg_path.clone(),
+                message: format!("malformed JSON: {e}"),
+            })?;
+        let image_token_id = value
+            .get("image_token_index")
+            .or_else(|| value.get("image_token_id"))
+            .and_then(serde_json::Value::as_u64)
+            .ok_or_else(|| ModelError::Config {
+                path: cfg_path.clone(),
+                message: "no image_token_index: not a Llava config".into(),
+            })? as u32;
+        let vcfg = ClipVisionConfig::from_hf_value(&value)?;
+        let lcfg = LlamaConfig::from_hf_value(&value)?;
+        let weights = Weights::open(dir)?;
+        let vision = vcfg.init::<B>(device)?.load_weights(&weights)?;
+        let llm = lcfg.init::<B>(device)?.load_weights(&weights)?;
+        let fusion = OgFusionConfig {
+            vision_hidden_size: vcfg.hidden_size,
+            text_hidden_size: lcfg.hidden_size,
+            ..fusion.unwrap_or_else(|| OgFusionConfig::new(vcfg.hidden_size, lcfg.hidden_size))
+        };
+        let connector = fusion.init::<B>(device).load_weights(&weights)?;
+        Ok(Self {
+            vision,
+            connector,
+            llm,
+            image_token_id,
+            segment_rope: false,
+        })
+    }
+
+    /// Embeddings, padding and positions of a batch (images encoded, OGVT spliced).
+    pub fn prepare(&self, inputs: &[OgLlavaInput<B>]) -> R<Prepared<B>> {
+        if inputs.is_empty() {
+            return Err(ModelError::Input("empty batch".into()));
+        }
+        let grid = self.vision.grid();
+        // Encode every image of the batch at once.
+        let with_image: Vec<usize> = (0..inputs.len())
+            .filter(|&i| inputs[i].pixel_values.is_some())
+            .collect();
+        let fused = if with_image.is_empty() {
+            None
+        } else {
+            let pixels = with_image
+                .iter()
+                .map(|&i| inputs[i].pixel_values.clone().expect("filtered"))
+                .collect();
+            let features = self.vision.features(Tensor::cat(pixels, 0))?;
+            let selections: Vec<Selection> = with_image
+                .iter()
+                .map(|&i| {
+                    inputs[i]
+                        .selection
+                        .clone()
+                        .unwrap_or_else(|| Selection::full_grid((grid, grid)))
+                })
+                .collect();
+            Some(self.connector.forward(features, &selections)?)
+        };
+        let device = self.llm.model.embed_tokens.weight.device();
+        let mut rows: Vec<(Tensor<B, 2>, Vec<u32>)> = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.iter().enumerate() {
+            let ids = &input.token_ids;
+            if ids.is_empty() {
+                return Err(ModelError::Input(format!("prompt {i} is empty")));
+            }
+            // Runs of image tokens: each run is one image.
+            let runs: Vec<(usize, usize)> = {
+                let mut v = Vec::new();
+                let mut j = 0;
+                while j < ids.len() {
+                    if ids[j] == self.image_token_id {
+                        let s = j;
+                        while j < ids.len() && ids[j] == self.image_token_id {
+                            j += 1;
+                        }
+                        v.push((s, j));
+                    } else {
+                        j += 1;
+                    }
+                }
+                v
+            };
+            let images = input.pixel_values.is_some() as usize;
+            if runs.len() != images {
+                return Err(ModelError::Input(format!(
+                    "prompt {i} has {} image placeholder(s) for {images} image(s)",
+                    runs.len()
+                )));
+            }
+            let text = self
+                .llm
+                .embed(std::slice::from_ref(ids))?
+                .squeeze_dim::<2>(0);
+            let d = text.dims()[1];
+            let Some(&(s, e)) = runs.first() else {
+                rows.push((text, vec![0; ids.len()]));
+                continue;
+            };
+            let out = fused.as_ref().expect("an image was encoded");
+            let k = with_image
+                .iter()
+                .position(|&x| x == i)
+                .expect("sample has an image");
+            let t = out.lengths[k];
+            let visual = out.tokens.clone().slice([k..k + 1, 0..t]).reshape([t, d]);
+            let mut parts = Vec::new();
+            if s > 0 {
+                parts.push(text.clone().slice(0..s));
+            }
+            parts.push(visual);
+            if e < ids.len() {
+                parts.push(text.slice(e..ids.len()));
+            }
+            let mut segments = vec![0u32; s];
+            segments.extend(&out.layouts[k].segment_ids);
+            segments.extend(vec![0u32; ids.len() - e]);
+            rows.push((Tensor::cat(parts, 0), segments));
+        }
+        let lengths: Vec<usize> = rows.iter().map(|r| r.1.len()).collect();
+        let t_max = *lengths.iter().max().expect("non-empty batch");
+        let d = self.llm.hidden_size();
+        let mut padded = Vec::with_capacity(rows.len());
+        let mut positions = Vec::with_capacity(rows.len());
+        let mut padding = Vec::with_capacity(rows.len() * t_max);
+        for (emb, segments) in rows {
+            let n = segments.len();
+            let emb = if n < t_max {
+                Tensor::cat(vec![emb, Tensor::zeros([t_max - n, d], &device)], 0)
+            } else {
+                emb
+            };
+            padded.push(emb.unsqueeze_dim::<3>(0));
+            let mut pos = if self.segment_rope {
+                rope::segment_positions(&segments)
+            } else {
+                (0..n as i64).collect()
+            };
+            let last = pos.last().copied().unwrap_or(-1);
+            pos.extend((1..=(t_max - n) as i64).map(|k| last + k));
+            positions.push(pos);
+            padding.extend((0..t_max).map(|j| j >= n));
+        }
+        let b = padded.len();
+        Ok(Prepared {
+            embeds: Tensor::cat(padded, 0),
+            padding: Tensor::from_data(TensorData::new(padding, [b, t_max]), &device),
+            positions,
+            lengths,
+        })
+    }
+
+    /// Logits `[batch, T_max, vocab]` (rows past each sequence's length are padding).
+    pub fn forward(&self, inputs: &[OgLlavaInput<B>]) -> R<(Tensor<B, 3>, Vec<usize>)> {
+        let p = self.prepare(inputs)?;
+        let logits = self
+            .llm
+            .forward(p.embeds, &p.positions, Some(p.padding), None)?;
+        Ok((logits, p.lengths))
+    }
+}
