@@ -37,6 +37,49 @@ def main():
     save_file({"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values.contiguous(),
                "logits": logits.contiguous()}, os.path.join(ROOT, "llava", "llava_tiny_io.safetensors"))
     print("llava fixture written", tuple(logits.shape))
+    og_path(model)
+
+
+def og_path(model):
+    """OGVT built the paper's way (Listing 1 Φ / patch-aligned Φ, row selection, concatenation,
+    the checkpoint's projector) fed as inputs_embeds to the language model."""
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_fixtures import listing1
+    torch.manual_seed(4)
+    pixel_values = torch.randn(1, 3, 30, 30)
+    yy, xx = torch.meshgrid(torch.arange(30), torch.arange(30), indexing="ij")
+    masks = torch.stack([
+        ((yy - 8) ** 2 + (xx - 20) ** 2) <= 36,          # a disc
+        (yy >= 13) & (yy < 27) & (xx >= 2) & (xx < 11),  # a rectangle
+        torch.zeros(30, 30, dtype=torch.bool),            # empty: dropped
+        (yy == 29) & (xx == 29),                          # one pixel
+    ])
+    with torch.no_grad():
+        hs = model.model.vision_tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+        feats = hs[-2][0, 1:]  # [25, 32]
+
+        def patch_aligned(m):
+            # identity frame (30 px image, 6 px patches): a patch is kept if it holds a pixel
+            cover = m.float().reshape(5, 6, 5, 6).sum(dim=(1, 3)).flatten()
+            return cover >= 0.5
+
+        out = {"pixel_values": pixel_values.contiguous(), "masks": masks.to(torch.uint8).contiguous()}
+        prompt = [1, 5, 6, model.config.image_token_index, 7, 8, 9]
+        out["input_ids"] = torch.tensor(prompt)
+        emb = model.get_input_embeddings()
+        for name, phi in (("raster", lambda m: listing1(m, 25, 0.5)), ("patch", patch_aligned)):
+            rows = [feats[phi(m)] for m in masks if phi(m).any()]
+            y = torch.cat(rows, 0)
+            ogvt = model.model.multi_modal_projector(y)
+            ids = torch.tensor(prompt)
+            e = torch.cat([emb(ids[:3]), ogvt, emb(ids[4:])], 0).unsqueeze(0)
+            logits = model.model.language_model(inputs_embeds=e).last_hidden_state
+            logits = model.lm_head(logits)
+            out[f"{name}_logits"] = logits.contiguous()
+            out[f"{name}_tokens"] = torch.tensor(y.shape[0])
+    save_file(out, os.path.join(ROOT, "llava", "og_path_io.safetensors"))
+    print("og path fixture written", {k: tuple(v.shape) for k, v in out.items()})
 
 
 if __name__ == "__main__":

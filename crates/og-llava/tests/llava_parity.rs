@@ -76,3 +76,66 @@ fn no_mask_path_matches_transformers_llava() {
     };
     assert!(model.forward(&[bad]).is_err());
 }
+
+/// The OG path equals an independent PyTorch reference that builds OGVT the paper's way
+/// (Listing 1 Φ, or patch-aligned Φ; row selection; concatenation; the checkpoint's projector)
+/// and feeds it to transformers' Llama as `inputs_embeds`.
+#[test]
+fn og_path_matches_pytorch_reference() {
+    use og_fusion::{MaskOrder, Phi, Selection, SelectionConfig, Threshold};
+    use og_segment::{Bitmap, MaskSet};
+    use og_vision::FrameConfig;
+
+    let device = Default::default();
+    let model =
+        OgLlava::<B>::load_llava_hf(root().join("vision/llava_tiny"), None, &device).unwrap();
+    let io = Weights::open(root().join("llava/og_path_io.safetensors")).unwrap();
+    let pv: Tensor<B, 4> = io.tensor("pixel_values", [1, 3, 30, 30], &device).unwrap();
+    let (m, _) = io.i64("masks").unwrap();
+    let bitmaps: Vec<Bitmap> = m
+        .chunks(900)
+        .map(|c| {
+            Bitmap::from_bytes(30, 30, &c.iter().map(|&x| x as u8).collect::<Vec<_>>()).unwrap()
+        })
+        .collect();
+    let masks = MaskSet::from_bitmaps(&bitmaps).unwrap();
+    let (ids, _) = io.i64("input_ids").unwrap();
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    // The 30-px tower's frame is the identity on a 30x30 image.
+    let frame = FrameConfig {
+        pad_to_square: false,
+        ..FrameConfig::square(30, 6)
+    }
+    .frame(30, 30)
+    .unwrap();
+    for (name, phi) in [
+        ("raster", Phi::RasterStrip1d { alpha: 0.5 }),
+        (
+            "patch",
+            Phi::PatchGrid2d {
+                threshold: Threshold::Pixels(0.5),
+            },
+        ),
+    ] {
+        let cfg = SelectionConfig {
+            phi,
+            order: MaskOrder::Given,
+            ..Default::default()
+        };
+        let selection = Selection::from_masks(&masks, &frame, &cfg).unwrap();
+        let (tokens, _) = io.i64(&format!("{name}_tokens")).unwrap();
+        assert_eq!(selection.total_tokens() as i64, tokens[0], "{name}: T");
+        let input = OgLlavaInput {
+            token_ids: ids.clone(),
+            pixel_values: Some(pv.clone()),
+            selection: Some(selection),
+        };
+        let (logits, lens) = model.forward(&[input]).unwrap();
+        let n = lens[0];
+        let want: Tensor<B, 3> = io
+            .tensor(&format!("{name}_logits"), [1, n, 64], &device)
+            .unwrap();
+        let d: f32 = (logits - want).abs().max().into_scalar();
+        assert!(d < 1e-4, "{name}: logits differ by {d}");
+    }
+}
