@@ -1,5 +1,6 @@
 //! `og-llava`: the command line of OG-LLaVA in Rust.
 
+mod ask;
 mod llm;
 mod overlay;
 
@@ -30,6 +31,8 @@ enum Command {
     /// Dump intermediate tensors of a checkpoint, to compare a conversion with transformers.
     #[command(subcommand)]
     Inspect(Inspect),
+    /// Ask OG-LLaVA about an image (with masks: the OG path; without: plain LLaVA), streaming.
+    Ask(ask::AskArgs),
     /// Generate text with any HF Llama checkpoint directory, streaming it.
     Generate(GenerateArgs),
     /// Run the connector at paper size on a backend: proves the backend works, times it.
@@ -212,6 +215,8 @@ enum CliError {
     Checkpoint(#[from] og_weights::WeightError),
     #[error(transparent)]
     Llm(#[from] og_llm::LlmError),
+    #[error(transparent)]
+    Model(#[from] og_llava::ModelError),
     #[error("{0}")]
     Usage(String),
 }
@@ -223,6 +228,7 @@ fn main() -> ExitCode {
         Command::Inspect(Inspect::Vision(args)) => inspect_vision(&args),
         Command::Inspect(Inspect::Llm(args)) => llm::inspect(&args),
         Command::Generate(args) => llm::generate(&args),
+        Command::Ask(args) => ask::ask(&args),
         Command::DeviceCheck {
             device,
             text_hidden,

@@ -59,6 +59,9 @@ pub struct Prepared<B: Backend> {
     pub positions: Vec<Vec<i64>>,
     /// Real length of each sequence.
     pub lengths: Vec<usize>,
+    /// Seconds spent in the vision tower and in the connector (Φ ran before, in `Selection`).
+    pub vision_s: f64,
+    pub connector_s: f64,
 }
 
 /// OG-LLaVA.
@@ -130,14 +133,18 @@ impl<B: Backend> OgLlava<B> {
         let with_image: Vec<usize> = (0..inputs.len())
             .filter(|&i| inputs[i].pixel_values.is_some())
             .collect();
+        let (mut vision_s, mut connector_s) = (0.0, 0.0);
         let fused = if with_image.is_empty() {
             None
         } else {
+            let t0 = std::time::Instant::now();
             let pixels = with_image
                 .iter()
                 .map(|&i| inputs[i].pixel_values.clone().expect("filtered"))
                 .collect();
             let features = self.vision.features(Tensor::cat(pixels, 0))?;
+            vision_s = t0.elapsed().as_secs_f64();
+            let t1 = std::time::Instant::now();
             let selections: Vec<Selection> = with_image
                 .iter()
                 .map(|&i| {
@@ -147,7 +154,9 @@ impl<B: Backend> OgLlava<B> {
                         .unwrap_or_else(|| Selection::full_grid((grid, grid)))
                 })
                 .collect();
-            Some(self.connector.forward(features, &selections)?)
+            let out = self.connector.forward(features, &selections)?;
+            connector_s = t1.elapsed().as_secs_f64();
+            Some(out)
         };
         let device = self.llm.model.embed_tokens.weight.device();
         let mut rows: Vec<(Tensor<B, 2>, Vec<u32>)> = Vec::with_capacity(inputs.len());
@@ -239,6 +248,8 @@ impl<B: Backend> OgLlava<B> {
             padding: Tensor::from_data(TensorData::new(padding, [b, t_max]), &device),
             positions,
             lengths,
+            vision_s,
+            connector_s,
         })
     }
 

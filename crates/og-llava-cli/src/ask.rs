@@ -1,0 +1,189 @@
+//! `og-llava ask`: one question about one image, answered by streaming.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use og_fusion::{Phi, Selection, SelectionConfig, Threshold};
+use og_llava::{BackendTask, DeviceSpec, OgLlava, OgLlavaInput};
+use og_llm::{ChatTokenizer, GenerationConfig, LlamaConfig, Message, Segment};
+use og_vision::ImageProcessor;
+
+use crate::{CliError, FrameKind, PhiKind};
+
+#[derive(clap::Args)]
+pub struct AskArgs {
+    /// A llava-hf `save_pretrained` directory with tokenizer files.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    image: PathBuf,
+    /// COCO RLE JSON or a folder of mask_<k>.npy for the image: the OG path.
+    #[arg(long, conflicts_with = "no_masks")]
+    masks: Option<PathBuf>,
+    /// The plain LLaVA path (the default when no masks are given).
+    #[arg(long)]
+    no_masks: bool,
+    #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
+    phi: PhiKind,
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Image geometry: LLaVA-1.5's pad-to-square (default) or CLIP's resize + crop.
+    #[arg(long, value_enum, default_value_t = FrameKind::Llava)]
+    frame: FrameKind,
+    /// Segment-aware 1-D RoPE for the visual tokens.
+    #[arg(long)]
+    segment_rope: bool,
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Print preprocess, ViT, Φ+connector, prefill and per-token decode times.
+    #[arg(long)]
+    timings: bool,
+    #[arg(long)]
+    device: Option<String>,
+    /// The question.
+    question: String,
+}
+
+struct Ask<'a> {
+    args: &'a AskArgs,
+    tokenizer: ChatTokenizer,
+}
+
+impl BackendTask for Ask<'_> {
+    type Output = Result<(), CliError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let a = self.args;
+        let mut model = OgLlava::<B>::load_llava_hf(&a.model, None, &device)?;
+        model.segment_rope = a.segment_rope;
+        let t0 = Instant::now();
+        let image = og_vision::load_rgb(&a.image)?;
+        let grid = model.vision.grid();
+        let size = model.vision.image_size();
+        let processor = ImageProcessor::from_hf_dir(
+            &a.model,
+            size,
+            size / grid,
+            matches!(a.frame, FrameKind::Llava),
+        )?;
+        let (pixel_values, frame) = processor.pixel_values::<B>(&image, &device)?;
+        let preprocess_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let selection = match &a.masks {
+            Some(path) if !a.no_masks => {
+                let masks = crate::read_masks(path)?;
+                masks
+                    .expect_size(image.width() as usize, image.height() as usize)
+                    .map_err(|e| {
+                        CliError::Usage(format!(
+                            "{} does not fit {}: {e}",
+                            path.display(),
+                            a.image.display()
+                        ))
+                    })?;
+                let phi = match a.phi {
+                    PhiKind::Raster => Phi::RasterStrip1d { alpha: a.alpha },
+                    PhiKind::Patch => Phi::PatchGrid2d {
+                        threshold: Threshold::Pixels(a.alpha),
+                    },
+                };
+                let cfg = SelectionConfig {
+                    phi,
+                    ..SelectionConfig::default()
+                };
+                Some(Selection::from_masks(&masks, &frame, &cfg)?)
+            }
+            _ => None,
+        };
+        let phi_s = t1.elapsed().as_secs_f64();
+        let tok = &self.tokenizer;
+        let content = format!("{}\n{}", og_llm::IMAGE_PLACEHOLDER, a.question);
+        let mut ids = Vec::new();
+        for seg in tok.encode_chat(&[Message::new("user", content)], true)? {
+            match seg {
+                Segment::Text(t) => ids.extend(t),
+                Segment::Image(_) => ids.push(model.image_token_id),
+            }
+        }
+        let prepared = model.prepare(&[OgLlavaInput {
+            token_ids: ids,
+            pixel_values: Some(pixel_values),
+            selection,
+        }])?;
+        let config = LlamaConfig::from_hf_dir(&a.model)?;
+        let mut eos = config.eos_token_ids.clone();
+        eos.extend(tok.eos_id());
+        eos.extend(tok.token_id("<|eot_id|>"));
+        let generation = GenerationConfig {
+            max_new_tokens: a.max_new_tokens,
+            eos_token_ids: eos,
+            ..GenerationConfig::default()
+        };
+        let mut answer: Vec<u32> = Vec::new();
+        let mut shown = 0usize;
+        let mut stamps: Vec<f64> = Vec::new();
+        let mut stdout = std::io::stdout();
+        let t2 = Instant::now();
+        model.llm.generate_from_embeds(
+            prepared.embeds,
+            prepared.positions[0].clone(),
+            &generation,
+            |t| {
+                stamps.push(t2.elapsed().as_secs_f64());
+                answer.push(t);
+                if let Ok(text) = tok.decode(&answer, true)
+                    && text.len() > shown
+                    && text.is_char_boundary(shown)
+                {
+                    let _ = write!(stdout, "{}", &text[shown..]);
+                    let _ = stdout.flush();
+                    shown = text.len();
+                }
+            },
+        )?;
+        println!();
+        if a.timings {
+            let prefill = stamps.first().copied().unwrap_or(0.0);
+            let decode = if stamps.len() > 1 {
+                (stamps[stamps.len() - 1] - prefill) / (stamps.len() - 1) as f64
+            } else {
+                0.0
+            };
+            eprintln!(
+                "timings: preprocess {:.1} ms, ViT {:.1} ms, Φ {:.1} ms + connector {:.1} ms, prefill {:.1} ms ({} tokens), decode {:.1} ms/token ({} tokens)",
+                preprocess_s * 1e3,
+                prepared.vision_s * 1e3,
+                phi_s * 1e3,
+                prepared.connector_s * 1e3,
+                prefill * 1e3,
+                prepared.lengths[0],
+                decode * 1e3,
+                stamps.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn ask(args: &AskArgs) -> Result<(), CliError> {
+    if !args.model.join("config.json").is_file() {
+        return Err(CliError::Usage(format!(
+            "{} has no config.json: expected a llava save_pretrained directory",
+            args.model.display()
+        )));
+    }
+    if !args.image.is_file() {
+        return Err(CliError::Usage(format!(
+            "image {} not found",
+            args.image.display()
+        )));
+    }
+    let tokenizer = ChatTokenizer::from_dir(&args.model)?;
+    let spec = match &args.device {
+        Some(s) => s.parse::<DeviceSpec>()?,
+        None => DeviceSpec::default(),
+    };
+    og_llava::dispatch(spec, Ask { args, tokenizer })?
+}

@@ -1,0 +1,106 @@
+//! `og-llava ask` on the tiny Llava checkpoint with a word-level tokenizer: the plain and the OG
+//! path run and report timings; user errors are clear.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use og_segment::{Bitmap, CountsFormat, MaskSet};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn model_dir(dir: &Path) {
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(root().join("vision/llava_tiny").join(f), dir.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    for i in 0..64u32 {
+        let tok = match i {
+            0 => "<pad>".to_string(),
+            1 => "<|begin_of_text|>".to_string(),
+            2 => "<|end_of_text|>".to_string(),
+            63 => "<image>".to_string(),
+            _ => format!("w{i}"),
+        };
+        vocab.insert(tok, i.into());
+    }
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
+    let tokenizer = serde_json::json!({
+        "version": "1.0",
+        "added_tokens": [special(1, "<|begin_of_text|>"), special(2, "<|end_of_text|>"), special(63, "<image>")],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let cfg = serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"});
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+}
+
+fn ask(model: &Path, image: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_og-llava"))
+        .args(["ask", "--max-new-tokens", "4", "--timings", "--model"])
+        .arg(model)
+        .arg("--image")
+        .arg(image)
+        .args(extra)
+        .arg("w5 w6")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn plain_and_og_paths_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    model_dir(dir.path());
+    let image = root().join("images/chelsea.webp"); // 451x300
+    let o = ask(dir.path(), &image, &["--no-masks"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("timings: preprocess"), "{err}");
+    let masks = MaskSet::from_bitmaps(&[
+        Bitmap::from_fn(300, 451, |y, x| {
+            (50..200).contains(&y) && (100..300).contains(&x)
+        }),
+        Bitmap::from_fn(300, 451, |y, x| y > 250 && x < 40),
+    ])
+    .unwrap();
+    let path = dir.path().join("masks.json");
+    masks
+        .write_coco_json(&path, CountsFormat::Compressed)
+        .unwrap();
+    for phi in ["patch", "raster"] {
+        let o = ask(
+            dir.path(),
+            &image,
+            &[
+                "--masks",
+                path.to_str().unwrap(),
+                "--phi",
+                phi,
+                "--segment-rope",
+            ],
+        );
+        assert!(
+            o.status.success(),
+            "{phi}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // Masks made for another image size.
+    let wrong = dir.path().join("wrong.json");
+    MaskSet::from_bitmaps(&[Bitmap::from_fn(10, 10, |_, _| true)])
+        .unwrap()
+        .write_coco_json(&wrong, CountsFormat::Compressed)
+        .unwrap();
+    let o = ask(dir.path(), &image, &["--masks", wrong.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("does not fit"));
+    let o = ask(dir.path(), &dir.path().join("missing.png"), &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not found"));
+    let o = ask(&root().join("llm"), &image, &[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no config.json"));
+}
