@@ -187,3 +187,148 @@ pub fn ask(args: &AskArgs) -> Result<(), CliError> {
     };
     og_llava::dispatch(spec, Ask { args, tokenizer })?
 }
+
+#[derive(clap::Args)]
+pub struct InspectLlavaArgs {
+    /// A llava-hf `save_pretrained` directory.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    image: PathBuf,
+    /// Raw prompt text holding `<image>` (tokenised without adding special tokens).
+    #[arg(
+        long,
+        conflicts_with = "token_ids",
+        required_unless_present = "token_ids"
+    )]
+    prompt: Option<String>,
+    /// Comma-separated token ids; the checkpoint's image token stands for the image, once or
+    /// repeated as transformers writes it.
+    #[arg(long, value_delimiter = ',')]
+    token_ids: Option<Vec<u32>>,
+    /// COCO RLE JSON or mask_<k>.npy folder: the OG path (default: no masks).
+    #[arg(long)]
+    masks: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
+    phi: PhiKind,
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Image geometry (default: CLIP's resize + crop, as transformers' Llava processor).
+    #[arg(long, value_enum, default_value_t = FrameKind::Clip)]
+    frame: FrameKind,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    device: Option<String>,
+}
+
+struct Inspect<'a> {
+    args: &'a InspectLlavaArgs,
+    tokenizer: Option<ChatTokenizer>,
+}
+
+impl BackendTask for Inspect<'_> {
+    type Output = Result<(), CliError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let a = self.args;
+        let model = OgLlava::<B>::load_llava_hf(&a.model, None, &device)?;
+        let image = og_vision::load_rgb(&a.image)?;
+        let grid = model.vision.grid();
+        let size = model.vision.image_size();
+        let processor = ImageProcessor::from_hf_dir(
+            &a.model,
+            size,
+            size / grid,
+            matches!(a.frame, FrameKind::Llava),
+        )?;
+        let (pixel_values, frame) = processor.pixel_values::<B>(&image, &device)?;
+        let selection = match &a.masks {
+            Some(path) => {
+                let masks = crate::read_masks(path)?;
+                masks
+                    .expect_size(image.width() as usize, image.height() as usize)
+                    .map_err(|e| {
+                        CliError::Usage(format!(
+                            "{} does not fit {}: {e}",
+                            path.display(),
+                            a.image.display()
+                        ))
+                    })?;
+                let phi = match a.phi {
+                    PhiKind::Raster => Phi::RasterStrip1d { alpha: a.alpha },
+                    PhiKind::Patch => Phi::PatchGrid2d {
+                        threshold: Threshold::Pixels(a.alpha),
+                    },
+                };
+                Some(Selection::from_masks(
+                    &masks,
+                    &frame,
+                    &SelectionConfig {
+                        phi,
+                        ..SelectionConfig::default()
+                    },
+                )?)
+            }
+            None => None,
+        };
+        let ids = match (&a.token_ids, &a.prompt, &self.tokenizer) {
+            (Some(ids), _, _) => ids.clone(),
+            (None, Some(prompt), Some(tok)) => {
+                let mut ids = Vec::new();
+                for (i, piece) in prompt.split(og_llm::IMAGE_PLACEHOLDER).enumerate() {
+                    if i > 0 {
+                        ids.push(model.image_token_id);
+                    }
+                    ids.extend(tok.encode(piece, false)?);
+                }
+                ids
+            }
+            _ => return Err(CliError::Usage("give --prompt or --token-ids".into())),
+        };
+        let (logits, lengths) = model.forward(&[OgLlavaInput {
+            token_ids: ids,
+            pixel_values: Some(pixel_values),
+            selection,
+        }])?;
+        let [_, _, v] = logits.dims();
+        let logits = logits.slice([0..1, 0..lengths[0], 0..v]);
+        let dims = logits.dims();
+        og_weights::save_safetensors(
+            &a.out,
+            &[og_weights::SaveTensor::from_tensor("logits", logits)],
+        )?;
+        eprintln!("logits {dims:?} written to {}", a.out.display());
+        Ok(())
+    }
+}
+
+pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
+    if !args.model.join("config.json").is_file() {
+        return Err(CliError::Usage(format!(
+            "{} has no config.json: expected a llava save_pretrained directory",
+            args.model.display()
+        )));
+    }
+    if !args.image.is_file() {
+        return Err(CliError::Usage(format!(
+            "image {} not found",
+            args.image.display()
+        )));
+    }
+    let tokenizer = match &args.prompt {
+        Some(p) if !p.contains(og_llm::IMAGE_PLACEHOLDER) => {
+            return Err(CliError::Usage(format!(
+                "the prompt has no {} placeholder",
+                og_llm::IMAGE_PLACEHOLDER
+            )));
+        }
+        Some(_) => Some(ChatTokenizer::from_dir(&args.model)?),
+        None => None,
+    };
+    let spec = match &args.device {
+        Some(s) => s.parse::<DeviceSpec>()?,
+        None => DeviceSpec::default(),
+    };
+    og_llava::dispatch(spec, Inspect { args, tokenizer })?
+}

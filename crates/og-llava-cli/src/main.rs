@@ -56,6 +56,9 @@ enum Inspect {
     Vision(InspectVisionArgs),
     /// Run any HF Llama checkpoint directory on token ids; write `logits` [1,T,vocab].
     Llm(InspectLlmArgs),
+    /// Run a llava-hf checkpoint on an image and a prompt; write `logits` [1,T,vocab], one row
+    /// per final sequence position (as transformers returns them).
+    Llava(ask::InspectLlavaArgs),
 }
 
 #[derive(clap::Args)]
@@ -227,6 +230,7 @@ fn main() -> ExitCode {
         Command::Tokens(args) => tokens(&args),
         Command::Inspect(Inspect::Vision(args)) => inspect_vision(&args),
         Command::Inspect(Inspect::Llm(args)) => llm::inspect(&args),
+        Command::Inspect(Inspect::Llava(args)) => ask::inspect(&args),
         Command::Generate(args) => llm::generate(&args),
         Command::Ask(args) => ask::ask(&args),
         Command::DeviceCheck {

@@ -104,3 +104,61 @@ fn plain_and_og_paths_answer() {
     let o = ask(&root().join("llm"), &image, &[]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no config.json"));
 }
+
+#[test]
+fn inspect_llava_once_or_repeated_placeholder() {
+    let dir = tempfile::tempdir().unwrap();
+    model_dir(dir.path());
+    let image = root().join("images/rocket.jpg");
+    let run = |extra: &[&str], out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_og-llava"))
+            .args(["inspect", "llava", "--model"])
+            .arg(dir.path())
+            .arg("--image")
+            .arg(&image)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let once = dir.path().join("once.safetensors");
+    let repeated = dir.path().join("repeated.safetensors");
+    let o = run(&["--token-ids", "1,5,63,7"], &once);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ids: Vec<String> = [1, 5]
+        .iter()
+        .chain([63; 25].iter())
+        .chain([7].iter())
+        .map(|i| i.to_string())
+        .collect();
+    let o = run(&["--token-ids", &ids.join(",")], &repeated);
+    assert!(o.status.success());
+    let (a, sa) = og_weights::Weights::open(&once)
+        .unwrap()
+        .f32("logits")
+        .unwrap();
+    let (b, sb) = og_weights::Weights::open(&repeated)
+        .unwrap()
+        .f32("logits")
+        .unwrap();
+    assert_eq!(sa, vec![1, 28, 64]);
+    assert_eq!(sa, sb);
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+    let prompt = dir.path().join("prompt.safetensors");
+    let o = run(&["--prompt", "<|begin_of_text|>w5 <image> w7"], &prompt);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (c, _) = og_weights::Weights::open(&prompt)
+        .unwrap()
+        .f32("logits")
+        .unwrap();
+    assert!(
+        a.iter().zip(&c).all(|(x, y)| (x - y).abs() < 1e-5),
+        "prompt text = the same ids"
+    );
+    let o = run(&["--prompt", "no placeholder"], &prompt);
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("no <image> placeholder")
+    );
+}
