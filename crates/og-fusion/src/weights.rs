@@ -61,19 +61,8 @@ impl<B: Backend> OgFusion<B> {
                 (format!("{p}0"), format!("{p}2"))
             }
         };
-        for (lin, prefix, d_in) in [
-            (&mut self.linear_1, &first, f),
-            (&mut self.linear_2, &second, d),
-        ] {
-            // PyTorch stores [out, in]; burn's Linear holds [in, out].
-            let weight = w.tensor::<B, 2>(&format!("{prefix}.weight"), [d, d_in], &device)?;
-            lin.weight = Param::from_tensor(weight.transpose());
-            lin.bias = Some(Param::from_tensor(w.tensor(
-                &format!("{prefix}.bias"),
-                [d],
-                &device,
-            )?));
-        }
+        w.load_linear(&first, &mut self.linear_1)?;
+        w.load_linear(&second, &mut self.linear_2)?;
         if self.delimiter.is_some() {
             let name = w.first_of(DELIMITER)?;
             self.delimiter = Some(Param::from_tensor(w.tensor_reshaped(name, [f], &device)?));

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use og_fusion::{Phi, Selection, SelectionConfig, Threshold};
-use og_llava::{BackendTask, DeviceSpec, OgLlava, OgLlavaInput};
+use og_fusion::{Selection, SelectionConfig};
+use og_llava::{BackendTask, OgLlava, OgLlavaInput};
 use og_llm::{ChatTokenizer, GenerationConfig, LlamaConfig, Message, Segment};
 use og_vision::ImageProcessor;
 
@@ -46,6 +46,24 @@ pub struct AskArgs {
     question: String,
 }
 
+/// The image's groups from a mask file (the OG path), or `None` (the plain path).
+fn select(
+    masks: Option<&PathBuf>,
+    image_path: &std::path::Path,
+    image: &og_vision::RgbImage,
+    frame: &og_vision::Frame,
+    phi: PhiKind,
+    alpha: f64,
+) -> Result<Option<Selection>, CliError> {
+    let Some(path) = masks else { return Ok(None) };
+    let masks = crate::read_masks_for(path, image_path, image.width(), image.height())?;
+    let cfg = SelectionConfig {
+        phi: crate::phi_of(phi, alpha, crate::AlphaUnit::Pixels),
+        ..SelectionConfig::default()
+    };
+    Ok(Some(Selection::from_masks(&masks, frame, &cfg)?))
+}
+
 struct Ask<'a> {
     args: &'a AskArgs,
     tokenizer: ChatTokenizer,
@@ -71,32 +89,8 @@ impl BackendTask for Ask<'_> {
         let (pixel_values, frame) = processor.pixel_values::<B>(&image, &device)?;
         let preprocess_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let selection = match &a.masks {
-            Some(path) if !a.no_masks => {
-                let masks = crate::read_masks(path)?;
-                masks
-                    .expect_size(image.width() as usize, image.height() as usize)
-                    .map_err(|e| {
-                        CliError::Usage(format!(
-                            "{} does not fit {}: {e}",
-                            path.display(),
-                            a.image.display()
-                        ))
-                    })?;
-                let phi = match a.phi {
-                    PhiKind::Raster => Phi::RasterStrip1d { alpha: a.alpha },
-                    PhiKind::Patch => Phi::PatchGrid2d {
-                        threshold: Threshold::Pixels(a.alpha),
-                    },
-                };
-                let cfg = SelectionConfig {
-                    phi,
-                    ..SelectionConfig::default()
-                };
-                Some(Selection::from_masks(&masks, &frame, &cfg)?)
-            }
-            _ => None,
-        };
+        let masks = a.masks.as_ref().filter(|_| !a.no_masks);
+        let selection = select(masks, &a.image, &image, &frame, a.phi, a.alpha)?;
         let phi_s = t1.elapsed().as_secs_f64();
         let tok = &self.tokenizer;
         let content = format!("{}\n{}", og_llm::IMAGE_PLACEHOLDER, a.question);
@@ -168,12 +162,7 @@ impl BackendTask for Ask<'_> {
 }
 
 pub fn ask(args: &AskArgs) -> Result<(), CliError> {
-    if !args.model.join("config.json").is_file() {
-        return Err(CliError::Usage(format!(
-            "{} has no config.json: expected a llava save_pretrained directory",
-            args.model.display()
-        )));
-    }
+    crate::require_model_dir(&args.model)?;
     if !args.image.is_file() {
         return Err(CliError::Usage(format!(
             "image {} not found",
@@ -181,11 +170,10 @@ pub fn ask(args: &AskArgs) -> Result<(), CliError> {
         )));
     }
     let tokenizer = ChatTokenizer::from_dir(&args.model)?;
-    let spec = match &args.device {
-        Some(s) => s.parse::<DeviceSpec>()?,
-        None => DeviceSpec::default(),
-    };
-    og_llava::dispatch(spec, Ask { args, tokenizer })?
+    og_llava::dispatch(
+        crate::device_spec(args.device.as_deref())?,
+        Ask { args, tokenizer },
+    )?
 }
 
 #[derive(clap::Args)]
@@ -243,35 +231,7 @@ impl BackendTask for Inspect<'_> {
             matches!(a.frame, FrameKind::Llava),
         )?;
         let (pixel_values, frame) = processor.pixel_values::<B>(&image, &device)?;
-        let selection = match &a.masks {
-            Some(path) => {
-                let masks = crate::read_masks(path)?;
-                masks
-                    .expect_size(image.width() as usize, image.height() as usize)
-                    .map_err(|e| {
-                        CliError::Usage(format!(
-                            "{} does not fit {}: {e}",
-                            path.display(),
-                            a.image.display()
-                        ))
-                    })?;
-                let phi = match a.phi {
-                    PhiKind::Raster => Phi::RasterStrip1d { alpha: a.alpha },
-                    PhiKind::Patch => Phi::PatchGrid2d {
-                        threshold: Threshold::Pixels(a.alpha),
-                    },
-                };
-                Some(Selection::from_masks(
-                    &masks,
-                    &frame,
-                    &SelectionConfig {
-                        phi,
-                        ..SelectionConfig::default()
-                    },
-                )?)
-            }
-            None => None,
-        };
+        let selection = select(a.masks.as_ref(), &a.image, &image, &frame, a.phi, a.alpha)?;
         let ids = match (&a.token_ids, &a.prompt, &self.tokenizer) {
             (Some(ids), _, _) => ids.clone(),
             (None, Some(prompt), Some(tok)) => {
@@ -304,12 +264,7 @@ impl BackendTask for Inspect<'_> {
 }
 
 pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
-    if !args.model.join("config.json").is_file() {
-        return Err(CliError::Usage(format!(
-            "{} has no config.json: expected a llava save_pretrained directory",
-            args.model.display()
-        )));
-    }
+    crate::require_model_dir(&args.model)?;
     if !args.image.is_file() {
         return Err(CliError::Usage(format!(
             "image {} not found",
@@ -326,9 +281,8 @@ pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
         Some(_) => Some(ChatTokenizer::from_dir(&args.model)?),
         None => None,
     };
-    let spec = match &args.device {
-        Some(s) => s.parse::<DeviceSpec>()?,
-        None => DeviceSpec::default(),
-    };
-    og_llava::dispatch(spec, Inspect { args, tokenizer })?
+    og_llava::dispatch(
+        crate::device_spec(args.device.as_deref())?,
+        Inspect { args, tokenizer },
+    )?
 }

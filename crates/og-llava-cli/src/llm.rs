@@ -4,27 +4,10 @@ use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use og_llava::{BackendTask, DeviceSpec};
+use og_llava::BackendTask;
 use og_llm::{ChatTokenizer, GenerationConfig, LlamaForCausalLM, Message, Sampling};
 
 use crate::{CliError, GenerateArgs, InspectLlmArgs};
-
-fn spec(device: &Option<String>) -> Result<DeviceSpec, CliError> {
-    Ok(match device {
-        Some(s) => s.parse::<DeviceSpec>()?,
-        None => DeviceSpec::default(),
-    })
-}
-
-fn check_dir(model: &Path) -> Result<(), CliError> {
-    if !model.join("config.json").is_file() {
-        return Err(CliError::Usage(format!(
-            "{} has no config.json: expected a save_pretrained directory",
-            model.display()
-        )));
-    }
-    Ok(())
-}
 
 fn load<B: Backend>(
     model: &Path,
@@ -59,8 +42,8 @@ impl BackendTask for Inspect<'_> {
 }
 
 pub fn inspect(args: &InspectLlmArgs) -> Result<(), CliError> {
-    check_dir(&args.model)?;
-    og_llava::dispatch(spec(&args.device)?, Inspect(args))?
+    crate::require_model_dir(&args.model)?;
+    og_llava::dispatch(crate::device_spec(args.device.as_deref())?, Inspect(args))?
 }
 
 struct Generate<'a> {
@@ -122,7 +105,10 @@ impl BackendTask for Generate<'_> {
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
-    check_dir(&args.model)?;
+    crate::require_model_dir(&args.model)?;
     let tokenizer = ChatTokenizer::from_dir(&args.model)?;
-    og_llava::dispatch(spec(&args.device)?, Generate { args, tokenizer })?
+    og_llava::dispatch(
+        crate::device_spec(args.device.as_deref())?,
+        Generate { args, tokenizer },
+    )?
 }

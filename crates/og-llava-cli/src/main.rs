@@ -256,7 +256,46 @@ fn read_masks(path: &Path) -> Result<MaskSet, CliError> {
     }
 }
 
-fn phi_of(kind: PhiKind, alpha: f64, unit: AlphaUnit) -> Phi {
+/// Masks for `image` (of `width`×`height`), rejected when made for another size.
+pub(crate) fn read_masks_for(
+    path: &Path,
+    image: &Path,
+    width: u32,
+    height: u32,
+) -> Result<MaskSet, CliError> {
+    let masks = read_masks(path)?;
+    masks
+        .expect_size(width as usize, height as usize)
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "{} does not fit {}: {e}",
+                path.display(),
+                image.display()
+            ))
+        })?;
+    Ok(masks)
+}
+
+/// `--device`, or the measured default.
+pub(crate) fn device_spec(device: Option<&str>) -> Result<DeviceSpec, CliError> {
+    Ok(match device {
+        Some(s) => s.parse::<DeviceSpec>()?,
+        None => DeviceSpec::default(),
+    })
+}
+
+/// A `save_pretrained` directory must hold `config.json`.
+pub(crate) fn require_model_dir(model: &Path) -> Result<(), CliError> {
+    if !model.join("config.json").is_file() {
+        return Err(CliError::Usage(format!(
+            "{} has no config.json: expected a save_pretrained directory",
+            model.display()
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn phi_of(kind: PhiKind, alpha: f64, unit: AlphaUnit) -> Phi {
     match kind {
         PhiKind::Raster => Phi::RasterStrip1d { alpha },
         PhiKind::Patch => Phi::PatchGrid2d {
@@ -282,15 +321,8 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
         ));
     }
     let image = og_vision::load_rgb(&args.image)?;
-    let masks = read_masks(&args.masks)?;
+    let masks = read_masks_for(&args.masks, &args.image, image.width(), image.height())?;
     let (w, h) = (image.width() as usize, image.height() as usize);
-    masks.expect_size(w, h).map_err(|e| {
-        CliError::Usage(format!(
-            "{} does not fit {}: {e}",
-            args.masks.display(),
-            args.image.display()
-        ))
-    })?;
     let size = args.grid * args.patch_size;
     let frame_cfg = FrameConfig {
         pad_to_square: matches!(args.frame, FrameKind::Llava),
@@ -369,10 +401,7 @@ fn device_check(
     text_hidden: usize,
     iterations: usize,
 ) -> Result<(), CliError> {
-    let spec = match device {
-        Some(s) => s.parse::<DeviceSpec>()?,
-        None => DeviceSpec::default(),
-    };
+    let spec = device_spec(device)?;
     eprintln!(
         "compiled backends: {}; running on {spec}",
         og_llava::compiled_backends().join(", ")
@@ -436,12 +465,7 @@ impl og_llava::BackendTask for InspectVision<'_> {
 
 fn inspect_vision(args: &InspectVisionArgs) -> Result<(), CliError> {
     use og_vision::clip::{ClipVisionConfig, SelectFeature};
-    if !args.model.join("config.json").is_file() {
-        return Err(CliError::Usage(format!(
-            "{} has no config.json: expected a save_pretrained directory",
-            args.model.display()
-        )));
-    }
+    require_model_dir(&args.model)?;
     let mut config = ClipVisionConfig::from_hf_dir(&args.model)?;
     if let Some(l) = args.select_layer {
         config.select_layer = l;
@@ -457,12 +481,8 @@ fn inspect_vision(args: &InspectVisionArgs) -> Result<(), CliError> {
         args.pad,
     )?;
     let image = og_vision::load_rgb(&args.image)?;
-    let spec = match &args.device {
-        Some(s) => s.parse::<DeviceSpec>()?,
-        None => DeviceSpec::default(),
-    };
     og_llava::dispatch(
-        spec,
+        device_spec(args.device.as_deref())?,
         InspectVision {
             args,
             image,

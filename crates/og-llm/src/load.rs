@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{Linear, RmsNorm};
+use burn::nn::RmsNorm;
 use burn::tensor::backend::Backend;
 use og_weights::Weights;
 
@@ -24,22 +24,6 @@ pub const DECODER_PREFIXES: &[&str] = &[
 ];
 /// Head names, tried in order.
 pub const HEAD_NAMES: &[&str] = &["lm_head.weight", "language_model.lm_head.weight"];
-
-pub(crate) fn linear<B: Backend>(w: &Weights, name: &str, lin: &mut Linear<B>) -> Result<()> {
-    let [d_in, d_out] = lin.weight.dims();
-    let device = lin.weight.device();
-    // PyTorch stores [out, in]; burn's Linear holds [in, out].
-    let weight = w.tensor::<B, 2>(&format!("{name}.weight"), [d_out, d_in], &device)?;
-    lin.weight = Param::from_tensor(weight.transpose());
-    if lin.bias.is_some() {
-        lin.bias = Some(Param::from_tensor(w.tensor(
-            &format!("{name}.bias"),
-            [d_out],
-            &device,
-        )?));
-    }
-    Ok(())
-}
 
 fn rms<B: Backend>(w: &Weights, name: &str, n: &mut RmsNorm<B>) -> Result<()> {
     let [d] = n.gamma.dims();
@@ -66,14 +50,14 @@ impl<B: Backend> LlamaForCausalLM<B> {
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             let l = format!("{p}layers.{i}");
             let a = &mut layer.self_attn;
-            linear(w, &format!("{l}.self_attn.q_proj"), &mut a.q_proj.base)?;
-            linear(w, &format!("{l}.self_attn.k_proj"), &mut a.k_proj.base)?;
-            linear(w, &format!("{l}.self_attn.v_proj"), &mut a.v_proj.base)?;
-            linear(w, &format!("{l}.self_attn.o_proj"), &mut a.o_proj.base)?;
+            w.load_linear(&format!("{l}.self_attn.q_proj"), &mut a.q_proj.base)?;
+            w.load_linear(&format!("{l}.self_attn.k_proj"), &mut a.k_proj.base)?;
+            w.load_linear(&format!("{l}.self_attn.v_proj"), &mut a.v_proj.base)?;
+            w.load_linear(&format!("{l}.self_attn.o_proj"), &mut a.o_proj.base)?;
             let m = &mut layer.mlp;
-            linear(w, &format!("{l}.mlp.gate_proj"), &mut m.gate_proj.base)?;
-            linear(w, &format!("{l}.mlp.up_proj"), &mut m.up_proj.base)?;
-            linear(w, &format!("{l}.mlp.down_proj"), &mut m.down_proj.base)?;
+            w.load_linear(&format!("{l}.mlp.gate_proj"), &mut m.gate_proj.base)?;
+            w.load_linear(&format!("{l}.mlp.up_proj"), &mut m.up_proj.base)?;
+            w.load_linear(&format!("{l}.mlp.down_proj"), &mut m.down_proj.base)?;
             rms(
                 w,
                 &format!("{l}.input_layernorm"),

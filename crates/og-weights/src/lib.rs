@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use burn::module::Param;
+use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -274,6 +276,20 @@ impl Weights {
         Ok(Tensor::from_data(TensorData::new(values, want), device))
     }
 
+    /// Loads `{name}.weight` (PyTorch `[out, in]`, transposed into burn's `[in, out]`) and,
+    /// when the layer has a bias, `{name}.bias` into a burn `Linear`.
+    pub fn load_linear<B: Backend>(&self, name: &str, lin: &mut Linear<B>) -> Result<()> {
+        let [d_in, d_out] = lin.weight.dims();
+        let device = lin.weight.device();
+        let weight = self.tensor::<B, 2>(&format!("{name}.weight"), [d_out, d_in], &device)?;
+        lin.weight = Param::from_tensor(weight.transpose());
+        if lin.bias.is_some() {
+            let bias = self.tensor(&format!("{name}.bias"), [d_out], &device)?;
+            lin.bias = Some(Param::from_tensor(bias));
+        }
+        Ok(())
+    }
+
     /// A tensor whose element count equals `want`'s, reshaped to `want` (e.g. a `[1, F]` token
     /// stored where `[F]` is used).
     pub fn tensor_reshaped<B: Backend, const D: usize>(
@@ -293,6 +309,25 @@ impl Weights {
         }
         Ok(Tensor::from_data(TensorData::new(values, want), device))
     }
+}
+
+/// Reads an HF `config.json` (from a `save_pretrained` directory or the file itself).
+pub fn read_config(path: impl AsRef<Path>) -> Result<(PathBuf, serde_json::Value)> {
+    let path = path.as_ref();
+    let file = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|source| WeightError::Io {
+        path: file.clone(),
+        source,
+    })?;
+    let value = serde_json::from_str(&text).map_err(|e| WeightError::Format {
+        path: file.clone(),
+        message: format!("malformed JSON: {e}"),
+    })?;
+    Ok((file, value))
 }
 
 fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {

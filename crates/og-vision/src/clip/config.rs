@@ -246,18 +246,7 @@ impl ClipVisionConfig {
 
     /// Reads `config.json` from a `save_pretrained` directory (or the file itself).
     pub fn from_hf_dir(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let file = if path.is_dir() {
-            path.join("config.json")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|source| VisionError::Io {
-            path: file.clone(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| VisionError::Config(format!("{}: malformed JSON: {e}", file.display())))?;
+        let (file, value) = og_weights::read_config(path)?;
         Self::from_hf_value(&value)
             .map_err(|e| VisionError::Config(format!("{}: {e}", file.display())))
     }

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use burn::module::Param;
-use burn::nn::{LayerNorm, Linear};
+use burn::nn::LayerNorm;
 use burn::tensor::backend::Backend;
 use og_weights::Weights;
 
@@ -25,20 +25,6 @@ pub const VISION_PREFIXES: &[&str] = &[
 ];
 
 const PROBE: &str = "embeddings.patch_embedding.weight";
-
-fn linear<B: Backend>(w: &Weights, name: &str, lin: &mut Linear<B>) -> Result<()> {
-    let [d_in, d_out] = lin.weight.dims();
-    let device = lin.weight.device();
-    // PyTorch stores [out, in]; burn's Linear holds [in, out].
-    let weight = w.tensor::<B, 2>(&format!("{name}.weight"), [d_out, d_in], &device)?;
-    lin.weight = Param::from_tensor(weight.transpose());
-    lin.bias = Some(Param::from_tensor(w.tensor(
-        &format!("{name}.bias"),
-        [d_out],
-        &device,
-    )?));
-    Ok(())
-}
 
 fn layer_norm<B: Backend>(w: &Weights, name: &str, ln: &mut LayerNorm<B>) -> Result<()> {
     let [d] = ln.gamma.dims();
@@ -86,13 +72,13 @@ impl<B: Backend> ClipVisionTransformer<B> {
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let l = format!("{p}encoder.layers.{i}");
             let a = &mut layer.self_attn;
-            linear(w, &format!("{l}.self_attn.q_proj"), &mut a.q_proj)?;
-            linear(w, &format!("{l}.self_attn.k_proj"), &mut a.k_proj)?;
-            linear(w, &format!("{l}.self_attn.v_proj"), &mut a.v_proj)?;
-            linear(w, &format!("{l}.self_attn.out_proj"), &mut a.out_proj)?;
+            w.load_linear(&format!("{l}.self_attn.q_proj"), &mut a.q_proj)?;
+            w.load_linear(&format!("{l}.self_attn.k_proj"), &mut a.k_proj)?;
+            w.load_linear(&format!("{l}.self_attn.v_proj"), &mut a.v_proj)?;
+            w.load_linear(&format!("{l}.self_attn.out_proj"), &mut a.out_proj)?;
             layer_norm(w, &format!("{l}.layer_norm1"), &mut layer.layer_norm1)?;
-            linear(w, &format!("{l}.mlp.fc1"), &mut layer.mlp.fc1)?;
-            linear(w, &format!("{l}.mlp.fc2"), &mut layer.mlp.fc2)?;
+            w.load_linear(&format!("{l}.mlp.fc1"), &mut layer.mlp.fc1)?;
+            w.load_linear(&format!("{l}.mlp.fc2"), &mut layer.mlp.fc2)?;
             layer_norm(w, &format!("{l}.layer_norm2"), &mut layer.layer_norm2)?;
         }
         layer_norm(w, &format!("{p}post_layernorm"), &mut self.post_layernorm)?;
