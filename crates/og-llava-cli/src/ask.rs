@@ -64,6 +64,46 @@ fn select(
     Ok(Some(Selection::from_masks(&masks, frame, &cfg)?))
 }
 
+/// Decodes the image and makes the model's `pixel_values` and frame (the processor of the
+/// checkpoint directory, LLaVA padding or CLIP crop).
+fn preprocess<B: Backend>(
+    model: &OgLlava<B>,
+    dir: &std::path::Path,
+    image_path: &std::path::Path,
+    frame: FrameKind,
+    device: &B::Device,
+) -> Result<
+    (
+        og_vision::RgbImage,
+        burn::tensor::Tensor<B, 4>,
+        og_vision::Frame,
+    ),
+    CliError,
+> {
+    let image = og_vision::load_rgb(image_path)?;
+    let size = model.vision.image_size();
+    let processor = ImageProcessor::from_hf_dir(
+        dir,
+        size,
+        size / model.vision.grid(),
+        matches!(frame, FrameKind::Llava),
+    )?;
+    let (pixel_values, frame) = processor.pixel_values::<B>(&image, device)?;
+    Ok((image, pixel_values, frame))
+}
+
+/// The model directory and the image must exist.
+fn require_inputs(model: &std::path::Path, image: &std::path::Path) -> Result<(), CliError> {
+    crate::require_model_dir(model)?;
+    if !image.is_file() {
+        return Err(CliError::Usage(format!(
+            "image {} not found",
+            image.display()
+        )));
+    }
+    Ok(())
+}
+
 struct Ask<'a> {
     args: &'a AskArgs,
     tokenizer: ChatTokenizer,
@@ -77,16 +117,8 @@ impl BackendTask for Ask<'_> {
         let mut model = OgLlava::<B>::load_llava_hf(&a.model, None, &device)?;
         model.segment_rope = a.segment_rope;
         let t0 = Instant::now();
-        let image = og_vision::load_rgb(&a.image)?;
-        let grid = model.vision.grid();
-        let size = model.vision.image_size();
-        let processor = ImageProcessor::from_hf_dir(
-            &a.model,
-            size,
-            size / grid,
-            matches!(a.frame, FrameKind::Llava),
-        )?;
-        let (pixel_values, frame) = processor.pixel_values::<B>(&image, &device)?;
+        let (image, pixel_values, frame) =
+            preprocess(&model, &a.model, &a.image, a.frame, &device)?;
         let preprocess_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let masks = a.masks.as_ref().filter(|_| !a.no_masks);
@@ -162,13 +194,7 @@ impl BackendTask for Ask<'_> {
 }
 
 pub fn ask(args: &AskArgs) -> Result<(), CliError> {
-    crate::require_model_dir(&args.model)?;
-    if !args.image.is_file() {
-        return Err(CliError::Usage(format!(
-            "image {} not found",
-            args.image.display()
-        )));
-    }
+    require_inputs(&args.model, &args.image)?;
     let tokenizer = ChatTokenizer::from_dir(&args.model)?;
     og_llava::dispatch(
         crate::device_spec(args.device.as_deref())?,
@@ -221,16 +247,8 @@ impl BackendTask for Inspect<'_> {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
         let model = OgLlava::<B>::load_llava_hf(&a.model, None, &device)?;
-        let image = og_vision::load_rgb(&a.image)?;
-        let grid = model.vision.grid();
-        let size = model.vision.image_size();
-        let processor = ImageProcessor::from_hf_dir(
-            &a.model,
-            size,
-            size / grid,
-            matches!(a.frame, FrameKind::Llava),
-        )?;
-        let (pixel_values, frame) = processor.pixel_values::<B>(&image, &device)?;
+        let (image, pixel_values, frame) =
+            preprocess(&model, &a.model, &a.image, a.frame, &device)?;
         let selection = select(a.masks.as_ref(), &a.image, &image, &frame, a.phi, a.alpha)?;
         let ids = match (&a.token_ids, &a.prompt, &self.tokenizer) {
             (Some(ids), _, _) => ids.clone(),
@@ -253,24 +271,12 @@ impl BackendTask for Inspect<'_> {
         }])?;
         let [_, _, v] = logits.dims();
         let logits = logits.slice([0..1, 0..lengths[0], 0..v]);
-        let dims = logits.dims();
-        og_weights::save_safetensors(
-            &a.out,
-            &[og_weights::SaveTensor::from_tensor("logits", logits)],
-        )?;
-        eprintln!("logits {dims:?} written to {}", a.out.display());
-        Ok(())
+        crate::save_logits(&a.out, logits)
     }
 }
 
 pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
-    crate::require_model_dir(&args.model)?;
-    if !args.image.is_file() {
-        return Err(CliError::Usage(format!(
-            "image {} not found",
-            args.image.display()
-        )));
-    }
+    require_inputs(&args.model, &args.image)?;
     let tokenizer = match &args.prompt {
         Some(p) if !p.contains(og_llm::IMAGE_PLACEHOLDER) => {
             return Err(CliError::Usage(format!(

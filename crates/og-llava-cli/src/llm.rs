@@ -31,13 +31,7 @@ impl BackendTask for Inspect<'_> {
         let ids = vec![a.token_ids.clone()];
         let positions = vec![(0..a.token_ids.len() as i64).collect()];
         let logits = model.forward(model.embed(&ids)?, &positions, None, None)?;
-        let dims = logits.dims();
-        og_weights::save_safetensors(
-            &a.out,
-            &[og_weights::SaveTensor::from_tensor("logits", logits)],
-        )?;
-        eprintln!("logits {dims:?} written to {}", a.out.display());
-        Ok(())
+        crate::save_logits(&a.out, logits)
     }
 }
 

@@ -276,6 +276,20 @@ pub(crate) fn read_masks_for(
     Ok(masks)
 }
 
+/// Writes `logits` to a safetensors file and says so.
+pub(crate) fn save_logits<B: burn::tensor::backend::Backend>(
+    out: &Path,
+    logits: burn::tensor::Tensor<B, 3>,
+) -> Result<(), CliError> {
+    let dims = logits.dims();
+    og_weights::save_safetensors(
+        out,
+        &[og_weights::SaveTensor::from_tensor("logits", logits)],
+    )?;
+    eprintln!("logits {dims:?} written to {}", out.display());
+    Ok(())
+}
+
 /// `--device`, or the measured default.
 pub(crate) fn device_spec(device: Option<&str>) -> Result<DeviceSpec, CliError> {
     Ok(match device {
