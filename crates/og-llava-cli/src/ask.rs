@@ -42,6 +42,9 @@ pub struct AskArgs {
     timings: bool,
     #[arg(long)]
     device: Option<String>,
+    /// The CLIP tower of an original LLaVA-1.5 checkpoint (what `mm_vision_tower` names).
+    #[arg(long)]
+    vision: Option<PathBuf>,
     /// The question.
     question: String,
 }
@@ -92,6 +95,25 @@ fn preprocess<B: Backend>(
     Ok((image, pixel_values, frame))
 }
 
+/// A llava-hf directory, or an original LLaVA-1.5 one with its vision tower directory.
+fn load_model<B: Backend>(
+    dir: &std::path::Path,
+    vision: Option<&std::path::Path>,
+    device: &B::Device,
+) -> Result<OgLlava<B>, CliError> {
+    let (_, config) = og_weights::read_config(dir)?;
+    let hf = config.get("image_token_index").is_some() || config.get("image_token_id").is_some();
+    match (hf, vision) {
+        (true, _) => Ok(OgLlava::load_llava_hf(dir, None, device)?),
+        (false, Some(v)) => Ok(OgLlava::load_llava_original(dir, v, None, device)?),
+        (false, None) => Err(CliError::Usage(format!(
+            "{} is not a llava-hf checkpoint; for an original LLaVA-1.5 checkpoint give --vision DIR \
+             (the CLIP tower its mm_vision_tower names)",
+            dir.display()
+        ))),
+    }
+}
+
 /// The model directory and the image must exist.
 fn require_inputs(model: &std::path::Path, image: &std::path::Path) -> Result<(), CliError> {
     crate::require_model_dir(model)?;
@@ -114,7 +136,7 @@ impl BackendTask for Ask<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
-        let mut model = OgLlava::<B>::load_llava_hf(&a.model, None, &device)?;
+        let mut model = load_model::<B>(&a.model, a.vision.as_deref(), &device)?;
         model.segment_rope = a.segment_rope;
         let t0 = Instant::now();
         let (image, pixel_values, frame) =
@@ -204,9 +226,12 @@ pub fn ask(args: &AskArgs) -> Result<(), CliError> {
 
 #[derive(clap::Args)]
 pub struct InspectLlavaArgs {
-    /// A llava-hf `save_pretrained` directory.
+    /// A llava-hf `save_pretrained` directory (or an original LLaVA-1.5 one, with --vision).
     #[arg(long)]
     model: PathBuf,
+    /// The CLIP tower of an original LLaVA-1.5 checkpoint (what `mm_vision_tower` names).
+    #[arg(long)]
+    vision: Option<PathBuf>,
     #[arg(long)]
     image: PathBuf,
     /// Raw prompt text holding `<image>` (tokenised without adding special tokens).
@@ -246,7 +271,7 @@ impl BackendTask for Inspect<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
-        let model = OgLlava::<B>::load_llava_hf(&a.model, None, &device)?;
+        let model = load_model::<B>(&a.model, a.vision.as_deref(), &device)?;
         let (image, pixel_values, frame) =
             preprocess(&model, &a.model, &a.image, a.frame, &device)?;
         let selection = select(a.masks.as_ref(), &a.image, &image, &frame, a.phi, a.alpha)?;

@@ -7,7 +7,7 @@
 pub mod backend;
 mod model;
 
-pub use model::{ModelError, OgLlava, OgLlavaInput, Prepared};
+pub use model::{ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared};
 pub use og_fusion;
 pub use og_llm;
 pub use og_segment;

@@ -16,6 +16,10 @@ use og_llm::{LlamaConfig, LlamaForCausalLM, rope};
 use og_vision::clip::{ClipVisionConfig, ClipVisionTransformer};
 use og_weights::Weights;
 
+/// The image marker in prompts of original-LLaVA checkpoints (LLaVA writes −200, outside
+/// every vocabulary).
+pub const ORIGINAL_IMAGE_TOKEN: u32 = u32::MAX;
+
 /// Failures of the composed model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -84,36 +88,103 @@ impl<B: Backend> OgLlava<B> {
         fusion: Option<OgFusionConfig>,
         device: &B::Device,
     ) -> R<Self> {
-        let dir = dir.as_ref();
-        let cfg_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| ModelError::Config {
-            path: cfg_path.clone(),
-            message: e.to_string(),
-        })?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::Config {
-                path: cfg_path.clone(),
-                message: format!("malformed JSON: {e}"),
-            })?;
+        let (cfg_path, value) = og_weights::read_config(dir.as_ref())?;
         let image_token_id = value
             .get("image_token_index")
             .or_else(|| value.get("image_token_id"))
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| ModelError::Config {
                 path: cfg_path.clone(),
-                message: "no image_token_index: not a Llava config".into(),
+                message: "no image_token_index: not a llava-hf config".into(),
             })? as u32;
+        let weights = Weights::open(dir.as_ref())?;
         let vcfg = ClipVisionConfig::from_hf_value(&value)?;
-        let lcfg = LlamaConfig::from_hf_value(&value)?;
-        let weights = Weights::open(dir)?;
-        let vision = vcfg.init::<B>(device)?.load_weights(&weights)?;
-        let llm = lcfg.init::<B>(device)?.load_weights(&weights)?;
+        Self::assemble(
+            &vcfg,
+            &weights,
+            &value,
+            &weights,
+            fusion,
+            image_token_id,
+            device,
+        )
+    }
+
+    /// Loads an original LLaVA-1.5 directory (`model.layers.*`, `model.mm_projector.0/.2`,
+    /// config keys `mm_vision_select_layer`, `mm_vision_select_feature`, `mm_projector_type`).
+    /// The vision tower comes from `vision` (a CLIP `save_pretrained` directory, what
+    /// `mm_vision_tower` names) unless the checkpoint bundles it
+    /// (`model.vision_tower.vision_tower.vision_model.*`), in which case `vision` only gives its
+    /// config. In prompts, [`ORIGINAL_IMAGE_TOKEN`] marks the image (LLaVA's −200).
+    pub fn load_llava_original(
+        dir: impl AsRef<Path>,
+        vision: impl AsRef<Path>,
+        fusion: Option<OgFusionConfig>,
+        device: &B::Device,
+    ) -> R<Self> {
+        let (cfg_path, value) = og_weights::read_config(dir.as_ref())?;
+        if let Some(t) = value
+            .get("mm_projector_type")
+            .and_then(serde_json::Value::as_str)
+            && t != "mlp2x_gelu"
+        {
+            return Err(ModelError::Config {
+                path: cfg_path,
+                message: format!("mm_projector_type {t:?} is not supported (mlp2x_gelu)"),
+            });
+        }
+        let weights = Weights::open(dir.as_ref())?;
+        // The tower's architecture from its own config, the selection from LLaVA's mm_* keys.
+        let (_, mut vision_value) = og_weights::read_config(vision.as_ref())?;
+        for (from, to) in [
+            ("mm_vision_select_layer", "mm_vision_select_layer"),
+            ("mm_vision_select_feature", "mm_vision_select_feature"),
+        ] {
+            if let (Some(v), Some(obj)) = (value.get(from), vision_value.as_object_mut()) {
+                obj.insert(to.to_string(), v.clone());
+            }
+        }
+        let vcfg = ClipVisionConfig::from_hf_value(&vision_value)?;
+        let bundled = weights
+            .detect_prefix(
+                og_vision::clip::VISION_PREFIXES,
+                "embeddings.patch_embedding.weight",
+            )
+            .is_some();
+        let vision_weights = if bundled {
+            Weights::open(dir.as_ref())?
+        } else {
+            Weights::open(vision.as_ref())?
+        };
+        Self::assemble(
+            &vcfg,
+            &vision_weights,
+            &value,
+            &weights,
+            fusion,
+            ORIGINAL_IMAGE_TOKEN,
+            device,
+        )
+    }
+
+    fn assemble(
+        vcfg: &ClipVisionConfig,
+        vision_weights: &Weights,
+        llm_config: &serde_json::Value,
+        weights: &Weights,
+        fusion: Option<OgFusionConfig>,
+        image_token_id: u32,
+        device: &B::Device,
+    ) -> R<Self> {
+        let lcfg = LlamaConfig::from_hf_value(llm_config)?;
+        let vision = vcfg.init::<B>(device)?.load_weights(vision_weights)?;
+        let llm = lcfg.init::<B>(device)?.load_weights(weights)?;
         let fusion = OgFusionConfig {
             vision_hidden_size: vcfg.hidden_size,
             text_hidden_size: lcfg.hidden_size,
             ..fusion.unwrap_or_else(|| OgFusionConfig::new(vcfg.hidden_size, lcfg.hidden_size))
         };
-        let connector = fusion.init::<B>(device).load_weights(&weights)?;
+        let connector = fusion.init::<B>(device).load_weights(weights)?;
         Ok(Self {
             vision,
             connector,
@@ -189,10 +260,13 @@ impl<B: Backend> OgLlava<B> {
                     runs.len()
                 )));
             }
-            let text = self
-                .llm
-                .embed(std::slice::from_ref(ids))?
-                .squeeze_dim::<2>(0);
+            // Image tokens are replaced by the OGVT below; embed them as id 0 (the original
+            // LLaVA marker is outside the vocabulary).
+            let embeddable: Vec<u32> = ids
+                .iter()
+                .map(|&t| if t == self.image_token_id { 0 } else { t })
+                .collect();
+            let text = self.llm.embed(&[embeddable])?.squeeze_dim::<2>(0);
             let d = text.dims()[1];
             let Some(&(s, e)) = runs.first() else {
                 rows.push((text, vec![0; ids.len()]));

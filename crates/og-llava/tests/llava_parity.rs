@@ -139,3 +139,109 @@ fn og_path_matches_pytorch_reference() {
         assert!(d < 1e-4, "{name}: logits differ by {d}");
     }
 }
+
+/// The same weights laid out as an original LLaVA-1.5 checkpoint (`model.*`,
+/// `model.mm_projector.0/.2`, mm_* config keys), with the tower in its own CLIP directory or
+/// bundled, give transformers' logits.
+#[test]
+fn original_llava_layout_matches() {
+    use og_llava::ORIGINAL_IMAGE_TOKEN;
+    use og_weights::SaveTensor;
+
+    let device = Default::default();
+    let src_dir = root().join("vision/llava_tiny");
+    let src = Weights::open(&src_dir).unwrap();
+    let (_, hf_cfg) = og_weights::read_config(&src_dir).unwrap();
+    let tensor = |name: &str, new: String| {
+        let (values, shape) = src.f32(name).unwrap();
+        SaveTensor {
+            name: new,
+            shape,
+            values,
+        }
+    };
+    let rename = |n: &str| -> Option<String> {
+        if let Some(r) = n.strip_prefix("language_model.model.") {
+            Some(format!("model.{r}"))
+        } else if n == "language_model.lm_head.weight" {
+            Some("lm_head.weight".into())
+        } else if let Some(r) = n.strip_prefix("multi_modal_projector.linear_1") {
+            Some(format!("model.mm_projector.0{r}"))
+        } else {
+            n.strip_prefix("multi_modal_projector.linear_2")
+                .map(|r| format!("model.mm_projector.2{r}"))
+        }
+    };
+    let mut config = hf_cfg["text_config"].clone();
+    let obj = config.as_object_mut().unwrap();
+    obj.insert("mm_vision_select_layer".into(), (-2).into());
+    obj.insert("mm_vision_select_feature".into(), "patch".into());
+    obj.insert("mm_projector_type".into(), "mlp2x_gelu".into());
+    obj.insert("mm_hidden_size".into(), 32.into());
+    let vision_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        vision_dir.path().join("config.json"),
+        hf_cfg["vision_config"].to_string(),
+    )
+    .unwrap();
+    let vision: Vec<SaveTensor> = src
+        .names()
+        .into_iter()
+        .filter_map(|n| {
+            n.strip_prefix("vision_tower.")
+                .map(|r| tensor(n, format!("vision_model.{r}")))
+        })
+        .collect();
+    og_weights::save_safetensors(vision_dir.path().join("model.safetensors"), &vision).unwrap();
+
+    let io = Weights::open(root().join("llava/llava_tiny_io.safetensors")).unwrap();
+    let (ids, shape) = io.i64("input_ids").unwrap();
+    let t = shape[1];
+    let pv: Tensor<B, 4> = io.tensor("pixel_values", [2, 3, 30, 30], &device).unwrap();
+    let want: Tensor<B, 3> = io.tensor("logits", [2, t, 64], &device).unwrap();
+    let mut prompt: Vec<u32> = Vec::new();
+    for &x in &ids[..t] {
+        let x = if x == 63 {
+            ORIGINAL_IMAGE_TOKEN
+        } else {
+            x as u32
+        };
+        if !(x == ORIGINAL_IMAGE_TOKEN && prompt.last() == Some(&x)) {
+            prompt.push(x);
+        }
+    }
+    for bundled in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        let mut tensors: Vec<SaveTensor> = src
+            .names()
+            .into_iter()
+            .filter_map(|n| rename(n).map(|new| tensor(n, new)))
+            .collect();
+        if bundled {
+            tensors.extend(src.names().into_iter().filter_map(|n| {
+                n.strip_prefix("vision_tower.").map(|r| {
+                    tensor(
+                        n,
+                        format!("model.vision_tower.vision_tower.vision_model.{r}"),
+                    )
+                })
+            }));
+        }
+        og_weights::save_safetensors(dir.path().join("model.safetensors"), &tensors).unwrap();
+        let model = OgLlava::<B>::load_llava_original(dir.path(), vision_dir.path(), None, &device)
+            .unwrap();
+        let input = OgLlavaInput {
+            token_ids: prompt.clone(),
+            pixel_values: Some(pv.clone().slice(0..1)),
+            selection: None,
+        };
+        let (logits, lens) = model.forward(&[input]).unwrap();
+        let n = lens[0];
+        let d: f32 = (logits - want.clone().slice([0..1, 0..n]))
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(d < 1e-4, "bundled={bundled}: logits differ by {d}");
+    }
+}
