@@ -43,7 +43,7 @@ impl<B: Backend> OgFusion<B> {
 
     /// As [`OgFusion::load_safetensors`], from an already opened checkpoint.
     pub fn load_weights(mut self, w: &Weights) -> R<Self> {
-        let device = self.linear_1.weight.device();
+        let device = self.linear_1.weight.lazy_device();
         let (f, d) = (self.vision_hidden_size(), self.text_hidden_size());
         // llava-hf names the layers linear_1/linear_2, the original LLaVA mm_projector.0/.2.
         let (first, second) = match w.detect_prefix(PROJECTOR_PREFIXES, "linear_1.weight") {
@@ -68,7 +68,7 @@ impl<B: Backend> OgFusion<B> {
             self.delimiter = Some(Param::from_tensor(w.tensor_reshaped(name, [f], &device)?));
         }
         if let Some(table) = &self.segment_embedding {
-            let rows = table.dims()[0];
+            let rows = table.lazy_shape().dims::<2>()[0];
             let name = w.first_of(SEGMENT_EMBEDDING)?;
             self.segment_embedding =
                 Some(Param::from_tensor(w.tensor(name, [rows, d], &device)?));

@@ -26,8 +26,8 @@ pub const DECODER_PREFIXES: &[&str] = &[
 pub const HEAD_NAMES: &[&str] = &["lm_head.weight", "language_model.lm_head.weight"];
 
 fn rms<B: Backend>(w: &Weights, name: &str, n: &mut RmsNorm<B>) -> Result<()> {
-    let [d] = n.gamma.dims();
-    let device = n.gamma.device();
+    let [d] = n.gamma.lazy_shape().dims::<1>();
+    let device = n.gamma.lazy_device();
     n.gamma = Param::from_tensor(w.tensor(&format!("{name}.weight"), [d], &device)?);
     Ok(())
 }
@@ -43,8 +43,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
                     w.origin().display()
                 ))
             })?;
-        let device = self.model.embed_tokens.weight.device();
-        let dims = self.model.embed_tokens.weight.dims();
+        let device = self.model.embed_tokens.weight.lazy_device();
+        let dims = self.model.embed_tokens.weight.lazy_shape().dims::<2>();
         self.model.embed_tokens.weight =
             Param::from_tensor(w.tensor(&format!("{p}embed_tokens.weight"), dims, &device)?);
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
@@ -80,7 +80,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
         }
         if let Some(head) = &mut self.lm_head {
             let name = w.first_of(HEAD_NAMES)?;
-            let [d_in, d_out] = head.weight.dims();
+            let [d_in, d_out] = head.weight.lazy_shape().dims::<2>();
             let weight = w.tensor::<B, 2>(name, [d_out, d_in], &device)?;
             head.weight = Param::from_tensor(weight.transpose());
         }

@@ -221,6 +221,7 @@ impl Weights {
             name: name.to_string(),
             dtype: format!("{:?}", entry.dtype),
         })?;
+        release_pages(&file.map, entry.range);
         if let Some(index) = values.iter().position(|v| !v.is_finite()) {
             return Err(WeightError::NonFinite {
                 path: file.path.clone(),
@@ -279,8 +280,9 @@ impl Weights {
     /// Loads `{name}.weight` (PyTorch `[out, in]`, transposed into burn's `[in, out]`) and,
     /// when the layer has a bias, `{name}.bias` into a burn `Linear`.
     pub fn load_linear<B: Backend>(&self, name: &str, lin: &mut Linear<B>) -> Result<()> {
-        let [d_in, d_out] = lin.weight.dims();
-        let device = lin.weight.device();
+        // Lazy accessors: a freshly built model's random weights are never materialised.
+        let [d_in, d_out] = lin.weight.lazy_shape().dims::<2>();
+        let device = lin.weight.lazy_device();
         let weight = self.tensor::<B, 2>(&format!("{name}.weight"), [d_out, d_in], &device)?;
         lin.weight = Param::from_tensor(weight.transpose());
         if lin.bias.is_some() {
@@ -356,6 +358,24 @@ fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
     }
     files.sort();
     Ok(files)
+}
+
+/// Hands the pages of a tensor already converted back to the page cache, so that loading does
+/// not hold the checkpoint's mapped bytes and the converted model at once.
+fn release_pages(map: &memmap2::Mmap, range: (usize, usize)) {
+    #[cfg(unix)]
+    // SAFETY: the mapping is a read-only view of a file; dropping its resident pages only makes
+    // a later access fault them in again from the unchanged file. No slice into the range is
+    // alive here (the caller converted it into an owned vector).
+    unsafe {
+        let _ = map.unchecked_advise_range(
+            memmap2::UncheckedAdvice::DontNeed,
+            range.0,
+            range.1 - range.0,
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = (map, range);
 }
 
 fn to_f32(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {

@@ -27,8 +27,8 @@ pub const VISION_PREFIXES: &[&str] = &[
 const PROBE: &str = "embeddings.patch_embedding.weight";
 
 fn layer_norm<B: Backend>(w: &Weights, name: &str, ln: &mut LayerNorm<B>) -> Result<()> {
-    let [d] = ln.gamma.dims();
-    let device = ln.gamma.device();
+    let [d] = ln.gamma.lazy_shape().dims::<1>();
+    let device = ln.gamma.lazy_device();
     ln.gamma = Param::from_tensor(w.tensor(&format!("{name}.weight"), [d], &device)?);
     ln.beta = Some(Param::from_tensor(w.tensor(
         &format!("{name}.bias"),
@@ -48,7 +48,7 @@ impl<B: Backend> ClipVisionTransformer<B> {
                 w.origin().display()
             ))
         })?;
-        let device = self.embeddings.class_embedding.device();
+        let device = self.embeddings.class_embedding.lazy_device();
         let h = self.hidden_size();
         let e = &mut self.embeddings;
         e.class_embedding = Param::from_tensor(w.tensor(
@@ -56,13 +56,13 @@ impl<B: Backend> ClipVisionTransformer<B> {
             [h],
             &device,
         )?);
-        let conv = e.patch_embedding.weight.dims();
+        let conv = e.patch_embedding.weight.lazy_shape().dims::<4>();
         e.patch_embedding.weight = Param::from_tensor(w.tensor(
             &format!("{p}embeddings.patch_embedding.weight"),
             conv,
             &device,
         )?);
-        let pos = e.position_embedding.weight.dims();
+        let pos = e.position_embedding.weight.lazy_shape().dims::<2>();
         e.position_embedding.weight = Param::from_tensor(w.tensor(
             &format!("{p}embeddings.position_embedding.weight"),
             pos,
