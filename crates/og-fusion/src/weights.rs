@@ -41,10 +41,9 @@ impl<B: Backend> OgFusion<B> {
         self.load_weights(&Weights::open(path)?)
     }
 
-    /// As [`OgFusion::load_safetensors`], from an already opened checkpoint.
-    pub fn load_weights(mut self, w: &Weights) -> R<Self> {
-        let device = self.linear_1.weight.lazy_device();
-        let (f, d) = (self.vision_hidden_size(), self.text_hidden_size());
+    /// Only the MLP (`linear_1`, `linear_2`): a LLaVA checkpoint as the start of OG-LLaVA
+    /// training, where delimiter and learned PE are new and keep their initialisation.
+    pub fn load_projector(mut self, w: &Weights) -> R<Self> {
         // llava-hf names the layers linear_1/linear_2, the original LLaVA mm_projector.0/.2.
         let (first, second) = match w.detect_prefix(PROJECTOR_PREFIXES, "linear_1.weight") {
             Some(p) => (format!("{p}linear_1"), format!("{p}linear_2")),
@@ -63,17 +62,25 @@ impl<B: Backend> OgFusion<B> {
         };
         w.load_linear(&first, &mut self.linear_1)?;
         w.load_linear(&second, &mut self.linear_2)?;
-        if self.delimiter.is_some() {
+        Ok(self)
+    }
+
+    /// As [`OgFusion::load_safetensors`], from an already opened checkpoint.
+    pub fn load_weights(self, w: &Weights) -> R<Self> {
+        let mut this = self.load_projector(w)?;
+        let device = this.linear_1.weight.lazy_device();
+        let (f, d) = (this.vision_hidden_size(), this.text_hidden_size());
+        if this.delimiter.is_some() {
             let name = w.first_of(DELIMITER)?;
-            self.delimiter = Some(Param::from_tensor(w.tensor_reshaped(name, [f], &device)?));
+            this.delimiter = Some(Param::from_tensor(w.tensor_reshaped(name, [f], &device)?));
         }
-        if let Some(table) = &self.segment_embedding {
+        if let Some(table) = &this.segment_embedding {
             let rows = table.lazy_shape().dims::<2>()[0];
             let name = w.first_of(SEGMENT_EMBEDDING)?;
-            self.segment_embedding =
+            this.segment_embedding =
                 Some(Param::from_tensor(w.tensor(name, [rows, d], &device)?));
         }
-        Ok(self)
+        Ok(this)
     }
 
     /// Saves the connector in llava-hf naming (`multi_modal_projector.linear_1.weight` as

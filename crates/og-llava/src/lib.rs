@@ -5,6 +5,7 @@
 //! tokenizer) into [`OgLlava`] — and owns run-time backend selection ([`backend`]).
 
 pub mod backend;
+mod checkpoint;
 mod model;
 
 pub use model::{ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared};

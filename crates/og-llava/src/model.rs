@@ -184,7 +184,9 @@ impl<B: Backend> OgLlava<B> {
             text_hidden_size: lcfg.hidden_size,
             ..fusion.unwrap_or_else(|| OgFusionConfig::new(vcfg.hidden_size, lcfg.hidden_size))
         };
-        let connector = fusion.init::<B>(device).load_weights(weights)?;
+        // The checkpoint's projector; delimiter and learned PE (new in OG-LLaVA) keep their
+        // initialisation unless a checkpoint of ours supplies them (`load_checkpoint`).
+        let connector = fusion.init::<B>(device).load_projector(weights)?;
         Ok(Self {
             vision,
             connector,

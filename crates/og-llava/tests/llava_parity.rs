@@ -245,3 +245,58 @@ fn original_llava_layout_matches() {
         assert!(d < 1e-4, "bundled={bundled}: logits differ by {d}");
     }
 }
+
+/// Our checkpoint format: a model with a delimiter, a learned PE and LoRA saves and loads back
+/// to the same logits; the projector part is llava-hf named and the adapter is a PEFT one.
+#[test]
+fn own_checkpoint_round_trip() {
+    use og_fusion::{Delimiter, OgFusionConfig, PositionalEncoding, Selection, Windows};
+    use og_llm::LoraConfig;
+
+    let device = Default::default();
+    let base = root().join("vision/llava_tiny");
+    let fusion = OgFusionConfig::new(32, 24)
+        .with_delimiter(Delimiter::BeforeMask)
+        .with_positional(PositionalEncoding::Learned1d { max_segments: 8 });
+    let mut model = OgLlava::<B>::load_llava_hf(&base, Some(fusion), &device).unwrap();
+    let lora = LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: vec!["q_proj".into(), "down_proj".into()],
+    };
+    model.llm = model.llm.with_lora(&lora).unwrap();
+    // Give the adapters non-zero B so that saving them matters.
+    for layer in &mut model.llm.model.layers {
+        let a = layer.self_attn.q_proj.lora.as_mut().unwrap();
+        a.lora_b = burn::module::Param::from_tensor(a.lora_b.val().ones_like() * 0.05);
+    }
+    model.segment_rope = true;
+    let pv: Tensor<B, 4> = Tensor::ones([1, 3, 30, 30], &device) * 0.3;
+    let input = OgLlavaInput {
+        token_ids: vec![1, 5, 63, 7],
+        pixel_values: Some(pv),
+        selection: Some(Selection::from_windows((5, 5), Windows::Tiles { k: 4 }).unwrap()),
+    };
+    let (before, _) = model.forward(std::slice::from_ref(&input)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    model
+        .save_checkpoint(dir.path(), &base, Some(&lora))
+        .unwrap();
+    for f in [
+        "og_llava.json",
+        "connector.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/adapter_model.safetensors",
+    ] {
+        assert!(dir.path().join(f).is_file(), "{f}");
+    }
+    let back = OgLlava::<B>::load_checkpoint(dir.path(), None, &device).unwrap();
+    assert!(back.segment_rope);
+    assert_eq!(back.connector.config().delimiter, Delimiter::BeforeMask);
+    let (after, _) = back.forward(&[input]).unwrap();
+    let d: f32 = (before - after).abs().max().into_scalar();
+    assert!(d < 1e-5, "reloaded logits differ by {d}");
+    std::fs::write(dir.path().join("og_llava.json"), "{\"format\": \"other\"}").unwrap();
+    assert!(OgLlava::<B>::load_checkpoint(dir.path(), None, &device).is_err());
+}
