@@ -1,13 +1,12 @@
 //! `og-llava ask`: one question about one image, answered by streaming.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use og_fusion::{Selection, SelectionConfig};
 use og_llava::{BackendTask, OgLlava, OgLlavaInput};
-use og_llm::{ChatTokenizer, GenerationConfig, LlamaConfig, Message, Segment};
+use og_llm::{ChatTokenizer, GenerationConfig, Message, Segment};
 use og_vision::ImageProcessor;
 
 use crate::{CliError, FrameKind, PhiKind};
@@ -160,19 +159,14 @@ impl BackendTask for Ask<'_> {
             pixel_values: Some(pixel_values),
             selection,
         }])?;
-        let config = LlamaConfig::from_hf_dir(&a.model)?;
-        let mut eos = config.eos_token_ids.clone();
-        eos.extend(tok.eos_id());
-        eos.extend(tok.token_id("<|eot_id|>"));
+        let eos = crate::llm::eos_ids(&a.model, tok)?;
         let generation = GenerationConfig {
             max_new_tokens: a.max_new_tokens,
             eos_token_ids: eos,
             ..GenerationConfig::default()
         };
-        let mut answer: Vec<u32> = Vec::new();
-        let mut shown = 0usize;
         let mut stamps: Vec<f64> = Vec::new();
-        let mut stdout = std::io::stdout();
+        let mut streamer = crate::llm::Streamer::new(tok);
         let t2 = Instant::now();
         model.llm.generate_from_embeds(
             prepared.embeds,
@@ -180,15 +174,7 @@ impl BackendTask for Ask<'_> {
             &generation,
             |t| {
                 stamps.push(t2.elapsed().as_secs_f64());
-                answer.push(t);
-                if let Ok(text) = tok.decode(&answer, true)
-                    && text.len() > shown
-                    && text.is_char_boundary(shown)
-                {
-                    let _ = write!(stdout, "{}", &text[shown..]);
-                    let _ = stdout.flush();
-                    shown = text.len();
-                }
+                streamer.push(t);
             },
         )?;
         println!();

@@ -40,6 +40,44 @@ pub fn inspect(args: &InspectLlmArgs) -> Result<(), CliError> {
     og_llava::dispatch(crate::device_spec(args.device.as_deref())?, Inspect(args))?
 }
 
+/// Stop tokens: the config's EOS ids, the tokenizer's EOS and Llama-3's `<|eot_id|>`.
+pub(crate) fn eos_ids(model_dir: &Path, tok: &ChatTokenizer) -> Result<Vec<u32>, CliError> {
+    let mut eos = og_llm::LlamaConfig::from_hf_dir(model_dir)?.eos_token_ids;
+    eos.extend(tok.eos_id());
+    eos.extend(tok.token_id("<|eot_id|>"));
+    Ok(eos)
+}
+
+/// Prints a growing answer as it is generated: decodes the tokens so far, writes what is new.
+pub(crate) struct Streamer<'a> {
+    tok: &'a ChatTokenizer,
+    answer: Vec<u32>,
+    shown: usize,
+}
+
+impl<'a> Streamer<'a> {
+    pub(crate) fn new(tok: &'a ChatTokenizer) -> Self {
+        Self {
+            tok,
+            answer: Vec::new(),
+            shown: 0,
+        }
+    }
+
+    pub(crate) fn push(&mut self, token: u32) {
+        self.answer.push(token);
+        if let Ok(text) = self.tok.decode(&self.answer, true)
+            && text.len() > self.shown
+            && text.is_char_boundary(self.shown)
+        {
+            let mut stdout = std::io::stdout();
+            let _ = write!(stdout, "{}", &text[self.shown..]);
+            let _ = stdout.flush();
+            self.shown = text.len();
+        }
+    }
+}
+
 struct Generate<'a> {
     args: &'a GenerateArgs,
     tokenizer: ChatTokenizer,
@@ -59,10 +97,7 @@ impl BackendTask for Generate<'_> {
             let text = tok.render(&[Message::new("user", a.prompt.clone())], true)?;
             tok.encode(&text, false)?
         };
-        let config = og_llm::LlamaConfig::from_hf_dir(&a.model)?;
-        let mut eos = config.eos_token_ids.clone();
-        eos.extend(tok.eos_id());
-        eos.extend(tok.token_id("<|eot_id|>"));
+        let eos = eos_ids(&a.model, tok)?;
         let sampling = if a.temperature > 0.0 {
             Sampling::TopP {
                 temperature: a.temperature,
@@ -78,21 +113,8 @@ impl BackendTask for Generate<'_> {
             eos_token_ids: eos,
             use_cache: true,
         };
-        // Stream: decode the growing answer and print what is new.
-        let mut answer: Vec<u32> = Vec::new();
-        let mut shown = 0usize;
-        let mut stdout = std::io::stdout();
-        model.generate(&prompt, &cfg, |t| {
-            answer.push(t);
-            if let Ok(text) = tok.decode(&answer, true)
-                && text.len() > shown
-                && text.is_char_boundary(shown)
-            {
-                let _ = write!(stdout, "{}", &text[shown..]);
-                let _ = stdout.flush();
-                shown = text.len();
-            }
-        })?;
+        let mut streamer = Streamer::new(tok);
+        model.generate(&prompt, &cfg, |t| streamer.push(t))?;
         println!();
         Ok(())
     }
