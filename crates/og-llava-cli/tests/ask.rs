@@ -1,6 +1,8 @@
 //! `og-llava ask` on the tiny Llava checkpoint with a word-level tokenizer: the plain and the OG
 //! path run and report timings; user errors are clear.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -14,28 +16,7 @@ fn model_dir(dir: &Path) {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(root().join("vision/llava_tiny").join(f), dir.join(f)).unwrap();
     }
-    let mut vocab = serde_json::Map::new();
-    for i in 0..64u32 {
-        let tok = match i {
-            0 => "<pad>".to_string(),
-            1 => "<|begin_of_text|>".to_string(),
-            2 => "<|end_of_text|>".to_string(),
-            63 => "<image>".to_string(),
-            _ => format!("w{i}"),
-        };
-        vocab.insert(tok, i.into());
-    }
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-                           "rstrip": false, "normalized": false, "special": true})
-    };
-    let tokenizer = serde_json::json!({
-        "version": "1.0",
-        "added_tokens": [special(1, "<|begin_of_text|>"), special(2, "<|end_of_text|>"), special(63, "<image>")],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}
-    });
-    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    common::write_word_tokenizer(dir, true);
     let cfg = serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
         "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"});
     std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();

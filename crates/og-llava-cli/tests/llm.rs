@@ -1,6 +1,8 @@
 //! `og-llava inspect llm` equals transformers' logits; `og-llava generate` streams the greedy
 //! continuation the library computes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -57,26 +59,7 @@ fn generate_streams_greedy_text() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(llm().join("gqa").join(f), dir.path().join(f)).unwrap();
     }
-    let mut vocab = serde_json::Map::new();
-    for i in 0..64u32 {
-        let tok = match i {
-            0 => "<pad>".to_string(),
-            1 => "<|begin_of_text|>".to_string(),
-            2 => "<|end_of_text|>".to_string(),
-            _ => format!("w{i}"),
-        };
-        vocab.insert(tok, i.into());
-    }
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-                           "rstrip": false, "normalized": false, "special": true})
-    };
-    let tokenizer = serde_json::json!({
-        "version": "1.0", "added_tokens": [special(1, "<|begin_of_text|>"), special(2, "<|end_of_text|>")],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}
-    });
-    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    common::write_word_tokenizer(dir.path(), false);
     let o = og()
         .args(["generate", "--raw", "--max-new-tokens", "6", "--model"])
         .arg(dir.path())

@@ -265,8 +265,23 @@ impl Weights {
         want: [usize; D],
         device: &B::Device,
     ) -> Result<Tensor<B, D>> {
+        self.shaped(name, want, device, true)
+    }
+
+    fn shaped<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        want: [usize; D],
+        device: &B::Device,
+        exact: bool,
+    ) -> Result<Tensor<B, D>> {
         let (values, shape) = self.f32(name)?;
-        if shape != want {
+        let fits = if exact {
+            shape == want
+        } else {
+            values.len() == want.iter().product::<usize>()
+        };
+        if !fits {
             return Err(WeightError::Shape {
                 path: self.files[self.index[name].file].path.clone(),
                 name: name.to_string(),
@@ -300,16 +315,7 @@ impl Weights {
         want: [usize; D],
         device: &B::Device,
     ) -> Result<Tensor<B, D>> {
-        let (values, shape) = self.f32(name)?;
-        if values.len() != want.iter().product::<usize>() {
-            return Err(WeightError::Shape {
-                path: self.files[self.index[name].file].path.clone(),
-                name: name.to_string(),
-                got: shape,
-                want: want.to_vec(),
-            });
-        }
-        Ok(Tensor::from_data(TensorData::new(values, want), device))
+        self.shaped(name, want, device, false)
     }
 }
 
