@@ -38,6 +38,79 @@ def main():
                "logits": logits.contiguous()}, os.path.join(ROOT, "llava", "llava_tiny_io.safetensors"))
     print("llava fixture written", tuple(logits.shape))
     og_path(model)
+    released(model)
+
+
+def released(model):
+    """The released OG-LLaVA layout: a LLaVA-style config.json, a PEFT adapter saved as
+    adapter_model.bin and non_lora_trainables.bin (torch.save, keys under
+    base_model.model.model.: mm_projector.0/.2 and mm_bom_mask_token), over a base Llama
+    directory and a separate CLIP tower (fixtures/vision/clip_vision_tiny). Reference logits from
+    transformers + peft (unmerged adapter) with OGVT built in PyTorch: the plain grid and mask
+    groups each preceded by the BoM token in encoder space."""
+    import json
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_fixtures import listing1
+    from peft import LoraConfig, get_peft_model
+    from transformers import CLIPVisionModel, LlamaForCausalLM
+
+    out_dir = os.path.join(ROOT, "llava", "released")
+    base_dir = os.path.join(ROOT, "llava", "released_base")
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(5)
+    tcfg = model.config.text_config
+    base = LlamaForCausalLM(tcfg).eval()
+    base.model.load_state_dict(model.model.language_model.state_dict())
+    base.lm_head.load_state_dict(model.lm_head.state_dict())
+    base.save_pretrained(base_dir)
+    tower = CLIPVisionModel.from_pretrained(os.path.join(ROOT, "vision", "clip_vision_tiny")).eval()
+    f, d = tower.config.hidden_size, tcfg.hidden_size
+
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, init_lora_weights=False,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(base, lora).eval()
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(10.0)
+    peft_model.save_pretrained(out_dir, safe_serialization=False)
+    os.remove(os.path.join(out_dir, "README.md"))  # peft's model card: noise in a fixture
+
+    projector = torch.nn.Sequential(torch.nn.Linear(f, d), torch.nn.GELU(), torch.nn.Linear(d, d)).eval()
+    bom = torch.randn(1, f)
+    trainables = {f"base_model.model.model.mm_projector.{k}": v for k, v in projector.state_dict().items()}
+    trainables["base_model.model.model.mm_bom_mask_token.mm_bom_mask_token"] = bom
+    torch.save(trainables, os.path.join(out_dir, "non_lora_trainables.bin"))
+
+    cfg = tcfg.to_dict()
+    cfg.update({"architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama",
+                "mm_vision_tower": "clip_vision_tiny", "mm_projector_type": "mlp2x_gelu",
+                "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
+                "mm_hidden_size": f, "mm_use_im_start_end": False, "mm_use_im_patch_token": False})
+    with open(os.path.join(out_dir, "config.json"), "w") as fh:
+        json.dump(cfg, fh, indent=2, default=str)
+
+    torch.manual_seed(6)
+    pixel_values = torch.randn(1, 3, 30, 30)
+    yy, xx = torch.meshgrid(torch.arange(30), torch.arange(30), indexing="ij")
+    masks = torch.stack([
+        ((yy - 15) ** 2 + (xx - 15) ** 2) <= 49,
+        (yy < 9) & (xx >= 18),
+    ])
+    prompt = [1, 5, 6, -200, 7, 8, 9]
+    emb = peft_model.get_input_embeddings()
+    res = {"pixel_values": pixel_values.contiguous(), "masks": masks.to(torch.uint8).contiguous(),
+           "input_ids": torch.tensor(prompt)}
+    with torch.no_grad():
+        feats = tower(pixel_values=pixel_values, output_hidden_states=True).hidden_states[-2][0, 1:]
+        plain = feats
+        groups = torch.cat([torch.cat([bom, feats[listing1(m, 25, 0.5)]], 0) for m in masks], 0)
+        for name, y in (("plain", plain), ("og", groups)):
+            e = torch.cat([emb(torch.tensor(prompt[:3])), projector(y), emb(torch.tensor(prompt[4:]))], 0)
+            res[f"{name}_logits"] = peft_model(inputs_embeds=e.unsqueeze(0)).logits.contiguous()
+    save_file(res, os.path.join(ROOT, "llava", "released_io.safetensors"))
+    print("released layout fixture written", {k: tuple(v.shape) for k, v in res.items()})
 
 
 def og_path(model):

@@ -20,16 +20,23 @@ const PROJECTOR_PREFIXES: &[&str] = &[
     "",
     "model.mm_projector.",
     "mm_projector.",
+    // The released OG-LLaVA code's non_lora_trainables.bin (a PEFT-wrapped model's names).
+    "base_model.model.model.mm_projector.",
 ];
 const DELIMITER: &[&str] = &[
     "multi_modal_projector.delimiter",
     "delimiter",
     "model.mm_bom_mask_token.mm_bom_mask_token",
+    "base_model.model.model.mm_bom_mask_token.mm_bom_mask_token",
     "mm_bom_mask_token",
 ];
 const SEGMENT_EMBEDDING: &[&str] = &[
     "multi_modal_projector.segment_embedding",
     "segment_embedding",
+    // The released code's learned 1-D PE (`mm_masks_pos_encoding.seg_embed`, 301 rows). Its
+    // rows are indexed by span order from 0, ours by segment id from 1 (row 0 = no segment).
+    "model.mm_masks_pos_encoding.seg_embed.weight",
+    "base_model.model.model.mm_masks_pos_encoding.seg_embed.weight",
 ];
 
 impl<B: Backend> OgFusion<B> {

@@ -41,9 +41,14 @@ pub struct AskArgs {
     timings: bool,
     #[arg(long)]
     device: Option<String>,
-    /// The CLIP tower of an original LLaVA-1.5 checkpoint (what `mm_vision_tower` names).
+    /// The CLIP tower of an original LLaVA-1.5 or released OG-LLaVA checkpoint (what
+    /// `mm_vision_tower` names).
     #[arg(long)]
     vision: Option<PathBuf>,
+    /// The base Llama directory of a released OG-LLaVA checkpoint (LoRA adapter +
+    /// non_lora_trainables.bin in --model).
+    #[arg(long)]
+    base: Option<PathBuf>,
     /// The question.
     question: String,
 }
@@ -71,6 +76,7 @@ fn select(
 fn preprocess<B: Backend>(
     model: &OgLlava<B>,
     dir: &std::path::Path,
+    vision: Option<&std::path::Path>,
     image_path: &std::path::Path,
     frame: FrameKind,
     device: &B::Device,
@@ -84,6 +90,11 @@ fn preprocess<B: Backend>(
 > {
     let image = og_vision::load_rgb(image_path)?;
     let size = model.vision.image_size();
+    // The processor config sits with the model, or (LLaVA-1.5 layouts) with the tower.
+    let dir = match vision {
+        Some(v) if !dir.join("preprocessor_config.json").is_file() => v,
+        _ => dir,
+    };
     let processor = ImageProcessor::from_hf_dir(
         dir,
         size,
@@ -94,13 +105,27 @@ fn preprocess<B: Backend>(
     Ok((image, pixel_values, frame))
 }
 
-/// A llava-hf directory, or an original LLaVA-1.5 one with its vision tower directory.
+/// A llava-hf directory, an original LLaVA-1.5 one with its vision tower directory, or a
+/// released OG-LLaVA one with its base LLM and vision tower directories.
 fn load_model<B: Backend>(
     dir: &std::path::Path,
     vision: Option<&std::path::Path>,
+    base: Option<&std::path::Path>,
     device: &B::Device,
 ) -> Result<OgLlava<B>, CliError> {
     let (_, config) = og_weights::read_config(dir)?;
+    if dir.join("non_lora_trainables.bin").is_file() {
+        let (Some(base), Some(vision)) = (base, vision) else {
+            return Err(CliError::Usage(format!(
+                "{} is a released OG-LLaVA checkpoint (adapter + non_lora_trainables.bin): give \
+                 --base DIR (the base Llama) and --vision DIR (the CLIP tower)",
+                dir.display()
+            )));
+        };
+        let mut model = OgLlava::load_og_llava_released(dir, base, vision, None, device)?;
+        model.llm = model.llm.merge_lora();
+        return Ok(model);
+    }
     let hf = config.get("image_token_index").is_some() || config.get("image_token_id").is_some();
     match (hf, vision) {
         (true, _) => Ok(OgLlava::load_llava_hf(dir, None, device)?),
@@ -135,11 +160,17 @@ impl BackendTask for Ask<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
-        let mut model = load_model::<B>(&a.model, a.vision.as_deref(), &device)?;
+        let mut model = load_model::<B>(&a.model, a.vision.as_deref(), a.base.as_deref(), &device)?;
         model.segment_rope = a.segment_rope;
         let t0 = Instant::now();
-        let (image, pixel_values, frame) =
-            preprocess(&model, &a.model, &a.image, a.frame, &device)?;
+        let (image, pixel_values, frame) = preprocess(
+            &model,
+            &a.model,
+            a.vision.as_deref(),
+            &a.image,
+            a.frame,
+            &device,
+        )?;
         let preprocess_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let masks = a.masks.as_ref().filter(|_| !a.no_masks);
@@ -215,9 +246,14 @@ pub struct InspectLlavaArgs {
     /// A llava-hf `save_pretrained` directory (or an original LLaVA-1.5 one, with --vision).
     #[arg(long)]
     model: PathBuf,
-    /// The CLIP tower of an original LLaVA-1.5 checkpoint (what `mm_vision_tower` names).
+    /// The CLIP tower of an original LLaVA-1.5 or released OG-LLaVA checkpoint (what
+    /// `mm_vision_tower` names).
     #[arg(long)]
     vision: Option<PathBuf>,
+    /// The base Llama directory of a released OG-LLaVA checkpoint (LoRA adapter +
+    /// non_lora_trainables.bin in --model).
+    #[arg(long)]
+    base: Option<PathBuf>,
     #[arg(long)]
     image: PathBuf,
     /// Raw prompt text holding `<image>` (tokenised without adding special tokens).
@@ -228,9 +264,10 @@ pub struct InspectLlavaArgs {
     )]
     prompt: Option<String>,
     /// Comma-separated token ids; the checkpoint's image token stands for the image, once or
-    /// repeated as transformers writes it.
-    #[arg(long, value_delimiter = ',')]
-    token_ids: Option<Vec<u32>>,
+    /// repeated as transformers writes it (-200 for original LLaVA and released OG-LLaVA
+    /// checkpoints).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    token_ids: Option<Vec<i64>>,
     /// COCO RLE JSON or mask_<k>.npy folder: the OG path (default: no masks).
     #[arg(long)]
     masks: Option<PathBuf>,
@@ -257,12 +294,28 @@ impl BackendTask for Inspect<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
-        let model = load_model::<B>(&a.model, a.vision.as_deref(), &device)?;
-        let (image, pixel_values, frame) =
-            preprocess(&model, &a.model, &a.image, a.frame, &device)?;
+        let model = load_model::<B>(&a.model, a.vision.as_deref(), a.base.as_deref(), &device)?;
+        let (image, pixel_values, frame) = preprocess(
+            &model,
+            &a.model,
+            a.vision.as_deref(),
+            &a.image,
+            a.frame,
+            &device,
+        )?;
         let selection = select(a.masks.as_ref(), &a.image, &image, &frame, a.phi, a.alpha)?;
         let ids = match (&a.token_ids, &a.prompt, &self.tokenizer) {
-            (Some(ids), _, _) => ids.clone(),
+            (Some(ids), _, _) => ids
+                .iter()
+                .map(|&t| match t {
+                    -200 => Ok(og_llava::ORIGINAL_IMAGE_TOKEN),
+                    t if (0..u32::MAX as i64).contains(&t) => Ok(t as u32),
+                    t => Err(CliError::Usage(format!(
+                        "--token-ids: {t} is not a token id (-200 marks the image of original \
+                         LLaVA checkpoints)"
+                    ))),
+                })
+                .collect::<Result<Vec<u32>, CliError>>()?,
             (None, Some(prompt), Some(tok)) => {
                 let mut ids = Vec::new();
                 for (i, piece) in prompt.split(og_llm::IMAGE_PLACEHOLDER).enumerate() {

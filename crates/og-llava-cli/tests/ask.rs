@@ -143,3 +143,40 @@ fn inspect_llava_once_or_repeated_placeholder() {
             && String::from_utf8_lossy(&o.stderr).contains("no <image> placeholder")
     );
 }
+
+#[test]
+fn inspect_llava_released_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("logits.safetensors");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_og-llava"))
+            .args(["inspect", "llava", "--model"])
+            .arg(root().join("llava/released"))
+            .arg("--image")
+            .arg(root().join("images/rocket.jpg"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--token-ids", "1,5,6,-200,7,8,9"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--base DIR"));
+    let base = root().join("llava/released_base");
+    let vision = root().join("vision/clip_vision_tiny");
+    let o = run(&[
+        "--base",
+        base.to_str().unwrap(),
+        "--vision",
+        vision.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (v, shape) = og_weights::Weights::open(&out)
+        .unwrap()
+        .f32("logits")
+        .unwrap();
+    // 3 text tokens, the 25-token grid, 3 text tokens.
+    assert_eq!(shape, vec![1, 31, 64]);
+    assert!(v.iter().all(|x| x.is_finite()));
+}

@@ -106,6 +106,7 @@ impl<B: Backend> OgLlava<B> {
             &weights,
             fusion,
             image_token_id,
+            true,
             device,
         )
     }
@@ -123,39 +124,9 @@ impl<B: Backend> OgLlava<B> {
         device: &B::Device,
     ) -> R<Self> {
         let (cfg_path, value) = og_weights::read_config(dir.as_ref())?;
-        if let Some(t) = value
-            .get("mm_projector_type")
-            .and_then(serde_json::Value::as_str)
-            && t != "mlp2x_gelu"
-        {
-            return Err(ModelError::Config {
-                path: cfg_path,
-                message: format!("mm_projector_type {t:?} is not supported (mlp2x_gelu)"),
-            });
-        }
+        check_projector_type(&cfg_path, &value)?;
         let weights = Weights::open(dir.as_ref())?;
-        // The tower's architecture from its own config, the selection from LLaVA's mm_* keys.
-        let (_, mut vision_value) = og_weights::read_config(vision.as_ref())?;
-        for (from, to) in [
-            ("mm_vision_select_layer", "mm_vision_select_layer"),
-            ("mm_vision_select_feature", "mm_vision_select_feature"),
-        ] {
-            if let (Some(v), Some(obj)) = (value.get(from), vision_value.as_object_mut()) {
-                obj.insert(to.to_string(), v.clone());
-            }
-        }
-        let vcfg = ClipVisionConfig::from_hf_value(&vision_value)?;
-        let bundled = weights
-            .detect_prefix(
-                og_vision::clip::VISION_PREFIXES,
-                "embeddings.patch_embedding.weight",
-            )
-            .is_some();
-        let vision_weights = if bundled {
-            Weights::open(dir.as_ref())?
-        } else {
-            Weights::open(vision.as_ref())?
-        };
+        let (vcfg, vision_weights) = original_tower(&value, dir.as_ref(), vision.as_ref())?;
         Self::assemble(
             &vcfg,
             &vision_weights,
@@ -163,10 +134,73 @@ impl<B: Backend> OgLlava<B> {
             &weights,
             fusion,
             ORIGINAL_IMAGE_TOKEN,
+            true,
             device,
         )
     }
 
+    /// Loads the released OG-LLaVA layout: `dir` holds the LLaVA-style `config.json`, a PEFT
+    /// adapter (`adapter_config.json`, `adapter_model.bin` or `.safetensors`) and
+    /// `non_lora_trainables.bin` (a `torch.save` state dict with the projector
+    /// `…mm_projector.0/.2`, and when trained with them the BoM token `…mm_bom_mask_token` and
+    /// the learned PE `…mm_masks_pos_encoding.seg_embed`), read as data, never executed. The
+    /// frozen base LLM comes from `base` (a Llama `save_pretrained` directory) and the tower from
+    /// `vision` (what `mm_vision_tower` names). Without `fusion`, the connector is configured
+    /// from what the file holds: a BoM token means [`og_fusion::Delimiter::BeforeMask`], a PE
+    /// table [`og_fusion::PositionalEncoding::Learned1d`]. The adapter is kept unmerged (merge
+    /// with `llm.merge_lora()` for inference speed).
+    pub fn load_og_llava_released(
+        dir: impl AsRef<Path>,
+        base: impl AsRef<Path>,
+        vision: impl AsRef<Path>,
+        fusion: Option<OgFusionConfig>,
+        device: &B::Device,
+    ) -> R<Self> {
+        let dir = dir.as_ref();
+        let (cfg_path, value) = og_weights::read_config(dir)?;
+        check_projector_type(&cfg_path, &value)?;
+        let trainables = Weights::open_pytorch(dir.join("non_lora_trainables.bin"))?;
+        let fusion = fusion.unwrap_or_else(|| {
+            let mut f = OgFusionConfig::new(0, 0);
+            if trainables
+                .names()
+                .iter()
+                .any(|n| n.ends_with("mm_bom_mask_token"))
+            {
+                f.delimiter = og_fusion::Delimiter::BeforeMask;
+            }
+            if let Some(n) = trainables
+                .names()
+                .into_iter()
+                .find(|n| n.ends_with("seg_embed.weight"))
+            {
+                let rows = trainables.shape(n).map_or(1, |s| s[0]);
+                f.positional = og_fusion::PositionalEncoding::Learned1d {
+                    max_segments: rows.saturating_sub(1),
+                };
+            }
+            f
+        });
+        let (vcfg, vision_weights) = original_tower(&value, dir, vision.as_ref())?;
+        let mut model = Self::assemble(
+            &vcfg,
+            &vision_weights,
+            &value,
+            &Weights::open(base.as_ref())?,
+            Some(fusion),
+            ORIGINAL_IMAGE_TOKEN,
+            false,
+            device,
+        )?;
+        model.connector = model.connector.load_weights(&trainables)?;
+        if dir.join("adapter_config.json").is_file() {
+            model.llm = model.llm.load_peft_adapter(dir)?;
+        }
+        Ok(model)
+    }
+
+    /// Builds the model from its parts' configs; `weights` holds the LLM and the projector
+    /// (a LLaVA checkpoint) or only the LLM (a base model, the projector then comes later).
     fn assemble(
         vcfg: &ClipVisionConfig,
         vision_weights: &Weights,
@@ -174,6 +208,7 @@ impl<B: Backend> OgLlava<B> {
         weights: &Weights,
         fusion: Option<OgFusionConfig>,
         image_token_id: u32,
+        with_projector: bool,
         device: &B::Device,
     ) -> R<Self> {
         let lcfg = LlamaConfig::from_hf_value(llm_config)?;
@@ -186,7 +221,12 @@ impl<B: Backend> OgLlava<B> {
         };
         // The checkpoint's projector; delimiter and learned PE (new in OG-LLaVA) keep their
         // initialisation unless a checkpoint of ours supplies them (`load_checkpoint`).
-        let connector = fusion.init::<B>(device).load_projector(weights)?;
+        let connector = fusion.init::<B>(device);
+        let connector = if with_projector {
+            connector.load_projector(weights)?
+        } else {
+            connector
+        };
         Ok(Self {
             vision,
             connector,
@@ -337,4 +377,47 @@ impl<B: Backend> OgLlava<B> {
             .forward(p.embeds, &p.positions, Some(p.padding), None)?;
         Ok((logits, p.lengths))
     }
+}
+
+/// LLaVA's `mm_projector_type` must be the 2-layer GELU MLP (the released OG-LLaVA code appends
+/// its own tags after a comma).
+fn check_projector_type(cfg_path: &Path, value: &serde_json::Value) -> R<()> {
+    match value
+        .get("mm_projector_type")
+        .and_then(serde_json::Value::as_str)
+    {
+        Some(t) if t.split(',').next() != Some("mlp2x_gelu") => Err(ModelError::Config {
+            path: cfg_path.to_path_buf(),
+            message: format!("mm_projector_type {t:?} is not supported (mlp2x_gelu)"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The tower of an original-LLaVA-style checkpoint: architecture from `vision`'s config, the
+/// selection from LLaVA's `mm_*` keys, weights bundled in `dir` or else from `vision`.
+fn original_tower(
+    value: &serde_json::Value,
+    dir: &Path,
+    vision: &Path,
+) -> R<(ClipVisionConfig, Weights)> {
+    let (_, mut vision_value) = og_weights::read_config(vision)?;
+    for key in ["mm_vision_select_layer", "mm_vision_select_feature"] {
+        if let (Some(v), Some(obj)) = (value.get(key), vision_value.as_object_mut()) {
+            obj.insert(key.to_string(), v.clone());
+        }
+    }
+    let vcfg = ClipVisionConfig::from_hf_value(&vision_value)?;
+    let bundled = Weights::open(dir).ok().filter(|w| {
+        w.detect_prefix(
+            og_vision::clip::VISION_PREFIXES,
+            "embeddings.patch_embedding.weight",
+        )
+        .is_some()
+    });
+    let weights = match bundled {
+        Some(w) => w,
+        None => Weights::open(vision)?,
+    };
+    Ok((vcfg, weights))
 }

@@ -83,31 +83,15 @@ fn no_mask_path_matches_transformers_llava() {
 #[test]
 fn og_path_matches_pytorch_reference() {
     use og_fusion::{MaskOrder, Phi, Selection, SelectionConfig, Threshold};
-    use og_segment::{Bitmap, MaskSet};
-    use og_vision::FrameConfig;
 
     let device = Default::default();
     let model =
         OgLlava::<B>::load_llava_hf(root().join("vision/llava_tiny"), None, &device).unwrap();
     let io = Weights::open(root().join("llava/og_path_io.safetensors")).unwrap();
     let pv: Tensor<B, 4> = io.tensor("pixel_values", [1, 3, 30, 30], &device).unwrap();
-    let (m, _) = io.i64("masks").unwrap();
-    let bitmaps: Vec<Bitmap> = m
-        .chunks(900)
-        .map(|c| {
-            Bitmap::from_bytes(30, 30, &c.iter().map(|&x| x as u8).collect::<Vec<_>>()).unwrap()
-        })
-        .collect();
-    let masks = MaskSet::from_bitmaps(&bitmaps).unwrap();
+    let (masks, frame) = fixture_masks(&io);
     let (ids, _) = io.i64("input_ids").unwrap();
     let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
-    // The 30-px tower's frame is the identity on a 30x30 image.
-    let frame = FrameConfig {
-        pad_to_square: false,
-        ..FrameConfig::square(30, 6)
-    }
-    .frame(30, 30)
-    .unwrap();
     for (name, phi) in [
         ("raster", Phi::RasterStrip1d { alpha: 0.5 }),
         (
@@ -138,6 +122,125 @@ fn og_path_matches_pytorch_reference() {
         let d: f32 = (logits - want).abs().max().into_scalar();
         assert!(d < 1e-4, "{name}: logits differ by {d}");
     }
+}
+
+/// The fixture's `masks` ([n, 30, 30] u8) and the identity frame of the 30-px towers.
+fn fixture_masks(io: &Weights) -> (og_segment::MaskSet, og_vision::Frame) {
+    use og_segment::{Bitmap, MaskSet};
+    let (m, _) = io.i64("masks").unwrap();
+    let bitmaps: Vec<Bitmap> = m
+        .chunks(900)
+        .map(|c| {
+            Bitmap::from_bytes(30, 30, &c.iter().map(|&x| x as u8).collect::<Vec<_>>()).unwrap()
+        })
+        .collect();
+    let frame = og_vision::FrameConfig {
+        pad_to_square: false,
+        ..og_vision::FrameConfig::square(30, 6)
+    }
+    .frame(30, 30)
+    .unwrap();
+    (MaskSet::from_bitmaps(&bitmaps).unwrap(), frame)
+}
+
+/// The released OG-LLaVA layout (LLaVA config, PEFT adapter as adapter_model.bin,
+/// non_lora_trainables.bin with projector and BoM token, base Llama and CLIP tower in their own
+/// directories) gives the logits of transformers + peft with OGVT built in PyTorch: the plain
+/// grid, and Listing-1 groups each preceded by the BoM token. This is also the LoRA-adapted
+/// composed model against peft; merging the adapter changes nothing beyond rounding.
+#[test]
+fn released_og_llava_layout_matches_peft() {
+    use og_fusion::{Delimiter, MaskOrder, Phi, Selection, SelectionConfig};
+    use og_llava::ORIGINAL_IMAGE_TOKEN;
+
+    let device = Default::default();
+    let mut model = OgLlava::<B>::load_og_llava_released(
+        root().join("llava/released"),
+        root().join("llava/released_base"),
+        root().join("vision/clip_vision_tiny"),
+        None,
+        &device,
+    )
+    .unwrap();
+    assert_eq!(model.connector.config().delimiter, Delimiter::BeforeMask);
+    let io = Weights::open(root().join("llava/released_io.safetensors")).unwrap();
+    let pv: Tensor<B, 4> = io.tensor("pixel_values", [1, 3, 30, 30], &device).unwrap();
+    let (masks, frame) = fixture_masks(&io);
+    let (ids, _) = io.i64("input_ids").unwrap();
+    let ids: Vec<u32> = ids
+        .iter()
+        .map(|&x| {
+            if x < 0 {
+                ORIGINAL_IMAGE_TOKEN
+            } else {
+                x as u32
+            }
+        })
+        .collect();
+    let selection = Selection::from_masks(
+        &masks,
+        &frame,
+        &SelectionConfig {
+            phi: Phi::RasterStrip1d { alpha: 0.5 },
+            order: MaskOrder::Given,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for merged in [false, true] {
+        if merged {
+            model.llm = model.llm.merge_lora();
+        }
+        for (name, selection) in [("plain", None), ("og", Some(selection.clone()))] {
+            let input = OgLlavaInput {
+                token_ids: ids.clone(),
+                pixel_values: Some(pv.clone()),
+                selection,
+            };
+            let (logits, lens) = model.forward(&[input]).unwrap();
+            let want: Tensor<B, 3> = io
+                .tensor(&format!("{name}_logits"), [1, lens[0], 64], &device)
+                .unwrap();
+            let d: f32 = (logits - want).abs().max().into_scalar();
+            assert!(d < 1e-4, "{name} (merged: {merged}): logits differ by {d}");
+        }
+    }
+    // Without the adapter the logits are different: the test sees LoRA.
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "non_lora_trainables.bin"] {
+        std::fs::copy(root().join("llava/released").join(f), dir.path().join(f)).unwrap();
+    }
+    let bare = OgLlava::<B>::load_og_llava_released(
+        dir.path(),
+        root().join("llava/released_base"),
+        root().join("vision/clip_vision_tiny"),
+        None,
+        &device,
+    )
+    .unwrap();
+    let input = OgLlavaInput {
+        token_ids: ids.clone(),
+        pixel_values: Some(pv.clone()),
+        selection: None,
+    };
+    let (logits, lens) = bare.forward(&[input]).unwrap();
+    let want: Tensor<B, 3> = io
+        .tensor("plain_logits", [1, lens[0], 64], &device)
+        .unwrap();
+    let d: f32 = (logits - want).abs().max().into_scalar();
+    assert!(d > 1e-3, "the adapter had no effect ({d})");
+    // A corrupt pickle is a typed error naming the file.
+    std::fs::write(dir.path().join("non_lora_trainables.bin"), b"not a pickle").unwrap();
+    let e = OgLlava::<B>::load_og_llava_released(
+        dir.path(),
+        root().join("llava/released_base"),
+        root().join("vision/clip_vision_tiny"),
+        None,
+        &device,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("non_lora_trainables.bin"), "{e}");
 }
 
 /// The same weights laid out as an original LLaVA-1.5 checkpoint (`model.*`,

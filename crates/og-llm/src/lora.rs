@@ -239,6 +239,14 @@ impl<B: Backend> LoraLinear<B> {
 
 type Visit<'a, B> = (String, &'a mut LoraLinear<B>);
 
+/// Where PEFT puts the decoder layers (`layers.N…`) in an adapter's tensor names: made on a
+/// Llama, on a transformers 5 / 4.x Llava, or on a LLaVA-1.5 `LlavaLlamaForCausalLM`.
+const PEFT_LAYER_PREFIXES: &[&str] = &[
+    "base_model.model.model.",
+    "base_model.model.model.language_model.",
+    "base_model.model.language_model.model.",
+];
+
 impl<B: Backend> LlamaForCausalLM<B> {
     /// Every adaptable projection with its PEFT module path (`model.layers.N.self_attn.q_proj`).
     fn projections(&mut self) -> Vec<Visit<'_, B>> {
@@ -285,7 +293,11 @@ impl<B: Backend> LlamaForCausalLM<B> {
         Ok(self)
     }
 
-    /// Loads a PEFT LoRA adapter directory (`adapter_config.json`, `adapter_model.safetensors`).
+    /// Loads a PEFT LoRA adapter directory (`adapter_config.json` and
+    /// `adapter_model.safetensors`, or `adapter_model.bin` as older PEFT and the LLaVA trainers
+    /// write it). The adapter may have been made on the bare Llama (`base_model.model.model.
+    /// layers.*`) or on a LLaVA model (`…language_model…` layouts). A tensor of the adapter
+    /// that no projection of this model takes (say, LoRA on a vision tower) is an error.
     pub fn load_peft_adapter(self, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg_path = dir.join("adapter_config.json");
@@ -297,8 +309,29 @@ impl<B: Backend> LlamaForCausalLM<B> {
             LlmError::Config(format!("{}: malformed JSON: {e}", cfg_path.display()))
         })?;
         let cfg = LoraConfig::from_peft_json(&value)?;
-        let weights = Weights::open(dir.join("adapter_model.safetensors"))?;
+        let file = ["adapter_model.safetensors", "adapter_model.bin"]
+            .iter()
+            .map(|f| dir.join(f))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| dir.join("adapter_model.safetensors"));
+        let weights = Weights::open(&file)?;
         let mut model = self.with_lora(&cfg)?;
+        // Where the decoder layers sit in the adapter's names.
+        let first = model
+            .projections()
+            .into_iter()
+            .find(|(_, p)| p.lora.is_some())
+            .map(|(n, _)| n.trim_start_matches("model.").to_string())
+            .ok_or_else(|| LlmError::Config("adapter_config.json targets no projection".into()))?;
+        let prefix = weights
+            .detect_prefix(PEFT_LAYER_PREFIXES, &format!("{first}.lora_A.weight"))
+            .ok_or_else(|| {
+                LlmError::Config(format!(
+                    "{}: no LoRA tensor for {first} under any of {PEFT_LAYER_PREFIXES:?}",
+                    file.display()
+                ))
+            })?;
+        let mut used = std::collections::HashSet::new();
         for (name, proj) in model.projections() {
             let Some(l) = proj.lora.as_mut() else {
                 continue;
@@ -306,11 +339,30 @@ impl<B: Backend> LlamaForCausalLM<B> {
             let [d_in, r] = l.lora_a.dims();
             let [_, d_out] = l.lora_b.dims();
             let device = l.lora_a.device();
-            let key = |m: &str| format!("base_model.model.{name}.{m}.weight");
+            let layer = name.trim_start_matches("model.");
+            let key = |m: &str| format!("{prefix}{layer}.{m}.weight");
             let a: Tensor<B, 2> = weights.tensor(&key("lora_A"), [r, d_in], &device)?;
             let b: Tensor<B, 2> = weights.tensor(&key("lora_B"), [d_out, r], &device)?;
             l.lora_a = Param::from_tensor(a.transpose());
             l.lora_b = Param::from_tensor(b.transpose());
+            used.insert(key("lora_A"));
+            used.insert(key("lora_B"));
+        }
+        let names = weights.names();
+        let unused: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !used.contains(*n))
+            .collect();
+        if !unused.is_empty() {
+            return Err(LlmError::Config(format!(
+                "{}: {} of {} adapter tensors match no LoRA projection of this model \
+                 (e.g. {:?}); target_modules in adapter_config.json may not cover them",
+                file.display(),
+                unused.len(),
+                names.len(),
+                &unused[..unused.len().min(3)]
+            )));
         }
         Ok(model)
     }

@@ -1,8 +1,11 @@
-//! safetensors checkpoints for OG-LLaVA's model crates.
+//! Checkpoints for OG-LLaVA's model crates.
 //!
-//! [`Weights`] indexes one file, a sharded checkpoint or a `save_pretrained` directory,
-//! memory-mapped; tensors are converted from f32/f16/bf16 into burn tensors on request, with
-//! errors that name the file, the tensor and the shapes involved.
+//! [`Weights`] indexes one safetensors file, a sharded checkpoint or a `save_pretrained`
+//! directory, memory-mapped; tensors are converted from f32/f16/bf16 into burn tensors on
+//! request, with errors that name the file, the tensor and the shapes involved. PyTorch files
+//! (`torch.save` of a state dict: `non_lora_trainables.bin`, `adapter_model.bin`,
+//! `pytorch_model.bin`) are read with burn-store's pickle reader, which interprets the pickle
+//! opcodes as data and never executes code from the file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -54,11 +57,21 @@ pub enum WeightError {
 pub type Result<T> = std::result::Result<T, WeightError>;
 
 struct Entry {
-    file: usize,
-    dtype: Dtype,
     shape: Vec<usize>,
-    /// Absolute byte range in the file.
-    range: (usize, usize),
+    data: EntryData,
+}
+
+enum EntryData {
+    /// Bytes in a memory-mapped safetensors file.
+    Mapped {
+        file: usize,
+        dtype: Dtype,
+        /// Absolute byte range in the file.
+        range: (usize, usize),
+    },
+    /// Values read from a PyTorch pickle (small files: adapters, projectors).
+    Float(Vec<f32>),
+    Int(Vec<i64>),
 }
 
 struct MappedFile {
@@ -105,16 +118,22 @@ impl Weights {
                     .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
                     .collect();
                 v.sort();
+                if v.is_empty() && path.join("pytorch_model.bin").is_file() {
+                    return Self::open_pytorch(path.join("pytorch_model.bin"));
+                }
                 if v.is_empty() {
                     return Err(WeightError::Format {
                         path: path.to_path_buf(),
-                        message: "the directory holds no .safetensors file".into(),
+                        message: "the directory holds no .safetensors file (nor pytorch_model.bin)"
+                            .into(),
                     });
                 }
                 v
             }
         } else if path.to_string_lossy().ends_with(".index.json") {
             shards_of(path)?
+        } else if is_pytorch_file(path) {
+            return Self::open_pytorch(path);
         } else {
             vec![path.to_path_buf()]
         };
@@ -145,10 +164,12 @@ impl Weights {
                 weights.index.insert(
                     name,
                     Entry {
-                        file: file_index,
-                        dtype: info.dtype,
                         shape: info.shape.clone(),
-                        range: (start + info.data_offsets.0, start + info.data_offsets.1),
+                        data: EntryData::Mapped {
+                            file: file_index,
+                            dtype: info.dtype,
+                            range: (start + info.data_offsets.0, start + info.data_offsets.1),
+                        },
                     },
                 );
             }
@@ -158,6 +179,54 @@ impl Weights {
             });
         }
         Ok(weights)
+    }
+
+    /// Reads a PyTorch state dict written by `torch.save` (zip or legacy format; f32, f16,
+    /// bf16, f64 and integer tensors). A `{"state_dict": {...}}` wrapper is looked through.
+    pub fn open_pytorch(path: impl AsRef<Path>) -> Result<Self> {
+        use burn_store::pytorch::PytorchReader;
+        let path = path.as_ref();
+        let format = |message: String| WeightError::Format {
+            path: path.to_path_buf(),
+            message,
+        };
+        if !path.is_file() {
+            return Err(WeightError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            });
+        }
+        let reader = PytorchReader::new(path)
+            .or_else(|first| {
+                PytorchReader::with_top_level_key(path, "state_dict").map_err(|_| first)
+            })
+            .map_err(|e| format(format!("not a PyTorch state dict: {e}")))?;
+        let mut index = HashMap::new();
+        for (name, snapshot) in reader.into_tensors() {
+            let shape = snapshot.shape.to_vec();
+            let data = snapshot
+                .to_data()
+                .map_err(|e| format(format!("tensor {name}: {e:?}")))?;
+            let entry = if data.dtype.is_float() {
+                EntryData::Float(
+                    data.convert::<f32>()
+                        .to_vec()
+                        .map_err(|e| format(format!("tensor {name}: {e:?}")))?,
+                )
+            } else {
+                EntryData::Int(
+                    data.convert::<i64>()
+                        .to_vec()
+                        .map_err(|e| format(format!("tensor {name}: {e:?}")))?,
+                )
+            };
+            index.insert(name, Entry { shape, data: entry });
+        }
+        Ok(Weights {
+            origin: path.to_path_buf(),
+            files: Vec::new(),
+            index,
+        })
     }
 
     /// Where the weights were opened from.
@@ -205,26 +274,48 @@ impl Weights {
         }
     }
 
+    /// The file holding `entry` (the origin for PyTorch files).
+    fn file_of(&self, entry: &Entry) -> &Path {
+        match entry.data {
+            EntryData::Mapped { file, .. } => &self.files[file].path,
+            _ => &self.origin,
+        }
+    }
+
     /// A tensor as f32 values and its shape.
     pub fn f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let entry = self.index.get(name).ok_or_else(|| self.missing(&[name]))?;
-        let file = &self.files[entry.file];
-        let bytes = &file.map[entry.range.0..entry.range.1];
-        let view = TensorView::new(entry.dtype, entry.shape.clone(), bytes).map_err(|e| {
-            WeightError::Format {
-                path: file.path.clone(),
-                message: format!("tensor {name}: {e}"),
+        let path = self.file_of(entry);
+        let values = match &entry.data {
+            EntryData::Mapped { file, dtype, range } => {
+                let map = &self.files[*file].map;
+                let bytes = &map[range.0..range.1];
+                let view = TensorView::new(*dtype, entry.shape.clone(), bytes).map_err(|e| {
+                    WeightError::Format {
+                        path: path.to_path_buf(),
+                        message: format!("tensor {name}: {e}"),
+                    }
+                })?;
+                let values = to_f32(view.data(), *dtype).ok_or_else(|| WeightError::Dtype {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                    dtype: format!("{dtype:?}"),
+                })?;
+                release_pages(map, *range);
+                values
             }
-        })?;
-        let values = to_f32(view.data(), entry.dtype).ok_or_else(|| WeightError::Dtype {
-            path: file.path.clone(),
-            name: name.to_string(),
-            dtype: format!("{:?}", entry.dtype),
-        })?;
-        release_pages(&file.map, entry.range);
+            EntryData::Float(v) => v.clone(),
+            EntryData::Int(_) => {
+                return Err(WeightError::Dtype {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                    dtype: "an integer type".into(),
+                });
+            }
+        };
         if let Some(index) = values.iter().position(|v| !v.is_finite()) {
             return Err(WeightError::NonFinite {
-                path: file.path.clone(),
+                path: path.to_path_buf(),
                 name: name.to_string(),
                 index,
             });
@@ -235,25 +326,29 @@ impl Weights {
     /// An integer tensor (I64, I32 or U8) as i64 values and its shape.
     pub fn i64(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
         let entry = self.index.get(name).ok_or_else(|| self.missing(&[name]))?;
-        let file = &self.files[entry.file];
-        let bytes = &file.map[entry.range.0..entry.range.1];
-        let values: Vec<i64> = match entry.dtype {
-            Dtype::I64 => bytes
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .collect(),
-            Dtype::I32 => bytes
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
-                .collect(),
-            Dtype::U8 | Dtype::BOOL => bytes.iter().map(|&b| b as i64).collect(),
-            d => {
-                return Err(WeightError::Dtype {
-                    path: file.path.clone(),
-                    name: name.to_string(),
-                    dtype: format!("{d:?} (an integer tensor was expected)"),
-                });
+        let dtype_error = |dtype: String| WeightError::Dtype {
+            path: self.file_of(entry).to_path_buf(),
+            name: name.to_string(),
+            dtype: format!("{dtype} (an integer tensor was expected)"),
+        };
+        let values: Vec<i64> = match &entry.data {
+            EntryData::Mapped { file, dtype, range } => {
+                let bytes = &self.files[*file].map[range.0..range.1];
+                match dtype {
+                    Dtype::I64 => bytes
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                        .collect(),
+                    Dtype::I32 => bytes
+                        .chunks_exact(4)
+                        .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                        .collect(),
+                    Dtype::U8 | Dtype::BOOL => bytes.iter().map(|&b| b as i64).collect(),
+                    d => return Err(dtype_error(format!("{d:?}"))),
+                }
             }
+            EntryData::Int(v) => v.clone(),
+            EntryData::Float(_) => return Err(dtype_error("a float type".into())),
         };
         Ok((values, entry.shape.clone()))
     }
@@ -283,7 +378,7 @@ impl Weights {
         };
         if !fits {
             return Err(WeightError::Shape {
-                path: self.files[self.index[name].file].path.clone(),
+                path: self.file_of(&self.index[name]).to_path_buf(),
                 name: name.to_string(),
                 got: shape,
                 want: want.to_vec(),
@@ -336,6 +431,12 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<(PathBuf, serde_json::Value
         message: format!("malformed JSON: {e}"),
     })?;
     Ok((file, value))
+}
+
+/// `.bin`, `.pt`, `.pth`: PyTorch's `torch.save` files.
+fn is_pytorch_file(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e == "bin" || e == "pt" || e == "pth")
 }
 
 fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
