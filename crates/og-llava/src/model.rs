@@ -63,6 +63,8 @@ pub struct Prepared<B: Backend> {
     pub positions: Vec<Vec<i64>>,
     /// Real length of each sequence.
     pub lengths: Vec<usize>,
+    /// Per sequence, where its image went: (start, visual tokens, placeholder tokens replaced).
+    pub image_spans: Vec<Option<(usize, usize, usize)>>,
     /// Seconds spent in the vision tower and in the connector (Φ ran before, in `Selection`).
     pub vision_s: f64,
     pub connector_s: f64,
@@ -273,6 +275,7 @@ impl<B: Backend> OgLlava<B> {
         };
         let device = self.llm.model.embed_tokens.weight.device();
         let mut rows: Vec<(Tensor<B, 2>, Vec<u32>)> = Vec::with_capacity(inputs.len());
+        let mut image_spans = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.iter().enumerate() {
             let ids = &input.token_ids;
             if ids.is_empty() {
@@ -312,6 +315,7 @@ impl<B: Backend> OgLlava<B> {
             let d = text.dims()[1];
             let Some(&(s, e)) = runs.first() else {
                 rows.push((text, vec![0; ids.len()]));
+                image_spans.push(None);
                 continue;
             };
             let out = fused.as_ref().expect("an image was encoded");
@@ -320,6 +324,7 @@ impl<B: Backend> OgLlava<B> {
                 .position(|&x| x == i)
                 .expect("sample has an image");
             let t = out.lengths[k];
+            image_spans.push(Some((s, t, e - s)));
             let visual = out.tokens.clone().slice([k..k + 1, 0..t]).reshape([t, d]);
             let mut parts = Vec::new();
             if s > 0 {
@@ -364,9 +369,89 @@ impl<B: Backend> OgLlava<B> {
             padding: Tensor::from_data(TensorData::new(padding, [b, t_max]), &device),
             positions,
             lengths,
+            image_spans,
             vision_s,
             connector_s,
         })
+    }
+
+    /// The causal-LM loss of a batch, LLaVA's way: position q predicts the token at q+1, and
+    /// only tokens marked in `trainable` (one flag per token id of each input, e.g. from
+    /// [`og_llm::ChatTokenizer::encode_chat_for_training`]) count; image tokens, prompts and
+    /// padding never do. Returns the summed negative log-likelihood `[1]` and the number of
+    /// supervised tokens, so callers can average over a whole accumulated batch. The LM head
+    /// runs only on the positions that are supervised.
+    pub fn loss_sum(
+        &self,
+        inputs: &[OgLlavaInput<B>],
+        trainable: &[Vec<bool>],
+    ) -> R<(Tensor<B, 1>, usize)> {
+        if trainable.len() != inputs.len() {
+            return Err(ModelError::Input(format!(
+                "{} label rows for {} inputs",
+                trainable.len(),
+                inputs.len()
+            )));
+        }
+        for (i, (inp, tr)) in inputs.iter().zip(trainable).enumerate() {
+            if inp.token_ids.len() != tr.len() {
+                return Err(ModelError::Input(format!(
+                    "input {i}: {} trainable flags for {} tokens",
+                    tr.len(),
+                    inp.token_ids.len()
+                )));
+            }
+        }
+        let p = self.prepare(inputs)?;
+        let t_max = p.lengths.iter().copied().max().unwrap_or(0);
+        // Rows of the flattened hidden states that predict a supervised token, and the tokens.
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (b, (inp, tr)) in inputs.iter().zip(trainable).enumerate() {
+            for (j, (&id, &on)) in inp.token_ids.iter().zip(tr).enumerate() {
+                if !on || id == self.image_token_id {
+                    continue;
+                }
+                let q = match p.image_spans[b] {
+                    Some((s, t, n)) if j >= s + n => j - n + t,
+                    Some((s, _, _)) if j >= s => continue,
+                    _ => j,
+                };
+                if q == 0 {
+                    continue; // nothing predicts the first token
+                }
+                rows.push((b * t_max + q - 1) as i64);
+                targets.push(id as i64);
+            }
+        }
+        let device = p.embeds.device();
+        let n = rows.len();
+        if n == 0 {
+            return Ok((Tensor::zeros([1], &device), 0));
+        }
+        let hidden = self
+            .llm
+            .forward_hidden(p.embeds, &p.positions, Some(p.padding), None)?;
+        let [b, t, d] = hidden.dims();
+        let picked = hidden.reshape([b * t, d]).select(
+            0,
+            Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(rows, [n]), &device),
+        );
+        let logits = self
+            .llm
+            .head(picked.unsqueeze_dim::<3>(0))
+            .squeeze_dim::<2>(0);
+        let logp = burn::tensor::activation::log_softmax(logits, 1);
+        let targets =
+            Tensor::<B, 2, burn::tensor::Int>::from_data(TensorData::new(targets, [n, 1]), &device);
+        let nll = logp.gather(1, targets).neg().sum();
+        Ok((nll, n))
+    }
+
+    /// Mean cross-entropy over the supervised tokens of the batch (see [`OgLlava::loss_sum`]).
+    pub fn loss(&self, inputs: &[OgLlavaInput<B>], trainable: &[Vec<bool>]) -> R<Tensor<B, 1>> {
+        let (sum, n) = self.loss_sum(inputs, trainable)?;
+        Ok(sum / (n.max(1) as f64))
     }
 
     /// Logits `[batch, T_max, vocab]` (rows past each sequence's length are padding).

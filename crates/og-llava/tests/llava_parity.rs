@@ -403,3 +403,63 @@ fn own_checkpoint_round_trip() {
     std::fs::write(dir.path().join("og_llava.json"), "{\"format\": \"other\"}").unwrap();
     assert!(OgLlava::<B>::load_checkpoint(dir.path(), None, &device).is_err());
 }
+
+/// The loss counts exactly the supervised tokens, each predicted by the position before it in
+/// the final (image-expanded) sequence: equal to a log-softmax over the full logits of
+/// `forward` (which matches transformers), for a batch of two right-padded prompts.
+#[test]
+fn loss_counts_only_supervised_tokens() {
+    use burn::tensor::activation::log_softmax;
+    let device = Default::default();
+    let model =
+        OgLlava::<B>::load_llava_hf(root().join("vision/llava_tiny"), None, &device).unwrap();
+    let img = model.image_token_id;
+    let io = Weights::open(root().join("llava/llava_tiny_io.safetensors")).unwrap();
+    let pv: Tensor<B, 4> = io.tensor("pixel_values", [2, 3, 30, 30], &device).unwrap();
+    let prompts: [Vec<u32>; 2] = [vec![1, 5, 6, img, 7, 8, 9, 10], vec![1, 11, img, 12, 13]];
+    let trainable = vec![
+        vec![false, false, false, false, false, true, true, true],
+        vec![false, true, false, false, true],
+    ];
+    let inputs: Vec<OgLlavaInput<B>> = prompts
+        .iter()
+        .enumerate()
+        .map(|(b, ids)| OgLlavaInput {
+            token_ids: ids.clone(),
+            pixel_values: Some(pv.clone().slice(b..b + 1)),
+            selection: None,
+        })
+        .collect();
+    let (sum, n) = model.loss_sum(&inputs, &trainable).unwrap();
+    assert_eq!(n, 5);
+    let (logits, _) = model.forward(&inputs).unwrap();
+    let logp = log_softmax(logits, 2);
+    // (row, position in the expanded sequence, target): the image (25 tokens) shifts positions
+    // after it by 24.
+    let expected = [
+        (0, 5 + 24, 8),
+        (0, 6 + 24, 9),
+        (0, 7 + 24, 10),
+        (1, 1, 11),
+        (1, 4 + 24, 13),
+    ];
+    let mut want = 0.0f32;
+    for (b, q, tok) in expected {
+        let v: f32 = logp
+            .clone()
+            .slice([b..b + 1, q - 1..q, tok..tok + 1])
+            .into_scalar();
+        want -= v;
+    }
+    let got: f32 = sum.into_scalar();
+    assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    let mean: f32 = model.loss(&inputs, &trainable).unwrap().into_scalar();
+    assert!((mean - want / 5.0).abs() < 1e-5);
+    // Mis-sized flags are an error, not a panic.
+    assert!(model.loss_sum(&inputs, &trainable[..1]).is_err());
+    assert!(
+        model
+            .loss_sum(&inputs, &[trainable[0].clone(), vec![true]])
+            .is_err()
+    );
+}

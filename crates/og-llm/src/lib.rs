@@ -22,4 +22,6 @@ pub use lora::{LORA_TARGETS, LoraAdapter, LoraConfig, LoraLinear};
 pub use model::{
     KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
 };
-pub use tokenizer::{ChatTokenizer, IMAGE_PLACEHOLDER, LLAMA3_TEMPLATE, Message, Segment};
+pub use tokenizer::{
+    ChatTokenizer, IMAGE_PLACEHOLDER, LLAMA3_TEMPLATE, Message, Segment, TrainingTokens,
+};

@@ -253,6 +253,124 @@ impl ChatTokenizer {
     }
 }
 
+/// End-of-turn markers of common chat templates, supervised after an answer.
+pub const END_OF_TURN: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "</s>",
+];
+
+/// A conversation tokenised for training: one id per position, the image token once per
+/// `<image>`, and which positions are supervised (LLaVA's masking: only what the assistant says).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainingTokens {
+    pub ids: Vec<u32>,
+    /// True where the token is part of an assistant turn — its content and whatever the template
+    /// writes after it up to the next turn (the end-of-turn token, so the model learns to stop).
+    /// Prompts, system text, role headers and images are false.
+    pub trainable: Vec<bool>,
+}
+
+impl TrainingTokens {
+    /// Keeps what fits in `max_len` positions of the final sequence, where each image token
+    /// expands to `image_len` visual tokens, never cutting through an image: an image that
+    /// would not fit entirely is dropped with everything after it. `None` when no supervised
+    /// token remains (the example teaches nothing).
+    pub fn truncated(
+        mut self,
+        max_len: usize,
+        image_token_id: u32,
+        image_len: usize,
+    ) -> Option<Self> {
+        let mut used = 0;
+        let mut keep = 0;
+        for &id in &self.ids {
+            let width = if id == image_token_id { image_len } else { 1 };
+            if used + width > max_len {
+                break;
+            }
+            used += width;
+            keep += 1;
+        }
+        self.ids.truncate(keep);
+        self.trainable.truncate(keep);
+        self.trainable.iter().any(|&t| t).then_some(self)
+    }
+}
+
+impl ChatTokenizer {
+    /// Tokenises a whole conversation for training (see [`TrainingTokens`]). Turns of role
+    /// `assistant` (or LLaVA's `gpt`) are supervised: their content as the template renders it
+    /// and the end-of-turn token written right after it (the tokenizer's EOS or one of
+    /// [`END_OF_TURN`]), so the model learns to stop. Each message's (trimmed) content is
+    /// located in the rendering in order, so any template that writes contents verbatim works.
+    pub fn encode_chat_for_training(
+        &self,
+        messages: &[Message],
+        image_token_id: u32,
+    ) -> Result<TrainingTokens> {
+        let text = self.render(messages, false)?;
+        // Supervised byte ranges of the rendered text.
+        let mut spans = Vec::new();
+        let mut cursor = 0;
+        for (k, m) in messages.iter().enumerate() {
+            let content = m.content.trim();
+            let start = text[cursor..]
+                .find(content)
+                .map(|i| cursor + i)
+                .ok_or_else(|| {
+                    LlmError::Input(format!(
+                        "turn {k} ({}) is not written verbatim by the chat template; cannot \
+                         find its tokens",
+                        m.role
+                    ))
+                })?;
+            let mut end = start + content.len();
+            if m.role == "assistant" || m.role == "gpt" {
+                let rest = &text[end..];
+                if let Some(t) = std::iter::once(self.eos_token.as_str())
+                    .chain(END_OF_TURN.iter().copied())
+                    .find(|t| !t.is_empty() && rest.starts_with(t))
+                {
+                    end += t.len();
+                }
+                spans.push(start..end);
+            }
+            cursor = end;
+        }
+        let mut ids = Vec::new();
+        let mut trainable = Vec::new();
+        let mut offset = 0;
+        for (i, piece) in text.split(IMAGE_PLACEHOLDER).enumerate() {
+            if i > 0 {
+                ids.push(image_token_id);
+                trainable.push(false);
+                offset += IMAGE_PLACEHOLDER.len();
+            }
+            let enc = self
+                .tokenizer
+                .encode(piece, false)
+                .map_err(|e| LlmError::Input(format!("cannot tokenise: {e}")))?;
+            for (&id, &(start, _)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+                let at = offset + start;
+                ids.push(id);
+                trainable.push(spans.iter().any(|s| s.contains(&at)));
+            }
+            offset += piece.len();
+        }
+        // One BOS, as in `encode_chat`.
+        if let Some(bos) = self.bos_id() {
+            while ids.len() >= 2 && ids[0] == bos && ids[1] == bos {
+                ids.remove(0);
+                trainable.remove(0);
+            }
+        }
+        Ok(TrainingTokens { ids, trainable })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +428,58 @@ mod tests {
                 .contains("no system role")
         );
         assert!(ChatTokenizer::from_bytes(b"{}", None).is_err());
+    }
+
+    #[test]
+    fn only_assistant_turns_are_supervised() {
+        // The real Llama-3 tokenizer and template.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/tokenizers/llama3");
+        let t = ChatTokenizer::from_dir(dir).unwrap();
+        let image = 128_256; // outside the vocabulary, as llava-hf's added <image>
+        let msgs = [
+            Message::new("user", "<image>\nWhat colour is the ball?"),
+            Message::new("assistant", "Red."),
+            Message::new("user", "And the cube?"),
+            Message::new("gpt", "Blue, mostly."),
+        ];
+        let tt = t.encode_chat_for_training(&msgs, image).unwrap();
+        assert_eq!(tt.ids.len(), tt.trainable.len());
+        assert_eq!(tt.ids.iter().filter(|&&i| i == image).count(), 1);
+        assert_eq!(tt.ids[0], t.bos_id().unwrap());
+        // Runs of supervised tokens, decoded: each answer with its end-of-turn token.
+        let mut runs = Vec::new();
+        let mut cur = Vec::new();
+        for (&id, &s) in tt.ids.iter().zip(&tt.trainable) {
+            if s {
+                cur.push(id);
+            } else if !cur.is_empty() {
+                runs.push(t.decode(&std::mem::take(&mut cur), false).unwrap());
+            }
+        }
+        if !cur.is_empty() {
+            runs.push(t.decode(&cur, false).unwrap());
+        }
+        assert_eq!(runs, vec!["Red.<|eot_id|>", "Blue, mostly.<|eot_id|>"]);
+        // The whole sequence is the template's rendering.
+        let text: Vec<u32> = tt.ids.iter().copied().filter(|&i| i != image).collect();
+        assert_eq!(
+            t.decode(&text, false).unwrap(),
+            t.render(&msgs, false).unwrap().replace("<image>", "")
+        );
+
+        // Truncation counts the image as image_len positions and never cuts into it.
+        let image_at = tt.ids.iter().position(|&i| i == image).unwrap();
+        let whole = tt.clone().truncated(usize::MAX, image, 576).unwrap();
+        assert_eq!(whole, tt);
+        let n = tt.ids.len();
+        let cut = tt.clone().truncated(n - 1 + 9, image, 10).unwrap();
+        assert_eq!(
+            cut.ids.len(),
+            n - 1,
+            "one position short: the last token goes"
+        );
+        // The image does not fit: it and everything after it go; nothing supervised is left.
+        assert!(tt.clone().truncated(image_at + 5, image, 10).is_none());
     }
 }
