@@ -1,8 +1,9 @@
 //! Our checkpoint format: what training produces, small and loadable back.
 //!
 //! A directory holding
-//! - `og_llava.json`: format version, the base llava-hf directory it builds on (path as given),
-//!   the fusion configuration, segment-aware RoPE, and whether a LoRA adapter is present;
+//! - `og_llava.json`: format version, the base it builds on ([`BaseModel`]: a llava-hf
+//!   directory, or a CLIP tower and a Llama directory; paths as given), the fusion
+//!   configuration, segment-aware RoPE, and whether a LoRA adapter is present;
 //! - `connector.safetensors`: the connector in llava-hf names (`multi_modal_projector.*`, plus
 //!   the delimiter and learned PE when configured) — transformers can load the projector part;
 //! - `adapter/`: the LoRA adapter as a PEFT adapter directory (loadable by python peft on the
@@ -12,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
+
 use burn::tensor::backend::Backend;
 use og_fusion::OgFusionConfig;
 use og_llm::LoraConfig;
@@ -20,6 +22,47 @@ use serde_json::{Value, json};
 use crate::model::{ModelError, OgLlava};
 
 const FORMAT: &str = "og-llava/1";
+
+/// What a checkpoint of ours builds on (never copied into it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BaseModel {
+    /// A llava-hf `LlavaForConditionalGeneration` directory.
+    LlavaHf { path: PathBuf },
+    /// A CLIP tower and a Llama directory ([`OgLlava::from_parts`]).
+    Parts {
+        vision: PathBuf,
+        llm: PathBuf,
+        select_layer: i64,
+    },
+}
+
+impl BaseModel {
+    /// Loads the base with `fusion` for its connector (projector from a llava-hf base, fresh
+    /// otherwise).
+    pub fn load<B: Backend>(
+        &self,
+        fusion: Option<OgFusionConfig>,
+        device: &B::Device,
+    ) -> R<OgLlava<B>> {
+        match self {
+            BaseModel::LlavaHf { path } => OgLlava::load_llava_hf(path, fusion, device),
+            BaseModel::Parts {
+                vision,
+                llm,
+                select_layer,
+            } => OgLlava::from_parts(vision, llm, fusion, *select_layer, device),
+        }
+    }
+
+    /// The directory holding the tokenizer (the llava-hf directory or the Llama one).
+    pub fn tokenizer_dir(&self) -> &Path {
+        match self {
+            BaseModel::LlavaHf { path } => path,
+            BaseModel::Parts { llm, .. } => llm,
+        }
+    }
+}
 
 type R<T> = std::result::Result<T, ModelError>;
 
@@ -31,12 +74,12 @@ fn config_error(path: &Path, message: impl Into<String>) -> ModelError {
 }
 
 impl<B: Backend> OgLlava<B> {
-    /// Writes the trainable parts and a reference to `base` (a llava-hf directory) into `dir`.
-    /// `lora` describes the adapters the language model carries, if any.
+    /// Writes the trainable parts and a reference to `base` into `dir`. `lora` describes the
+    /// adapters the language model carries, if any.
     pub fn save_checkpoint(
         &mut self,
         dir: impl AsRef<Path>,
-        base: impl AsRef<Path>,
+        base: &BaseModel,
         lora: Option<&LoraConfig>,
     ) -> R<()> {
         let dir = dir.as_ref();
@@ -44,17 +87,21 @@ impl<B: Backend> OgLlava<B> {
         self.connector
             .save_safetensors(dir.join("connector.safetensors"))?;
         if let Some(cfg) = lora {
+            let base_name = match base {
+                BaseModel::LlavaHf { path } => path,
+                BaseModel::Parts { llm, .. } => llm,
+            };
             self.llm.save_peft_adapter(
                 dir.join("adapter"),
                 cfg,
-                &base.as_ref().display().to_string(),
+                &base_name.display().to_string(),
             )?;
         }
         let fusion = serde_json::to_value(self.connector.config())
             .map_err(|e| config_error(dir, e.to_string()))?;
         let meta = json!({
             "format": FORMAT,
-            "base_llava": base.as_ref().display().to_string(),
+            "base": serde_json::to_value(base).expect("json"),
             "fusion": fusion,
             "segment_rope": self.segment_rope,
             "lora": lora.is_some(),
@@ -66,10 +113,10 @@ impl<B: Backend> OgLlava<B> {
     }
 
     /// Loads a checkpoint written by [`OgLlava::save_checkpoint`]; `base` overrides the base
-    /// directory it records (for checkpoints moved between machines).
+    /// it records (for checkpoints moved between machines).
     pub fn load_checkpoint(
         dir: impl AsRef<Path>,
-        base: Option<&Path>,
+        base: Option<&BaseModel>,
         device: &B::Device,
     ) -> R<Self> {
         let dir = dir.as_ref();
@@ -81,17 +128,14 @@ impl<B: Backend> OgLlava<B> {
         if meta.get("format").and_then(Value::as_str) != Some(FORMAT) {
             return Err(config_error(&path, format!("not an {FORMAT} checkpoint")));
         }
-        let base: PathBuf = match base {
-            Some(b) => b.to_path_buf(),
-            None => meta
-                .get("base_llava")
-                .and_then(Value::as_str)
-                .map(PathBuf::from)
-                .ok_or_else(|| config_error(&path, "no base_llava"))?,
+        let base: BaseModel = match base {
+            Some(b) => b.clone(),
+            None => serde_json::from_value(meta["base"].clone())
+                .map_err(|e| config_error(&path, format!("base: {e}")))?,
         };
         let fusion: OgFusionConfig = serde_json::from_value(meta["fusion"].clone())
             .map_err(|e| config_error(&path, format!("fusion: {e}")))?;
-        let mut model = OgLlava::load_llava_hf(&base, Some(fusion), device)?;
+        let mut model = base.load(Some(fusion), device)?;
         model.connector = model
             .connector
             .load_safetensors(dir.join("connector.safetensors"))?;

@@ -6,6 +6,8 @@
 
 pub mod backend;
 mod checkpoint;
+
+pub use checkpoint::BaseModel;
 mod model;
 
 pub use model::{ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared};

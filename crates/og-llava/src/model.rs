@@ -201,6 +201,35 @@ impl<B: Backend> OgLlava<B> {
         Ok(model)
     }
 
+    /// Composes a model from parts, as LLaVA training starts: a CLIP tower directory (vision
+    /// `save_pretrained`; features from `select_layer`, patch tokens), a Llama directory, and a
+    /// fresh connector configured by `fusion` (widths taken from the parts). Prompts mark the
+    /// image with [`ORIGINAL_IMAGE_TOKEN`], as LLaVA does.
+    pub fn from_parts(
+        vision: impl AsRef<Path>,
+        llm: impl AsRef<Path>,
+        fusion: Option<OgFusionConfig>,
+        select_layer: i64,
+        device: &B::Device,
+    ) -> R<Self> {
+        let (_, llm_value) = og_weights::read_config(llm.as_ref())?;
+        let select = serde_json::json!({
+            "mm_vision_select_layer": select_layer,
+            "mm_vision_select_feature": "patch",
+        });
+        let (vcfg, vision_weights) = original_tower(&select, llm.as_ref(), vision.as_ref())?;
+        Self::assemble(
+            &vcfg,
+            &vision_weights,
+            &llm_value,
+            &Weights::open(llm.as_ref())?,
+            fusion,
+            ORIGINAL_IMAGE_TOKEN,
+            false,
+            device,
+        )
+    }
+
     /// Builds the model from its parts' configs; `weights` holds the LLM and the projector
     /// (a LLaVA checkpoint) or only the LLM (a base model, the projector then comes later).
     fn assemble(

@@ -384,7 +384,11 @@ fn own_checkpoint_round_trip() {
     let (before, _) = model.forward(std::slice::from_ref(&input)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     model
-        .save_checkpoint(dir.path(), &base, Some(&lora))
+        .save_checkpoint(
+            dir.path(),
+            &og_llava::BaseModel::LlavaHf { path: base.clone() },
+            Some(&lora),
+        )
         .unwrap();
     for f in [
         "og_llava.json",

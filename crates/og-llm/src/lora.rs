@@ -237,7 +237,8 @@ impl<B: Backend> LoraLinear<B> {
     }
 }
 
-type Visit<'a, B> = (String, &'a mut LoraLinear<B>);
+/// A decoder projection and its HF name.
+pub type Visit<'a, B> = (String, &'a mut LoraLinear<B>);
 
 /// Where PEFT puts the decoder layers (`layers.N…`) in an adapter's tensor names: made on a
 /// Llama, on a transformers 5 / 4.x Llava, or on a LLaVA-1.5 `LlavaLlamaForCausalLM`.
@@ -249,7 +250,8 @@ const PEFT_LAYER_PREFIXES: &[&str] = &[
 
 impl<B: Backend> LlamaForCausalLM<B> {
     /// Every adaptable projection with its PEFT module path (`model.layers.N.self_attn.q_proj`).
-    fn projections(&mut self) -> Vec<Visit<'_, B>> {
+    /// Every projection of every decoder layer with its HF name (`model.layers.N.self_attn.q_proj`, …).
+    pub fn projections(&mut self) -> Vec<Visit<'_, B>> {
         let mut v = Vec::new();
         for (i, layer) in self.model.layers.iter_mut().enumerate() {
             let a = &mut layer.self_attn;
