@@ -100,8 +100,8 @@ pub trait BackendTask {
 }
 
 /// Runs `task` on the backend `spec` names.
+#[allow(unreachable_code, unused_variables)]
 pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, BackendError> {
-    #[allow(unreachable_code, unused_variables)]
     match spec {
         DeviceSpec::NdArray => {
             #[cfg(feature = "ndarray")]

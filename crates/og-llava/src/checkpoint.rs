@@ -13,7 +13,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use burn::tensor::backend::Backend;
 use og_fusion::OgFusionConfig;
 use og_llm::LoraConfig;

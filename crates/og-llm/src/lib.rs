@@ -12,6 +12,7 @@ mod load;
 mod lora;
 mod model;
 pub mod rope;
+pub mod testing;
 mod tokenizer;
 
 pub use config::{LlamaConfig, RopeScaling};

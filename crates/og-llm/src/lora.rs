@@ -31,7 +31,7 @@ pub const LORA_TARGETS: &[&str] = &[
 ];
 
 /// Which projections get adapters, and how large.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoraConfig {
     pub r: usize,
     pub alpha: f64,
@@ -403,6 +403,24 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let text = serde_json::to_string_pretty(&cfg.to_peft_json(base_model)).expect("json");
         let path = dir.join("adapter_config.json");
         std::fs::write(&path, text).map_err(|source| LlmError::Io { path, source })
+    }
+
+    /// Whether any projection carries a LoRA adapter.
+    pub fn has_lora(&self) -> bool {
+        self.model.layers.iter().any(|l| {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ]
+            .iter()
+            .any(|p| p.lora.is_some())
+        })
     }
 
     /// Folds every adapter into its base weight (inference; no LoRA overhead afterwards).

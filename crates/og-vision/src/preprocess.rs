@@ -160,6 +160,12 @@ impl ImageProcessor {
         image: &RgbImage,
         device: &B::Device,
     ) -> Result<(Tensor<B, 4>, Frame)> {
+        let (data, frame) = self.pixel_data(image)?;
+        Ok((Tensor::from_data(data, device), frame))
+    }
+
+    /// As [`ImageProcessor::pixel_values`], on the host (for data-loader threads).
+    pub fn pixel_data(&self, image: &RgbImage) -> Result<(TensorData, Frame)> {
         let frame = self.frame(image.width() as usize, image.height() as usize)?;
         let framed = frame.apply_image(image)?;
         let (w, h) = (framed.width() as usize, framed.height() as usize);
@@ -173,10 +179,7 @@ impl ImageProcessor {
                 data[c * h * w + i] = v;
             }
         }
-        Ok((
-            Tensor::from_data(TensorData::new(data, [1, 3, h, w]), device),
-            frame,
-        ))
+        Ok((TensorData::new(data, [1, 3, h, w]), frame))
     }
 }
 

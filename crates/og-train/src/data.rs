@@ -1,0 +1,514 @@
+//! LLaVA conversation data: parsing, masks, a deterministic order, and a threaded loader.
+//!
+//! A row is `{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value"}]}`
+//! (single- or multi-turn, with or without an image). Masks for a row's image are looked up in
+//! the mask folder as `<image path without extension>.json` (COCO RLE, one file per image) or
+//! a folder `<image path without extension>/` of the released code's `mask_<k>.npy`; a row
+//! without masks takes the plain path. A bad row (missing or corrupt image, malformed turn,
+//! masks of another size, nothing supervised after truncation) is skipped and counted with its
+//! reason, or stops the run when `fail_on_bad_rows` is set — never a panic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use burn::tensor::TensorData;
+use og_llava::og_fusion::{OgFusionConfig, Selection};
+use og_llava::og_llm::{ChatTokenizer, Message, TrainingTokens};
+use og_llava::og_segment::MaskSet;
+use og_llava::og_vision::{self, ImageProcessor};
+
+use crate::error::{Result, TrainError, io};
+
+/// One row of the conversation file, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: String,
+    pub image: Option<PathBuf>,
+    pub messages: Vec<Message>,
+}
+
+/// Rows skipped, by reason (with up to 5 ids each).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct BadRows {
+    pub counts: BTreeMap<String, usize>,
+    pub examples: BTreeMap<String, Vec<String>>,
+}
+
+impl BadRows {
+    pub fn add(&mut self, id: &str, reason: &str) {
+        // Group by the reason's kind (text before the first colon).
+        let kind = reason.split(':').next().unwrap_or(reason).to_string();
+        *self.counts.entry(kind.clone()).or_default() += 1;
+        let ex = self.examples.entry(kind).or_default();
+        if ex.len() < 5 {
+            ex.push(format!("{id}: {reason}"));
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.counts.values().sum()
+    }
+}
+
+/// Parses a LLaVA conversation file. Structurally malformed rows are skipped into `bad`
+/// (or fail the parse when `strict`); a file that is not a JSON array is an error.
+pub fn read_rows(path: &Path, strict: bool, bad: &mut BadRows) -> Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Data {
+        path: path.to_path_buf(),
+        message: format!("malformed JSON: {e}"),
+    })?;
+    let items = value.as_array().ok_or_else(|| TrainError::Data {
+        path: path.to_path_buf(),
+        message: "not a JSON array of conversations".into(),
+    })?;
+    let mut rows = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match parse_row(item, i) {
+            Ok(r) => rows.push(r),
+            Err((id, reason)) => {
+                if strict {
+                    return Err(TrainError::Data {
+                        path: path.to_path_buf(),
+                        message: format!("row {i} ({id}): {reason}"),
+                    });
+                }
+                bad.add(&id, &reason);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row, (String, String)> {
+    let id = match item.get("id") {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Number(n)) => n.to_string(),
+        _ => format!("#{index}"),
+    };
+    let fail = |m: String| (id.clone(), m);
+    let image = match item.get("image") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(PathBuf::from(s)),
+        Some(_) => return Err(fail("malformed row: \"image\" is not a path".into())),
+    };
+    let turns = item
+        .get("conversations")
+        .and_then(serde_json::Value::as_array)
+        .ok_or_else(|| fail("malformed row: no \"conversations\" array".into()))?;
+    let mut messages = Vec::with_capacity(turns.len());
+    for (k, t) in turns.iter().enumerate() {
+        let from = t.get("from").and_then(serde_json::Value::as_str);
+        let value = t.get("value").and_then(serde_json::Value::as_str);
+        let (Some(from), Some(value)) = (from, value) else {
+            return Err(fail(format!(
+                "malformed turn: turn {k} needs \"from\" and \"value\" strings"
+            )));
+        };
+        let role = match from {
+            "human" | "user" => "user",
+            "gpt" | "assistant" => "assistant",
+            "system" => "system",
+            other => {
+                return Err(fail(format!(
+                    "malformed turn: unknown role {other:?} in turn {k}"
+                )));
+            }
+        };
+        messages.push(Message::new(role, value));
+    }
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err(fail("malformed row: no gpt turn to learn from".into()));
+    }
+    let placeholders: usize = messages
+        .iter()
+        .map(|m| {
+            m.content
+                .matches(og_llava::og_llm::IMAGE_PLACEHOLDER)
+                .count()
+        })
+        .sum();
+    match (&image, placeholders) {
+        (None, 0) | (Some(_), 1) => {}
+        (Some(_), 0) => {
+            // LLaVA puts the image first in the first human turn.
+            if let Some(m) = messages.iter_mut().find(|m| m.role == "user") {
+                m.content = format!("<image>\n{}", m.content);
+            } else {
+                return Err(fail("malformed row: an image but no human turn".into()));
+            }
+        }
+        (None, n) => {
+            return Err(fail(format!(
+                "malformed row: {n} <image> placeholder(s) but no image"
+            )));
+        }
+        (Some(_), n) => {
+            return Err(fail(format!(
+                "unsupported: {n} <image> placeholders (one image per row)"
+            )));
+        }
+    }
+    Ok(Row {
+        id,
+        image,
+        messages,
+    })
+}
+
+/// Drops rows whose image is missing or not a readable image (its header is read, not the
+/// pixels), so that the step count of a run is known before it starts. Rows whose pixels turn
+/// out corrupt are still caught, later, by the loader.
+pub fn check_images(
+    rows: Vec<Row>,
+    images: &Path,
+    strict: bool,
+    bad: &mut BadRows,
+) -> std::result::Result<Vec<Row>, String> {
+    let mut kept = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(rel) = &row.image {
+            let path = images.join(rel);
+            let reason = if !path.is_file() {
+                Some(format!("missing image: {}", path.display()))
+            } else {
+                image::ImageReader::open(&path)
+                    .and_then(|r| r.with_guessed_format())
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()))
+                    .err()
+                    .map(|e| format!("corrupt image: {}: {e}", path.display()))
+            };
+            if let Some(reason) = reason {
+                if strict {
+                    return Err(format!("row {}: {reason}", row.id));
+                }
+                bad.add(&row.id, &reason);
+                continue;
+            }
+        }
+        kept.push(row);
+    }
+    Ok(kept)
+}
+
+/// What the model needs for one example, on the host.
+#[derive(Debug, Clone)]
+pub struct Example {
+    pub index: usize,
+    pub id: String,
+    pub tokens: TrainingTokens,
+    /// `[1, 3, S, S]`.
+    pub pixels: Option<TensorData>,
+    pub selection: Option<Selection>,
+    /// Positions after image expansion.
+    pub length: usize,
+}
+
+/// Everything a loader thread needs to turn a row into an [`Example`].
+pub struct Preparer {
+    pub rows: Vec<Row>,
+    pub images: PathBuf,
+    pub masks: Option<PathBuf>,
+    pub processor: ImageProcessor,
+    pub tokenizer: ChatTokenizer,
+    pub fusion: OgFusionConfig,
+    pub selection: og_llava::og_fusion::SelectionConfig,
+    pub image_token_id: u32,
+    /// Visual tokens of the plain path (V).
+    pub grid_tokens: usize,
+    pub model_max_length: usize,
+}
+
+impl Preparer {
+    /// The example of row `index`, or the reason it is bad.
+    pub fn prepare(&self, index: usize) -> std::result::Result<Example, String> {
+        let row = &self.rows[index];
+        let (pixels, selection, visual) = match &row.image {
+            None => (None, None, 0),
+            Some(rel) => {
+                let path = self.images.join(rel);
+                if !path.is_file() {
+                    return Err(format!("missing image: {}", path.display()));
+                }
+                let image =
+                    og_vision::load_rgb(&path).map_err(|e| format!("corrupt image: {e}"))?;
+                let (pixels, frame) = self
+                    .processor
+                    .pixel_data(&image)
+                    .map_err(|e| format!("image preprocessing: {e}"))?;
+                let masks = self.masks_for(rel)?;
+                let selection = match masks {
+                    None => None,
+                    Some(m) => {
+                        m.expect_size(image.width() as usize, image.height() as usize)
+                            .map_err(|e| format!("masks of another size: {e}"))?;
+                        Some(
+                            Selection::from_masks(&m, &frame, &self.selection)
+                                .map_err(|e| format!("bad masks: {e}"))?,
+                        )
+                    }
+                };
+                let visual = match &selection {
+                    Some(s) => self.fusion.layout(s).len(),
+                    None => self.grid_tokens,
+                };
+                (Some(pixels), selection, visual)
+            }
+        };
+        let tokens = self
+            .tokenizer
+            .encode_chat_for_training(&row.messages, self.image_token_id)
+            .map_err(|e| format!("malformed turn: {e}"))?
+            .truncated(self.model_max_length, self.image_token_id, visual)
+            .ok_or_else(|| "too long: nothing supervised fits in model_max_length".to_string())?;
+        // An image cut away by truncation leaves a text-only example.
+        let has_image = tokens.ids.contains(&self.image_token_id);
+        let length = tokens.ids.len()
+            + if has_image {
+                visual.saturating_sub(1)
+            } else {
+                0
+            };
+        Ok(Example {
+            index,
+            id: row.id.clone(),
+            tokens,
+            pixels: if has_image { pixels } else { None },
+            selection: if has_image { selection } else { None },
+            length,
+        })
+    }
+
+    fn masks_for(&self, rel: &Path) -> std::result::Result<Option<MaskSet>, String> {
+        let Some(dir) = &self.masks else {
+            return Ok(None);
+        };
+        let stem = dir.join(rel).with_extension("");
+        let json = stem.with_extension("json");
+        if json.is_file() {
+            return MaskSet::read_coco_json(&json)
+                .map(Some)
+                .map_err(|e| format!("bad masks: {e}"));
+        }
+        if stem.is_dir() {
+            return og_llava::og_segment::npy::read_npy_folder(&stem)
+                .map(Some)
+                .map_err(|e| format!("bad masks: {e}"));
+        }
+        Ok(None)
+    }
+}
+
+/// SplitMix64: a tiny, fully specified generator, so orders are the same on every platform
+/// and version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+}
+
+/// The order of rows in `epoch`: a Fisher–Yates shuffle seeded by (seed, epoch); with
+/// `group_by_length`, windows of `batch × 50` rows are sorted by a length estimate (longest
+/// first) so batches hold similar lengths, and batches stay in shuffled order.
+pub fn epoch_order(
+    rows: &[Row],
+    seed: u64,
+    epoch: usize,
+    batch: usize,
+    group_by_length: bool,
+) -> Vec<usize> {
+    let mut rng = SplitMix64(seed ^ (epoch as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    for i in (1..order.len()).rev() {
+        let j = rng.below(i + 1);
+        order.swap(i, j);
+    }
+    if group_by_length {
+        let estimate = |i: usize| -> usize {
+            rows[i]
+                .messages
+                .iter()
+                .map(|m| m.content.len())
+                .sum::<usize>()
+                + if rows[i].image.is_some() { 1 << 20 } else { 0 }
+        };
+        for window in order.chunks_mut(batch * 50) {
+            window.sort_by_key(|&i| std::cmp::Reverse(estimate(i)));
+        }
+    }
+    order
+}
+
+/// Prepares `order[start..]` on `workers` threads and yields the results in order (bad rows
+/// as `Err((index, id, reason))`). At most `workers × 4` examples are prepared ahead.
+pub struct Loader {
+    rx: mpsc::Receiver<(usize, std::result::Result<Example, (String, String)>)>,
+    pending: HashMap<usize, std::result::Result<Example, (String, String)>>,
+    next: usize,
+    end: usize,
+    stop: Arc<AtomicUsize>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Loader {
+    pub fn new(preparer: Arc<Preparer>, order: Vec<usize>, start: usize, workers: usize) -> Self {
+        let end = order.len();
+        let order = Arc::new(order);
+        let cursor = Arc::new(AtomicUsize::new(start));
+        let stop = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = mpsc::sync_channel(workers.max(1) * 4);
+        let handles = (0..workers.max(1))
+            .map(|_| {
+                let (tx, order, cursor, stop, prep) = (
+                    tx.clone(),
+                    order.clone(),
+                    cursor.clone(),
+                    stop.clone(),
+                    preparer.clone(),
+                );
+                std::thread::spawn(move || {
+                    loop {
+                        if stop.load(Ordering::Relaxed) != 0 {
+                            return;
+                        }
+                        let k = cursor.fetch_add(1, Ordering::Relaxed);
+                        if k >= order.len() {
+                            return;
+                        }
+                        let row = order[k];
+                        let result = prep
+                            .prepare(row)
+                            .map_err(|reason| (prep.rows[row].id.clone(), reason));
+                        if tx.send((k, result)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            rx,
+            pending: HashMap::new(),
+            next: start,
+            end,
+            stop,
+            handles,
+        }
+    }
+
+    /// Position in the epoch's order of the next item.
+    pub fn position(&self) -> usize {
+        self.next
+    }
+}
+
+impl Iterator for Loader {
+    type Item = std::result::Result<Example, (String, String)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
+        while !self.pending.contains_key(&self.next) {
+            let (k, r) = self.rx.recv().ok()?;
+            self.pending.insert(k, r);
+        }
+        let r = self.pending.remove(&self.next).expect("checked");
+        self.next += 1;
+        Some(r)
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.stop.store(1, Ordering::Relaxed);
+        // Unblock senders, then wait for the threads.
+        while self.rx.try_recv().is_ok() {}
+        for h in self.handles.drain(..) {
+            while !h.is_finished() {
+                while self.rx.try_recv().is_ok() {}
+                std::thread::yield_now();
+            }
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_parse_and_bad_rows_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.json");
+        std::fs::write(
+            &path,
+            r#"[
+              {"id": "a", "image": "x.png", "conversations": [
+                {"from": "human", "value": "What is this?"}, {"from": "gpt", "value": "A cat."}]},
+              {"id": 7, "conversations": [
+                {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello."},
+                {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye."}]},
+              {"id": "b", "conversations": [{"from": "human", "value": "no answer"}]},
+              {"id": "c", "conversations": [{"from": "robot", "value": "?"}, {"from": "gpt", "value": "!"}]},
+              {"id": "d", "conversations": [{"from": "human", "value": "<image> but none"}, {"from": "gpt", "value": "x"}]},
+              {"id": "e"}
+            ]"#,
+        )
+        .unwrap();
+        let mut bad = BadRows::default();
+        let rows = read_rows(&path, false, &mut bad).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].messages[0].content, "<image>\nWhat is this?");
+        assert_eq!(rows[1].id, "7");
+        assert_eq!(bad.total(), 4);
+        assert_eq!(bad.counts["malformed row"], 3);
+        assert_eq!(bad.counts["malformed turn"], 1);
+        let e = read_rows(&path, true, &mut BadRows::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 2 (b)") && e.contains("data.json"), "{e}");
+        std::fs::write(&path, "{}").unwrap();
+        assert!(read_rows(&path, false, &mut bad).is_err());
+    }
+
+    #[test]
+    fn orders_are_deterministic_permutations() {
+        let rows: Vec<Row> = (0..100)
+            .map(|i| Row {
+                id: i.to_string(),
+                image: None,
+                messages: vec![Message::new("assistant", "x".repeat(i))],
+            })
+            .collect();
+        let a = epoch_order(&rows, 1, 0, 4, false);
+        assert_eq!(a, epoch_order(&rows, 1, 0, 4, false));
+        assert_ne!(a, epoch_order(&rows, 1, 1, 4, false));
+        assert_ne!(a, epoch_order(&rows, 2, 0, 4, false));
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        let g = epoch_order(&rows, 1, 0, 1, true);
+        assert!(
+            g[..50].windows(2).all(|w| w[0] >= w[1]),
+            "longest first in a window"
+        );
+    }
+}

@@ -1,0 +1,658 @@
+//! The training loop: stages, accumulation, clipping, schedule, progress, metrics, atomic
+//! checkpoints and exact resume.
+//!
+//! Output directory layout:
+//! - `config.json` — the resolved configuration (a resumed run must match it);
+//! - `metrics.jsonl` — one line per optimiser step (loss, learning rates, gradient norm,
+//!   tokens/s, elapsed); `loss.svg` — the loss curve, rewritten at every checkpoint;
+//! - `checkpoints/step-NNNNNNNN/` — resumable state: `trainable.safetensors` (every trainable
+//!   tensor by name), `optimizer.safetensors` (AdamW moments by name), `state.json` (step,
+//!   epoch, position in the epoch's order, skipped rows). Written under a temporary name and
+//!   renamed, so a kill at any point leaves either the whole checkpoint or none;
+//! - `final/` — the trained model in our checkpoint format (`OgLlava::load_checkpoint`).
+//!
+//! Determinism: the data order depends only on (seed, epoch), each example only on its row,
+//! and the backend's RNG (LoRA dropout) is re-seeded from (seed, step) before every step —
+//! so a run resumed from a checkpoint ends with the same weights, bit for bit on the CPU, as
+//! one that never stopped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+use og_llava::og_llm::ChatTokenizer;
+use og_llava::og_vision::ImageProcessor;
+use og_llava::{OgLlava, OgLlavaInput};
+use og_weights::{SaveTensor, Weights};
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Stage, TrainConfig};
+use crate::data::{BadRows, Example, Loader, Preparer, epoch_order, read_rows};
+use crate::error::{Result, TrainError, io};
+use crate::optim::{
+    AdamW, Group, OptimState, ParamMut, accumulate, freeze_for, grads_by_name, lr_at,
+    state_from_weights, state_to_host, trainables,
+};
+
+/// How a run is driven (beyond its configuration).
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Continue from the newest complete checkpoint in the output directory.
+    pub resume: bool,
+    /// Return after this many optimiser steps in total, as if the process were killed right
+    /// then (used to test resume; checkpoints due up to that step are written).
+    pub stop_after: Option<usize>,
+    /// Print progress lines to stderr.
+    pub progress: bool,
+}
+
+/// What a finished (or stopped) run reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub steps: usize,
+    pub total_steps: usize,
+    pub examples: usize,
+    pub supervised_tokens: usize,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub bad_rows: BadRows,
+    pub seconds: f64,
+    pub output_dir: PathBuf,
+}
+
+/// Resumable position, saved in `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct TrainState {
+    step: usize,
+    epoch: usize,
+    /// Next position in the epoch's order.
+    position: usize,
+    examples: usize,
+    supervised_tokens: usize,
+    first_loss: Option<f64>,
+    last_loss: Option<f64>,
+    bad_rows: BadRows,
+}
+
+/// One metrics line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metrics {
+    pub step: usize,
+    pub epoch: usize,
+    pub loss: f64,
+    pub lr_connector: f64,
+    pub lr_lora: f64,
+    pub grad_norm: f64,
+    pub clip_coef: f64,
+    pub tokens: usize,
+    pub tokens_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+fn checkpoints_dir(out: &Path) -> PathBuf {
+    out.join("checkpoints")
+}
+
+/// The newest complete checkpoint (`step-N` holding `state.json`); temporary directories
+/// of an interrupted write are ignored.
+pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
+    let mut best: Option<(usize, PathBuf)> = None;
+    for e in std::fs::read_dir(checkpoints_dir(out)).ok()?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(n) = name
+            .strip_prefix("step-")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if e.path().join("state.json").is_file() && best.as_ref().is_none_or(|b| n > b.0) {
+            best = Some((n, e.path()));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// Counts the positions `loss_sum` supervises (its rule: a flagged non-image token that is not
+/// the first of its sequence).
+fn supervised(ex: &Example, image_token: u32) -> usize {
+    ex.tokens
+        .ids
+        .iter()
+        .zip(&ex.tokens.trainable)
+        .skip(1)
+        .filter(|(id, t)| **t && **id != image_token)
+        .count()
+}
+
+/// Trains according to `cfg` on `device`.
+pub fn train<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: &B::Device,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    let started = Instant::now();
+    let out = &cfg.output_dir;
+    std::fs::create_dir_all(checkpoints_dir(out)).map_err(io(out))?;
+    let config_path = out.join("config.json");
+    let config_json = serde_json::to_string_pretty(cfg).expect("config serialises");
+    let resume_from = if opts.resume {
+        latest_checkpoint(out)
+    } else {
+        None
+    };
+    if resume_from.is_some() {
+        let saved = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
+        let saved: TrainConfig = serde_json::from_str(&saved).map_err(|e| TrainError::Config {
+            path: config_path.clone(),
+            message: e.to_string(),
+        })?;
+        if serde_json::to_value(&saved).ok() != serde_json::to_value(cfg).ok() {
+            return Err(TrainError::Config {
+                path: config_path,
+                message: "the configuration differs from the run being resumed".into(),
+            });
+        }
+    } else {
+        if latest_checkpoint(out).is_some() && !opts.resume {
+            return Err(TrainError::Invalid(format!(
+                "{} already holds checkpoints: pass --resume to continue, or choose a new \
+                 output_dir",
+                out.display()
+            )));
+        }
+        og_llava::og_segment::write_atomic(&config_path, config_json.as_bytes())?;
+    }
+
+    // The model.
+    let mut model: OgLlava<B> = match &cfg.init_from {
+        Some(dir) => OgLlava::load_checkpoint(dir, Some(&cfg.base), device)?,
+        None => cfg.base.load(Some(cfg.fusion.to_config()), device)?,
+    };
+    model.segment_rope = cfg.segment_rope;
+    if let (Stage::Sft, Some(lora)) = (cfg.stage, &cfg.lora)
+        && !model.llm.has_lora()
+    {
+        model.llm = model.llm.with_lora(lora)?;
+    }
+    let mut model = freeze_for(model, cfg.stage);
+
+    // The data.
+    let tokenizer = ChatTokenizer::from_dir(cfg.base.tokenizer_dir())?;
+    let mut bad = BadRows::default();
+    let rows = read_rows(&cfg.data.json, cfg.data.fail_on_bad_rows, &mut bad)?;
+    let rows =
+        crate::data::check_images(rows, &cfg.data.images, cfg.data.fail_on_bad_rows, &mut bad)
+            .map_err(|message| TrainError::Data {
+                path: cfg.data.json.clone(),
+                message,
+            })?;
+    if rows.is_empty() {
+        return Err(TrainError::Data {
+            path: cfg.data.json.clone(),
+            message: "no usable rows".into(),
+        });
+    }
+    let size = model.vision.image_size();
+    let grid = model.vision.grid();
+    let processor = ImageProcessor::from_hf_dir(
+        match &cfg.base {
+            og_llava::BaseModel::LlavaHf { path } => path.as_path(),
+            og_llava::BaseModel::Parts { vision, .. } => vision.as_path(),
+        },
+        size,
+        size / grid,
+        cfg.data.pad_to_square,
+    )
+    .map_err(og_llava::ModelError::from)?;
+    let n_rows = rows.len();
+    let preparer = Arc::new(Preparer {
+        rows,
+        images: cfg.data.images.clone(),
+        masks: cfg.data.masks.clone(),
+        processor,
+        tokenizer,
+        fusion: model.connector.config().clone(),
+        selection: cfg.data.selection.clone(),
+        image_token_id: model.image_token_id,
+        grid_tokens: grid * grid,
+        model_max_length: cfg.model_max_length,
+    });
+    let per_step = cfg.batch_size * cfg.grad_accumulation;
+    let total_steps = cfg
+        .max_steps
+        .unwrap_or(cfg.epochs * n_rows.div_ceil(per_step));
+
+    // Where to start.
+    let opt = AdamW {
+        beta1: cfg.adam_betas.0,
+        beta2: cfg.adam_betas.1,
+        eps: cfg.adam_eps,
+        weight_decay: cfg.weight_decay,
+    };
+    let mut state = TrainState {
+        step: 0,
+        epoch: 0,
+        position: 0,
+        examples: 0,
+        supervised_tokens: 0,
+        first_loss: None,
+        last_loss: None,
+        bad_rows: bad,
+    };
+    let mut optim: OptimState<B::InnerBackend> = OptimState::default();
+    let mut last_good: Option<PathBuf> = None;
+    if let Some(dir) = &resume_from {
+        let path = dir.join("state.json");
+        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        state = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        load_trainables(
+            &mut model,
+            cfg.stage,
+            &dir.join("trainable.safetensors"),
+            device,
+        )?;
+        optim = state_from_weights(
+            &Weights::open(dir.join("optimizer.safetensors"))?,
+            state.step,
+            device,
+        )?;
+        truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
+        last_good = Some(dir.clone());
+        if opts.progress {
+            eprintln!("resuming from {} (step {})", dir.display(), state.step);
+        }
+    } else {
+        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
+    }
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out.join("metrics.jsonl"))
+        .map_err(io(out.join("metrics.jsonl")))?;
+
+    let run_start_step = state.step;
+    let mut window_tokens = 0usize;
+    let mut window_start = Instant::now();
+    // Without max_steps the run ends after `epochs` passes even if rows that turn out bad
+    // only when decoded made the step estimate too high.
+    'epochs: while state.step < total_steps && (cfg.max_steps.is_some() || state.epoch < cfg.epochs)
+    {
+        let order = epoch_order(
+            &preparer.rows,
+            cfg.seed,
+            state.epoch,
+            cfg.batch_size,
+            cfg.data.group_by_length,
+        );
+        let mut loader = Loader::new(preparer.clone(), order, state.position, cfg.data.workers);
+        loop {
+            // Gather the examples of one optimiser step.
+            let mut step_examples: Vec<Example> = Vec::with_capacity(per_step);
+            while step_examples.len() < per_step {
+                match loader.next() {
+                    None => break,
+                    Some(Ok(ex)) => step_examples.push(ex),
+                    Some(Err((id, reason))) => {
+                        if cfg.data.fail_on_bad_rows {
+                            return Err(TrainError::Data {
+                                path: cfg.data.json.clone(),
+                                message: format!("row {id}: {reason}"),
+                            });
+                        }
+                        // Each bad row is counted once, in the first epoch.
+                        if state.epoch == 0 {
+                            state.bad_rows.add(&id, &reason);
+                        }
+                    }
+                }
+            }
+            if step_examples.is_empty() {
+                state.epoch += 1;
+                state.position = 0;
+                continue 'epochs;
+            }
+            let position = loader.position();
+            let report = run_step(
+                &mut model,
+                cfg,
+                &opt,
+                &mut optim,
+                &step_examples,
+                state.step,
+                total_steps,
+                device,
+            )?;
+            let Some((loss, grad_norm, clip_coef, tokens)) = report else {
+                // Nothing supervised in this step's examples: move on without stepping.
+                state.position = position;
+                continue;
+            };
+            if !loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: state.step + 1,
+                    loss,
+                    last_good,
+                });
+            }
+            state.step += 1;
+            state.position = position;
+            state.examples += step_examples.len();
+            state.supervised_tokens += tokens;
+            state.first_loss.get_or_insert(loss);
+            state.last_loss = Some(loss);
+            window_tokens += tokens;
+            let elapsed = started.elapsed().as_secs_f64();
+            let m = Metrics {
+                step: state.step,
+                epoch: state.epoch,
+                loss,
+                lr_connector: lr_at(
+                    cfg.lr_connector,
+                    state.step - 1,
+                    total_steps,
+                    cfg.warmup_ratio,
+                ),
+                lr_lora: lr_at(cfg.lr_lora, state.step - 1, total_steps, cfg.warmup_ratio),
+                grad_norm,
+                clip_coef,
+                tokens,
+                tokens_per_s: window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
+                elapsed_s: elapsed,
+            };
+            writeln!(metrics, "{}", serde_json::to_string(&m).expect("json"))
+                .map_err(io(out.join("metrics.jsonl")))?;
+            if opts.progress && (state.step % cfg.log_every == 0 || state.step == total_steps) {
+                let done = state.step - run_start_step;
+                let eta = elapsed / done.max(1) as f64 * (total_steps - state.step) as f64;
+                eprintln!(
+                    "step {}/{} [{:>3.0}%] loss {:.4} lr {:.2e}/{:.2e} |g| {:.3} {:.0} tok/s ETA {}",
+                    state.step,
+                    total_steps,
+                    100.0 * state.step as f64 / total_steps as f64,
+                    loss,
+                    m.lr_connector,
+                    m.lr_lora,
+                    grad_norm,
+                    m.tokens_per_s,
+                    fmt_duration(eta)
+                );
+                window_tokens = 0;
+                window_start = Instant::now();
+            }
+            if state.step % cfg.checkpoint_every == 0 || state.step == total_steps {
+                last_good = Some(write_checkpoint(&mut model, cfg, &optim, &state)?);
+            }
+            if opts.stop_after.is_some_and(|s| state.step >= s) {
+                return Ok(summary(&state, total_steps, started, out));
+            }
+            if state.step >= total_steps {
+                break 'epochs;
+            }
+        }
+    }
+    model.save_checkpoint(out.join("final"), &cfg.base, cfg.lora.as_ref())?;
+    write_loss_svg(out)?;
+    if opts.progress {
+        eprintln!(
+            "done: {} steps, {} examples, {} rows skipped; model in {}",
+            state.step,
+            state.examples,
+            state.bad_rows.total(),
+            out.join("final").display()
+        );
+    }
+    Ok(summary(&state, total_steps, started, out))
+}
+
+fn summary(state: &TrainState, total_steps: usize, started: Instant, out: &Path) -> RunSummary {
+    RunSummary {
+        steps: state.step,
+        total_steps,
+        examples: state.examples,
+        supervised_tokens: state.supervised_tokens,
+        first_loss: state.first_loss,
+        last_loss: state.last_loss,
+        bad_rows: state.bad_rows.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        output_dir: out.to_path_buf(),
+    }
+}
+
+fn fmt_duration(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// One optimiser step over `examples` (micro-batches of `batch_size`); the loss is the mean
+/// over every supervised token of the step. Returns (loss, grad norm, clip factor, tokens), or
+/// `None` when nothing in the step is supervised.
+#[allow(clippy::too_many_arguments)]
+fn run_step<B: AutodiffBackend>(
+    model: &mut OgLlava<B>,
+    cfg: &TrainConfig,
+    opt: &AdamW,
+    optim: &mut OptimState<B::InnerBackend>,
+    examples: &[Example],
+    step: usize,
+    total_steps: usize,
+    device: &B::Device,
+) -> Result<Option<(f64, f64, f64, usize)>> {
+    let image = model.image_token_id;
+    let total: usize = examples.iter().map(|e| supervised(e, image)).sum();
+    if total == 0 {
+        return Ok(None);
+    }
+    // Dropout draws depend on (seed, step) only.
+    B::seed(
+        device,
+        cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    );
+    let mut grads = BTreeMap::new();
+    let mut loss_sum = 0.0f64;
+    for micro in examples.chunks(cfg.batch_size) {
+        let inputs: Vec<OgLlavaInput<B>> = micro
+            .iter()
+            .map(|e| OgLlavaInput {
+                token_ids: e.tokens.ids.clone(),
+                pixel_values: e
+                    .pixels
+                    .clone()
+                    .map(|d: TensorData| Tensor::from_data(d, device)),
+                selection: e.selection.clone(),
+            })
+            .collect();
+        let flags: Vec<Vec<bool>> = micro.iter().map(|e| e.tokens.trainable.clone()).collect();
+        let (sum, n) = model.loss_sum(&inputs, &flags)?;
+        if n == 0 {
+            continue;
+        }
+        let scaled = sum / total as f64;
+        let value: f64 = scaled.clone().into_scalar().elem();
+        loss_sum += value;
+        let g = scaled.backward();
+        let params = trainables(model, cfg.stage);
+        accumulate(&mut grads, grads_by_name::<B>(&params, &g));
+    }
+    if !loss_sum.is_finite() {
+        return Ok(Some((loss_sum, f64::NAN, 1.0, total)));
+    }
+    let params = trainables(model, cfg.stage);
+    let lr = |g: Group| {
+        let base = match g {
+            Group::Connector => cfg.lr_connector,
+            Group::Lora => cfg.lr_lora,
+        };
+        lr_at(base, step, total_steps, cfg.warmup_ratio)
+    };
+    let report = opt.step::<B>(params, grads, optim, lr, cfg.max_grad_norm);
+    Ok(Some((loss_sum, report.grad_norm, report.clip_coef, total)))
+}
+
+/// Every trainable tensor by name (burn layout), for checkpoints.
+fn trainables_to_host<B: Backend>(model: &mut OgLlava<B>, stage: Stage) -> Vec<SaveTensor> {
+    trainables(model, stage)
+        .into_iter()
+        .map(|t| match t.param {
+            ParamMut::D1(p) => SaveTensor::from_tensor(t.name, p.val()),
+            ParamMut::D2(p) => SaveTensor::from_tensor(t.name, p.val()),
+        })
+        .collect()
+}
+
+fn load_trainables<B: AutodiffBackend>(
+    model: &mut OgLlava<B>,
+    stage: Stage,
+    path: &Path,
+    device: &B::Device,
+) -> Result<()> {
+    let w = Weights::open(path)?;
+    for t in trainables(model, stage) {
+        match t.param {
+            ParamMut::D1(p) => {
+                let dims = p.val().dims();
+                let v: Tensor<B, 1> = w.tensor(&t.name, dims, device)?;
+                *p = p.clone().map(|_| v.require_grad());
+            }
+            ParamMut::D2(p) => {
+                let dims = p.val().dims();
+                let v: Tensor<B, 2> = w.tensor(&t.name, dims, device)?;
+                *p = p.clone().map(|_| v.require_grad());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `checkpoints/step-N` atomically and prunes old ones; returns its path.
+fn write_checkpoint<B: AutodiffBackend>(
+    model: &mut OgLlava<B>,
+    cfg: &TrainConfig,
+    optim: &OptimState<B::InnerBackend>,
+    state: &TrainState,
+) -> Result<PathBuf> {
+    let root = checkpoints_dir(&cfg.output_dir);
+    let name = format!("step-{:08}", state.step);
+    let tmp = root.join(format!(".tmp-{name}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    og_weights::save_safetensors(
+        tmp.join("trainable.safetensors"),
+        &trainables_to_host(model, cfg.stage),
+    )?;
+    og_weights::save_safetensors(tmp.join("optimizer.safetensors"), &state_to_host(optim))?;
+    let text = serde_json::to_string_pretty(state).expect("json");
+    std::fs::write(tmp.join("state.json"), text).map_err(io(tmp.join("state.json")))?;
+    let dir = root.join(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    // Keep the newest `keep_checkpoints`; drop leftovers of interrupted writes.
+    let mut done: Vec<PathBuf> = std::fs::read_dir(&root)
+        .map_err(io(&root))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
+        })
+        .collect();
+    done.sort();
+    for old in done
+        .iter()
+        .take(done.len().saturating_sub(cfg.keep_checkpoints))
+    {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    for e in std::fs::read_dir(&root).map_err(io(&root))?.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    write_loss_svg(&cfg.output_dir)?;
+    Ok(dir)
+}
+
+/// Drops metrics lines of steps after `step` (they belong to work lost in the interruption).
+fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: String = text
+        .lines()
+        .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= step))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok(og_llava::og_segment::write_atomic(path, kept.as_bytes())?)
+}
+
+/// Reads `metrics.jsonl`.
+pub fn read_metrics(out: &Path) -> Result<Vec<Metrics>> {
+    let path = out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TrainError::Data {
+                path: path.clone(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+/// `loss.svg`: the loss per step as a polyline with min/max labels.
+pub fn write_loss_svg(out: &Path) -> Result<()> {
+    let Ok(m) = read_metrics(out) else {
+        return Ok(());
+    };
+    let pts: Vec<(f64, f64)> = m
+        .iter()
+        .filter(|x| x.loss.is_finite())
+        .map(|x| (x.step as f64, x.loss))
+        .collect();
+    if pts.is_empty() {
+        return Ok(());
+    }
+    let (w, h, pad) = (640.0, 360.0, 40.0);
+    let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let ymin = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let ymax = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+    let yspan = (ymax - ymin).max(1e-9);
+    let line: Vec<String> = pts
+        .iter()
+        .map(|(x, y)| {
+            format!(
+                "{:.1},{:.1}",
+                pad + (x / xmax) * (w - 2.0 * pad),
+                h - pad - (y - ymin) / yspan * (h - 2.0 * pad)
+            )
+        })
+        .collect();
+    let svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#888\"/>\n\
+         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"#888\"/>\n\
+         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{pts}\"/>\n\
+         <text x=\"{pad}\" y=\"{t}\">loss {ymax:.4}</text>\n\
+         <text x=\"{pad}\" y=\"{bl}\">{ymin:.4}</text>\n\
+         <text x=\"{r}\" y=\"{bl}\" text-anchor=\"end\">step {xmax}</text>\n</svg>\n",
+        b = h - pad,
+        r = w - pad,
+        t = pad - 8.0,
+        bl = h - pad + 16.0,
+        pts = line.join(" ")
+    );
+    let path = out.join("loss.svg");
+    Ok(og_llava::og_segment::write_atomic(&path, svg.as_bytes())?)
+}

@@ -1,0 +1,281 @@
+//! End to end on the tiny llava fixture: stage 1 then stage 2 through the real data path
+//! (LLaVA JSON, PNG images, COCO RLE masks, bad rows), exact resume after an interruption
+//! (including one during a checkpoint write), what trains in each stage, non-finite stop.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use og_llava::og_segment::{Bitmap, CountsFormat, MaskSet};
+use og_train::{RunOptions, Stage, TrainConfig, TrainError, train};
+use serde_json::json;
+
+type B = Autodiff<Flex<f32>>;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// A llava-hf model dir (the tiny fixture + a word-level tokenizer), images, masks, data.
+fn world(root: &Path) {
+    let model = root.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixtures().join("vision/llava_tiny")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    std::fs::write(
+        model.join("tokenizer.json"),
+        og_llava::og_llm::testing::word_tokenizer_json(64, Some(63)),
+    )
+    .unwrap();
+    let images = root.join("images");
+    let masks = root.join("masks");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::create_dir_all(&masks).unwrap();
+    let colours = [
+        [220u8, 30, 30],
+        [30, 200, 40],
+        [40, 60, 230],
+        [230, 220, 40],
+    ];
+    let mut rows = Vec::new();
+    for (i, c) in colours.iter().enumerate() {
+        let img = image::RgbImage::from_fn(30, 30, |x, y| {
+            if (8..22).contains(&x) && (8..22).contains(&y) {
+                image::Rgb(*c)
+            } else {
+                image::Rgb([128, 128, 128])
+            }
+        });
+        img.save(images.join(format!("{i}.png"))).unwrap();
+        if i % 2 == 0 {
+            MaskSet::from_bitmaps(&[Bitmap::from_fn(30, 30, |x, y| {
+                (8..22).contains(&x) && (8..22).contains(&y)
+            })])
+            .unwrap()
+            .write_coco_json(masks.join(format!("{i}.json")), CountsFormat::Compressed)
+            .unwrap();
+        }
+        let answer = format!("w{} w{}", 10 + i, 20 + i);
+        rows.push(
+            json!({"id": format!("img{i}"), "image": format!("{i}.png"), "conversations": [
+            {"from": "human", "value": "<image>\nw5 w6"}, {"from": "gpt", "value": answer}]}),
+        );
+        rows.push(json!({"id": format!("txt{i}"), "conversations": [
+            {"from": "human", "value": format!("w7 w{}", 30 + i)}, {"from": "gpt", "value": format!("w{}", 40 + i)},
+            {"from": "human", "value": "w8"}, {"from": "gpt", "value": "w9 w9"}]}));
+    }
+    // Bad rows: a missing image and a corrupt one.
+    std::fs::write(images.join("corrupt.png"), b"not a png").unwrap();
+    rows.push(
+        json!({"id": "missing", "image": "nope.png", "conversations": [
+        {"from": "human", "value": "w5"}, {"from": "gpt", "value": "w6"}]}),
+    );
+    rows.push(
+        json!({"id": "corrupt", "image": "corrupt.png", "conversations": [
+        {"from": "human", "value": "w5"}, {"from": "gpt", "value": "w6"}]}),
+    );
+    std::fs::write(
+        root.join("data.json"),
+        serde_json::to_string(&rows).unwrap(),
+    )
+    .unwrap();
+}
+
+fn config(root: &Path, stage: Stage, out: &str, extra: &[String]) -> TrainConfig {
+    let file = root.join(format!("{out}.json"));
+    let mut v = json!({
+        "stage": stage,
+        "base": {"kind": "llava_hf", "path": root.join("model")},
+        "fusion": {"delimiter": "before_mask"},
+        "data": {"json": root.join("data.json"), "images": root.join("images"),
+                 "masks": root.join("masks"), "workers": 2},
+        "output_dir": root.join(out),
+        "model_max_length": 64,
+        "epochs": 3,
+        "batch_size": 2,
+        "grad_accumulation": 2,
+        "lr_connector": 1e-2,
+        "lr_lora": 1e-2,
+        "warmup_ratio": 0.1,
+        "weight_decay": 0.0,
+        "adam_betas": [0.9, 0.999],
+        "adam_eps": 1e-8,
+        "max_grad_norm": 1.0,
+        "seed": 7,
+        "checkpoint_every": 2,
+    });
+    if stage == Stage::Sft {
+        v["lora"] = json!({"r": 4, "alpha": 8.0, "dropout": 0.05,
+                           "target_modules": ["q_proj", "v_proj", "down_proj"]});
+    }
+    std::fs::write(&file, v.to_string()).unwrap();
+    TrainConfig::resolve(None, Some(&file), extra).unwrap()
+}
+
+fn bytes(p: PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn two_stages_resume_exactly_and_train_only_what_they_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    world(root);
+    let device = Default::default();
+
+    // Stage 1.
+    let cfg = config(root, Stage::Align, "align", &[]);
+    let s = train::<B>(&cfg, &device, &RunOptions::default()).unwrap();
+    // 10 rows, 2 bad (each counted once): 8 examples an epoch, 4 per step, 3 epochs.
+    assert_eq!(s.total_steps, 6);
+    assert_eq!(s.steps, 6);
+    assert_eq!(s.bad_rows.counts.get("missing image"), Some(&1));
+    assert_eq!(s.bad_rows.counts.get("corrupt image"), Some(&1));
+    let (first, last) = (s.first_loss.unwrap(), s.last_loss.unwrap());
+    assert!(last < first, "stage 1 loss {first} → {last}");
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "loss.svg",
+        "final/og_llava.json",
+        "final/connector.safetensors",
+    ] {
+        assert!(root.join("align").join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        og_train::read_metrics(&root.join("align")).unwrap().len(),
+        6
+    );
+    // Only the connector changed: the LLM and the tower are the base's.
+    let base =
+        og_llava::OgLlava::<Flex<f32>>::load_llava_hf(root.join("model"), None, &device).unwrap();
+    let trained =
+        og_llava::OgLlava::<Flex<f32>>::load_checkpoint(root.join("align/final"), None, &device)
+            .unwrap();
+    let same = |a: burn::tensor::Tensor<Flex<f32>, 2>, b: burn::tensor::Tensor<Flex<f32>, 2>| {
+        a.equal(b).all().into_scalar()
+    };
+    assert!(same(
+        base.llm.model.embed_tokens.weight.val(),
+        trained.llm.model.embed_tokens.weight.val()
+    ));
+    assert!(same(
+        base.vision
+            .embeddings
+            .patch_embedding
+            .weight
+            .val()
+            .reshape([1, -1]),
+        trained
+            .vision
+            .embeddings
+            .patch_embedding
+            .weight
+            .val()
+            .reshape([1, -1])
+    ));
+    assert!(!same(
+        base.connector.linear_1.weight.val(),
+        trained.connector.linear_1.weight.val()
+    ));
+    assert!(trained.connector.delimiter.is_some());
+
+    // Stage 2 from stage 1, uninterrupted …
+    let init = format!("init_from=\"{}\"", root.join("align/final").display());
+    let full = config(root, Stage::Sft, "sft_full", &[init.clone()]);
+    let s = train::<B>(&full, &device, &RunOptions::default()).unwrap();
+    assert!(s.last_loss.unwrap() < s.first_loss.unwrap());
+    assert!(
+        root.join("sft_full/final/adapter/adapter_model.safetensors")
+            .is_file()
+    );
+
+    // … and killed after step 3 (checkpoint at 2), with a checkpoint write cut short, resumed.
+    let cut = config(root, Stage::Sft, "sft_cut", &[init]);
+    let s = train::<B>(
+        &cut,
+        &device,
+        &RunOptions {
+            stop_after: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.steps, 3);
+    let half = root.join("sft_cut/checkpoints/.tmp-step-00000004");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join("trainable.safetensors"), b"partial").unwrap();
+    assert!(
+        matches!(
+            train::<B>(&cut, &device, &RunOptions::default()),
+            Err(TrainError::Invalid(_))
+        ),
+        "an existing run needs --resume"
+    );
+    let s = train::<B>(
+        &cut,
+        &device,
+        &RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.steps, 6);
+    for f in ["trainable.safetensors", "optimizer.safetensors"] {
+        let a = bytes(root.join("sft_full/checkpoints/step-00000006").join(f));
+        let b = bytes(root.join("sft_cut/checkpoints/step-00000006").join(f));
+        assert!(a == b, "{f} differs after resume");
+    }
+    assert_eq!(
+        og_train::read_metrics(&root.join("sft_cut")).unwrap().len(),
+        6
+    );
+    assert!(
+        !half.exists(),
+        "leftovers of an interrupted write are removed"
+    );
+    // A changed configuration cannot resume the run.
+    let changed = config(root, Stage::Sft, "sft_cut", &["lr_lora=0.5".into()]);
+    assert!(
+        train::<B>(
+            &changed,
+            &device,
+            &RunOptions {
+                resume: true,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    world(root);
+    let cfg = config(
+        root,
+        Stage::Align,
+        "blowup",
+        &[
+            "lr_connector=1e30".into(),
+            "warmup_ratio=0.0".into(),
+            "checkpoint_every=1".into(),
+            "max_grad_norm=null".into(),
+        ],
+    );
+    let e = train::<B>(&cfg, &Default::default(), &RunOptions::default()).unwrap_err();
+    match e {
+        TrainError::NonFinite {
+            step, last_good, ..
+        } => {
+            assert!(step >= 2);
+            let good = last_good.expect("a checkpoint was written");
+            assert!(good.join("state.json").is_file());
+        }
+        other => panic!("expected NonFinite, got {other}"),
+    }
+}
