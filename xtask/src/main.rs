@@ -11,7 +11,9 @@ tasks:
   compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
   compare-llm   decode tok/s against transformers, SmolLM2-135M shape (scripts/compare_llm.py)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
-  demo          the README's main job: og-llava tokens on the example image";
+  demo          the README's main job: og-llava tokens on the example image
+  train ARGS    one training stage: og-llava train --config RUN.toml [--preset P]
+                [--set key=value] [--resume] (no ARGS: the nano world, not built yet)";
 
 fn run(cmd: &mut Command) -> ExitCode {
     eprintln!("+ {cmd:?}");
@@ -36,7 +38,8 @@ fn python(root: &std::path::Path, script: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let task = std::env::args().nth(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().cloned();
     match task.as_deref() {
         Some("fixtures") => {
             for script in [
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
                 "make_vision_fixtures.py",
                 "make_llm_fixtures.py",
                 "make_tokenizer_fixtures.py",
+                "make_llava_fixtures.py",
             ] {
                 let code = python(&root, script);
                 if code != ExitCode::SUCCESS {
@@ -75,9 +79,17 @@ fn main() -> ExitCode {
                 "--compare",
             ])
             .current_dir(&root)),
+        // With arguments: one training stage through og-train (`og-llava train`). Without: the
+        // nano world, which is not built yet.
+        Some("train") if args.len() > 1 => run(Command::new("cargo")
+            .args(["run", "--release", "-p", "og-llava-cli", "--", "train"])
+            .args(&args[1..])
+            .current_dir(&root)),
         Some("train") => {
             eprintln!(
-                "xtask: `train` arrives with og-train and the nano world (not implemented yet)"
+                "xtask: `cargo xtask train` without arguments will run the nano world (not built \
+                 yet). Train a stage now with `cargo xtask train --config RUN.toml [--preset \
+                 paper-3b-sft] [--set key=value] [--resume]`."
             );
             ExitCode::FAILURE
         }

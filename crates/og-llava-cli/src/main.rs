@@ -3,6 +3,7 @@
 mod ask;
 mod llm;
 mod overlay;
+mod train;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ enum Command {
     Ask(ask::AskArgs),
     /// Generate text with any HF Llama checkpoint directory, streaming it.
     Generate(GenerateArgs),
+    /// Train one stage (alignment or SFT) from a run configuration; resumable.
+    Train(train::TrainArgs),
     /// Run the connector at paper size on a backend: proves the backend works, times it.
     DeviceCheck {
         /// ndarray | flex | wgpu[:N] | cuda[:N] (default: the measured-fastest CPU backend)
@@ -220,6 +223,8 @@ enum CliError {
     Llm(#[from] og_llm::LlmError),
     #[error(transparent)]
     Model(#[from] og_llava::ModelError),
+    #[error(transparent)]
+    Train(#[from] og_train::TrainError),
     #[error("{0}")]
     Usage(String),
 }
@@ -232,6 +237,7 @@ fn main() -> ExitCode {
         Command::Inspect(Inspect::Llm(args)) => llm::inspect(&args),
         Command::Inspect(Inspect::Llava(args)) => ask::inspect(&args),
         Command::Generate(args) => llm::generate(&args),
+        Command::Train(args) => train::run(&args),
         Command::Ask(args) => ask::ask(&args),
         Command::DeviceCheck {
             device,

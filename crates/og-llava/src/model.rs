@@ -232,6 +232,7 @@ impl<B: Backend> OgLlava<B> {
 
     /// Builds the model from its parts' configs; `weights` holds the LLM and the projector
     /// (a LLaVA checkpoint) or only the LLM (a base model, the projector then comes later).
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         vcfg: &ClipVisionConfig,
         vision_weights: &Weights,

@@ -355,11 +355,14 @@ pub fn epoch_order(
     order
 }
 
+/// A prepared example, or (row id, reason) for a bad row.
+pub type Prepared = std::result::Result<Example, (String, String)>;
+
 /// Prepares `order[start..]` on `workers` threads and yields the results in order (bad rows
 /// as `Err((index, id, reason))`). At most `workers × 4` examples are prepared ahead.
 pub struct Loader {
-    rx: mpsc::Receiver<(usize, std::result::Result<Example, (String, String)>)>,
-    pending: HashMap<usize, std::result::Result<Example, (String, String)>>,
+    rx: mpsc::Receiver<(usize, Prepared)>,
+    pending: HashMap<usize, Prepared>,
     next: usize,
     end: usize,
     stop: Arc<AtomicUsize>,
@@ -419,7 +422,7 @@ impl Loader {
 }
 
 impl Iterator for Loader {
-    type Item = std::result::Result<Example, (String, String)>;
+    type Item = Prepared;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.end {

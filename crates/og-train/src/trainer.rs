@@ -368,7 +368,9 @@ pub fn train<B: AutodiffBackend>(
             };
             writeln!(metrics, "{}", serde_json::to_string(&m).expect("json"))
                 .map_err(io(out.join("metrics.jsonl")))?;
-            if opts.progress && (state.step % cfg.log_every == 0 || state.step == total_steps) {
+            if opts.progress
+                && (state.step.is_multiple_of(cfg.log_every) || state.step == total_steps)
+            {
                 let done = state.step - run_start_step;
                 let eta = elapsed / done.max(1) as f64 * (total_steps - state.step) as f64;
                 eprintln!(
@@ -386,7 +388,7 @@ pub fn train<B: AutodiffBackend>(
                 window_tokens = 0;
                 window_start = Instant::now();
             }
-            if state.step % cfg.checkpoint_every == 0 || state.step == total_steps {
+            if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == total_steps {
                 last_good = Some(write_checkpoint(&mut model, cfg, &optim, &state)?);
             }
             if opts.stop_after.is_some_and(|s| state.step >= s) {

@@ -183,7 +183,7 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
 
     // Stage 2 from stage 1, uninterrupted …
     let init = format!("init_from=\"{}\"", root.join("align/final").display());
-    let full = config(root, Stage::Sft, "sft_full", &[init.clone()]);
+    let full = config(root, Stage::Sft, "sft_full", std::slice::from_ref(&init));
     let s = train::<B>(&full, &device, &RunOptions::default()).unwrap();
     assert!(s.last_loss.unwrap() < s.first_loss.unwrap());
     assert!(
