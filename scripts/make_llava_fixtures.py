@@ -37,6 +37,12 @@ def main():
     save_file({"input_ids": ids, "attention_mask": mask, "pixel_values": pixel_values.contiguous(),
                "logits": logits.contiguous()}, os.path.join(ROOT, "llava", "llava_tiny_io.safetensors"))
     print("llava fixture written", tuple(logits.shape))
+    # Two images in one prompt (transformers consumes pixel_values in placeholder order).
+    multi = [1, 5] + [img] * v + [6, 7] + [img] * v + [8]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([multi]), pixel_values=pixel_values).logits
+    save_file({"input_ids": torch.tensor(multi), "pixel_values": pixel_values.contiguous(),
+               "logits": logits.contiguous()}, os.path.join(ROOT, "llava", "multi_image_io.safetensors"))
     og_path(model)
     released(model)
 

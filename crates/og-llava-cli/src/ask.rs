@@ -187,8 +187,10 @@ impl BackendTask for Ask<'_> {
         }
         let prepared = model.prepare(&[OgLlavaInput {
             token_ids: ids,
-            pixel_values: Some(pixel_values),
-            selection,
+            images: vec![og_llava::ImageInput {
+                pixel_values: pixel_values,
+                selection: selection,
+            }],
         }])?;
         let eos = crate::llm::eos_ids(&a.model, tok)?;
         let generation = GenerationConfig {
@@ -330,8 +332,10 @@ impl BackendTask for Inspect<'_> {
         };
         let (logits, lengths) = model.forward(&[OgLlavaInput {
             token_ids: ids,
-            pixel_values: Some(pixel_values),
-            selection,
+            images: vec![og_llava::ImageInput {
+                pixel_values: pixel_values,
+                selection: selection,
+            }],
         }])?;
         let [_, _, v] = logits.dims();
         let logits = logits.slice([0..1, 0..lengths[0], 0..v]);

@@ -10,7 +10,7 @@ mod checkpoint;
 pub use checkpoint::BaseModel;
 mod model;
 
-pub use model::{ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared};
+pub use model::{ImageInput, ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared};
 pub use og_fusion;
 pub use og_llm;
 pub use og_segment;

@@ -42,15 +42,47 @@ pub enum ModelError {
 
 type R<T> = std::result::Result<T, ModelError>;
 
-/// One prompt with at most one image.
+/// One image of a prompt.
 #[derive(Debug, Clone)]
-pub struct OgLlavaInput<B: Backend> {
-    /// Token ids; the image token marks where the image goes (once or repeated).
-    pub token_ids: Vec<u32>,
-    /// `pixel_values` `[1, 3, S, S]` of the prompt's image, if it has one.
-    pub pixel_values: Option<Tensor<B, 4>>,
+pub struct ImageInput<B: Backend> {
+    /// `pixel_values` `[1, 3, S, S]`.
+    pub pixel_values: Tensor<B, 4>,
     /// The image's groups (from masks or windows); `None`: the plain V-token grid.
     pub selection: Option<Selection>,
+}
+
+/// One prompt and its images (none, one, or several).
+#[derive(Debug, Clone)]
+pub struct OgLlavaInput<B: Backend> {
+    /// Token ids; the image token marks where each image goes (once or repeated: every run of
+    /// image tokens is one image, in the order of `images`).
+    pub token_ids: Vec<u32>,
+    pub images: Vec<ImageInput<B>>,
+}
+
+impl<B: Backend> OgLlavaInput<B> {
+    /// A prompt without images.
+    pub fn text(token_ids: Vec<u32>) -> Self {
+        Self {
+            token_ids,
+            images: Vec::new(),
+        }
+    }
+
+    /// A prompt with one image.
+    pub fn with_image(
+        token_ids: Vec<u32>,
+        pixel_values: Tensor<B, 4>,
+        selection: Option<Selection>,
+    ) -> Self {
+        Self {
+            token_ids,
+            images: vec![ImageInput {
+                pixel_values,
+                selection,
+            }],
+        }
+    }
 }
 
 /// What the LLM receives for a batch.
@@ -63,8 +95,9 @@ pub struct Prepared<B: Backend> {
     pub positions: Vec<Vec<i64>>,
     /// Real length of each sequence.
     pub lengths: Vec<usize>,
-    /// Per sequence, where its image went: (start, visual tokens, placeholder tokens replaced).
-    pub image_spans: Vec<Option<(usize, usize, usize)>>,
+    /// Per sequence, where its images went, in order: (start of the placeholder run in the
+    /// token ids, visual tokens, placeholder tokens replaced).
+    pub image_spans: Vec<Vec<(usize, usize, usize)>>,
     /// Seconds spent in the vision tower and in the connector (Φ ran before, in `Selection`).
     pub vision_s: f64,
     pub connector_s: f64,
@@ -274,27 +307,26 @@ impl<B: Backend> OgLlava<B> {
             return Err(ModelError::Input("empty batch".into()));
         }
         let grid = self.vision.grid();
-        // Encode every image of the batch at once.
-        let with_image: Vec<usize> = (0..inputs.len())
-            .filter(|&i| inputs[i].pixel_values.is_some())
-            .collect();
+        // Encode every image of the batch at once; `first[i]` is the index of prompt i's first.
+        let mut first = Vec::with_capacity(inputs.len());
+        let mut all: Vec<&ImageInput<B>> = Vec::new();
+        for input in inputs {
+            first.push(all.len());
+            all.extend(input.images.iter());
+        }
         let (mut vision_s, mut connector_s) = (0.0, 0.0);
-        let fused = if with_image.is_empty() {
+        let fused = if all.is_empty() {
             None
         } else {
             let t0 = std::time::Instant::now();
-            let pixels = with_image
-                .iter()
-                .map(|&i| inputs[i].pixel_values.clone().expect("filtered"))
-                .collect();
+            let pixels = all.iter().map(|im| im.pixel_values.clone()).collect();
             let features = self.vision.features(Tensor::cat(pixels, 0))?;
             vision_s = t0.elapsed().as_secs_f64();
             let t1 = std::time::Instant::now();
-            let selections: Vec<Selection> = with_image
+            let selections: Vec<Selection> = all
                 .iter()
-                .map(|&i| {
-                    inputs[i]
-                        .selection
+                .map(|im| {
+                    im.selection
                         .clone()
                         .unwrap_or_else(|| Selection::full_grid((grid, grid)))
                 })
@@ -328,11 +360,11 @@ impl<B: Backend> OgLlava<B> {
                 }
                 v
             };
-            let images = input.pixel_values.is_some() as usize;
-            if runs.len() != images {
+            if runs.len() != input.images.len() {
                 return Err(ModelError::Input(format!(
-                    "prompt {i} has {} image placeholder(s) for {images} image(s)",
-                    runs.len()
+                    "prompt {i} has {} image placeholder(s) for {} image(s)",
+                    runs.len(),
+                    input.images.len()
                 )));
             }
             // Image tokens are replaced by the OGVT below; embed them as id 0 (the original
@@ -343,30 +375,36 @@ impl<B: Backend> OgLlava<B> {
                 .collect();
             let text = self.llm.embed(&[embeddable])?.squeeze_dim::<2>(0);
             let d = text.dims()[1];
-            let Some(&(s, e)) = runs.first() else {
-                rows.push((text, vec![0; ids.len()]));
-                image_spans.push(None);
-                continue;
-            };
-            let out = fused.as_ref().expect("an image was encoded");
-            let k = with_image
-                .iter()
-                .position(|&x| x == i)
-                .expect("sample has an image");
-            let t = out.lengths[k];
-            image_spans.push(Some((s, t, e - s)));
-            let visual = out.tokens.clone().slice([k..k + 1, 0..t]).reshape([t, d]);
             let mut parts = Vec::new();
-            if s > 0 {
-                parts.push(text.clone().slice(0..s));
+            let mut segments = Vec::new();
+            let mut spans = Vec::with_capacity(runs.len());
+            let mut at = 0;
+            // Segment ids stay distinct across the images of one prompt.
+            let mut segment_base = 0u32;
+            for (r, &(s, e)) in runs.iter().enumerate() {
+                let out = fused.as_ref().expect("an image was encoded");
+                let k = first[i] + r;
+                let t = out.lengths[k];
+                if s > at {
+                    parts.push(text.clone().slice(at..s));
+                    segments.extend(vec![0u32; s - at]);
+                }
+                parts.push(out.tokens.clone().slice([k..k + 1, 0..t]).reshape([t, d]));
+                let layout = &out.layouts[k].segment_ids;
+                segments.extend(
+                    layout
+                        .iter()
+                        .map(|&g| if g == 0 { 0 } else { g + segment_base }),
+                );
+                segment_base += layout.iter().copied().max().unwrap_or(0);
+                spans.push((s, t, e - s));
+                at = e;
             }
-            parts.push(visual);
-            if e < ids.len() {
-                parts.push(text.slice(e..ids.len()));
+            if at < ids.len() {
+                parts.push(text.slice(at..ids.len()));
+                segments.extend(vec![0u32; ids.len() - at]);
             }
-            let mut segments = vec![0u32; s];
-            segments.extend(&out.layouts[k].segment_ids);
-            segments.extend(vec![0u32; ids.len() - e]);
+            image_spans.push(spans);
             rows.push((Tensor::cat(parts, 0), segments));
         }
         let lengths: Vec<usize> = rows.iter().map(|r| r.1.len()).collect();
@@ -442,11 +480,13 @@ impl<B: Backend> OgLlava<B> {
                 if !on || id == self.image_token_id {
                     continue;
                 }
-                let q = match p.image_spans[b] {
-                    Some((s, t, n)) if j >= s + n => j - n + t,
-                    Some((s, _, _)) if j >= s => continue,
-                    _ => j,
-                };
+                // Shift by every image before j (tokens inside a placeholder run never count).
+                let mut q = j;
+                for &(s, t, n) in &p.image_spans[b] {
+                    if j >= s + n {
+                        q = q + t - n;
+                    }
+                }
                 if q == 0 {
                     continue; // nothing predicts the first token
                 }

@@ -32,8 +32,10 @@ fn no_mask_path_matches_transformers_llava() {
         lens.push(n);
         inputs.push(OgLlavaInput {
             token_ids: ids[b * t..b * t + n].iter().map(|&x| x as u32).collect(),
-            pixel_values: Some(pv.clone().slice(b..b + 1)),
-            selection: None,
+            images: vec![og_llava::ImageInput {
+                pixel_values: pv.clone().slice(b..b + 1),
+                selection: None,
+            }],
         });
     }
     let (logits, got_lens) = model.forward(&inputs).unwrap();
@@ -71,8 +73,7 @@ fn no_mask_path_matches_transformers_llava() {
     // A placeholder without an image is an error.
     let bad = OgLlavaInput::<B> {
         token_ids: vec![1, model.image_token_id, 5],
-        pixel_values: None,
-        selection: None,
+        images: vec![],
     };
     assert!(model.forward(&[bad]).is_err());
 }
@@ -111,8 +112,10 @@ fn og_path_matches_pytorch_reference() {
         assert_eq!(selection.total_tokens() as i64, tokens[0], "{name}: T");
         let input = OgLlavaInput {
             token_ids: ids.clone(),
-            pixel_values: Some(pv.clone()),
-            selection: Some(selection),
+            images: vec![og_llava::ImageInput {
+                pixel_values: pv.clone(),
+                selection: Some(selection),
+            }],
         };
         let (logits, lens) = model.forward(&[input]).unwrap();
         let n = lens[0];
@@ -194,8 +197,10 @@ fn released_og_llava_layout_matches_peft() {
         for (name, selection) in [("plain", None), ("og", Some(selection.clone()))] {
             let input = OgLlavaInput {
                 token_ids: ids.clone(),
-                pixel_values: Some(pv.clone()),
-                selection,
+                images: vec![og_llava::ImageInput {
+                    pixel_values: pv.clone(),
+                    selection: selection,
+                }],
             };
             let (logits, lens) = model.forward(&[input]).unwrap();
             let want: Tensor<B, 3> = io
@@ -220,8 +225,10 @@ fn released_og_llava_layout_matches_peft() {
     .unwrap();
     let input = OgLlavaInput {
         token_ids: ids.clone(),
-        pixel_values: Some(pv.clone()),
-        selection: None,
+        images: vec![og_llava::ImageInput {
+            pixel_values: pv.clone(),
+            selection: None,
+        }],
     };
     let (logits, lens) = bare.forward(&[input]).unwrap();
     let want: Tensor<B, 3> = io
@@ -336,8 +343,10 @@ fn original_llava_layout_matches() {
             .unwrap();
         let input = OgLlavaInput {
             token_ids: prompt.clone(),
-            pixel_values: Some(pv.clone().slice(0..1)),
-            selection: None,
+            images: vec![og_llava::ImageInput {
+                pixel_values: pv.clone().slice(0..1),
+                selection: None,
+            }],
         };
         let (logits, lens) = model.forward(&[input]).unwrap();
         let n = lens[0];
@@ -378,8 +387,10 @@ fn own_checkpoint_round_trip() {
     let pv: Tensor<B, 4> = Tensor::ones([1, 3, 30, 30], &device) * 0.3;
     let input = OgLlavaInput {
         token_ids: vec![1, 5, 63, 7],
-        pixel_values: Some(pv),
-        selection: Some(Selection::from_windows((5, 5), Windows::Tiles { k: 4 }).unwrap()),
+        images: vec![og_llava::ImageInput {
+            pixel_values: pv,
+            selection: Some(Selection::from_windows((5, 5), Windows::Tiles { k: 4 }).unwrap()),
+        }],
     };
     let (before, _) = model.forward(std::slice::from_ref(&input)).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -430,8 +441,10 @@ fn loss_counts_only_supervised_tokens() {
         .enumerate()
         .map(|(b, ids)| OgLlavaInput {
             token_ids: ids.clone(),
-            pixel_values: Some(pv.clone().slice(b..b + 1)),
-            selection: None,
+            images: vec![og_llava::ImageInput {
+                pixel_values: pv.clone().slice(b..b + 1),
+                selection: None,
+            }],
         })
         .collect();
     let (sum, n) = model.loss_sum(&inputs, &trainable).unwrap();
@@ -466,4 +479,47 @@ fn loss_counts_only_supervised_tokens() {
             .loss_sum(&inputs, &[trainable[0].clone(), vec![true]])
             .is_err()
     );
+}
+
+/// Two images in one prompt (placeholder runs taken in order) give transformers' logits; the
+/// loss maps supervised tokens after both images to the right positions.
+#[test]
+fn two_images_in_one_prompt_match_transformers() {
+    let device = Default::default();
+    let model =
+        OgLlava::<B>::load_llava_hf(root().join("vision/llava_tiny"), None, &device).unwrap();
+    let io = Weights::open(root().join("llava/multi_image_io.safetensors")).unwrap();
+    let (ids, _) = io.i64("input_ids").unwrap();
+    let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+    let pv: Tensor<B, 4> = io.tensor("pixel_values", [2, 3, 30, 30], &device).unwrap();
+    let n = ids.len();
+    let want: Tensor<B, 3> = io.tensor("logits", [1, n, 64], &device).unwrap();
+    let images = (0..2)
+        .map(|k| og_llava::ImageInput {
+            pixel_values: pv.clone().slice(k..k + 1),
+            selection: None,
+        })
+        .collect();
+    let input = OgLlavaInput {
+        token_ids: ids.clone(),
+        images,
+    };
+    let (logits, lens) = model.forward(std::slice::from_ref(&input)).unwrap();
+    assert_eq!(lens[0], n);
+    let d: f32 = (logits.clone() - want).abs().max().into_scalar();
+    assert!(d < 1e-4, "logits differ by {d}");
+    // The last token (8) is predicted by the position before it.
+    let mut flags = vec![false; n];
+    flags[n - 1] = true;
+    let (sum, count) = model.loss_sum(&[input.clone()], &[flags]).unwrap();
+    assert_eq!(count, 1);
+    let logp = burn::tensor::activation::log_softmax(logits, 2);
+    let v: f32 = logp.slice([0..1, n - 2..n - 1, 8..9]).into_scalar();
+    assert!((sum.into_scalar() + v).abs() < 1e-5);
+    // One image for two placeholders is an error.
+    let one = OgLlavaInput {
+        token_ids: ids,
+        images: input.images[..1].to_vec(),
+    };
+    assert!(model.forward(&[one]).is_err());
 }

@@ -274,20 +274,25 @@ pub struct TrainingTokens {
 }
 
 impl TrainingTokens {
-    /// Keeps what fits in `max_len` positions of the final sequence, where each image token
-    /// expands to `image_len` visual tokens, never cutting through an image: an image that
-    /// would not fit entirely is dropped with everything after it. `None` when no supervised
-    /// token remains (the example teaches nothing).
+    /// Keeps what fits in `max_len` positions of the final sequence, where the k-th image
+    /// token expands to `image_lens[k]` visual tokens, never cutting through an image: an image
+    /// that would not fit entirely is dropped with everything after it. `None` when no
+    /// supervised token remains (the example teaches nothing).
     pub fn truncated(
         mut self,
         max_len: usize,
         image_token_id: u32,
-        image_len: usize,
+        image_lens: &[usize],
     ) -> Option<Self> {
         let mut used = 0;
         let mut keep = 0;
+        let mut images = image_lens.iter();
         for &id in &self.ids {
-            let width = if id == image_token_id { image_len } else { 1 };
+            let width = if id == image_token_id {
+                images.next().copied().unwrap_or(1)
+            } else {
+                1
+            };
             if used + width > max_len {
                 break;
             }
@@ -468,18 +473,18 @@ mod tests {
             t.render(&msgs, false).unwrap().replace("<image>", "")
         );
 
-        // Truncation counts the image as image_len positions and never cuts into it.
+        // Truncation counts the image as its visual length and never cuts into it.
         let image_at = tt.ids.iter().position(|&i| i == image).unwrap();
-        let whole = tt.clone().truncated(usize::MAX, image, 576).unwrap();
+        let whole = tt.clone().truncated(usize::MAX, image, &[576]).unwrap();
         assert_eq!(whole, tt);
         let n = tt.ids.len();
-        let cut = tt.clone().truncated(n - 1 + 9, image, 10).unwrap();
+        let cut = tt.clone().truncated(n - 1 + 9, image, &[10]).unwrap();
         assert_eq!(
             cut.ids.len(),
             n - 1,
             "one position short: the last token goes"
         );
         // The image does not fit: it and everything after it go; nothing supervised is left.
-        assert!(tt.clone().truncated(image_at + 5, image, 10).is_none());
+        assert!(tt.clone().truncated(image_at + 5, image, &[10]).is_none());
     }
 }

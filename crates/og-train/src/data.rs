@@ -1,7 +1,8 @@
 //! LLaVA conversation data: parsing, masks, a deterministic order, and a threaded loader.
 //!
 //! A row is `{"id", "image"?, "conversations": [{"from": "human"|"gpt"|"system", "value"}]}`
-//! (single- or multi-turn, with or without an image). Masks for a row's image are looked up in
+//! (single- or multi-turn; no image, one image path, or a list of paths matched in order to the
+//! `<image>` placeholders). Masks for an image are looked up in
 //! the mask folder as `<image path without extension>.json` (COCO RLE, one file per image) or
 //! a folder `<image path without extension>/` of the released code's `mask_<k>.npy`; a row
 //! without masks takes the plain path. A bad row (missing or corrupt image, malformed turn,
@@ -26,7 +27,8 @@ use crate::error::{Result, TrainError, io};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub id: String,
-    pub image: Option<PathBuf>,
+    /// In placeholder order.
+    pub images: Vec<PathBuf>,
     pub messages: Vec<Message>,
 }
 
@@ -90,9 +92,14 @@ fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row,
         _ => format!("#{index}"),
     };
     let fail = |m: String| (id.clone(), m);
-    let image = match item.get("image") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(PathBuf::from(s)),
+    let images: Vec<PathBuf> = match item.get("image") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) => vec![PathBuf::from(s)],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|v| v.as_str().map(PathBuf::from))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| fail("malformed row: \"image\" list holds a non-path".into()))?,
         Some(_) => return Err(fail("malformed row: \"image\" is not a path".into())),
     };
     let turns = item
@@ -131,9 +138,9 @@ fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row,
                 .count()
         })
         .sum();
-    match (&image, placeholders) {
-        (None, 0) | (Some(_), 1) => {}
-        (Some(_), 0) => {
+    match (images.len(), placeholders) {
+        (n, p) if n == p => {}
+        (1, 0) => {
             // LLaVA puts the image first in the first human turn.
             if let Some(m) = messages.iter_mut().find(|m| m.role == "user") {
                 m.content = format!("<image>\n{}", m.content);
@@ -141,20 +148,15 @@ fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row,
                 return Err(fail("malformed row: an image but no human turn".into()));
             }
         }
-        (None, n) => {
+        (n, p) => {
             return Err(fail(format!(
-                "malformed row: {n} <image> placeholder(s) but no image"
-            )));
-        }
-        (Some(_), n) => {
-            return Err(fail(format!(
-                "unsupported: {n} <image> placeholders (one image per row)"
+                "malformed row: {p} <image> placeholder(s) for {n} image(s)"
             )));
         }
     }
     Ok(Row {
         id,
-        image,
+        images,
         messages,
     })
 }
@@ -170,27 +172,23 @@ pub fn check_images(
 ) -> std::result::Result<Vec<Row>, String> {
     let mut kept = Vec::with_capacity(rows.len());
     for row in rows {
-        if let Some(rel) = &row.image {
+        let reason = row.images.iter().find_map(|rel| {
             let path = images.join(rel);
-            let reason = if !path.is_file() {
-                Some(format!("missing image: {}", path.display()))
-            } else {
-                image::ImageReader::open(&path)
-                    .and_then(|r| r.with_guessed_format())
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()))
-                    .err()
-                    .map(|e| format!("corrupt image: {}: {e}", path.display()))
-            };
-            if let Some(reason) = reason {
-                if strict {
-                    return Err(format!("row {}: {reason}", row.id));
-                }
-                bad.add(&row.id, &reason);
-                continue;
+            if !path.is_file() {
+                return Some(format!("missing image: {}", path.display()));
             }
+            image::ImageReader::open(&path)
+                .and_then(|r| r.with_guessed_format())
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()))
+                .err()
+                .map(|e| format!("corrupt image: {}: {e}", path.display()))
+        });
+        match reason {
+            Some(reason) if strict => return Err(format!("row {}: {reason}", row.id)),
+            Some(reason) => bad.add(&row.id, &reason),
+            None => kept.push(row),
         }
-        kept.push(row);
     }
     Ok(kept)
 }
@@ -201,9 +199,9 @@ pub struct Example {
     pub index: usize,
     pub id: String,
     pub tokens: TrainingTokens,
-    /// `[1, 3, S, S]`.
-    pub pixels: Option<TensorData>,
-    pub selection: Option<Selection>,
+    /// The images left after truncation, in placeholder order: `pixel_values` `[1, 3, S, S]`
+    /// and the groups (`None`: the plain grid).
+    pub images: Vec<(TensorData, Option<Selection>)>,
     /// Positions after image expansion.
     pub length: usize,
 }
@@ -227,58 +225,58 @@ impl Preparer {
     /// The example of row `index`, or the reason it is bad.
     pub fn prepare(&self, index: usize) -> std::result::Result<Example, String> {
         let row = &self.rows[index];
-        let (pixels, selection, visual) = match &row.image {
-            None => (None, None, 0),
-            Some(rel) => {
-                let path = self.images.join(rel);
-                if !path.is_file() {
-                    return Err(format!("missing image: {}", path.display()));
-                }
-                let image =
-                    og_vision::load_rgb(&path).map_err(|e| format!("corrupt image: {e}"))?;
-                let (pixels, frame) = self
-                    .processor
-                    .pixel_data(&image)
-                    .map_err(|e| format!("image preprocessing: {e}"))?;
-                let masks = self.masks_for(rel)?;
-                let selection = match masks {
-                    None => None,
-                    Some(m) => {
-                        m.expect_size(image.width() as usize, image.height() as usize)
-                            .map_err(|e| format!("masks of another size: {e}"))?;
-                        Some(
-                            Selection::from_masks(&m, &frame, &self.selection)
-                                .map_err(|e| format!("bad masks: {e}"))?,
-                        )
-                    }
-                };
-                let visual = match &selection {
-                    Some(s) => self.fusion.layout(s).len(),
-                    None => self.grid_tokens,
-                };
-                (Some(pixels), selection, visual)
+        let mut images = Vec::with_capacity(row.images.len());
+        let mut visual = Vec::with_capacity(row.images.len());
+        for rel in &row.images {
+            let path = self.images.join(rel);
+            if !path.is_file() {
+                return Err(format!("missing image: {}", path.display()));
             }
-        };
+            let image = og_vision::load_rgb(&path).map_err(|e| format!("corrupt image: {e}"))?;
+            let (pixels, frame) = self
+                .processor
+                .pixel_data(&image)
+                .map_err(|e| format!("image preprocessing: {e}"))?;
+            let selection = match self.masks_for(rel)? {
+                None => None,
+                Some(m) => {
+                    m.expect_size(image.width() as usize, image.height() as usize)
+                        .map_err(|e| format!("masks of another size: {e}"))?;
+                    Some(
+                        Selection::from_masks(&m, &frame, &self.selection)
+                            .map_err(|e| format!("bad masks: {e}"))?,
+                    )
+                }
+            };
+            visual.push(match &selection {
+                Some(s) => self.fusion.layout(s).len(),
+                None => self.grid_tokens,
+            });
+            images.push((pixels, selection));
+        }
         let tokens = self
             .tokenizer
             .encode_chat_for_training(&row.messages, self.image_token_id)
             .map_err(|e| format!("malformed turn: {e}"))?
-            .truncated(self.model_max_length, self.image_token_id, visual)
+            .truncated(self.model_max_length, self.image_token_id, &visual)
             .ok_or_else(|| "too long: nothing supervised fits in model_max_length".to_string())?;
-        // An image cut away by truncation leaves a text-only example.
-        let has_image = tokens.ids.contains(&self.image_token_id);
+        // Images cut away by truncation leave the example.
+        let kept = tokens
+            .ids
+            .iter()
+            .filter(|&&t| t == self.image_token_id)
+            .count();
+        images.truncate(kept);
         let length = tokens.ids.len()
-            + if has_image {
-                visual.saturating_sub(1)
-            } else {
-                0
-            };
+            + visual[..kept]
+                .iter()
+                .map(|v| v.saturating_sub(1))
+                .sum::<usize>();
         Ok(Example {
             index,
             id: row.id.clone(),
             tokens,
-            pixels: if has_image { pixels } else { None },
-            selection: if has_image { selection } else { None },
+            images,
             length,
         })
     }
@@ -346,7 +344,7 @@ pub fn epoch_order(
                 .iter()
                 .map(|m| m.content.len())
                 .sum::<usize>()
-                + if rows[i].image.is_some() { 1 << 20 } else { 0 }
+                + rows[i].images.len() * (1 << 20)
         };
         for window in order.chunks_mut(batch * 50) {
             window.sort_by_key(|&i| std::cmp::Reverse(estimate(i)));
@@ -497,7 +495,7 @@ mod tests {
         let rows: Vec<Row> = (0..100)
             .map(|i| Row {
                 id: i.to_string(),
-                image: None,
+                images: Vec::new(),
                 messages: vec![Message::new("assistant", "x".repeat(i))],
             })
             .collect();

@@ -26,7 +26,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
 use og_llava::og_llm::ChatTokenizer;
 use og_llava::og_vision::ImageProcessor;
-use og_llava::{OgLlava, OgLlavaInput};
+use og_llava::{ImageInput, OgLlava, OgLlavaInput};
 use og_weights::{SaveTensor, Weights};
 use serde::{Deserialize, Serialize};
 
@@ -467,11 +467,14 @@ fn run_step<B: AutodiffBackend>(
             .iter()
             .map(|e| OgLlavaInput {
                 token_ids: e.tokens.ids.clone(),
-                pixel_values: e
-                    .pixels
-                    .clone()
-                    .map(|d: TensorData| Tensor::from_data(d, device)),
-                selection: e.selection.clone(),
+                images: e
+                    .images
+                    .iter()
+                    .map(|(d, selection): &(TensorData, _)| ImageInput {
+                        pixel_values: Tensor::from_data(d.clone(), device),
+                        selection: selection.clone(),
+                    })
+                    .collect(),
             })
             .collect();
         let flags: Vec<Vec<bool>> = micro.iter().map(|e| e.tokens.trainable.clone()).collect();

@@ -65,6 +65,11 @@ fn world(root: &Path) {
             {"from": "human", "value": format!("w7 w{}", 30 + i)}, {"from": "gpt", "value": format!("w{}", 40 + i)},
             {"from": "human", "value": "w8"}, {"from": "gpt", "value": "w9 w9"}]}));
     }
+    // Two images in one row.
+    rows.push(
+        json!({"id": "pair", "image": ["0.png", "1.png"], "conversations": [
+        {"from": "human", "value": "<image> w5 <image> w6"}, {"from": "gpt", "value": "w50 w51"}]}),
+    );
     // Bad rows: a missing image and a corrupt one.
     std::fs::write(images.join("corrupt.png"), b"not a png").unwrap();
     rows.push(
@@ -127,9 +132,11 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
     // Stage 1.
     let cfg = config(root, Stage::Align, "align", &[]);
     let s = train::<B>(&cfg, &device, &RunOptions::default()).unwrap();
-    // 10 rows, 2 bad (each counted once): 8 examples an epoch, 4 per step, 3 epochs.
-    assert_eq!(s.total_steps, 6);
-    assert_eq!(s.steps, 6);
+    // 11 rows, 2 bad (each counted once): 9 examples an epoch, 4 per step (the last step of
+    // an epoch takes 1), 3 epochs.
+    assert_eq!(s.total_steps, 9);
+    assert_eq!(s.steps, 9);
+    assert_eq!(s.examples, 27);
     assert_eq!(s.bad_rows.counts.get("missing image"), Some(&1));
     assert_eq!(s.bad_rows.counts.get("corrupt image"), Some(&1));
     let (first, last) = (s.first_loss.unwrap(), s.last_loss.unwrap());
@@ -145,7 +152,7 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
     }
     assert_eq!(
         og_train::read_metrics(&root.join("align")).unwrap().len(),
-        6
+        9
     );
     // Only the connector changed: the LLM and the tower are the base's.
     let base =
@@ -222,15 +229,15 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
         },
     )
     .unwrap();
-    assert_eq!(s.steps, 6);
+    assert_eq!(s.steps, 9);
     for f in ["trainable.safetensors", "optimizer.safetensors"] {
-        let a = bytes(root.join("sft_full/checkpoints/step-00000006").join(f));
-        let b = bytes(root.join("sft_cut/checkpoints/step-00000006").join(f));
+        let a = bytes(root.join("sft_full/checkpoints/step-00000009").join(f));
+        let b = bytes(root.join("sft_cut/checkpoints/step-00000009").join(f));
         assert!(a == b, "{f} differs after resume");
     }
     assert_eq!(
         og_train::read_metrics(&root.join("sft_cut")).unwrap().len(),
-        6
+        9
     );
     assert!(
         !half.exists(),
