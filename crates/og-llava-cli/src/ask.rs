@@ -188,8 +188,8 @@ impl BackendTask for Ask<'_> {
         let prepared = model.prepare(&[OgLlavaInput {
             token_ids: ids,
             images: vec![og_llava::ImageInput {
-                pixel_values: pixel_values,
-                selection: selection,
+                pixel_values,
+                selection,
             }],
         }])?;
         let eos = crate::llm::eos_ids(&a.model, tok)?;
@@ -333,8 +333,8 @@ impl BackendTask for Inspect<'_> {
         let (logits, lengths) = model.forward(&[OgLlavaInput {
             token_ids: ids,
             images: vec![og_llava::ImageInput {
-                pixel_values: pixel_values,
-                selection: selection,
+                pixel_values,
+                selection,
             }],
         }])?;
         let [_, _, v] = logits.dims();

@@ -199,7 +199,7 @@ fn released_og_llava_layout_matches_peft() {
                 token_ids: ids.clone(),
                 images: vec![og_llava::ImageInput {
                     pixel_values: pv.clone(),
-                    selection: selection,
+                    selection,
                 }],
             };
             let (logits, lens) = model.forward(&[input]).unwrap();
