@@ -511,7 +511,9 @@ fn two_images_in_one_prompt_match_transformers() {
     // The last token (8) is predicted by the position before it.
     let mut flags = vec![false; n];
     flags[n - 1] = true;
-    let (sum, count) = model.loss_sum(&[input.clone()], &[flags]).unwrap();
+    let (sum, count) = model
+        .loss_sum(std::slice::from_ref(&input), &[flags])
+        .unwrap();
     assert_eq!(count, 1);
     let logp = burn::tensor::activation::log_softmax(logits, 2);
     let v: f32 = logp.slice([0..1, n - 2..n - 1, 8..9]).into_scalar();
