@@ -524,6 +524,89 @@ impl<B: Backend> OgLlava<B> {
         Ok(sum / (n.max(1) as f64))
     }
 
+    /// Generates after one prompt (its images encoded and spliced in); `on_token` sees each new
+    /// token as it comes. Returns the new tokens (an EOS, if reached, included).
+    pub fn generate(
+        &self,
+        input: &OgLlavaInput<B>,
+        config: &og_llm::GenerationConfig,
+        on_token: impl FnMut(u32),
+    ) -> R<Vec<u32>> {
+        let p = self.prepare(std::slice::from_ref(input))?;
+        let positions = p.positions.into_iter().next().expect("one prompt");
+        Ok(self
+            .llm
+            .generate_from_embeds(p.embeds, positions, config, on_token)?)
+    }
+
+    /// Log-likelihood of each candidate continuation (token ids) after one prompt with its
+    /// images — multiple-choice scoring. The images are encoded once; the candidates run as one
+    /// right-padded batch, continuing the prompt's positions.
+    pub fn score(
+        &self,
+        prompt: &OgLlavaInput<B>,
+        candidates: &[Vec<u32>],
+    ) -> R<Vec<og_llm::Score>> {
+        if candidates.iter().any(Vec::is_empty) {
+            return Err(ModelError::Input(
+                "a candidate continuation is empty".into(),
+            ));
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = self.prepare(std::slice::from_ref(prompt))?;
+        let tp = p.lengths[0];
+        let pos = &p.positions[0];
+        let next = pos.iter().copied().max().unwrap_or(-1) + 1;
+        let t = tp + candidates.iter().map(Vec::len).max().unwrap_or(0);
+        let b = candidates.len();
+        let d = self.llm.hidden_size();
+        let device = p.embeds.device();
+        let mut rows = Vec::with_capacity(b);
+        let mut positions = Vec::with_capacity(b);
+        let mut padding = Vec::with_capacity(b * t);
+        for c in candidates {
+            let mut parts = vec![p.embeds.clone(), self.llm.embed(&[c.clone()])?];
+            let real = tp + c.len();
+            if real < t {
+                parts.push(Tensor::zeros([1, t - real, d], &device));
+            }
+            rows.push(Tensor::cat(parts, 1));
+            let mut q = pos.clone();
+            q.extend((0..(t - tp) as i64).map(|k| next + k));
+            positions.push(q);
+            padding.extend((0..t).map(|j| j >= real));
+        }
+        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(padding, [b, t]), &device);
+        let logits = self
+            .llm
+            .forward(Tensor::cat(rows, 0), &positions, Some(mask), None)?;
+        let logp = burn::tensor::activation::log_softmax(logits, 2);
+        let v = self.llm.vocab_size();
+        let data: Vec<f32> = logp
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 data");
+        Ok(candidates
+            .iter()
+            .enumerate()
+            .map(|(bi, c)| {
+                let sum: f64 = c
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &tok)| data[(bi * t + tp + j - 1) * v + tok as usize] as f64)
+                    .sum();
+                og_llm::Score {
+                    sum,
+                    mean: sum / c.len() as f64,
+                    tokens: c.len(),
+                }
+            })
+            .collect())
+    }
+
     /// Logits `[batch, T_max, vocab]` (rows past each sequence's length are padding).
     pub fn forward(&self, inputs: &[OgLlavaInput<B>]) -> R<(Tensor<B, 3>, Vec<usize>)> {
         let p = self.prepare(inputs)?;

@@ -525,3 +525,53 @@ fn two_images_in_one_prompt_match_transformers() {
     };
     assert!(model.forward(&[one]).is_err());
 }
+
+/// `score` (images encoded once, candidates batched) equals summing log-probabilities from
+/// `forward` on each full sequence; `generate` continues the prompt like greedy argmax.
+#[test]
+fn score_and_generate_agree_with_forward() {
+    use burn::tensor::activation::log_softmax;
+    let device = Default::default();
+    let model =
+        OgLlava::<B>::load_llava_hf(root().join("vision/llava_tiny"), None, &device).unwrap();
+    let img = model.image_token_id;
+    let pv: Tensor<B, 4> = Tensor::ones([1, 3, 30, 30], &device) * 0.2;
+    let prompt = OgLlavaInput::with_image(vec![1, 5, img, 6], pv.clone(), None);
+    let candidates = vec![vec![7, 8, 9], vec![10], vec![11, 12]];
+    let scores = model.score(&prompt, &candidates).unwrap();
+    for (c, s) in candidates.iter().zip(&scores) {
+        let mut ids = prompt.token_ids.clone();
+        ids.extend(c);
+        let full = OgLlavaInput::with_image(ids, pv.clone(), None);
+        let (logits, lens) = model.forward(&[full]).unwrap();
+        let logp = log_softmax(logits, 2);
+        let start = lens[0] - c.len();
+        let want: f64 = c
+            .iter()
+            .enumerate()
+            .map(|(j, &tok)| {
+                let q = start + j;
+                let v: f32 = logp
+                    .clone()
+                    .slice([0..1, q - 1..q, tok as usize..tok as usize + 1])
+                    .into_scalar();
+                v as f64
+            })
+            .sum();
+        assert!((s.sum - want).abs() < 1e-4, "{} vs {want}", s.sum);
+        assert_eq!(s.tokens, c.len());
+    }
+    let cfg = og_llava::og_llm::GenerationConfig {
+        max_new_tokens: 3,
+        eos_token_ids: vec![],
+        ..Default::default()
+    };
+    let mut streamed = Vec::new();
+    let out = model.generate(&prompt, &cfg, |t| streamed.push(t)).unwrap();
+    assert_eq!(out, streamed);
+    let (logits, lens) = model.forward(std::slice::from_ref(&prompt)).unwrap();
+    let n = lens[0];
+    let first = logits.slice([0..1, n - 1..n]).argmax(2).into_scalar();
+    assert_eq!(out[0] as i64, first);
+    assert!(model.score(&prompt, &[vec![]]).is_err());
+}
