@@ -14,6 +14,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod optim;
+pub mod testing;
 pub mod trainer;
 
 pub use config::{DataConfig, FusionSpec, PRESETS, Stage, TrainConfig};

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, Flex};
-use og_llava::og_segment::{Bitmap, CountsFormat, MaskSet};
 use og_train::{RunOptions, Stage, TrainConfig, TrainError, train};
 use serde_json::json;
 
@@ -13,78 +12,6 @@ type B = Autodiff<Flex<f32>>;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-/// A llava-hf model dir (the tiny fixture + a word-level tokenizer), images, masks, data.
-fn world(root: &Path) {
-    let model = root.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(fixtures().join("vision/llava_tiny")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
-    std::fs::write(
-        model.join("tokenizer.json"),
-        og_llava::og_llm::testing::word_tokenizer_json(64, Some(63)),
-    )
-    .unwrap();
-    let images = root.join("images");
-    let masks = root.join("masks");
-    std::fs::create_dir_all(&images).unwrap();
-    std::fs::create_dir_all(&masks).unwrap();
-    let colours = [
-        [220u8, 30, 30],
-        [30, 200, 40],
-        [40, 60, 230],
-        [230, 220, 40],
-    ];
-    let mut rows = Vec::new();
-    for (i, c) in colours.iter().enumerate() {
-        let img = image::RgbImage::from_fn(30, 30, |x, y| {
-            if (8..22).contains(&x) && (8..22).contains(&y) {
-                image::Rgb(*c)
-            } else {
-                image::Rgb([128, 128, 128])
-            }
-        });
-        img.save(images.join(format!("{i}.png"))).unwrap();
-        if i % 2 == 0 {
-            MaskSet::from_bitmaps(&[Bitmap::from_fn(30, 30, |x, y| {
-                (8..22).contains(&x) && (8..22).contains(&y)
-            })])
-            .unwrap()
-            .write_coco_json(masks.join(format!("{i}.json")), CountsFormat::Compressed)
-            .unwrap();
-        }
-        let answer = format!("w{} w{}", 10 + i, 20 + i);
-        rows.push(
-            json!({"id": format!("img{i}"), "image": format!("{i}.png"), "conversations": [
-            {"from": "human", "value": "<image>\nw5 w6"}, {"from": "gpt", "value": answer}]}),
-        );
-        rows.push(json!({"id": format!("txt{i}"), "conversations": [
-            {"from": "human", "value": format!("w7 w{}", 30 + i)}, {"from": "gpt", "value": format!("w{}", 40 + i)},
-            {"from": "human", "value": "w8"}, {"from": "gpt", "value": "w9 w9"}]}));
-    }
-    // Two images in one row.
-    rows.push(
-        json!({"id": "pair", "image": ["0.png", "1.png"], "conversations": [
-        {"from": "human", "value": "<image> w5 <image> w6"}, {"from": "gpt", "value": "w50 w51"}]}),
-    );
-    // Bad rows: a missing image and a corrupt one.
-    std::fs::write(images.join("corrupt.png"), b"not a png").unwrap();
-    rows.push(
-        json!({"id": "missing", "image": "nope.png", "conversations": [
-        {"from": "human", "value": "w5"}, {"from": "gpt", "value": "w6"}]}),
-    );
-    rows.push(
-        json!({"id": "corrupt", "image": "corrupt.png", "conversations": [
-        {"from": "human", "value": "w5"}, {"from": "gpt", "value": "w6"}]}),
-    );
-    std::fs::write(
-        root.join("data.json"),
-        serde_json::to_string(&rows).unwrap(),
-    )
-    .unwrap();
 }
 
 fn config(root: &Path, stage: Stage, out: &str, extra: &[String]) -> TrainConfig {
@@ -126,7 +53,7 @@ fn bytes(p: PathBuf) -> Vec<u8> {
 fn two_stages_resume_exactly_and_train_only_what_they_should() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    world(root);
+    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
     let device = Default::default();
 
     // Stage 1.
@@ -262,7 +189,7 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
 fn non_finite_loss_stops_with_the_last_good_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    world(root);
+    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
     let cfg = config(
         root,
         Stage::Align,
