@@ -567,7 +567,7 @@ impl<B: Backend> OgLlava<B> {
         let mut positions = Vec::with_capacity(b);
         let mut padding = Vec::with_capacity(b * t);
         for c in candidates {
-            let mut parts = vec![p.embeds.clone(), self.llm.embed(&[c.clone()])?];
+            let mut parts = vec![p.embeds.clone(), self.llm.embed(std::slice::from_ref(c))?];
             let real = tp + c.len();
             if real < t {
                 parts.push(Tensor::zeros([1, t - real, d], &device));
