@@ -4,6 +4,7 @@ mod ask;
 mod llm;
 mod overlay;
 mod train;
+mod world;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Train one stage (alignment or SFT) from a run configuration; resumable.
     Train(train::TrainArgs),
+    /// Write a nano world: scenes with masks, conversations and evaluation sets.
+    World(world::WorldArgs),
     /// Run the connector at paper size on a backend: proves the backend works, times it.
     DeviceCheck {
         /// ndarray | flex | wgpu[:N] | cuda[:N] (default: the measured-fastest CPU backend)
@@ -238,6 +241,7 @@ fn main() -> ExitCode {
         Command::Inspect(Inspect::Llava(args)) => ask::inspect(&args),
         Command::Generate(args) => llm::generate(&args),
         Command::Train(args) => train::run(&args),
+        Command::World(args) => world::run(&args),
         Command::Ask(args) => ask::ask(&args),
         Command::DeviceCheck {
             device,

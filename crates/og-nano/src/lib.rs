@@ -1,0 +1,16 @@
+//! The nano world: a procedurally generated scene world in which the whole OG-LLaVA
+//! experiment — tokenizer, contrastive tiny CLIP, tiny Llama, stage 1 + 2 for the LLaVA
+//! baseline and OG-LLaVA, ARO/MMVP-style evaluation — runs on a CPU.
+//!
+//! - [`scene`]: coloured shapes, anti-aliased rendering, visible instance masks;
+//! - [`text`]: captions, questions, and evaluation items in the real benchmarks' formats;
+//! - [`world`]: writes a world (images, masks, LLaVA conversation JSON, evaluation sets).
+//!
+//! Everything is deterministic by seed (SplitMix64 throughout).
+
+pub mod scene;
+pub mod text;
+pub mod world;
+
+pub use scene::{Colour, Object, Relation, Scene, SceneSpec, Shape, Size, Texture};
+pub use world::{WorldConfig, WorldError, WorldSummary, generate, heldout_pairs};
