@@ -10,7 +10,7 @@ steps/s ours ÷ theirs. Our side includes its loader (image decode, preprocessin
 the step time; PyTorch's batches are prebuilt tensors.
 
 Usage: pip install torch transformers peft pillow && python3 scripts/compare_train.py [STEPS]
-(builds target/release/og-llava if needed)
+(builds target/release/og-llava if needed; OG_DEVICE=ndarray|flex picks our backend)
 """
 import json
 import os
@@ -118,7 +118,7 @@ def ours(dirpath, steps):
         json.dump(cfg, f)
     binary = os.path.join(ROOT, "target", "release", "og-llava")
     subprocess.run(["cargo", "build", "--release", "-p", "og-llava-cli"], cwd=ROOT, check=True)
-    subprocess.run([binary, "train", "--device", "flex", "--config", path], check=True,
+    subprocess.run([binary, "train", "--device", os.environ.get("OG_DEVICE", "flex"), "--config", path], check=True,
                    stdout=subprocess.DEVNULL)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         m = [json.loads(l) for l in f]
@@ -136,9 +136,12 @@ def main():
         mine = mine[1:]
         t, o = sum(theirs) / len(theirs), sum(mine) / len(mine)
         print(f"PyTorch eager: {t * 1000:.1f} ms/step ({len(theirs)} steps)")
-        print(f"ours (Flex):   {o * 1000:.1f} ms/step ({len(mine)} steps), "
+        print(f"ours ({os.environ.get('OG_DEVICE', 'flex')}): {o * 1000:.1f} ms/step ({len(mine)} steps), "
               f"{m[-1]['tokens_per_s']:.0f} supervised tok/s, final loss {m[-1]['loss']:.3f}")
         print(f"steps/s ours / theirs = {t / o:.2f}")
+        part = lambda k: sum(x[k] for x in m[2:]) / len(m[2:]) * 1000
+        print(f"ours per step: data wait {part('data_s'):.1f} ms, forward {part('forward_s'):.1f} ms, "
+              f"backward {part('backward_s'):.1f} ms, optimiser {part('optimizer_s'):.1f} ms")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ tasks:
   compare-phi   time Φ against the paper's Listing 1 in PyTorch (scripts/compare_phi.py)
   compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
   compare-llm   decode tok/s against transformers, SmolLM2-135M shape (scripts/compare_llm.py)
+  compare-train training steps/s against PyTorch eager + peft, small LLaVA (scripts/compare_train.py)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
   demo          the README's main job: og-llava tokens on the example image
   train ARGS    one training stage: og-llava train --config RUN.toml [--preset P]
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         Some("compare-phi") => python(&root, "compare_phi.py"),
         Some("compare-vit") => python(&root, "compare_vit.py"),
         Some("compare-llm") => python(&root, "compare_llm.py"),
+        Some("compare-train") => python(&root, "compare_train.py"),
         Some("ci") => run(Command::new(".ci/run").current_dir(&root)),
         Some("demo") => run(Command::new("cargo")
             .args([

@@ -91,6 +91,24 @@ pub struct Metrics {
     pub tokens: usize,
     pub tokens_per_s: f64,
     pub elapsed_s: f64,
+    /// Where the step's time went: waiting for the loader, forward (vision, connector, LLM,
+    /// loss), backward, optimiser (clip + AdamW).
+    #[serde(default)]
+    pub data_s: f64,
+    #[serde(default)]
+    pub forward_s: f64,
+    #[serde(default)]
+    pub backward_s: f64,
+    #[serde(default)]
+    pub optimizer_s: f64,
+}
+
+/// Seconds spent in each part of a step.
+#[derive(Debug, Clone, Copy, Default)]
+struct StepTimes {
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
 }
 
 fn checkpoints_dir(out: &Path) -> PathBuf {
@@ -295,6 +313,7 @@ pub fn train<B: AutodiffBackend>(
         loop {
             // Gather the examples of one optimiser step.
             let mut step_examples: Vec<Example> = Vec::with_capacity(per_step);
+            let waited = Instant::now();
             while step_examples.len() < per_step {
                 match loader.next() {
                     None => break,
@@ -319,6 +338,7 @@ pub fn train<B: AutodiffBackend>(
                 continue 'epochs;
             }
             let position = loader.position();
+            let data_s = waited.elapsed().as_secs_f64();
             let report = run_step(
                 &mut model,
                 cfg,
@@ -329,7 +349,7 @@ pub fn train<B: AutodiffBackend>(
                 total_steps,
                 device,
             )?;
-            let Some((loss, grad_norm, clip_coef, tokens)) = report else {
+            let Some((loss, grad_norm, clip_coef, tokens, times)) = report else {
                 // Nothing supervised in this step's examples: move on without stepping.
                 state.position = position;
                 continue;
@@ -365,6 +385,10 @@ pub fn train<B: AutodiffBackend>(
                 tokens,
                 tokens_per_s: window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
                 elapsed_s: elapsed,
+                data_s,
+                forward_s: times.forward,
+                backward_s: times.backward,
+                optimizer_s: times.optimizer,
             };
             writeln!(metrics, "{}", serde_json::to_string(&m).expect("json"))
                 .map_err(io(out.join("metrics.jsonl")))?;
@@ -437,8 +461,8 @@ fn fmt_duration(s: f64) -> String {
 }
 
 /// One optimiser step over `examples` (micro-batches of `batch_size`); the loss is the mean
-/// over every supervised token of the step. Returns (loss, grad norm, clip factor, tokens), or
-/// `None` when nothing in the step is supervised.
+/// over every supervised token of the step. Returns (loss, grad norm, clip factor, tokens,
+/// times), or `None` when nothing in the step is supervised.
 #[allow(clippy::too_many_arguments)]
 fn run_step<B: AutodiffBackend>(
     model: &mut OgLlava<B>,
@@ -449,7 +473,7 @@ fn run_step<B: AutodiffBackend>(
     step: usize,
     total_steps: usize,
     device: &B::Device,
-) -> Result<Option<(f64, f64, f64, usize)>> {
+) -> Result<Option<(f64, f64, f64, usize, StepTimes)>> {
     let image = model.image_token_id;
     let total: usize = examples.iter().map(|e| supervised(e, image)).sum();
     if total == 0 {
@@ -462,6 +486,7 @@ fn run_step<B: AutodiffBackend>(
     );
     let mut grads = BTreeMap::new();
     let mut loss_sum = 0.0f64;
+    let mut times = StepTimes::default();
     for micro in examples.chunks(cfg.batch_size) {
         let inputs: Vec<OgLlavaInput<B>> = micro
             .iter()
@@ -478,6 +503,7 @@ fn run_step<B: AutodiffBackend>(
             })
             .collect();
         let flags: Vec<Vec<bool>> = micro.iter().map(|e| e.tokens.trainable.clone()).collect();
+        let t0 = Instant::now();
         let (sum, n) = model.loss_sum(&inputs, &flags)?;
         if n == 0 {
             continue;
@@ -485,13 +511,17 @@ fn run_step<B: AutodiffBackend>(
         let scaled = sum / total as f64;
         let value: f64 = scaled.clone().into_scalar().elem();
         loss_sum += value;
+        let t1 = Instant::now();
+        times.forward += (t1 - t0).as_secs_f64();
         let g = scaled.backward();
         let params = trainables(model, cfg.stage);
         accumulate(&mut grads, grads_by_name::<B>(&params, &g));
+        times.backward += t1.elapsed().as_secs_f64();
     }
     if !loss_sum.is_finite() {
-        return Ok(Some((loss_sum, f64::NAN, 1.0, total)));
+        return Ok(Some((loss_sum, f64::NAN, 1.0, total, times)));
     }
+    let t2 = Instant::now();
     let params = trainables(model, cfg.stage);
     let lr = |g: Group| {
         let base = match g {
@@ -501,7 +531,14 @@ fn run_step<B: AutodiffBackend>(
         lr_at(base, step, total_steps, cfg.warmup_ratio)
     };
     let report = opt.step::<B>(params, grads, optim, lr, cfg.max_grad_norm);
-    Ok(Some((loss_sum, report.grad_norm, report.clip_coef, total)))
+    times.optimizer = t2.elapsed().as_secs_f64();
+    Ok(Some((
+        loss_sum,
+        report.grad_norm,
+        report.clip_coef,
+        total,
+        times,
+    )))
 }
 
 /// Every trainable tensor by name (burn layout), for checkpoints.
