@@ -103,6 +103,15 @@ pub struct Metrics {
     pub optimizer_s: f64,
 }
 
+/// What one optimiser step produced.
+struct StepOutcome {
+    loss: f64,
+    grad_norm: f64,
+    clip_coef: f64,
+    tokens: usize,
+    times: StepTimes,
+}
+
 /// Seconds spent in each part of a step.
 #[derive(Debug, Clone, Copy, Default)]
 struct StepTimes {
@@ -349,7 +358,14 @@ pub fn train<B: AutodiffBackend>(
                 total_steps,
                 device,
             )?;
-            let Some((loss, grad_norm, clip_coef, tokens, times)) = report else {
+            let Some(StepOutcome {
+                loss,
+                grad_norm,
+                clip_coef,
+                tokens,
+                times,
+            }) = report
+            else {
                 // Nothing supervised in this step's examples: move on without stepping.
                 state.position = position;
                 continue;
@@ -461,8 +477,7 @@ fn fmt_duration(s: f64) -> String {
 }
 
 /// One optimiser step over `examples` (micro-batches of `batch_size`); the loss is the mean
-/// over every supervised token of the step. Returns (loss, grad norm, clip factor, tokens,
-/// times), or `None` when nothing in the step is supervised.
+/// over every supervised token of the step; `None` when nothing in the step is supervised.
 #[allow(clippy::too_many_arguments)]
 fn run_step<B: AutodiffBackend>(
     model: &mut OgLlava<B>,
@@ -473,7 +488,7 @@ fn run_step<B: AutodiffBackend>(
     step: usize,
     total_steps: usize,
     device: &B::Device,
-) -> Result<Option<(f64, f64, f64, usize, StepTimes)>> {
+) -> Result<Option<StepOutcome>> {
     let image = model.image_token_id;
     let total: usize = examples.iter().map(|e| supervised(e, image)).sum();
     if total == 0 {
@@ -519,7 +534,13 @@ fn run_step<B: AutodiffBackend>(
         times.backward += t1.elapsed().as_secs_f64();
     }
     if !loss_sum.is_finite() {
-        return Ok(Some((loss_sum, f64::NAN, 1.0, total, times)));
+        return Ok(Some(StepOutcome {
+            loss: loss_sum,
+            grad_norm: f64::NAN,
+            clip_coef: 1.0,
+            tokens: total,
+            times,
+        }));
     }
     let t2 = Instant::now();
     let params = trainables(model, cfg.stage);
