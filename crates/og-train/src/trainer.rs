@@ -553,13 +553,13 @@ fn run_step<B: AutodiffBackend>(
     };
     let report = opt.step::<B>(params, grads, optim, lr, cfg.max_grad_norm);
     times.optimizer = t2.elapsed().as_secs_f64();
-    Ok(Some((
-        loss_sum,
-        report.grad_norm,
-        report.clip_coef,
-        total,
+    Ok(Some(StepOutcome {
+        loss: loss_sum,
+        grad_norm: report.grad_norm,
+        clip_coef: report.clip_coef,
+        tokens: total,
         times,
-    )))
+    }))
 }
 
 /// Every trainable tensor by name (burn layout), for checkpoints.
