@@ -98,13 +98,7 @@ impl<B: Backend> OgFusion<B> {
             ("multi_modal_projector.linear_1", &self.linear_1),
             ("multi_modal_projector.linear_2", &self.linear_2),
         ] {
-            tensors.push(SaveTensor::from_tensor(
-                format!("{prefix}.weight"),
-                lin.weight.val().transpose(),
-            ));
-            if let Some(b) = &lin.bias {
-                tensors.push(SaveTensor::from_tensor(format!("{prefix}.bias"), b.val()));
-            }
+            tensors.extend(SaveTensor::linear(&prefix, lin));
         }
         if let Some(t) = &self.delimiter {
             tensors.push(SaveTensor::from_tensor(

@@ -273,6 +273,48 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// transformers' `config.json` for this configuration (newer `rope_parameters` spelling
+    /// plus the older `rope_theta`, so both generations of transformers read it).
+    pub fn to_hf_value(&self) -> Value {
+        let mut rope = match self.rope_scaling {
+            RopeScaling::Default => serde_json::json!({"rope_type": "default"}),
+            RopeScaling::Linear { factor } => {
+                serde_json::json!({"rope_type": "linear", "factor": factor})
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => serde_json::json!({"rope_type": "llama3", "factor": factor,
+                "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings as u64}),
+        };
+        rope["rope_theta"] = self.rope_theta.into();
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": rope,
+            "max_position_embeddings": self.max_position_embeddings,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids,
+            "torch_dtype": "float32",
+        })
+    }
+
     /// Reads `config.json` from a `save_pretrained` directory (or the file itself).
     pub fn from_hf_dir(path: impl AsRef<Path>) -> Result<Self> {
         let (file, value) = og_weights::read_config(path)?;

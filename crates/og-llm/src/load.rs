@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::module::Param;
 use burn::nn::RmsNorm;
 use burn::tensor::backend::Backend;
-use og_weights::Weights;
+use og_weights::{SaveTensor, Weights};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlmError, Result};
@@ -85,6 +85,54 @@ impl<B: Backend> LlamaForCausalLM<B> {
             head.weight = Param::from_tensor(weight.transpose());
         }
         Ok(self)
+    }
+
+    /// Writes a `save_pretrained` directory transformers' `LlamaForCausalLM` loads:
+    /// `config.json` (from `config`) and `model.safetensors` (`model.*`, `lm_head.weight` when
+    /// untied). Adapters must be merged first (`merge_lora`).
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>, config: &LlamaConfig) -> Result<()> {
+        if self.has_lora() {
+            return Err(LlmError::Config(
+                "the model carries LoRA adapters: merge them (merge_lora) or save them with \
+                 save_peft_adapter"
+                    .into(),
+            ));
+        }
+        let mut t = vec![SaveTensor::from_tensor(
+            "model.embed_tokens.weight",
+            self.model.embed_tokens.weight.val(),
+        )];
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let l = format!("model.layers.{i}");
+            let (a, m) = (&layer.self_attn, &layer.mlp);
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q_proj.base),
+                ("self_attn.k_proj", &a.k_proj.base),
+                ("self_attn.v_proj", &a.v_proj.base),
+                ("self_attn.o_proj", &a.o_proj.base),
+                ("mlp.gate_proj", &m.gate_proj.base),
+                ("mlp.up_proj", &m.up_proj.base),
+                ("mlp.down_proj", &m.down_proj.base),
+            ] {
+                t.extend(SaveTensor::linear(&format!("{l}.{name}"), lin));
+            }
+            t.push(SaveTensor::from_tensor(
+                format!("{l}.input_layernorm.weight"),
+                layer.input_layernorm.gamma.val(),
+            ));
+            t.push(SaveTensor::from_tensor(
+                format!("{l}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.gamma.val(),
+            ));
+        }
+        t.push(SaveTensor::from_tensor(
+            "model.norm.weight",
+            self.model.norm.gamma.val(),
+        ));
+        if let Some(head) = &self.lm_head {
+            t.extend(SaveTensor::linear("lm_head", head));
+        }
+        Ok(og_weights::save_pretrained(dir, &config.to_hf_value(), &t)?)
     }
 
     /// Builds the model of a `save_pretrained` directory: `config.json` plus safetensors.

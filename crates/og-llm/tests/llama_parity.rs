@@ -19,8 +19,13 @@ fn rows(w: &Weights, name: &str) -> Vec<Vec<i64>> {
 }
 
 fn check(name: &str) {
+    check_dir(name, &fixtures().join(name));
+}
+
+/// The model in `dir` gives the logits transformers gave for fixture `name`.
+fn check_dir(name: &str, dir: &std::path::Path) {
     let device = Default::default();
-    let model = LlamaForCausalLM::<B>::load_hf(fixtures().join(name), &device).unwrap();
+    let model = LlamaForCausalLM::<B>::load_hf(dir, &device).unwrap();
     let io = Weights::open(fixtures().join(format!("{name}_io.safetensors"))).unwrap();
     let ids: Vec<Vec<u32>> = rows(&io, "input_ids")
         .into_iter()
@@ -149,4 +154,26 @@ fn sampling_is_seeded_and_stops_at_eos() {
     let c = model.generate(&[3, 4, 5], &stop, |_| {}).unwrap();
     let first = a.iter().position(|&t| t == a[2]).unwrap();
     assert_eq!(c, a[..=first]);
+}
+
+/// `save_pretrained` writes what `load_hf` reads back to transformers' logits (tied and untied
+/// heads, biases, llama3 and linear RoPE in the old spelling — written back in the new one).
+#[test]
+fn save_pretrained_round_trips() {
+    let device = Default::default();
+    for name in ["gqa", "llama3", "linear_old"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = og_llm::LlamaConfig::from_hf_dir(fixtures().join(name)).unwrap();
+        let model = LlamaForCausalLM::<B>::load_hf(fixtures().join(name), &device).unwrap();
+        model.save_pretrained(dir.path(), &cfg).unwrap();
+        assert_eq!(og_llm::LlamaConfig::from_hf_dir(dir.path()).unwrap(), cfg);
+        check_dir(name, dir.path());
+    }
+    let cfg = og_llm::LlamaConfig::from_hf_dir(fixtures().join("gqa")).unwrap();
+    let lora = LlamaForCausalLM::<B>::load_hf(fixtures().join("gqa"), &device)
+        .unwrap()
+        .with_lora(&og_llm::LoraConfig::paper())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    assert!(lora.save_pretrained(dir.path(), &cfg).is_err());
 }

@@ -20,8 +20,13 @@ fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
 }
 
 fn check(name: &str) {
+    check_dir(name, &fixtures().join(name));
+}
+
+/// The tower in `dir` gives the outputs transformers gave for fixture `name`.
+fn check_dir(name: &str, dir: &std::path::Path) {
     let device = Default::default();
-    let model = ClipVisionTransformer::<B>::load_hf(fixtures().join(name), &device).unwrap();
+    let model = ClipVisionTransformer::<B>::load_hf(dir, &device).unwrap();
     let io = Weights::open(fixtures().join(format!("{name}_io.safetensors"))).unwrap();
     let pv: Tensor<B, 4> = io.tensor("pixel_values", [2, 3, 30, 30], &device).unwrap();
     let n = model.num_layers();
@@ -155,5 +160,20 @@ fn llava_hub_and_original_layouts_load() {
         let m = ClipVisionTransformer::<B>::load_hf(dir.path(), &device).unwrap();
         let d = max_diff(m.features(pv.clone()).unwrap(), want.clone());
         assert!(d < 1e-4, "{prefix}: {d}");
+    }
+}
+
+/// `save_pretrained` writes a CLIPVisionModel directory that loads back to transformers'
+/// outputs (quick-GELU and GELU towers).
+#[test]
+fn save_pretrained_round_trips() {
+    let device = Default::default();
+    for name in ["clip_vision_tiny", "clip_tiny"] {
+        let cfg = ClipVisionConfig::from_hf_dir(fixtures().join(name)).unwrap();
+        let model = ClipVisionTransformer::<B>::load_hf(fixtures().join(name), &device).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        model.save_pretrained(dir.path(), &cfg).unwrap();
+        assert_eq!(ClipVisionConfig::from_hf_dir(dir.path()).unwrap(), cfg);
+        check_dir(name, dir.path());
     }
 }

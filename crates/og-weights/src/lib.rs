@@ -530,6 +530,42 @@ impl SaveTensor {
     }
 }
 
+impl SaveTensor {
+    /// A burn `Linear` in PyTorch's layout: `{name}.weight` `[out, in]` and, when the layer has
+    /// one, `{name}.bias`.
+    pub fn linear<B: Backend>(name: &str, lin: &Linear<B>) -> Vec<Self> {
+        let mut v = vec![Self::from_tensor(
+            format!("{name}.weight"),
+            lin.weight.val().transpose(),
+        )];
+        if let Some(b) = &lin.bias {
+            v.push(Self::from_tensor(format!("{name}.bias"), b.val()));
+        }
+        v
+    }
+}
+
+/// Writes `config.json` (pretty JSON) and `model.safetensors` into `dir` (created), each
+/// atomically: a `save_pretrained` directory.
+pub fn save_pretrained(
+    dir: impl AsRef<Path>,
+    config: &serde_json::Value,
+    tensors: &[SaveTensor],
+) -> Result<()> {
+    let dir = dir.as_ref();
+    std::fs::create_dir_all(dir).map_err(|source| WeightError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    save_safetensors(dir.join("model.safetensors"), tensors)?;
+    let path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(config).expect("json");
+    let tmp = dir.join(format!(".config.json.tmp{}", std::process::id()));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|source| WeightError::Io { path, source })
+}
+
 /// Writes f32 tensors as one safetensors file (`{"format": "pt"}` metadata), atomically.
 pub fn save_safetensors(path: impl AsRef<Path>, tensors: &[SaveTensor]) -> Result<()> {
     let path = path.as_ref();

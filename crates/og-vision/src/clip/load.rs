@@ -94,6 +94,60 @@ impl<B: Backend> ClipVisionTransformer<B> {
         Ok(self)
     }
 
+    /// Writes a `save_pretrained` directory of a `CLIPVisionModel` (`vision_model.*` names,
+    /// `config.json` from `config`), loadable by [`ClipVisionTransformer::load_hf`] and by
+    /// transformers.
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>, config: &ClipVisionConfig) -> Result<()> {
+        use og_weights::SaveTensor;
+        let p = "vision_model";
+        let e = &self.embeddings;
+        let mut t = vec![
+            SaveTensor::from_tensor(
+                format!("{p}.embeddings.class_embedding"),
+                e.class_embedding.val(),
+            ),
+            SaveTensor::from_tensor(
+                format!("{p}.embeddings.patch_embedding.weight"),
+                e.patch_embedding.weight.val(),
+            ),
+            SaveTensor::from_tensor(
+                format!("{p}.embeddings.position_embedding.weight"),
+                e.position_embedding.weight.val(),
+            ),
+        ];
+        let ln = |t: &mut Vec<SaveTensor>, name: String, n: &LayerNorm<B>| {
+            t.push(SaveTensor::from_tensor(
+                format!("{name}.weight"),
+                n.gamma.val(),
+            ));
+            if let Some(b) = &n.beta {
+                t.push(SaveTensor::from_tensor(format!("{name}.bias"), b.val()));
+            }
+        };
+        ln(&mut t, format!("{p}.pre_layrnorm"), &self.pre_layrnorm);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let l = format!("{p}.encoder.layers.{i}");
+            let a = &layer.self_attn;
+            for (name, lin) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.out_proj", &a.out_proj),
+                ("mlp.fc1", &layer.mlp.fc1),
+                ("mlp.fc2", &layer.mlp.fc2),
+            ] {
+                t.extend(SaveTensor::linear(&format!("{l}.{name}"), lin));
+            }
+            ln(&mut t, format!("{l}.layer_norm1"), &layer.layer_norm1);
+            ln(&mut t, format!("{l}.layer_norm2"), &layer.layer_norm2);
+        }
+        ln(&mut t, format!("{p}.post_layernorm"), &self.post_layernorm);
+        let mut value = serde_json::to_value(config).expect("config serialises");
+        value["model_type"] = "clip_vision_model".into();
+        value["architectures"] = serde_json::json!(["CLIPVisionModel"]);
+        Ok(og_weights::save_pretrained(dir, &value, &t)?)
+    }
+
     /// Builds the tower of a `save_pretrained` directory (CLIPModel, CLIPVisionModel, Llava or
     /// original LLaVA with a bundled tower): `config.json` plus safetensors weights.
     pub fn load_hf(dir: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
