@@ -98,7 +98,7 @@ impl<B: Backend> OgFusion<B> {
             ("multi_modal_projector.linear_1", &self.linear_1),
             ("multi_modal_projector.linear_2", &self.linear_2),
         ] {
-            tensors.extend(SaveTensor::linear(&prefix, lin));
+            tensors.extend(SaveTensor::linear(prefix, lin));
         }
         if let Some(t) = &self.delimiter {
             tensors.push(SaveTensor::from_tensor(
