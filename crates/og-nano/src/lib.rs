@@ -4,12 +4,14 @@
 //!
 //! - [`scene`]: coloured shapes, anti-aliased rendering, visible instance masks;
 //! - [`text`]: captions, questions, and evaluation items in the real benchmarks' formats;
-//! - [`world`]: writes a world (images, masks, LLaVA conversation JSON, evaluation sets).
+//! - [`world`]: writes a world (images, masks, LLaVA conversation JSON, evaluation sets);
+//! - [`tokenizer`]: step 1, a tokenizer trained on the world's text.
 //!
 //! Everything is deterministic by seed (SplitMix64 throughout).
 
 pub mod scene;
 pub mod text;
+pub mod tokenizer;
 pub mod world;
 
 pub use scene::{Colour, Object, Relation, Scene, SceneSpec, Shape, Size, Texture};
