@@ -6,10 +6,12 @@
 //! - [`text`]: captions, questions, and evaluation items in the real benchmarks' formats;
 //! - [`world`]: writes a world (images, masks, LLaVA conversation JSON, evaluation sets);
 //! - [`tokenizer`]: step 1, a tokenizer trained on the world's text;
-//! - [`pretrain`]: steps 2 and 3, a contrastive tiny CLIP and a tiny Llama.
+//! - [`pretrain`]: steps 2 and 3, a contrastive tiny CLIP and a tiny Llama;
+//! - [`experiment`]: all steps, both arms, evaluation, results.
 //!
 //! Everything is deterministic by seed (SplitMix64 throughout).
 
+pub mod experiment;
 pub mod pretrain;
 pub mod scene;
 pub mod text;

@@ -1,0 +1,545 @@
+//! The whole experiment (`cargo xtask train`): world → tokenizer → tiny CLIP → tiny Llama →
+//! stage 1 + stage 2 for the LLaVA baseline and for OG-LLaVA (same data, seeds and budget) →
+//! evaluation of both, with and without masks at inference → `results.json` and a table.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use og_eval::{Evaluator, Item, Results};
+use og_llava::og_fusion::{Delimiter, SelectionConfig};
+use og_llava::og_llm::{ChatTokenizer, LlamaConfig, LoraConfig, Message};
+use og_llava::og_vision::ImageProcessor;
+use og_llava::og_vision::clip::ClipVisionConfig;
+use og_llava::{BaseModel, OgLlava};
+use og_train::{DataConfig, FusionSpec, RunOptions, Stage, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::pretrain::{PretrainConfig, PretrainReport, pretrain_clip, pretrain_llm, save_vision};
+use crate::world::{WorldConfig, WorldSummary, generate};
+
+/// Failures of the experiment, naming the step.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error("{step}: {message}")]
+    Step { step: &'static str, message: String },
+}
+
+fn step_err<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> ExperimentError {
+    move |e| ExperimentError::Step {
+        step,
+        message: e.to_string(),
+    }
+}
+
+/// Sizes and budgets of every step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentConfig {
+    pub world: WorldConfig,
+    pub vision: ClipVisionConfig,
+    /// The LLM (its vocabulary size is set from the trained tokenizer).
+    pub llm_hidden: usize,
+    pub llm_layers: usize,
+    pub clip: PretrainConfig,
+    pub lm: PretrainConfig,
+    /// Stage 1 / stage 2: epochs, batch, learning rates.
+    pub align_epochs: usize,
+    pub sft_epochs: usize,
+    pub batch_size: usize,
+    pub lr_align: f64,
+    pub lr_sft: f64,
+    pub lora_r: usize,
+    pub seed: u64,
+}
+
+impl ExperimentConfig {
+    /// Minutes on two CPU cores.
+    pub fn nano(seed: u64) -> Self {
+        Self {
+            world: WorldConfig::nano(seed),
+            vision: ClipVisionConfig {
+                hidden_size: 64,
+                intermediate_size: 128,
+                num_hidden_layers: 3,
+                num_attention_heads: 4,
+                image_size: 64,
+                patch_size: 8,
+                ..ClipVisionConfig::default()
+            },
+            llm_hidden: 96,
+            llm_layers: 2,
+            clip: PretrainConfig {
+                steps: 300,
+                batch_size: 32,
+                lr: 2e-3,
+                warmup_ratio: 0.05,
+                seed,
+                log_every: 50,
+            },
+            lm: PretrainConfig {
+                steps: 300,
+                batch_size: 32,
+                lr: 3e-3,
+                warmup_ratio: 0.05,
+                seed,
+                log_every: 50,
+            },
+            align_epochs: 1,
+            sft_epochs: 2,
+            batch_size: 8,
+            lr_align: 2e-3,
+            lr_sft: 1e-3,
+            lora_r: 8,
+            seed,
+        }
+    }
+
+    /// Seconds on two CPU cores: every step runs, briefly (tests).
+    pub fn smoke(seed: u64) -> Self {
+        let mut c = Self::nano(seed);
+        c.world.train_scenes = 24;
+        c.world.eval_scenes = 8;
+        c.vision.num_hidden_layers = 2;
+        c.vision.hidden_size = 32;
+        c.vision.intermediate_size = 64;
+        c.llm_hidden = 32;
+        c.llm_layers = 1;
+        c.clip.steps = 6;
+        c.clip.batch_size = 8;
+        c.lm.steps = 6;
+        c.lm.batch_size = 8;
+        c.clip.log_every = 0;
+        c.lm.log_every = 0;
+        c.sft_epochs = 1;
+        c
+    }
+}
+
+/// One trained arm evaluated one way.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArmResult {
+    /// `llava` (trained without masks) or `og-llava` (trained with masks).
+    pub arm: String,
+    /// Masks given at inference.
+    pub masks_at_inference: bool,
+    pub results: Results,
+}
+
+/// Everything the experiment measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentReport {
+    pub config: ExperimentConfig,
+    pub world: WorldSummary,
+    pub vocab_size: usize,
+    pub clip: PretrainReport,
+    pub lm: PretrainReport,
+    /// Stage summaries per arm: (arm, stage, first loss, last loss, steps).
+    pub stages: Vec<(String, String, Option<f64>, Option<f64>, usize)>,
+    pub evaluations: Vec<ArmResult>,
+    pub seconds: f64,
+}
+
+fn say(progress: bool, msg: &str) {
+    if progress {
+        eprintln!("== {msg}");
+    }
+}
+
+/// Runs every step into `out`.
+pub fn run<B: AutodiffBackend>(
+    cfg: &ExperimentConfig,
+    out: &Path,
+    device: &B::Device,
+    progress: bool,
+) -> Result<ExperimentReport, ExperimentError> {
+    let t0 = Instant::now();
+    let world_dir = out.join("world");
+    say(progress, "1/6 world");
+    let world = generate(&cfg.world, &world_dir).map_err(step_err("world"))?;
+
+    say(progress, "2/6 tokenizer");
+    let text =
+        std::fs::read_to_string(world_dir.join("text.txt")).map_err(step_err("tokenizer"))?;
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    // The evaluation texts' words, so no option contains an unknown word (only the vocabulary
+    // is learned from them).
+    let eval_items = read_eval(&world_dir)?;
+    for it in &eval_items {
+        lines.push(it.prompt.clone());
+        lines.extend(it.options.iter().cloned());
+    }
+    let llm_dir = out.join("llm");
+    let vocab =
+        crate::tokenizer::train_tokenizer(&lines, &llm_dir).map_err(step_err("tokenizer"))?;
+    let tok = ChatTokenizer::from_dir(&llm_dir).map_err(step_err("tokenizer"))?;
+    let (bos, eos) = (tok.bos_id(), tok.eos_id());
+    let wrap = |ids: Vec<u32>| -> Vec<u32> { bos.into_iter().chain(ids).chain(eos).collect() };
+
+    say(progress, "3/6 tiny CLIP (contrastive pre-training)");
+    let llm_cfg = LlamaConfig {
+        vocab_size: vocab,
+        hidden_size: cfg.llm_hidden,
+        intermediate_size: cfg.llm_hidden * 8 / 3,
+        num_hidden_layers: cfg.llm_layers,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: cfg.llm_hidden / 4,
+        tie_word_embeddings: true,
+        bos_token_id: bos,
+        eos_token_ids: eos.into_iter().collect(),
+        max_position_embeddings: 1024,
+        ..LlamaConfig::tiny()
+    };
+    let processor = ImageProcessor::from_hf_dir(
+        out.join("none"),
+        cfg.vision.image_size,
+        cfg.vision.patch_size,
+        false,
+    )
+    .map_err(step_err("clip"))?;
+    let captions_text =
+        std::fs::read_to_string(world_dir.join("captions.jsonl")).map_err(step_err("clip"))?;
+    let mut pixels = Vec::new();
+    let mut captions = Vec::new();
+    for line in captions_text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(step_err("clip"))?;
+        let (Some(img), Some(cap)) = (v["image"].as_str(), v["caption"].as_str()) else {
+            continue;
+        };
+        let image = og_llava::og_vision::load_rgb(world_dir.join("images").join(img))
+            .map_err(step_err("clip"))?;
+        let (data, _) = processor.pixel_data(&image).map_err(step_err("clip"))?;
+        pixels.push(
+            data.to_vec::<f32>()
+                .map_err(|e| step_err("clip")(format!("{e:?}")))?,
+        );
+        captions.push(wrap(tok.encode(cap, false).map_err(step_err("clip"))?));
+    }
+    let text_tower = LlamaConfig {
+        num_hidden_layers: 1,
+        ..llm_cfg.clone()
+    };
+    let (clip, clip_report) = pretrain_clip::<B>(
+        &pixels,
+        &captions,
+        &cfg.vision,
+        &text_tower,
+        cfg.vision.hidden_size,
+        &cfg.clip,
+        device,
+    )
+    .map_err(step_err("clip"))?;
+    let clip_dir = out.join("clip");
+    save_vision(&clip, &cfg.vision, &clip_dir).map_err(step_err("clip"))?;
+    drop(clip);
+
+    say(progress, "4/6 tiny Llama (language-model pre-training)");
+    let mut sequences: Vec<Vec<u32>> = Vec::new();
+    for l in text.lines() {
+        sequences.push(wrap(tok.encode(l, false).map_err(step_err("llm"))?));
+    }
+    // The chat layout too (text-only turns), so stage 2 starts from a model that knows it.
+    let sft: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(world_dir.join("sft.json")).map_err(step_err("llm"))?,
+    )
+    .map_err(step_err("llm"))?;
+    for row in &sft {
+        let msgs: Vec<Message> = row["conversations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let role = if t["from"] == "human" {
+                    "user"
+                } else {
+                    "assistant"
+                };
+                Message::new(
+                    role,
+                    t["value"].as_str().unwrap_or("").replace("<image>\n", ""),
+                )
+            })
+            .collect();
+        let rendered = tok.render(&msgs, false).map_err(step_err("llm"))?;
+        sequences.push(tok.encode(&rendered, false).map_err(step_err("llm"))?);
+    }
+    let (llm, lm_report) =
+        pretrain_llm::<B>(&sequences, &llm_cfg, &cfg.lm, device).map_err(step_err("llm"))?;
+    llm.save_pretrained(&llm_dir, &llm_cfg)
+        .map_err(step_err("llm"))?;
+    drop(llm);
+
+    // Stage 1 + 2 per arm.
+    let base = BaseModel::Parts {
+        vision: clip_dir.clone(),
+        llm: llm_dir.clone(),
+        select_layer: -2,
+    };
+    let mut stages = Vec::new();
+    let mut finals = Vec::new();
+    for (arm, masks) in [("llava", None), ("og-llava", Some(world_dir.join("masks")))] {
+        say(
+            progress,
+            &format!("5/6 {arm}: stage 1 (alignment) and stage 2 (LoRA SFT)"),
+        );
+        let fusion = FusionSpec {
+            delimiter: if masks.is_some() {
+                Delimiter::BeforeMask
+            } else {
+                Delimiter::None
+            },
+            ..FusionSpec::default()
+        };
+        let mut prev: Option<PathBuf> = None;
+        for (stage, json, epochs, lr) in [
+            (Stage::Align, "align.json", cfg.align_epochs, cfg.lr_align),
+            (Stage::Sft, "sft.json", cfg.sft_epochs, cfg.lr_sft),
+        ] {
+            let name = match stage {
+                Stage::Align => "align",
+                Stage::Sft => "sft",
+            };
+            let run_dir = out.join("runs").join(format!("{arm}-{name}"));
+            let _ = std::fs::remove_dir_all(&run_dir);
+            let tc = TrainConfig {
+                stage,
+                base: base.clone(),
+                init_from: prev.clone(),
+                fusion: fusion.clone(),
+                segment_rope: false,
+                lora: (stage == Stage::Sft).then(|| LoraConfig {
+                    r: cfg.lora_r,
+                    alpha: 2.0 * cfg.lora_r as f64,
+                    dropout: 0.05,
+                    target_modules: og_llava::og_llm::LORA_TARGETS
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect(),
+                }),
+                data: DataConfig {
+                    json: world_dir.join(json),
+                    images: world_dir.join("images"),
+                    masks: masks.clone(),
+                    selection: SelectionConfig::default(),
+                    pad_to_square: false,
+                    fail_on_bad_rows: true,
+                    workers: 1,
+                    group_by_length: false,
+                },
+                output_dir: run_dir.clone(),
+                model_max_length: 512,
+                epochs,
+                max_steps: None,
+                batch_size: cfg.batch_size,
+                grad_accumulation: 1,
+                lr_connector: lr,
+                lr_lora: lr,
+                warmup_ratio: if stage == Stage::Align { 0.03 } else { 0.06 },
+                weight_decay: 0.0,
+                adam_betas: (0.9, 0.999),
+                adam_eps: 1e-8,
+                max_grad_norm: Some(0.3),
+                seed: cfg.seed,
+                checkpoint_every: 1_000_000,
+                keep_checkpoints: 1,
+                log_every: 25,
+            };
+            let s = og_train::train::<B>(
+                &tc,
+                device,
+                &RunOptions {
+                    progress,
+                    ..Default::default()
+                },
+            )
+            .map_err(step_err("training"))?;
+            stages.push((
+                arm.to_string(),
+                name.to_string(),
+                s.first_loss,
+                s.last_loss,
+                s.steps,
+            ));
+            prev = Some(run_dir.join("final"));
+        }
+        finals.push((arm, prev.expect("two stages ran")));
+    }
+
+    say(progress, "6/6 evaluation");
+    let eval_processor = ImageProcessor::from_hf_dir(
+        &clip_dir,
+        cfg.vision.image_size,
+        cfg.vision.patch_size,
+        false,
+    )
+    .map_err(step_err("evaluation"))?;
+    let mut evaluations = Vec::new();
+    for (arm, dir) in &finals {
+        let mut model: OgLlava<B::InnerBackend> =
+            OgLlava::load_checkpoint(dir, None, device).map_err(step_err("evaluation"))?;
+        model.llm = model.llm.merge_lora();
+        let ev = Evaluator {
+            model: &model,
+            tokenizer: &tok,
+            processor: &eval_processor,
+            selection: SelectionConfig::default(),
+            device: device.clone(),
+        };
+        for with_masks in [false, true] {
+            let mut results = Results::default();
+            for (items, images, masks) in eval_sets(&world_dir, &eval_items) {
+                let r = ev
+                    .evaluate(
+                        &items,
+                        &images,
+                        with_masks.then_some(masks.as_path()),
+                        |_, _| {},
+                    )
+                    .map_err(step_err("evaluation"))?;
+                results.accuracy.extend(r.accuracy);
+                if r.mmvp_pairs.is_some() {
+                    results.mmvp_pairs = r.mmvp_pairs;
+                }
+                results.predictions.extend(r.predictions);
+            }
+            evaluations.push(ArmResult {
+                arm: arm.to_string(),
+                masks_at_inference: with_masks,
+                results,
+            });
+        }
+    }
+    let report = ExperimentReport {
+        config: cfg.clone(),
+        world,
+        vocab_size: vocab,
+        clip: clip_report,
+        lm: lm_report,
+        stages,
+        evaluations,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let path = out.join("results.json");
+    og_segment::write_atomic(
+        &path,
+        serde_json::to_string_pretty(&report)
+            .expect("json")
+            .as_bytes(),
+    )
+    .map_err(step_err("report"))?;
+    Ok(report)
+}
+
+/// Every evaluation item of a world (ARO files and MMVP).
+fn read_eval(world: &Path) -> Result<Vec<Item>, ExperimentError> {
+    let mut v = og_eval::read_aro_relation(world.join("eval/vg_relation.json"))
+        .map_err(step_err("evaluation"))?;
+    v.extend(
+        og_eval::read_aro_attribution(world.join("eval/vg_attribution.json"))
+            .map_err(step_err("evaluation"))?,
+    );
+    v.extend(
+        og_eval::read_aro_order(world.join("eval/coco_order.json"))
+            .map_err(step_err("evaluation"))?,
+    );
+    v.extend(og_eval::read_mmvp(world.join("eval/mmvp")).map_err(step_err("evaluation"))?);
+    Ok(v)
+}
+
+/// Items grouped by where their images and masks live.
+fn eval_sets(world: &Path, items: &[Item]) -> Vec<(Vec<Item>, PathBuf, PathBuf)> {
+    let (mmvp, aro): (Vec<Item>, Vec<Item>) =
+        items.iter().cloned().partition(|i| i.bench == "mmvp");
+    vec![
+        (aro, world.join("images"), world.join("masks")),
+        (mmvp, world.join("eval/mmvp"), world.join("eval/mmvp")),
+    ]
+}
+
+/// The results as a plain-text table: rows benchmark/split, columns arm × masks.
+pub fn table(report: &ExperimentReport) -> String {
+    let cols: Vec<String> = report
+        .evaluations
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{}",
+                e.arm,
+                if e.masks_at_inference { " +masks" } else { "" }
+            )
+        })
+        .collect();
+    let mut rows: Vec<(String, String)> = Vec::new();
+    for e in &report.evaluations {
+        for (bench, splits) in &e.results.accuracy {
+            for split in splits.keys() {
+                let k = (bench.clone(), split.clone());
+                if !rows.contains(&k) {
+                    rows.push(k);
+                }
+            }
+        }
+    }
+    let mut s = format!("{:<28}", "benchmark / split");
+    for c in &cols {
+        s += &format!("{c:>18}");
+    }
+    s += "\n";
+    for (bench, split) in &rows {
+        s += &format!("{:<28}", format!("{bench} / {split}"));
+        for e in &report.evaluations {
+            let a = e.results.accuracy.get(bench).and_then(|m| m.get(split));
+            s += &match a {
+                Some(a) => format!("{:>11.1}% ({:>3})", 100.0 * a.value(), a.total),
+                None => format!("{:>18}", "-"),
+            };
+        }
+        s += "\n";
+    }
+    s += &format!("{:<28}", "mmvp / pairs");
+    for e in &report.evaluations {
+        s += &match e.results.mmvp_pairs {
+            Some(a) => format!("{:>11.1}% ({:>3})", 100.0 * a.value(), a.total),
+            None => format!("{:>18}", "-"),
+        };
+    }
+    s + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    #[test]
+    fn smoke_run_wires_every_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = ExperimentConfig::smoke(1);
+        let r = run::<Autodiff<Flex<f32>>>(&cfg, dir.path(), &Default::default(), false).unwrap();
+        assert_eq!(r.evaluations.len(), 4);
+        assert_eq!(r.stages.len(), 4);
+        for (arm, stage, first, last, steps) in &r.stages {
+            assert!(
+                *steps > 0 && first.is_some() && last.is_some(),
+                "{arm} {stage}"
+            );
+        }
+        for f in [
+            "results.json",
+            "clip/config.json",
+            "llm/tokenizer.json",
+            "llm/model.safetensors",
+            "runs/og-llava-sft/final/og_llava.json",
+            "runs/llava-align/loss.svg",
+        ] {
+            assert!(dir.path().join(f).is_file(), "{f}");
+        }
+        let t = table(&r);
+        assert!(
+            t.contains("vg_relation / all") && t.contains("og-llava +masks"),
+            "{t}"
+        );
+        let (first, last) = r.lm.first_last(2);
+        assert!(last < first, "LM pre-training loss {first} → {last}");
+    }
+}
