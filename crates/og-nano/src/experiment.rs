@@ -125,6 +125,17 @@ pub struct ArmResult {
     pub results: Results,
 }
 
+/// One training stage of one arm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageResult {
+    pub arm: String,
+    pub stage: String,
+    pub first_loss: Option<f64>,
+    pub last_loss: Option<f64>,
+    pub steps: usize,
+    pub seconds: f64,
+}
+
 /// Everything the experiment measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExperimentReport {
@@ -133,8 +144,7 @@ pub struct ExperimentReport {
     pub vocab_size: usize,
     pub clip: PretrainReport,
     pub lm: PretrainReport,
-    /// Stage summaries per arm: (arm, stage, first loss, last loss, steps).
-    pub stages: Vec<(String, String, Option<f64>, Option<f64>, usize)>,
+    pub stages: Vec<StageResult>,
     pub evaluations: Vec<ArmResult>,
     pub seconds: f64,
 }
