@@ -363,13 +363,14 @@ pub fn run<B: AutodiffBackend>(
                 },
             )
             .map_err(step_err("training"))?;
-            stages.push((
-                arm.to_string(),
-                name.to_string(),
-                s.first_loss,
-                s.last_loss,
-                s.steps,
-            ));
+            stages.push(StageResult {
+                arm: arm.to_string(),
+                stage: name.to_string(),
+                first_loss: s.first_loss,
+                last_loss: s.last_loss,
+                steps: s.steps,
+                seconds: s.seconds,
+            });
             prev = Some(run_dir.join("final"));
         }
         finals.push((arm, prev.expect("two stages ran")));
@@ -528,10 +529,10 @@ mod tests {
         let r = run::<Autodiff<Flex<f32>>>(&cfg, dir.path(), &Default::default(), false).unwrap();
         assert_eq!(r.evaluations.len(), 4);
         assert_eq!(r.stages.len(), 4);
-        for (arm, stage, first, last, steps) in &r.stages {
+        for s in &r.stages {
             assert!(
-                *steps > 0 && first.is_some() && last.is_some(),
-                "{arm} {stage}"
+                s.steps > 0 && s.first_loss.is_some() && s.last_loss.is_some(),
+                "{s:?}"
             );
         }
         for f in [
