@@ -13,8 +13,9 @@ tasks:
   compare-train training steps/s against PyTorch eager + peft, small LLaVA (scripts/compare_train.py)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
   demo          the README's main job: og-llava tokens on the example image
+  train         the nano-world experiment on the CPU (og-llava nano; results in runs/nano)
   train ARGS    one training stage: og-llava train --config RUN.toml [--preset P]
-                [--set key=value] [--resume] (no ARGS: the nano world, not built yet)";
+                [--set key=value] [--resume]";
 
 fn run(cmd: &mut Command) -> ExitCode {
     eprintln!("+ {cmd:?}");
@@ -82,19 +83,14 @@ fn main() -> ExitCode {
             ])
             .current_dir(&root)),
         // With arguments: one training stage through og-train (`og-llava train`). Without: the
-        // nano world, which is not built yet.
+        // nano-world experiment (`og-llava nano`).
         Some("train") if args.len() > 1 => run(Command::new("cargo")
             .args(["run", "--release", "-p", "og-llava-cli", "--", "train"])
             .args(&args[1..])
             .current_dir(&root)),
-        Some("train") => {
-            eprintln!(
-                "xtask: `cargo xtask train` without arguments will run the nano world (not built \
-                 yet). Train a stage now with `cargo xtask train --config RUN.toml [--preset \
-                 paper-3b-sft] [--set key=value] [--resume]`."
-            );
-            ExitCode::FAILURE
-        }
+        Some("train") => run(Command::new("cargo")
+            .args(["run", "--release", "-p", "og-llava-cli", "--", "nano"])
+            .current_dir(&root)),
         _ => {
             eprintln!("{USAGE}");
             ExitCode::FAILURE

@@ -2,6 +2,7 @@
 
 mod ask;
 mod llm;
+mod nano;
 mod overlay;
 mod train;
 mod world;
@@ -41,6 +42,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Write a nano world: scenes with masks, conversations and evaluation sets.
     World(world::WorldArgs),
+    /// The whole nano-world experiment: tokenizer, tiny CLIP, tiny Llama, LLaVA vs OG-LLaVA
+    /// (two stages each), evaluation with and without masks.
+    Nano(nano::NanoArgs),
     /// Run the connector at paper size on a backend: proves the backend works, times it.
     DeviceCheck {
         /// ndarray | flex | wgpu[:N] | cuda[:N] (default: the measured-fastest CPU backend)
@@ -242,6 +246,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => llm::generate(&args),
         Command::Train(args) => train::run(&args),
         Command::World(args) => world::run(&args),
+        Command::Nano(args) => nano::run_nano(&args),
         Command::Ask(args) => ask::ask(&args),
         Command::DeviceCheck {
             device,

@@ -95,7 +95,18 @@ impl LlamaConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<LlamaForCausalLM<B>> {
         self.validate()?;
         let (h, hd) = (self.hidden_size, self.head_dim);
-        let lin = |i, o, bias| LinearConfig::new(i, o).with_bias(bias).init(device);
+        // transformers' `_init_weights` for Llama: N(0, 0.02) for linear layers and embeddings
+        // (what training from scratch needs; loading replaces it and never materialises it).
+        let init = burn::nn::Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let lin = |i, o, bias| {
+            LinearConfig::new(i, o)
+                .with_bias(bias)
+                .with_initializer(init.clone())
+                .init(device)
+        };
         let proj = |i, o, bias| LoraLinear::new(lin(i, o, bias));
         let norm = || {
             RmsNormConfig::new(h)
@@ -124,7 +135,9 @@ impl LlamaConfig {
             .collect();
         Ok(LlamaForCausalLM {
             model: LlamaModel {
-                embed_tokens: EmbeddingConfig::new(self.vocab_size, h).init(device),
+                embed_tokens: EmbeddingConfig::new(self.vocab_size, h)
+                    .with_initializer(init.clone())
+                    .init(device),
                 layers,
                 norm: norm(),
             },
