@@ -346,8 +346,14 @@ mod tests {
             patch_size: 8,
             ..ClipVisionConfig::tiny()
         };
-        // Four constant-colour images, four one-word captions.
-        let pixels: Vec<Vec<f32>> = (0..4).map(|k| vec![k as f32 - 1.5; 3 * 16 * 16]).collect();
+        // Four distinct patterns (layer norm makes constant images alike), one-word captions.
+        let pixels: Vec<Vec<f32>> = (0..4)
+            .map(|k| {
+                (0..3 * 16 * 16)
+                    .map(|i| ((i * (k + 1) + 5 * k) % 7) as f32 / 3.0 - 1.0)
+                    .collect()
+            })
+            .collect();
         let captions: Vec<Vec<u32>> = (0..4).map(|k| vec![1, 3 + k, 2]).collect();
         let train = PretrainConfig {
             steps: 40,
