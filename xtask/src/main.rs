@@ -13,7 +13,9 @@ tasks:
   compare-train training steps/s against PyTorch eager + peft, small LLaVA (scripts/compare_train.py)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
   demo          the README's main job: og-llava tokens on the example image
-  train         the nano-world experiment on the CPU (og-llava nano; results in runs/nano)
+  train [--seeds N] [--preset nano|smoke]
+                the nano-world experiment on the CPU (og-llava nano; results in runs/nano)
+  ablate        the paper's ablations in the nano world (og-llava nano --ablate)
   train ARGS    one training stage: og-llava train --config RUN.toml [--preset P]
                 [--set key=value] [--resume]";
 
@@ -82,14 +84,21 @@ fn main() -> ExitCode {
                 "--compare",
             ])
             .current_dir(&root)),
-        // With arguments: one training stage through og-train (`og-llava train`). Without: the
-        // nano-world experiment (`og-llava nano`).
-        Some("train") if args.len() > 1 => run(Command::new("cargo")
-            .args(["run", "--release", "-p", "og-llava-cli", "--", "train"])
-            .args(&args[1..])
-            .current_dir(&root)),
+        // One training stage through og-train (`og-llava train`) when given a run configuration;
+        // otherwise the nano-world experiment (`og-llava nano`, e.g. `--seeds 3`).
+        Some("train")
+            if args[1..].iter().any(|a| {
+                matches!(a.as_str(), "--config" | "--set" | "--resume") || a.starts_with("paper-")
+            }) =>
+        {
+            run(Command::new("cargo")
+                .args(["run", "--release", "-p", "og-llava-cli", "--", "train"])
+                .args(&args[1..])
+                .current_dir(&root))
+        }
         Some("train") => run(Command::new("cargo")
             .args(["run", "--release", "-p", "og-llava-cli", "--", "nano"])
+            .args(&args[1..])
             .current_dir(&root)),
         _ => {
             eprintln!("{USAGE}");

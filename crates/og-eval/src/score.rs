@@ -66,6 +66,8 @@ pub struct Evaluator<'a, B: Backend> {
     pub tokenizer: &'a ChatTokenizer,
     pub processor: &'a ImageProcessor,
     pub selection: SelectionConfig,
+    /// Group images by sliding windows instead of masks (when a mask folder is not given).
+    pub windows: Option<og_llava::og_fusion::Windows>,
     pub device: B::Device,
 }
 
@@ -108,7 +110,18 @@ impl<B: Backend> Evaluator<'_, B> {
                 message: e.to_string(),
             })?;
         let selection = match masks {
-            None => None,
+            None => match self.windows {
+                Some(w) => {
+                    let g = self.model.vision.grid();
+                    Some(
+                        Selection::from_windows((g, g), w).map_err(|e| EvalError::Input {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?,
+                    )
+                }
+                None => None,
+            },
             Some(root) => {
                 let file = root.join(&item.image).with_extension("json");
                 if file.is_file() {

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use og_llava::BackendTask;
-use og_nano::experiment::{ExperimentConfig, ExperimentError, ExperimentReport, run, table};
+use og_nano::experiment::{
+    ArmSpec, ExperimentConfig, ExperimentError, ExperimentReport, ablation_arms, main_arms, run,
+    table, table_seeds,
+};
 
 use crate::CliError;
 
@@ -26,6 +29,14 @@ pub struct NanoArgs {
     preset: NanoPreset,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run the paper's ablations (OG-LLaVA variants: Φ, Global View, delimiters, PEs,
+    /// segment-aware RoPE, sliding windows, mask noise) instead of the main comparison.
+    #[arg(long)]
+    ablate: bool,
+    /// Repeat with seeds seed, seed+1, … (each in its own `seed-N` directory) and report
+    /// mean ± sd.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
     /// ndarray | flex | wgpu[:N] | cuda[:N]
     #[arg(long)]
     device: Option<String>,
@@ -33,6 +44,7 @@ pub struct NanoArgs {
 
 struct Nano {
     cfg: ExperimentConfig,
+    arms: Vec<ArmSpec>,
     out: PathBuf,
 }
 
@@ -40,28 +52,49 @@ impl BackendTask for Nano {
     type Output = Result<ExperimentReport, ExperimentError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        run::<Autodiff<B>>(&self.cfg, &self.out, &device, true)
+        run::<Autodiff<B>>(&self.cfg, &self.arms, &self.out, &device, true)
     }
 }
 
 pub fn run_nano(args: &NanoArgs) -> Result<(), CliError> {
-    let cfg = match args.preset {
-        NanoPreset::Nano => ExperimentConfig::nano(args.seed),
-        NanoPreset::Smoke => ExperimentConfig::smoke(args.seed),
+    if args.seeds == 0 {
+        return Err(CliError::Usage("--seeds must be at least 1".into()));
+    }
+    let arms = if args.ablate {
+        ablation_arms()
+    } else {
+        main_arms()
     };
-    let report = og_llava::dispatch(
-        crate::device_spec(args.device.as_deref())?,
-        Nano {
-            cfg,
-            out: args.out.clone(),
-        },
-    )?
-    .map_err(|e| CliError::Usage(e.to_string()))?;
-    println!("{}", table(&report));
-    println!(
-        "{:.0}s in all; results in {}",
-        report.seconds,
-        args.out.join("results.json").display()
-    );
+    let mut reports = Vec::new();
+    for seed in args.seed..args.seed + args.seeds {
+        let cfg = match args.preset {
+            NanoPreset::Nano => ExperimentConfig::nano(seed),
+            NanoPreset::Smoke => ExperimentConfig::smoke(seed),
+        };
+        let out = if args.seeds > 1 {
+            args.out.join(format!("seed-{seed}"))
+        } else {
+            args.out.clone()
+        };
+        let report = og_llava::dispatch(
+            crate::device_spec(args.device.as_deref())?,
+            Nano {
+                cfg,
+                arms: arms.clone(),
+                out: out.clone(),
+            },
+        )?
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+        println!("seed {seed}:\n{}", table(&report));
+        println!(
+            "{:.0}s; results in {}",
+            report.seconds,
+            out.join("results.json").display()
+        );
+        reports.push(report);
+    }
+    if reports.len() > 1 {
+        println!("{}", table_seeds(&reports));
+    }
     Ok(())
 }

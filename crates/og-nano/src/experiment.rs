@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use og_eval::{Evaluator, Item, Results};
-use og_llava::og_fusion::{Delimiter, SelectionConfig};
+use og_llava::og_fusion::{Delimiter, SelectionConfig, Windows};
 use og_llava::og_llm::{ChatTokenizer, LlamaConfig, LoraConfig, Message};
 use og_llava::og_vision::ImageProcessor;
 use og_llava::og_vision::clip::ClipVisionConfig;
@@ -115,12 +115,119 @@ impl ExperimentConfig {
     }
 }
 
+/// Which masks an arm sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskSource {
+    /// None: the plain LLaVA path in training (masks may still be given at inference).
+    None,
+    /// The renderer's instance masks.
+    GroundTruth,
+    /// Segmenter-like masks (merged, dilated, dropped).
+    Noisy,
+}
+
+/// One trained model of the comparison: what it sees and how its connector is configured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArmSpec {
+    pub name: String,
+    pub masks: MaskSource,
+    /// Sliding windows instead of masks (training and "with masks" inference).
+    pub windows: Option<Windows>,
+    pub fusion: FusionSpec,
+    pub selection: SelectionConfig,
+    pub segment_rope: bool,
+}
+
+impl ArmSpec {
+    /// The LLaVA baseline: no masks in training.
+    pub fn llava() -> Self {
+        Self {
+            name: "llava".into(),
+            masks: MaskSource::None,
+            windows: None,
+            fusion: FusionSpec::default(),
+            selection: SelectionConfig::default(),
+            segment_rope: false,
+        }
+    }
+
+    /// OG-LLaVA as this project runs it by default: ground-truth masks, patch-aligned Φ, a BoM
+    /// delimiter before each mask group (the released code's `mm_bom_mask_token`).
+    pub fn og_llava() -> Self {
+        Self {
+            name: "og-llava".into(),
+            masks: MaskSource::GroundTruth,
+            fusion: FusionSpec {
+                delimiter: Delimiter::BeforeMask,
+                ..FusionSpec::default()
+            },
+            ..Self::llava()
+        }
+    }
+
+    fn variant(name: &str, f: impl FnOnce(&mut ArmSpec)) -> Self {
+        let mut a = Self::og_llava();
+        a.name = name.into();
+        f(&mut a);
+        a
+    }
+}
+
+/// The paper's comparison: the LLaVA baseline and OG-LLaVA.
+pub fn main_arms() -> Vec<ArmSpec> {
+    vec![ArmSpec::llava(), ArmSpec::og_llava()]
+}
+
+/// The paper's ablations (Section 5.4) in the nano world, each a variant of OG-LLaVA:
+/// paper-exact Φ, Global View, delimiters, positional encodings, segment-aware RoPE, sliding
+/// windows instead of masks, segmenter-like mask noise.
+pub fn ablation_arms() -> Vec<ArmSpec> {
+    use og_llava::og_fusion::{GlobalView, Phi, PositionalEncoding};
+    vec![
+        ArmSpec::llava(),
+        ArmSpec::og_llava(),
+        ArmSpec::variant("phi-raster (paper-exact)", |a| {
+            a.selection.phi = Phi::RasterStrip1d { alpha: 0.5 }
+        }),
+        ArmSpec::variant("no delimiter", |a| a.fusion.delimiter = Delimiter::None),
+        ArmSpec::variant("eom delimiter", |a| {
+            a.fusion.delimiter = Delimiter::AfterMask
+        }),
+        ArmSpec::variant("global view (full)", |a| {
+            a.fusion.global_view = GlobalView::Full
+        }),
+        ArmSpec::variant("global view (mean)", |a| {
+            a.fusion.global_view = GlobalView::Mean
+        }),
+        ArmSpec::variant("pe sinusoidal 1d", |a| {
+            a.fusion.positional = PositionalEncoding::Sinusoidal1d
+        }),
+        ArmSpec::variant("pe learned 1d", |a| {
+            a.fusion.positional = PositionalEncoding::Learned1d { max_segments: 8 }
+        }),
+        ArmSpec::variant("pe sinusoidal 2d", |a| {
+            a.fusion.positional = PositionalEncoding::Sinusoidal2d
+        }),
+        ArmSpec::variant("segment-aware rope", |a| a.segment_rope = true),
+        ArmSpec::variant("windows k=1", |a| {
+            a.windows = Some(Windows::Raster { k: 1 })
+        }),
+        ArmSpec::variant("windows k=5", |a| {
+            a.windows = Some(Windows::Raster { k: 5 })
+        }),
+        ArmSpec::variant("windows k=10", |a| {
+            a.windows = Some(Windows::Raster { k: 10 })
+        }),
+        ArmSpec::variant("noisy masks", |a| a.masks = MaskSource::Noisy),
+    ]
+}
+
 /// One trained arm evaluated one way.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArmResult {
-    /// `llava` (trained without masks) or `og-llava` (trained with masks).
     pub arm: String,
-    /// Masks given at inference.
+    /// Masks (or the arm's windows) given at inference.
     pub masks_at_inference: bool,
     pub results: Results,
 }
@@ -140,6 +247,7 @@ pub struct StageResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExperimentReport {
     pub config: ExperimentConfig,
+    pub arms: Vec<ArmSpec>,
     pub world: WorldSummary,
     pub vocab_size: usize,
     pub clip: PretrainReport,
@@ -155,14 +263,38 @@ fn say(progress: bool, msg: &str) {
     }
 }
 
-/// Runs every step into `out`.
-pub fn run<B: AutodiffBackend>(
+/// Steps 1–4, shared by every arm: the world, the tokenizer, the frozen tiny CLIP and the
+/// pre-trained tiny Llama. Reused from `out` when `base.json` there records the same
+/// configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Base {
+    pub config: ExperimentConfig,
+    pub world: WorldSummary,
+    pub vocab_size: usize,
+    pub clip: PretrainReport,
+    pub lm: PretrainReport,
+}
+
+/// Builds (or reuses) the [`Base`] in `out`.
+pub fn prepare_base<B: AutodiffBackend>(
     cfg: &ExperimentConfig,
     out: &Path,
     device: &B::Device,
     progress: bool,
-) -> Result<ExperimentReport, ExperimentError> {
-    let t0 = Instant::now();
+) -> Result<Base, ExperimentError> {
+    let marker = out.join("base.json");
+    if let Ok(text) = std::fs::read_to_string(&marker)
+        && let Ok(base) = serde_json::from_str::<Base>(&text)
+        && serde_json::to_value(&base.config).ok() == serde_json::to_value(cfg).ok()
+        && out.join("clip/model.safetensors").is_file()
+        && out.join("llm/model.safetensors").is_file()
+    {
+        say(
+            progress,
+            "steps 1-4 reused (world, tokenizer, tiny CLIP, tiny Llama)",
+        );
+        return Ok(base);
+    }
     let world_dir = out.join("world");
     say(progress, "1/6 world");
     let world = generate(&cfg.world, &world_dir).map_err(step_err("world"))?;
@@ -173,8 +305,7 @@ pub fn run<B: AutodiffBackend>(
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     // The evaluation texts' words, so no option contains an unknown word (only the vocabulary
     // is learned from them).
-    let eval_items = read_eval(&world_dir)?;
-    for it in &eval_items {
+    for it in read_eval(&world_dir)? {
         lines.push(it.prompt.clone());
         lines.extend(it.options.iter().cloned());
     }
@@ -239,8 +370,7 @@ pub fn run<B: AutodiffBackend>(
         device,
     )
     .map_err(step_err("clip"))?;
-    let clip_dir = out.join("clip");
-    save_vision(&clip, &cfg.vision, &clip_dir).map_err(step_err("clip"))?;
+    save_vision(&clip, &cfg.vision, &out.join("clip")).map_err(step_err("clip"))?;
     drop(clip);
 
     say(progress, "4/6 tiny Llama (language-model pre-training)");
@@ -277,29 +407,75 @@ pub fn run<B: AutodiffBackend>(
         pretrain_llm::<B>(&sequences, &llm_cfg, &cfg.lm, device).map_err(step_err("llm"))?;
     llm.save_pretrained(&llm_dir, &llm_cfg)
         .map_err(step_err("llm"))?;
-    drop(llm);
+    let base = Base {
+        config: cfg.clone(),
+        world,
+        vocab_size: vocab,
+        clip: clip_report,
+        lm: lm_report,
+    };
+    og_segment::write_atomic(
+        &marker,
+        serde_json::to_string_pretty(&base)
+            .expect("json")
+            .as_bytes(),
+    )
+    .map_err(step_err("report"))?;
+    Ok(base)
+}
 
-    // Stage 1 + 2 per arm.
+fn mask_dir(world: &Path, source: MaskSource) -> Option<PathBuf> {
+    match source {
+        MaskSource::None => None,
+        MaskSource::GroundTruth => Some(world.join("masks")),
+        MaskSource::Noisy => Some(world.join("masks_noisy")),
+    }
+}
+
+/// Runs steps 1–6 into `out` for `arms` (steps 1–4 reused when already there).
+pub fn run<B: AutodiffBackend>(
+    cfg: &ExperimentConfig,
+    arms: &[ArmSpec],
+    out: &Path,
+    device: &B::Device,
+    progress: bool,
+) -> Result<ExperimentReport, ExperimentError> {
+    let t0 = Instant::now();
+    let base_info = prepare_base::<B>(cfg, out, device, progress)?;
+    let world_dir = out.join("world");
+    let (clip_dir, llm_dir) = (out.join("clip"), out.join("llm"));
+    let tok = ChatTokenizer::from_dir(&llm_dir).map_err(step_err("tokenizer"))?;
+    let eval_items = read_eval(&world_dir)?;
     let base = BaseModel::Parts {
         vision: clip_dir.clone(),
         llm: llm_dir.clone(),
         select_layer: -2,
     };
+    let eval_processor = ImageProcessor::from_hf_dir(
+        &clip_dir,
+        cfg.vision.image_size,
+        cfg.vision.patch_size,
+        false,
+    )
+    .map_err(step_err("evaluation"))?;
     let mut stages = Vec::new();
-    let mut finals = Vec::new();
-    for (arm, masks) in [("llava", None), ("og-llava", Some(world_dir.join("masks")))] {
+    let mut evaluations = Vec::new();
+    for (n, arm) in arms.iter().enumerate() {
         say(
             progress,
-            &format!("5/6 {arm}: stage 1 (alignment) and stage 2 (LoRA SFT)"),
+            &format!(
+                "5/6 [{}/{}] {}: stage 1 (alignment) and stage 2 (LoRA SFT)",
+                n + 1,
+                arms.len(),
+                arm.name
+            ),
         );
-        let fusion = FusionSpec {
-            delimiter: if masks.is_some() {
-                Delimiter::BeforeMask
-            } else {
-                Delimiter::None
-            },
-            ..FusionSpec::default()
-        };
+        let slug: String = arm
+            .name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let masks = mask_dir(&world_dir, arm.masks);
         let mut prev: Option<PathBuf> = None;
         for (stage, json, epochs, lr) in [
             (Stage::Align, "align.json", cfg.align_epochs, cfg.lr_align),
@@ -309,14 +485,14 @@ pub fn run<B: AutodiffBackend>(
                 Stage::Align => "align",
                 Stage::Sft => "sft",
             };
-            let run_dir = out.join("runs").join(format!("{arm}-{name}"));
+            let run_dir = out.join("runs").join(format!("{slug}-{name}"));
             let _ = std::fs::remove_dir_all(&run_dir);
             let tc = TrainConfig {
                 stage,
                 base: base.clone(),
                 init_from: prev.clone(),
-                fusion: fusion.clone(),
-                segment_rope: false,
+                fusion: arm.fusion.clone(),
+                segment_rope: arm.segment_rope,
                 lora: (stage == Stage::Sft).then(|| LoraConfig {
                     r: cfg.lora_r,
                     alpha: 2.0 * cfg.lora_r as f64,
@@ -330,7 +506,8 @@ pub fn run<B: AutodiffBackend>(
                     json: world_dir.join(json),
                     images: world_dir.join("images"),
                     masks: masks.clone(),
-                    selection: SelectionConfig::default(),
+                    selection: arm.selection.clone(),
+                    windows: arm.windows,
                     pad_to_square: false,
                     fail_on_bad_rows: true,
                     workers: 1,
@@ -352,7 +529,7 @@ pub fn run<B: AutodiffBackend>(
                 seed: cfg.seed,
                 checkpoint_every: 1_000_000,
                 keep_checkpoints: 1,
-                log_every: 25,
+                log_every: 50,
             };
             let s = og_train::train::<B>(
                 &tc,
@@ -364,7 +541,7 @@ pub fn run<B: AutodiffBackend>(
             )
             .map_err(step_err("training"))?;
             stages.push(StageResult {
-                arm: arm.to_string(),
+                arm: arm.name.clone(),
                 stage: name.to_string(),
                 first_loss: s.first_loss,
                 last_loss: s.last_loss,
@@ -373,39 +550,37 @@ pub fn run<B: AutodiffBackend>(
             });
             prev = Some(run_dir.join("final"));
         }
-        finals.push((arm, prev.expect("two stages ran")));
-    }
-
-    say(progress, "6/6 evaluation");
-    let eval_processor = ImageProcessor::from_hf_dir(
-        &clip_dir,
-        cfg.vision.image_size,
-        cfg.vision.patch_size,
-        false,
-    )
-    .map_err(step_err("evaluation"))?;
-    let mut evaluations = Vec::new();
-    for (arm, dir) in &finals {
+        say(
+            progress,
+            &format!("6/6 [{}/{}] {}: evaluation", n + 1, arms.len(), arm.name),
+        );
         let mut model: OgLlava<B::InnerBackend> =
-            OgLlava::load_checkpoint(dir, None, device).map_err(step_err("evaluation"))?;
+            OgLlava::load_checkpoint(prev.expect("two stages ran"), None, device)
+                .map_err(step_err("evaluation"))?;
         model.llm = model.llm.merge_lora();
-        let ev = Evaluator {
-            model: &model,
-            tokenizer: &tok,
-            processor: &eval_processor,
-            selection: SelectionConfig::default(),
-            device: device.clone(),
-        };
         for with_masks in [false, true] {
+            let ev = Evaluator {
+                model: &model,
+                tokenizer: &tok,
+                processor: &eval_processor,
+                selection: arm.selection.clone(),
+                windows: if with_masks { arm.windows } else { None },
+                device: device.clone(),
+            };
+            // Masks at inference: the arm's own kind (ground truth for the baseline).
+            let source = match arm.masks {
+                MaskSource::None => MaskSource::GroundTruth,
+                m => m,
+            };
             let mut results = Results::default();
-            for (items, images, masks) in eval_sets(&world_dir, &eval_items) {
+            for (items, images, masks) in eval_sets(&world_dir, &eval_items, source) {
+                let masks = if with_masks && arm.windows.is_none() {
+                    masks
+                } else {
+                    None
+                };
                 let r = ev
-                    .evaluate(
-                        &items,
-                        &images,
-                        with_masks.then_some(masks.as_path()),
-                        |_, _| {},
-                    )
+                    .evaluate(&items, &images, masks.as_deref(), |_, _| {})
                     .map_err(step_err("evaluation"))?;
                 results.accuracy.extend(r.accuracy);
                 if r.mmvp_pairs.is_some() {
@@ -414,7 +589,7 @@ pub fn run<B: AutodiffBackend>(
                 results.predictions.extend(r.predictions);
             }
             evaluations.push(ArmResult {
-                arm: arm.to_string(),
+                arm: arm.name.clone(),
                 masks_at_inference: with_masks,
                 results,
             });
@@ -422,10 +597,11 @@ pub fn run<B: AutodiffBackend>(
     }
     let report = ExperimentReport {
         config: cfg.clone(),
-        world,
-        vocab_size: vocab,
-        clip: clip_report,
-        lm: lm_report,
+        arms: arms.to_vec(),
+        world: base_info.world,
+        vocab_size: base_info.vocab_size,
+        clip: base_info.clip,
+        lm: base_info.lm,
         stages,
         evaluations,
         seconds: t0.elapsed().as_secs_f64(),
@@ -457,64 +633,107 @@ fn read_eval(world: &Path) -> Result<Vec<Item>, ExperimentError> {
     Ok(v)
 }
 
-/// Items grouped by where their images and masks live.
-fn eval_sets(world: &Path, items: &[Item]) -> Vec<(Vec<Item>, PathBuf, PathBuf)> {
+/// Items grouped by where their images and masks live (MMVP has ground-truth masks only).
+fn eval_sets(
+    world: &Path,
+    items: &[Item],
+    masks: MaskSource,
+) -> Vec<(Vec<Item>, PathBuf, Option<PathBuf>)> {
     let (mmvp, aro): (Vec<Item>, Vec<Item>) =
         items.iter().cloned().partition(|i| i.bench == "mmvp");
     vec![
-        (aro, world.join("images"), world.join("masks")),
-        (mmvp, world.join("eval/mmvp"), world.join("eval/mmvp")),
+        (aro, world.join("images"), mask_dir(world, masks)),
+        (mmvp, world.join("eval/mmvp"), Some(world.join("eval/mmvp"))),
     ]
 }
 
-/// The results as a plain-text table: rows benchmark/split, columns arm × masks.
+/// Columns of the results table: (benchmark, split, header).
+const COLUMNS: &[(&str, &str, &str)] = &[
+    ("vg_relation", "all", "relation"),
+    ("vg_relation", "heldout", "rel.held"),
+    ("vg_attribution", "all", "attribution"),
+    ("vg_attribution", "heldout", "attr.held"),
+    ("coco_order", "all", "order"),
+    ("mmvp", "all", "mmvp"),
+];
+
+/// The results as a plain-text table: one row per arm and inference mode, accuracy in % per
+/// benchmark (held-out split separately), MMVP pair accuracy last.
 pub fn table(report: &ExperimentReport) -> String {
-    let cols: Vec<String> = report
-        .evaluations
-        .iter()
-        .map(|e| {
-            format!(
-                "{}{}",
-                e.arm,
-                if e.masks_at_inference { " +masks" } else { "" }
-            )
-        })
-        .collect();
-    let mut rows: Vec<(String, String)> = Vec::new();
-    for e in &report.evaluations {
-        for (bench, splits) in &e.results.accuracy {
-            for split in splits.keys() {
-                let k = (bench.clone(), split.clone());
-                if !rows.contains(&k) {
-                    rows.push(k);
-                }
-            }
-        }
+    let mut s = format!("{:<34}", "arm (inference)");
+    for (_, _, h) in COLUMNS {
+        s += &format!("{h:>12}");
     }
-    let mut s = format!("{:<28}", "benchmark / split");
-    for c in &cols {
-        s += &format!("{c:>18}");
+    s += &format!("{:>12}\n", "mmvp pairs");
+    for e in &report.evaluations {
+        let label = format!(
+            "{} ({})",
+            e.arm,
+            if e.masks_at_inference {
+                "masks"
+            } else {
+                "no masks"
+            }
+        );
+        s += &format!("{label:<34}");
+        for (bench, split, _) in COLUMNS {
+            s += &match e.results.accuracy.get(*bench).and_then(|m| m.get(*split)) {
+                Some(a) => format!("{:>12.1}", 100.0 * a.value()),
+                None => format!("{:>12}", "-"),
+            };
+        }
+        s += &match e.results.mmvp_pairs {
+            Some(a) => format!("{:>12.1}\n", 100.0 * a.value()),
+            None => format!("{:>12}\n", "-"),
+        };
+    }
+    s
+}
+
+/// Mean ± standard deviation over runs with different seeds (same arms), as a table.
+pub fn table_seeds(reports: &[ExperimentReport]) -> String {
+    let Some(first) = reports.first() else {
+        return String::new();
+    };
+    let mut s = format!(
+        "{:<34}",
+        format!("arm (inference), {} seeds", reports.len())
+    );
+    for (_, _, h) in COLUMNS {
+        s += &format!("{h:>14}");
     }
     s += "\n";
-    for (bench, split) in &rows {
-        s += &format!("{:<28}", format!("{bench} / {split}"));
-        for e in &report.evaluations {
-            let a = e.results.accuracy.get(bench).and_then(|m| m.get(split));
-            s += &match a {
-                Some(a) => format!("{:>11.1}% ({:>3})", 100.0 * a.value(), a.total),
-                None => format!("{:>18}", "-"),
-            };
+    for (k, e) in first.evaluations.iter().enumerate() {
+        let label = format!(
+            "{} ({})",
+            e.arm,
+            if e.masks_at_inference {
+                "masks"
+            } else {
+                "no masks"
+            }
+        );
+        s += &format!("{label:<34}");
+        for (bench, split, _) in COLUMNS {
+            let v: Vec<f64> = reports
+                .iter()
+                .filter_map(|r| r.evaluations.get(k))
+                .filter_map(|e| e.results.accuracy.get(*bench).and_then(|m| m.get(*split)))
+                .map(|a| 100.0 * a.value())
+                .collect();
+            if v.is_empty() {
+                s += &format!("{:>14}", "-");
+                continue;
+            }
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
+                / (v.len().max(2) - 1) as f64)
+                .sqrt();
+            s += &format!("{:>14}", format!("{mean:.1}±{sd:.1}"));
         }
         s += "\n";
     }
-    s += &format!("{:<28}", "mmvp / pairs");
-    for e in &report.evaluations {
-        s += &match e.results.mmvp_pairs {
-            Some(a) => format!("{:>11.1}% ({:>3})", 100.0 * a.value(), a.total),
-            None => format!("{:>18}", "-"),
-        };
-    }
-    s + "\n"
+    s
 }
 
 #[cfg(test)]
@@ -526,7 +745,9 @@ mod tests {
     fn smoke_run_wires_every_step() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = ExperimentConfig::smoke(1);
-        let r = run::<Autodiff<Flex<f32>>>(&cfg, dir.path(), &Default::default(), false).unwrap();
+        let r =
+            run::<Autodiff<Flex<f32>>>(&cfg, &main_arms(), dir.path(), &Default::default(), false)
+                .unwrap();
         assert_eq!(r.evaluations.len(), 4);
         assert_eq!(r.stages.len(), 4);
         for s in &r.stages {
@@ -547,10 +768,32 @@ mod tests {
         }
         let t = table(&r);
         assert!(
-            t.contains("vg_relation / all") && t.contains("og-llava +masks"),
+            t.contains("relation") && t.contains("og-llava (masks)"),
             "{t}"
         );
         let (first, last) = r.lm.first_last(2);
         assert!(last < first, "LM pre-training loss {first} → {last}");
+        // A second run reuses steps 1–4 and trains only the arms asked for.
+        let again = run::<Autodiff<Flex<f32>>>(
+            &cfg,
+            &[ArmSpec::variant("windows k=5", |a| {
+                a.windows = Some(Windows::Raster { k: 5 })
+            })],
+            dir.path(),
+            &Default::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(again.evaluations.len(), 2);
+        // (Reused from base.json: JSON keeps f64 to about 1e-15.)
+        assert_eq!(again.lm.losses.len(), r.lm.losses.len());
+        assert!(
+            again
+                .lm
+                .losses
+                .iter()
+                .zip(&r.lm.losses)
+                .all(|(a, b)| (a - b).abs() < 1e-12)
+        );
     }
 }

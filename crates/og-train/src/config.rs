@@ -41,6 +41,10 @@ pub struct DataConfig {
     /// How masks become groups of patches (Φ, order, caps).
     #[serde(default)]
     pub selection: SelectionConfig,
+    /// Group every image by sliding windows instead of masks (the paper's mask-free
+    /// comparison); `masks` is then ignored.
+    #[serde(default)]
+    pub windows: Option<og_llava::og_fusion::Windows>,
     /// Pad images to square with the CLIP mean colour (LLaVA-1.5's `expand2square`); else
     /// CLIP's resize and centre crop.
     #[serde(default = "yes")]

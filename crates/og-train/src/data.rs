@@ -215,6 +215,8 @@ pub struct Preparer {
     pub tokenizer: ChatTokenizer,
     pub fusion: OgFusionConfig,
     pub selection: og_llava::og_fusion::SelectionConfig,
+    /// Sliding windows instead of masks.
+    pub windows: Option<og_llava::og_fusion::Windows>,
     pub image_token_id: u32,
     /// Visual tokens of the plain path (V).
     pub grid_tokens: usize,
@@ -237,8 +239,17 @@ impl Preparer {
                 .processor
                 .pixel_data(&image)
                 .map_err(|e| format!("image preprocessing: {e}"))?;
-            let selection = match self.masks_for(rel)? {
-                None => None,
+            let grid = (self.grid_tokens as f64).sqrt().round() as usize;
+            let masks = match self.windows {
+                Some(_) => None,
+                None => self.masks_for(rel)?,
+            };
+            let selection = match masks {
+                None => self
+                    .windows
+                    .map(|w| Selection::from_windows((grid, grid), w))
+                    .transpose()
+                    .map_err(|e| format!("bad windows: {e}"))?,
                 Some(m) => {
                     m.expect_size(image.width() as usize, image.height() as usize)
                         .map_err(|e| format!("masks of another size: {e}"))?;

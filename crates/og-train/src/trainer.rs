@@ -244,6 +244,7 @@ pub fn train<B: AutodiffBackend>(
         tokenizer,
         fusion: model.connector.config().clone(),
         selection: cfg.data.selection.clone(),
+        windows: cfg.data.windows,
         image_token_id: model.image_token_id,
         grid_tokens: grid * grid,
         model_max_length: cfg.model_max_length,
