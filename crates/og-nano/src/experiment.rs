@@ -1,6 +1,7 @@
 //! The whole experiment (`cargo xtask train`): world → tokenizer → tiny CLIP → tiny Llama →
 //! stage 1 + stage 2 for the LLaVA baseline and for OG-LLaVA (same data, seeds and budget) →
-//! evaluation of both, with and without masks at inference → `results.json` and a table.
+//! evaluation of both, with and without masks at inference → `results.json`, `report.html`
+//! and a table.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -614,6 +615,7 @@ pub fn run<B: AutodiffBackend>(
             .as_bytes(),
     )
     .map_err(step_err("report"))?;
+    crate::report::write_html(&report, out)?;
     Ok(report)
 }
 
@@ -763,6 +765,8 @@ mod tests {
             "llm/model.safetensors",
             "runs/og-llava-sft/final/og_llava.json",
             "runs/llava-align/loss.svg",
+            "report.html",
+            "report/scene-000000.png",
         ] {
             assert!(dir.path().join(f).is_file(), "{f}");
         }

@@ -7,12 +7,14 @@
 //! - [`world`]: writes a world (images, masks, LLaVA conversation JSON, evaluation sets);
 //! - [`tokenizer`]: step 1, a tokenizer trained on the world's text;
 //! - [`pretrain`]: steps 2 and 3, a contrastive tiny CLIP and a tiny Llama;
-//! - [`experiment`]: all steps, both arms, evaluation, results.
+//! - [`experiment`]: all steps, both arms, evaluation, results;
+//! - [`report`]: `report.html` with tables, charts, loss curves and sample scenes.
 //!
 //! Everything is deterministic by seed (SplitMix64 throughout).
 
 pub mod experiment;
 pub mod pretrain;
+pub mod report;
 pub mod scene;
 pub mod text;
 pub mod tokenizer;
