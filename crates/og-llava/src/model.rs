@@ -547,64 +547,10 @@ impl<B: Backend> OgLlava<B> {
         prompt: &OgLlavaInput<B>,
         candidates: &[Vec<u32>],
     ) -> R<Vec<og_llm::Score>> {
-        if candidates.iter().any(Vec::is_empty) {
-            return Err(ModelError::Input(
-                "a candidate continuation is empty".into(),
-            ));
-        }
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
         let p = self.prepare(std::slice::from_ref(prompt))?;
-        let tp = p.lengths[0];
-        let pos = &p.positions[0];
-        let next = pos.iter().copied().max().unwrap_or(-1) + 1;
-        let t = tp + candidates.iter().map(Vec::len).max().unwrap_or(0);
-        let b = candidates.len();
-        let d = self.llm.hidden_size();
-        let device = p.embeds.device();
-        let mut rows = Vec::with_capacity(b);
-        let mut positions = Vec::with_capacity(b);
-        let mut padding = Vec::with_capacity(b * t);
-        for c in candidates {
-            let mut parts = vec![p.embeds.clone(), self.llm.embed(std::slice::from_ref(c))?];
-            let real = tp + c.len();
-            if real < t {
-                parts.push(Tensor::zeros([1, t - real, d], &device));
-            }
-            rows.push(Tensor::cat(parts, 1));
-            let mut q = pos.clone();
-            q.extend((0..(t - tp) as i64).map(|k| next + k));
-            positions.push(q);
-            padding.extend((0..t).map(|j| j >= real));
-        }
-        let mask = Tensor::<B, 2, Bool>::from_data(TensorData::new(padding, [b, t]), &device);
-        let logits = self
+        Ok(self
             .llm
-            .forward(Tensor::cat(rows, 0), &positions, Some(mask), None)?;
-        let logp = burn::tensor::activation::log_softmax(logits, 2);
-        let v = self.llm.vocab_size();
-        let data: Vec<f32> = logp
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32 data");
-        Ok(candidates
-            .iter()
-            .enumerate()
-            .map(|(bi, c)| {
-                let sum: f64 = c
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &tok)| data[(bi * t + tp + j - 1) * v + tok as usize] as f64)
-                    .sum();
-                og_llm::Score {
-                    sum,
-                    mean: sum / c.len() as f64,
-                    tokens: c.len(),
-                }
-            })
-            .collect())
+            .score_after_embeds(p.embeds, &p.positions[0], candidates)?)
     }
 
     /// Logits `[batch, T_max, vocab]` (rows past each sequence's length are padding).

@@ -200,28 +200,54 @@ impl<B: Backend> LlamaForCausalLM<B> {
         if prompt.is_empty() {
             return Err(LlmError::Input("scoring needs a non-empty prompt".into()));
         }
+        let positions: Vec<i64> = (0..prompt.len() as i64).collect();
+        self.score_after_embeds(self.embed(&[prompt.to_vec()])?, &positions, candidates)
+    }
+
+    /// Log-likelihood of each candidate continuation (token ids) after a prompt given as
+    /// embeddings `[1, P, hidden]` with its position ids (e.g. text with visual tokens spliced
+    /// in): the candidates run as one right-padded batch, continuing from the largest prompt
+    /// position.
+    pub fn score_after_embeds(
+        &self,
+        prompt: Tensor<B, 3>,
+        positions: &[i64],
+        candidates: &[Vec<u32>],
+    ) -> Result<Vec<Score>> {
+        let [b1, p, d] = prompt.dims();
+        if b1 != 1 || p == 0 || positions.len() != p {
+            return Err(LlmError::Input(format!(
+                "scoring takes one non-empty prompt with one position per token (got [{b1}, {p}], {} positions)",
+                positions.len()
+            )));
+        }
         if candidates.iter().any(Vec::is_empty) {
             return Err(LlmError::Input("a candidate continuation is empty".into()));
         }
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let p = prompt.len();
+        let next = positions.iter().copied().max().unwrap_or(-1) + 1;
         let t = p + candidates.iter().map(Vec::len).max().unwrap_or(0);
         let b = candidates.len();
-        let mut ids = Vec::with_capacity(b);
+        let device = prompt.device();
+        let mut rows = Vec::with_capacity(b);
+        let mut all_positions = Vec::with_capacity(b);
         let mut pad = Vec::with_capacity(b * t);
         for c in candidates {
-            let mut row: Vec<u32> = prompt.iter().chain(c).copied().collect();
-            let real = row.len();
-            row.resize(t, 0);
+            let mut parts = vec![prompt.clone(), self.embed(std::slice::from_ref(c))?];
+            let real = p + c.len();
+            if real < t {
+                parts.push(Tensor::zeros([1, t - real, d], &device));
+            }
+            rows.push(Tensor::cat(parts, 1));
+            let mut q = positions.to_vec();
+            q.extend((0..(t - p) as i64).map(|k| next + k));
+            all_positions.push(q);
             pad.extend((0..t).map(|i| i >= real));
-            ids.push(row);
         }
-        let device = self.model.embed_tokens.weight.device();
         let padding = Tensor::<B, 2, Bool>::from_data(TensorData::new(pad, [b, t]), &device);
-        let positions: Vec<Vec<i64>> = vec![(0..t as i64).collect(); b];
-        let logits = self.forward(self.embed(&ids)?, &positions, Some(padding), None)?;
+        let logits = self.forward(Tensor::cat(rows, 0), &all_positions, Some(padding), None)?;
         let logp = log_softmax(logits, 2);
         let v = self.vocab_size();
         let data: Vec<f32> = logp.into_data().convert::<f32>().to_vec().expect("f32");

@@ -233,6 +233,18 @@ pub struct ArmResult {
     pub results: Results,
 }
 
+impl ArmResult {
+    /// "arm (masks)" / "arm (no masks)".
+    pub fn label(&self) -> String {
+        let how = if self.masks_at_inference {
+            "masks"
+        } else {
+            "no masks"
+        };
+        format!("{} ({how})", self.arm)
+    }
+}
+
 /// One training stage of one arm.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageResult {
@@ -668,15 +680,7 @@ pub fn table(report: &ExperimentReport) -> String {
     }
     s += &format!("{:>12}\n", "mmvp pairs");
     for e in &report.evaluations {
-        let label = format!(
-            "{} ({})",
-            e.arm,
-            if e.masks_at_inference {
-                "masks"
-            } else {
-                "no masks"
-            }
-        );
+        let label = e.label();
         s += &format!("{label:<34}");
         for (bench, split, _) in COLUMNS {
             s += &match e.results.accuracy.get(*bench).and_then(|m| m.get(*split)) {
@@ -706,15 +710,7 @@ pub fn table_seeds(reports: &[ExperimentReport]) -> String {
     }
     s += "\n";
     for (k, e) in first.evaluations.iter().enumerate() {
-        let label = format!(
-            "{} ({})",
-            e.arm,
-            if e.masks_at_inference {
-                "masks"
-            } else {
-                "no masks"
-            }
-        );
+        let label = e.label();
         s += &format!("{label:<34}");
         for (bench, split, _) in COLUMNS {
             let v: Vec<f64> = reports

@@ -63,6 +63,35 @@ fn progress(what: &str, step: usize, total: usize, loss: f64, t0: Instant, every
     }
 }
 
+/// The loop both pre-trainings share: `steps` AdamW steps on `loss(model, rng)` with warm-up
+/// + cosine, the backend seeded first, a progress line every `log_every` steps.
+fn fit<B: AutodiffBackend, M: AutodiffModule<B>>(
+    mut model: M,
+    train: &PretrainConfig,
+    what: &str,
+    mut loss: impl FnMut(&M, &mut SplitMix64) -> og_llava::og_llm::Result<Tensor<B, 1>>,
+) -> og_llava::og_llm::Result<(M::InnerModule, PretrainReport)> {
+    let mut optim = adamw().init::<B, M>();
+    let mut rng = SplitMix64(train.seed);
+    let mut report = PretrainReport::default();
+    let t0 = Instant::now();
+    for step in 0..train.steps {
+        let l = loss(&model, &mut rng)?;
+        let value: f64 = l.clone().into_scalar().elem();
+        let grads = GradientsParams::from_grads(l.backward(), &model);
+        model = optim.step(
+            lr_at(train.lr, step, train.steps, train.warmup_ratio),
+            model,
+            grads,
+        );
+        report.losses.push(value);
+        progress(what, step + 1, train.steps, value, t0, train.log_every);
+    }
+    report.steps = train.steps;
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok((model.valid(), report))
+}
+
 /// Right-pads id rows with 0; returns rows, padding flags `[b, t]` and lengths.
 fn pad(rows: &[&Vec<u32>]) -> (Vec<Vec<u32>>, Vec<bool>, Vec<usize>) {
     let t = rows.iter().map(|r| r.len()).max().unwrap_or(1);
@@ -115,29 +144,13 @@ pub fn pretrain_llm<B: AutodiffBackend>(
     device: &B::Device,
 ) -> og_llava::og_llm::Result<(LlamaForCausalLM<B::InnerBackend>, PretrainReport)> {
     B::seed(device, train.seed);
-    let mut model: LlamaForCausalLM<B> = cfg.init(device)?;
-    let mut optim = adamw().init::<B, LlamaForCausalLM<B>>();
-    let mut rng = SplitMix64(train.seed);
-    let mut report = PretrainReport::default();
-    let t0 = Instant::now();
-    for step in 0..train.steps {
+    let model: LlamaForCausalLM<B> = cfg.init(device)?;
+    fit(model, train, "llm", |m, rng| {
         let rows: Vec<&Vec<u32>> = (0..train.batch_size)
             .map(|_| &sequences[rng.below(sequences.len())])
             .collect();
-        let loss = lm_loss(&model, &rows, device)?;
-        let value: f64 = loss.clone().into_scalar().elem();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(
-            lr_at(train.lr, step, train.steps, train.warmup_ratio),
-            model,
-            grads,
-        );
-        report.losses.push(value);
-        progress("llm", step + 1, train.steps, value, t0, train.log_every);
-    }
-    report.steps = train.steps;
-    report.seconds = t0.elapsed().as_secs_f64();
-    Ok((model.valid(), report))
+        lm_loss(m, &rows, device)
+    })
 }
 
 /// A tiny CLIP: vision tower, a causal text transformer pooled at its last token, projections
@@ -236,13 +249,9 @@ pub fn pretrain_clip<B: AutodiffBackend>(
     device: &B::Device,
 ) -> og_llava::og_llm::Result<(TinyClip<B::InnerBackend>, PretrainReport)> {
     B::seed(device, train.seed);
-    let mut model = TinyClip::<B>::new(vision, text, embed, device)?;
-    let mut optim = adamw().init::<B, TinyClip<B>>();
-    let mut rng = SplitMix64(train.seed);
-    let mut report = PretrainReport::default();
+    let model = TinyClip::<B>::new(vision, text, embed, device)?;
     let s = vision.image_size;
-    let t0 = Instant::now();
-    for step in 0..train.steps {
+    fit(model, train, "clip", |m, rng| {
         // Distinct pairs in a batch (duplicates would be false negatives).
         let mut picks: Vec<usize> = Vec::with_capacity(train.batch_size);
         while picks.len() < train.batch_size.min(pixels.len()) {
@@ -257,20 +266,8 @@ pub fn pretrain_clip<B: AutodiffBackend>(
             .collect();
         let pv = Tensor::<B, 4>::from_data(TensorData::new(data, [picks.len(), 3, s, s]), device);
         let caps: Vec<&Vec<u32>> = picks.iter().map(|&k| &captions[k]).collect();
-        let loss = model.loss(pv, &caps, device)?;
-        let value: f64 = loss.clone().into_scalar().elem();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(
-            lr_at(train.lr, step, train.steps, train.warmup_ratio),
-            model,
-            grads,
-        );
-        report.losses.push(value);
-        progress("clip", step + 1, train.steps, value, t0, train.log_every);
-    }
-    report.steps = train.steps;
-    report.seconds = t0.elapsed().as_secs_f64();
-    Ok((model.valid(), report))
+        m.loss(pv, &caps, device)
+    })
 }
 
 /// Writes the CLIP vision tower as a `CLIPVisionModel` directory with its
