@@ -4,13 +4,13 @@
 The same small LLaVA (CLIP 4×128 @112px/14 → 64 patches, Llama 4×256, vocab 512, random
 weights), the same 64 conversations (one image each, 3 prompt words, 16 supervised answer
 words), stage 2: projector + LoRA r=16 on q_proj/v_proj of the LLM, batch 4, AdamW, global-norm
-clip 0.3, f32, the same number of threads. The plain path (no masks) on both sides, since
+clip 0.3, f32, the same number of threads (ours on NdArray unless OG_DEVICE says otherwise). The plain path (no masks) on both sides, since
 transformers has no OG path. Prints seconds per step (steps 3..N; ours from metrics.jsonl) and
 steps/s ours ÷ theirs. Our side includes its loader (image decode, preprocessing, tokenising) in
 the step time; PyTorch's batches are prebuilt tensors.
 
 Usage: pip install torch transformers peft pillow && python3 scripts/compare_train.py [STEPS]
-(builds target/release/og-llava if needed; OG_DEVICE=ndarray|flex picks our backend)
+(builds target/release/og-llava if needed; OG_DEVICE=ndarray (default)|flex picks our backend)
 """
 import json
 import os
@@ -118,7 +118,7 @@ def ours(dirpath, steps):
         json.dump(cfg, f)
     binary = os.path.join(ROOT, "target", "release", "og-llava")
     subprocess.run(["cargo", "build", "--release", "-p", "og-llava-cli"], cwd=ROOT, check=True)
-    subprocess.run([binary, "train", "--device", os.environ.get("OG_DEVICE", "flex"), "--config", path], check=True,
+    subprocess.run([binary, "train", "--device", os.environ.get("OG_DEVICE", "ndarray"), "--config", path], check=True,
                    stdout=subprocess.DEVNULL)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         m = [json.loads(l) for l in f]
@@ -136,7 +136,7 @@ def main():
         mine = mine[1:]
         t, o = sum(theirs) / len(theirs), sum(mine) / len(mine)
         print(f"PyTorch eager: {t * 1000:.1f} ms/step ({len(theirs)} steps)")
-        print(f"ours ({os.environ.get('OG_DEVICE', 'flex')}): {o * 1000:.1f} ms/step ({len(mine)} steps), "
+        print(f"ours ({os.environ.get('OG_DEVICE', 'ndarray')}): {o * 1000:.1f} ms/step ({len(mine)} steps), "
               f"{m[-1]['tokens_per_s']:.0f} supervised tok/s, final loss {m[-1]['loss']:.3f}")
         print(f"steps/s ours / theirs = {t / o:.2f}")
         part = lambda k: sum(x[k] for x in m[2:]) / len(m[2:]) * 1000
