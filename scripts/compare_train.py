@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Training speed on the CPU: ours (`og-llava train`, Flex) vs PyTorch eager (transformers + peft).
+"""Training speed on the CPU: ours (`og-llava train`) vs PyTorch eager (transformers + peft).
 
 The same small LLaVA (CLIP 4×128 @112px/14 → 64 patches, Llama 4×256, vocab 512, random
 weights), the same 64 conversations (one image each, 3 prompt words, 16 supervised answer
 words), stage 2: projector + LoRA r=16 on q_proj/v_proj of the LLM, batch 4, AdamW, global-norm
-clip 0.3, f32, the same number of threads (ours on NdArray unless OG_DEVICE says otherwise). The plain path (no masks) on both sides, since
-transformers has no OG path. Prints seconds per step (steps 3..N; ours from metrics.jsonl) and
+clip 0.3, f32, the same number of threads (ours on NdArray unless OG_DEVICE says otherwise).
+The plain path (no masks) on both sides, since transformers has no OG path. Prints seconds per step (steps 3..N; ours from metrics.jsonl) and
 steps/s ours ÷ theirs. Our side includes its loader (image decode, preprocessing, tokenising) in
 the step time; PyTorch's batches are prebuilt tensors.
 
