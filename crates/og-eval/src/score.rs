@@ -1,6 +1,7 @@
 //! Log-likelihood ranking: each option is scored as the assistant's answer to the item's
 //! prompt (with the image, and with its masks when a mask folder is given); the option with
-//! the highest mean log-probability per token is the model's choice.
+//! the highest mean log-probability per token is the model's choice. Generation with rotated
+//! options (circular evaluation) is the second way.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,6 +182,76 @@ impl<B: Backend> Evaluator<'_, B> {
             .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean))
             .map(|(i, _)| i)
             .unwrap_or(0))
+    }
+
+    /// Generation with rotated options (MMBench's circular evaluation): the options are listed
+    /// as `(a) … (b) …` in the prompt, rotated once per position; the model answers greedily
+    /// and the first option letter in its answer is its choice. Returns, per rotation, whether
+    /// the choice was right. An item counts as right only when every rotation is.
+    pub fn generate_rotations(
+        &self,
+        item: &Item,
+        images: &Path,
+        masks: Option<&Path>,
+    ) -> Result<Vec<bool>, EvalError> {
+        let n = item.options.len();
+        let letters: Vec<char> = ('a'..='z').take(n).collect();
+        let image = self.image(item, images, masks)?;
+        let eos: Vec<u32> = self.tokenizer.eos_id().into_iter().collect();
+        let mut out = Vec::with_capacity(n);
+        for r in 0..n {
+            // Position k shows option (k + r) mod n.
+            let listed: Vec<String> = (0..n)
+                .map(|k| format!("({}) {}", letters[k], item.options[(k + r) % n]))
+                .collect();
+            let prompt = format!(
+                "{}\n{}\nanswer with the option's letter.",
+                item.prompt,
+                listed.join("\n")
+            );
+            let input = OgLlavaInput {
+                token_ids: self.prompt_ids(&prompt)?,
+                images: vec![image.clone()],
+            };
+            let cfg = og_llava::og_llm::GenerationConfig {
+                max_new_tokens: 4,
+                eos_token_ids: eos.clone(),
+                ..Default::default()
+            };
+            let ids = self.model.generate(&input, &cfg, |_| {})?;
+            let text = self.tokenizer.decode(&ids, true)?;
+            let chosen = text
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .find(|w| w.len() == 1)
+                .and_then(|w| letters.iter().position(|&l| w.starts_with(l)));
+            // The right option sits at position (answer − r) mod n.
+            let right = (item.answer + n - r % n) % n;
+            out.push(chosen == Some(right));
+        }
+        Ok(out)
+    }
+
+    /// [`Evaluator::generate_rotations`] over every item: accuracy under `<bench>@gen`, an
+    /// item right only when all its rotations are.
+    pub fn evaluate_generation(
+        &self,
+        items: &[Item],
+        images: &Path,
+        masks: Option<&Path>,
+    ) -> Result<Results, EvalError> {
+        let mut r = Results::default();
+        for item in items {
+            let all = self
+                .generate_rotations(item, images, masks)?
+                .iter()
+                .all(|&ok| ok);
+            let b = r.accuracy.entry(format!("{}@gen", item.bench)).or_default();
+            b.entry("all".into()).or_default().add(all);
+            if let Some(s) = &item.split {
+                b.entry(s.clone()).or_default().add(all);
+            }
+        }
+        Ok(r)
     }
 
     /// Scores every item; `on_item(done, total)` reports progress.

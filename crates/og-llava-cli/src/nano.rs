@@ -72,11 +72,13 @@ pub fn run_nano(args: &NanoArgs) -> Result<(), CliError> {
     };
     let mut reports = Vec::new();
     for seed in args.seed..args.seed + args.seeds {
-        let cfg = match args.preset {
+        let mut cfg = match args.preset {
             NanoPreset::Nano => ExperimentConfig::nano(seed),
             NanoPreset::Small => ExperimentConfig::small(seed),
             NanoPreset::Smoke => ExperimentConfig::smoke(seed),
         };
+        // Ablations rank by likelihood only (generation with rotations triples their time).
+        cfg.generation_eval &= !args.ablate;
         let out = if args.seeds > 1 {
             args.out.join(format!("seed-{seed}"))
         } else {

@@ -50,6 +50,9 @@ pub struct ExperimentConfig {
     pub lr_align: f64,
     pub lr_sft: f64,
     pub lora_r: usize,
+    /// Also score by generation with rotated options (slower; off for ablations).
+    #[serde(default)]
+    pub generation_eval: bool,
     pub seed: u64,
 }
 
@@ -91,6 +94,7 @@ impl ExperimentConfig {
             lr_align: 2e-3,
             lr_sft: 1e-3,
             lora_r: 8,
+            generation_eval: true,
             seed,
         }
     }
@@ -302,6 +306,14 @@ pub struct Base {
     pub lm: PretrainReport,
 }
 
+/// What steps 1–4 depend on (stage budgets and evaluation options do not matter to them).
+fn base_key(cfg: &ExperimentConfig) -> serde_json::Value {
+    serde_json::json!({
+        "world": cfg.world, "vision": cfg.vision, "llm_hidden": cfg.llm_hidden,
+        "llm_layers": cfg.llm_layers, "clip": cfg.clip, "lm": cfg.lm, "seed": cfg.seed,
+    })
+}
+
 /// Builds (or reuses) the [`Base`] in `out`.
 pub fn prepare_base<B: AutodiffBackend>(
     cfg: &ExperimentConfig,
@@ -312,7 +324,7 @@ pub fn prepare_base<B: AutodiffBackend>(
     let marker = out.join("base.json");
     if let Ok(text) = std::fs::read_to_string(&marker)
         && let Ok(base) = serde_json::from_str::<Base>(&text)
-        && serde_json::to_value(&base.config).ok() == serde_json::to_value(cfg).ok()
+        && base_key(&base.config) == base_key(cfg)
         && out.join("clip/model.safetensors").is_file()
         && out.join("llm/model.safetensors").is_file()
     {
@@ -609,6 +621,12 @@ pub fn run<B: AutodiffBackend>(
                 let r = ev
                     .evaluate(&items, &images, masks.as_deref(), |_, _| {})
                     .map_err(step_err("evaluation"))?;
+                if cfg.generation_eval {
+                    let g = ev
+                        .evaluate_generation(&items, &images, masks.as_deref())
+                        .map_err(step_err("evaluation"))?;
+                    results.accuracy.extend(g.accuracy);
+                }
                 results.accuracy.extend(r.accuracy);
                 if r.mmvp_pairs.is_some() {
                     results.mmvp_pairs = r.mmvp_pairs;
@@ -683,6 +701,10 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("vg_attribution", "heldout", "attr.held"),
     ("coco_order", "all", "order"),
     ("mmvp", "all", "mmvp"),
+    ("vg_relation@gen", "all", "rel@gen"),
+    ("vg_attribution@gen", "all", "attr@gen"),
+    ("coco_order@gen", "all", "order@gen"),
+    ("mmvp@gen", "all", "mmvp@gen"),
 ];
 
 /// The results as a plain-text table: one row per arm and inference mode, accuracy in % per
@@ -761,6 +783,13 @@ mod tests {
             run::<Autodiff<Flex<f32>>>(&cfg, &main_arms(), dir.path(), &Default::default(), false)
                 .unwrap();
         assert_eq!(r.evaluations.len(), 4);
+        // Both scorings ran: likelihood ranking and generation with rotated options.
+        let acc = &r.evaluations[0].results.accuracy;
+        assert!(acc.contains_key("vg_relation") && acc.contains_key("vg_relation@gen"));
+        assert_eq!(
+            acc["vg_relation"]["all"].total,
+            acc["vg_relation@gen"]["all"].total
+        );
         assert_eq!(r.stages.len(), 4);
         for s in &r.stages {
             assert!(
