@@ -90,9 +90,13 @@ fn preprocess<B: Backend>(
 > {
     let image = og_vision::load_rgb(image_path)?;
     let size = model.vision.image_size();
-    // The processor config sits with the model, or (LLaVA-1.5 layouts) with the tower.
-    let dir = match vision {
-        Some(v) if !dir.join("preprocessor_config.json").is_file() => v,
+    // The processor config sits with the model, with the tower (LLaVA-1.5 layouts), or with
+    // the base of a checkpoint of ours.
+    let ours = ours_base(dir)?;
+    let dir = match (&ours, vision) {
+        (Some(og_llava::BaseModel::LlavaHf { path }), _) => path.as_path(),
+        (Some(og_llava::BaseModel::Parts { vision, .. }), _) => vision.as_path(),
+        (None, Some(v)) if !dir.join("preprocessor_config.json").is_file() => v,
         _ => dir,
     };
     let processor = ImageProcessor::from_hf_dir(
@@ -105,14 +109,43 @@ fn preprocess<B: Backend>(
     Ok((image, pixel_values, frame))
 }
 
-/// A llava-hf directory, an original LLaVA-1.5 one with its vision tower directory, or a
-/// released OG-LLaVA one with its base LLM and vision tower directories.
+/// The base a checkpoint of ours (`og_llava.json`) builds on; `None` for other directories.
+fn ours_base(dir: &std::path::Path) -> Result<Option<og_llava::BaseModel>, CliError> {
+    let path = dir.join("og_llava.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{}: malformed JSON: {e}", path.display())))?;
+    serde_json::from_value(v["base"].clone())
+        .map(Some)
+        .map_err(|e| CliError::Usage(format!("{}: base: {e}", path.display())))
+}
+
+/// Where a model directory's tokenizer lives (its base's, for a checkpoint of ours).
+fn tokenizer_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
+    Ok(match ours_base(dir)? {
+        Some(base) => base.tokenizer_dir().to_path_buf(),
+        None => dir.to_path_buf(),
+    })
+}
+
+/// A llava-hf directory, an original LLaVA-1.5 one with its vision tower directory, a
+/// released OG-LLaVA one with its base LLM and vision tower directories, or a checkpoint of
+/// ours (`og_llava.json`, as training writes it; adapters merged).
 fn load_model<B: Backend>(
     dir: &std::path::Path,
     vision: Option<&std::path::Path>,
     base: Option<&std::path::Path>,
     device: &B::Device,
 ) -> Result<OgLlava<B>, CliError> {
+    if ours_base(dir)?.is_some() {
+        let mut model = OgLlava::load_checkpoint(dir, None, device)?;
+        model.llm = model.llm.merge_lora();
+        return Ok(model);
+    }
     let (_, config) = og_weights::read_config(dir)?;
     if dir.join("non_lora_trainables.bin").is_file() {
         let (Some(base), Some(vision)) = (base, vision) else {
@@ -140,7 +173,9 @@ fn load_model<B: Backend>(
 
 /// The model directory and the image must exist.
 fn require_inputs(model: &std::path::Path, image: &std::path::Path) -> Result<(), CliError> {
-    crate::require_model_dir(model)?;
+    if !model.join("og_llava.json").is_file() {
+        crate::require_model_dir(model)?;
+    }
     if !image.is_file() {
         return Err(CliError::Usage(format!(
             "image {} not found",
@@ -192,7 +227,7 @@ impl BackendTask for Ask<'_> {
                 selection,
             }],
         }])?;
-        let eos = crate::llm::eos_ids(&a.model, tok)?;
+        let eos = crate::llm::eos_ids(&tokenizer_dir(&a.model)?, tok)?;
         let generation = GenerationConfig {
             max_new_tokens: a.max_new_tokens,
             eos_token_ids: eos,
@@ -236,7 +271,7 @@ impl BackendTask for Ask<'_> {
 
 pub fn ask(args: &AskArgs) -> Result<(), CliError> {
     require_inputs(&args.model, &args.image)?;
-    let tokenizer = ChatTokenizer::from_dir(&args.model)?;
+    let tokenizer = ChatTokenizer::from_dir(tokenizer_dir(&args.model)?)?;
     og_llava::dispatch(
         crate::device_spec(args.device.as_deref())?,
         Ask { args, tokenizer },
@@ -352,7 +387,7 @@ pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
                 og_llm::IMAGE_PLACEHOLDER
             )));
         }
-        Some(_) => Some(ChatTokenizer::from_dir(&args.model)?),
+        Some(_) => Some(ChatTokenizer::from_dir(tokenizer_dir(&args.model)?)?),
         None => None,
     };
     og_llava::dispatch(

@@ -90,6 +90,18 @@ fn resume_after_kill_9_is_exact() {
         let b = std::fs::read(last_checkpoint(&root.join("cut")).join(f)).unwrap();
         assert!(a == b, "{f} differs after kill -9 and resume");
     }
+    // The trained model answers through `ask` (our checkpoint format, tokenizer from its base).
+    let o = Command::new(env!("CARGO_BIN_EXE_og-llava"))
+        .args(["ask", "--model"])
+        .arg(root.join("full/final"))
+        .arg("--image")
+        .arg(root.join("images/0.png"))
+        .arg("--masks")
+        .arg(root.join("masks/0.json"))
+        .args(["--max-new-tokens", "3", "w5 w6"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Resuming a finished run has nothing left to do and changes nothing.
     let o = train(&cut, true).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
