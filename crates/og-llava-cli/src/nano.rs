@@ -14,7 +14,7 @@ use crate::CliError;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum NanoPreset {
-    /// About 100 s on two CPU cores.
+    /// About 140 s on two CPU cores (both scorings).
     Nano,
     /// Stronger numbers: 4000 scenes of 80 px, longer training (about a quarter of an hour).
     Small,
