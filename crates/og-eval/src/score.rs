@@ -34,6 +34,16 @@ pub enum EvalError {
     Llm(#[from] og_llava::og_llm::LlmError),
 }
 
+/// Under rotation `r` of `n` options, the option shown at position `k`.
+pub fn rotated_option(k: usize, r: usize, n: usize) -> usize {
+    (k + r) % n
+}
+
+/// Under rotation `r` of `n` options, the position where option `option` is shown.
+pub fn rotated_position(option: usize, r: usize, n: usize) -> usize {
+    (option + n - r % n) % n
+}
+
 /// Correct out of total.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Accuracy {
@@ -202,7 +212,7 @@ impl<B: Backend> Evaluator<'_, B> {
         for r in 0..n {
             // Position k shows option (k + r) mod n.
             let listed: Vec<String> = (0..n)
-                .map(|k| format!("({}) {}", letters[k], item.options[(k + r) % n]))
+                .map(|k| format!("({}) {}", letters[k], item.options[rotated_option(k, r, n)]))
                 .collect();
             let prompt = format!(
                 "{}\n{}\nanswer with the option's letter.",
@@ -224,9 +234,7 @@ impl<B: Backend> Evaluator<'_, B> {
                 .split(|c: char| !c.is_ascii_alphanumeric())
                 .find(|w| w.len() == 1)
                 .and_then(|w| letters.iter().position(|&l| w.starts_with(l)));
-            // The right option sits at position (answer − r) mod n.
-            let right = (item.answer + n - r % n) % n;
-            out.push(chosen == Some(right));
+            out.push(chosen == Some(rotated_position(item.answer, r, n)));
         }
         Ok(out)
     }
@@ -286,5 +294,31 @@ impl<B: Backend> Evaluator<'_, B> {
             r.mmvp_pairs = Some(a);
         }
         Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotations_put_every_option_everywhere_once() {
+        for n in 2..6 {
+            for option in 0..n {
+                let mut seen = vec![false; n];
+                for r in 0..n {
+                    let k = rotated_position(option, r, n);
+                    assert_eq!(rotated_option(k, r, n), option);
+                    assert!(!seen[k]);
+                    seen[k] = true;
+                }
+                assert!(seen.iter().all(|&s| s));
+            }
+        }
+        let mut a = Accuracy::default();
+        a.add(true);
+        a.add(false);
+        assert_eq!((a.correct, a.total), (1, 2));
+        assert!((a.value() - 0.5).abs() < 1e-12);
     }
 }
