@@ -94,8 +94,7 @@ fn preprocess<B: Backend>(
     // the base of a checkpoint of ours.
     let ours = ours_base(dir)?;
     let dir = match (&ours, vision) {
-        (Some(og_llava::BaseModel::LlavaHf { path }), _) => path.as_path(),
-        (Some(og_llava::BaseModel::Parts { vision, .. }), _) => vision.as_path(),
+        (Some(base), _) => base.processor_dir(),
         (None, Some(v)) if !dir.join("preprocessor_config.json").is_file() => v,
         _ => dir,
     };

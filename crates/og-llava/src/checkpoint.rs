@@ -61,6 +61,15 @@ impl BaseModel {
             BaseModel::Parts { llm, .. } => llm,
         }
     }
+
+    /// The directory whose `preprocessor_config.json` describes the images (the llava-hf
+    /// directory or the CLIP one).
+    pub fn processor_dir(&self) -> &Path {
+        match self {
+            BaseModel::LlavaHf { path } => path,
+            BaseModel::Parts { vision, .. } => vision,
+        }
+    }
 }
 
 type R<T> = std::result::Result<T, ModelError>;
@@ -86,14 +95,10 @@ impl<B: Backend> OgLlava<B> {
         self.connector
             .save_safetensors(dir.join("connector.safetensors"))?;
         if let Some(cfg) = lora {
-            let base_name = match base {
-                BaseModel::LlavaHf { path } => path,
-                BaseModel::Parts { llm, .. } => llm,
-            };
             self.llm.save_peft_adapter(
                 dir.join("adapter"),
                 cfg,
-                &base_name.display().to_string(),
+                &base.tokenizer_dir().display().to_string(),
             )?;
         }
         let fusion = serde_json::to_value(self.connector.config())

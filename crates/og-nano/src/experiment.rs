@@ -189,6 +189,14 @@ impl ArmSpec {
         }
     }
 
+    /// The arm's name as a directory name (`runs/<slug>-align`, `runs/<slug>-sft`).
+    pub fn slug(&self) -> String {
+        self.name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect()
+    }
+
     fn variant(name: &str, f: impl FnOnce(&mut ArmSpec)) -> Self {
         let mut a = Self::og_llava();
         a.name = name.into();
@@ -513,11 +521,7 @@ pub fn run<B: AutodiffBackend>(
                 arm.name
             ),
         );
-        let slug: String = arm
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
+        let slug = arm.slug();
         let masks = mask_dir(&world_dir, arm.masks);
         let mut prev: Option<PathBuf> = None;
         for (stage, json, epochs, lr) in [

@@ -218,11 +218,7 @@ pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, Expe
     }
     html += "</table><p>Loss curves (stage 2):</p>";
     for arm in &report.arms {
-        let slug: String = arm
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
+        let slug = arm.slug();
         let svg = format!("runs/{slug}-sft/loss.svg");
         if out.join(&svg).is_file() {
             let _ = write!(

@@ -218,8 +218,8 @@ pub struct Preparer {
     /// Sliding windows instead of masks.
     pub windows: Option<og_llava::og_fusion::Windows>,
     pub image_token_id: u32,
-    /// Visual tokens of the plain path (V).
-    pub grid_tokens: usize,
+    /// Patches per side of the encoder grid (the plain path has grid² visual tokens).
+    pub grid: usize,
     pub model_max_length: usize,
 }
 
@@ -239,7 +239,7 @@ impl Preparer {
                 .processor
                 .pixel_data(&image)
                 .map_err(|e| format!("image preprocessing: {e}"))?;
-            let grid = (self.grid_tokens as f64).sqrt().round() as usize;
+            let grid = self.grid;
             let masks = match self.windows {
                 Some(_) => None,
                 None => self.masks_for(rel)?,
@@ -261,7 +261,7 @@ impl Preparer {
             };
             visual.push(match &selection {
                 Some(s) => self.fusion.layout(s).len(),
-                None => self.grid_tokens,
+                None => self.grid * self.grid,
             });
             images.push((pixels, selection));
         }

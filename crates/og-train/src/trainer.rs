@@ -226,10 +226,7 @@ pub fn train<B: AutodiffBackend>(
     let size = model.vision.image_size();
     let grid = model.vision.grid();
     let processor = ImageProcessor::from_hf_dir(
-        match &cfg.base {
-            og_llava::BaseModel::LlavaHf { path } => path.as_path(),
-            og_llava::BaseModel::Parts { vision, .. } => vision.as_path(),
-        },
+        cfg.base.processor_dir(),
         size,
         size / grid,
         cfg.data.pad_to_square,
@@ -246,7 +243,7 @@ pub fn train<B: AutodiffBackend>(
         selection: cfg.data.selection.clone(),
         windows: cfg.data.windows,
         image_token_id: model.image_token_id,
-        grid_tokens: grid * grid,
+        grid,
         model_max_length: cfg.model_max_length,
     });
     let per_step = cfg.batch_size * cfg.grad_accumulation;
@@ -348,13 +345,14 @@ pub fn train<B: AutodiffBackend>(
                 continue 'epochs;
             }
             let position = loader.position();
+            let step_count = step_examples.len();
             let data_s = waited.elapsed().as_secs_f64();
             let report = run_step(
                 &mut model,
                 cfg,
                 &opt,
                 &mut optim,
-                &step_examples,
+                step_examples,
                 state.step,
                 total_steps,
                 device,
@@ -380,7 +378,7 @@ pub fn train<B: AutodiffBackend>(
             }
             state.step += 1;
             state.position = position;
-            state.examples += step_examples.len();
+            state.examples += step_count;
             state.supervised_tokens += tokens;
             state.first_loss.get_or_insert(loss);
             state.last_loss = Some(loss);
@@ -485,7 +483,7 @@ fn run_step<B: AutodiffBackend>(
     cfg: &TrainConfig,
     opt: &AdamW,
     optim: &mut OptimState<B::InnerBackend>,
-    examples: &[Example],
+    examples: Vec<Example>,
     step: usize,
     total_steps: usize,
     device: &B::Device,
@@ -503,22 +501,27 @@ fn run_step<B: AutodiffBackend>(
     let mut grads = BTreeMap::new();
     let mut loss_sum = 0.0f64;
     let mut times = StepTimes::default();
-    for micro in examples.chunks(cfg.batch_size) {
-        let inputs: Vec<OgLlavaInput<B>> = micro
-            .iter()
-            .map(|e| OgLlavaInput {
-                token_ids: e.tokens.ids.clone(),
-                images: e
-                    .images
-                    .iter()
-                    .map(|(d, selection): &(TensorData, _)| ImageInput {
-                        pixel_values: Tensor::from_data(d.clone(), device),
-                        selection: selection.clone(),
-                    })
-                    .collect(),
+    let mut examples = examples.into_iter().peekable();
+    while examples.peek().is_some() {
+        // The examples move into the model's inputs: no copy of their pixels or tokens.
+        let (inputs, flags): (Vec<OgLlavaInput<B>>, Vec<Vec<bool>>) = examples
+            .by_ref()
+            .take(cfg.batch_size)
+            .map(|e| {
+                let input = OgLlavaInput {
+                    token_ids: e.tokens.ids,
+                    images: e
+                        .images
+                        .into_iter()
+                        .map(|(d, selection): (TensorData, _)| ImageInput {
+                            pixel_values: Tensor::from_data(d, device),
+                            selection,
+                        })
+                        .collect(),
+                };
+                (input, e.tokens.trainable)
             })
-            .collect();
-        let flags: Vec<Vec<bool>> = micro.iter().map(|e| e.tokens.trainable.clone()).collect();
+            .unzip();
         let t0 = Instant::now();
         let (sum, n) = model.loss_sum(&inputs, &flags)?;
         if n == 0 {
