@@ -115,6 +115,37 @@ pub struct OgLlava<B: Backend> {
 }
 
 impl<B: Backend> OgLlava<B> {
+    /// Initialises every lazily initialised parameter (fresh LoRA A, a fresh delimiter or
+    /// projector) now, drawing from the backend's RNG, instead of at first use.
+    pub fn initialise(&self) {
+        use burn::module::{Module, ModuleVisitor, Param};
+        struct Initialise;
+        impl<B: Backend> ModuleVisitor<B> for Initialise {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+                let _ = param.val();
+            }
+        }
+        self.vision.visit(&mut Initialise);
+        self.connector.visit(&mut Initialise);
+        self.llm.visit(&mut Initialise);
+    }
+
+    /// A copy on `device`, e.g. a data-parallel replica: trainable parameters stay trainable
+    /// and become new autodiff leaves; frozen ones stay frozen. Lazily initialised parameters
+    /// are initialised first ([`Self::initialise`]): burn clones an uninitialised parameter as
+    /// its initialiser, so a replica would otherwise draw its own random values.
+    pub fn fork(&self, device: &B::Device) -> Self {
+        use burn::module::Module;
+        self.initialise();
+        Self {
+            vision: self.vision.clone().fork(device),
+            connector: self.connector.clone().fork(device),
+            llm: self.llm.clone().fork(device),
+            image_token_id: self.image_token_id,
+            segment_rope: self.segment_rope,
+        }
+    }
+
     /// Loads a llava-hf `LlavaForConditionalGeneration` directory (hub or newer transformers
     /// layout, either config spelling); the connector gets `fusion` (its widths are taken from
     /// the checkpoint).

@@ -23,6 +23,9 @@ pub enum TrainError {
     Weights(#[from] og_weights::WeightError),
     #[error(transparent)]
     Segment(#[from] og_llava::og_segment::SegmentError),
+    /// A data-parallel run's collective communication or one of its replicas failed.
+    #[error("data-parallel training: {0}")]
+    Collective(String),
     #[error(
         "step {step}: the loss is not finite ({loss}); stopped. The last good checkpoint is {}",
         last_good.as_ref().map_or("none (no checkpoint written yet)".to_string(), |p| p.display().to_string())

@@ -135,6 +135,28 @@ pub struct OptimState<B: Backend> {
     pub moments: BTreeMap<String, Moments<B>>,
 }
 
+impl<B: Backend> OptimState<B> {
+    /// A copy on `device`.
+    pub fn to_device(&self, device: &B::Device) -> Self {
+        Self {
+            step: self.step,
+            moments: self
+                .moments
+                .iter()
+                .map(|(k, m)| {
+                    (
+                        k.clone(),
+                        Moments {
+                            exp_avg: m.exp_avg.clone().to_device(device),
+                            exp_avg_sq: m.exp_avg_sq.clone().to_device(device),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 impl<B: Backend> Default for OptimState<B> {
     fn default() -> Self {
         Self {

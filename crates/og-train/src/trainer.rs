@@ -34,9 +34,10 @@ use crate::config::{Stage, TrainConfig};
 use crate::data::{BadRows, Example, Loader, Preparer, epoch_order, read_rows};
 use crate::error::{Result, TrainError, io};
 use crate::optim::{
-    AdamW, Group, OptimState, ParamMut, accumulate, freeze_for, grads_by_name, lr_at,
+    AdamW, Group, OptimState, ParamMut, StepReport, accumulate, freeze_for, grads_by_name, lr_at,
     state_from_weights, state_to_host, trainables,
 };
+use crate::parallel::{Collective, Contribution};
 
 /// How a run is driven (beyond its configuration).
 #[derive(Debug, Clone, Default)]
@@ -76,6 +77,14 @@ struct TrainState {
     first_loss: Option<f64>,
     last_loss: Option<f64>,
     bad_rows: BadRows,
+    /// Replicas the run trains on (a step consumes `batch_size · grad_accumulation · world`
+    /// examples, so a run resumes only on as many).
+    #[serde(default = "one")]
+    world: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// One metrics line.
@@ -110,6 +119,18 @@ struct StepOutcome {
     clip_coef: f64,
     tokens: usize,
     times: StepTimes,
+}
+
+impl StepOutcome {
+    fn non_finite(loss: f64, tokens: usize, times: StepTimes) -> Self {
+        Self {
+            loss,
+            grad_norm: f64::NAN,
+            clip_coef: 1.0,
+            tokens,
+            times,
+        }
+    }
 }
 
 /// Seconds spent in each part of a step.
@@ -161,6 +182,29 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
     opts: &RunOptions,
 ) -> Result<RunSummary> {
+    train_parallel::<B>(
+        cfg,
+        std::slice::from_ref(device),
+        &Collective::default(),
+        opts,
+    )
+}
+
+/// Trains according to `cfg` data-parallel on `devices` (one replica each; see
+/// [`crate::parallel`]), joined with other nodes when `collective` names them. A step takes
+/// `batch_size · grad_accumulation` examples per replica. With one device and no other node
+/// this is [`train`] and makes no collective call.
+pub fn train_parallel<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    devices: &[B::Device],
+    collective: &Collective,
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    let Some(device) = devices.first() else {
+        return Err(TrainError::Invalid("no device to train on".into()));
+    };
+    let world = collective.world(devices.len());
+    let writer = collective.writes_files();
     let started = Instant::now();
     let out = &cfg.output_dir;
     std::fs::create_dir_all(checkpoints_dir(out)).map_err(io(out))?;
@@ -191,7 +235,9 @@ pub fn train<B: AutodiffBackend>(
                 out.display()
             )));
         }
-        og_llava::og_segment::write_atomic(&config_path, config_json.as_bytes())?;
+        if writer {
+            og_llava::og_segment::write_atomic(&config_path, config_json.as_bytes())?;
+        }
     }
 
     // The model.
@@ -206,6 +252,10 @@ pub fn train<B: AutodiffBackend>(
         model.llm = model.llm.with_lora(lora)?;
     }
     let mut model = freeze_for(model, cfg.stage);
+    // Fresh parameters (LoRA A, a new delimiter) draw their values now, from the run's seed,
+    // whatever the number of devices.
+    B::seed(device, cfg.seed);
+    model.initialise();
 
     // The data.
     let tokenizer = ChatTokenizer::from_dir(cfg.base.tokenizer_dir())?;
@@ -246,7 +296,7 @@ pub fn train<B: AutodiffBackend>(
         grid,
         model_max_length: cfg.model_max_length,
     });
-    let per_step = cfg.batch_size * cfg.grad_accumulation;
+    let per_step = cfg.batch_size * cfg.grad_accumulation * world;
     let total_steps = cfg
         .max_steps
         .unwrap_or(cfg.epochs * n_rows.div_ceil(per_step));
@@ -267,6 +317,7 @@ pub fn train<B: AutodiffBackend>(
         first_loss: None,
         last_loss: None,
         bad_rows: bad,
+        world,
     };
     let mut optim: OptimState<B::InnerBackend> = OptimState::default();
     let mut last_good: Option<PathBuf> = None;
@@ -277,6 +328,15 @@ pub fn train<B: AutodiffBackend>(
             path: path.clone(),
             message: e.to_string(),
         })?;
+        if state.world != world {
+            return Err(TrainError::Config {
+                path,
+                message: format!(
+                    "the run trained on {} replica(s); resume it on as many (got {world})",
+                    state.world
+                ),
+            });
+        }
         load_trainables(
             &mut model,
             cfg.stage,
@@ -288,19 +348,55 @@ pub fn train<B: AutodiffBackend>(
             state.step,
             device,
         )?;
-        truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
+        if writer {
+            truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
+        }
         last_good = Some(dir.clone());
         if opts.progress {
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
         }
-    } else {
+    } else if writer {
         let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out.join("metrics.jsonl"))
-        .map_err(io(out.join("metrics.jsonl")))?;
+    let mut metrics = if writer {
+        Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(out.join("metrics.jsonl"))
+                .map_err(io(out.join("metrics.jsonl")))?,
+        )
+    } else {
+        None
+    };
+
+    // One replica per device; the others are forks of the first (same weights and moments).
+    let mut replicas = vec![Replica {
+        model,
+        optim,
+        device: device.clone(),
+    }];
+    for d in &devices[1..] {
+        replicas.push(Replica {
+            model: replicas[0].model.fork(d),
+            optim: replicas[0].optim.to_device(d),
+            device: d.clone(),
+        });
+    }
+    let session = if world > 1 {
+        Some(crate::parallel::Session::<B::InnerBackend>::start(
+            devices, collective,
+        )?)
+    } else {
+        None
+    };
+    let plan = StepPlan {
+        cfg,
+        total_steps,
+        collective,
+        local_devices: devices.len(),
+        world,
+    };
 
     let run_start_step = state.step;
     let mut window_tokens = 0usize;
@@ -347,16 +443,17 @@ pub fn train<B: AutodiffBackend>(
             let position = loader.position();
             let step_count = step_examples.len();
             let data_s = waited.elapsed().as_secs_f64();
-            let report = run_step(
-                &mut model,
-                cfg,
-                &opt,
-                &mut optim,
-                step_examples,
-                state.step,
-                total_steps,
-                device,
-            )?;
+            let report = match &session {
+                None => run_step(&plan, &opt, &mut replicas[0], step_examples, state.step)?,
+                Some(session) => run_step_parallel(
+                    &plan,
+                    &opt,
+                    &mut replicas,
+                    session,
+                    step_examples,
+                    state.step,
+                )?,
+            };
             let Some(StepOutcome {
                 loss,
                 grad_norm,
@@ -405,9 +502,12 @@ pub fn train<B: AutodiffBackend>(
                 backward_s: times.backward,
                 optimizer_s: times.optimizer,
             };
-            writeln!(metrics, "{}", serde_json::to_string(&m).expect("json"))
-                .map_err(io(out.join("metrics.jsonl")))?;
+            if let Some(metrics) = metrics.as_mut() {
+                writeln!(metrics, "{}", serde_json::to_string(&m).expect("json"))
+                    .map_err(io(out.join("metrics.jsonl")))?;
+            }
             if opts.progress
+                && writer
                 && (state.step.is_multiple_of(cfg.log_every) || state.step == total_steps)
             {
                 let done = state.step - run_start_step;
@@ -427,8 +527,11 @@ pub fn train<B: AutodiffBackend>(
                 window_tokens = 0;
                 window_start = Instant::now();
             }
-            if state.step.is_multiple_of(cfg.checkpoint_every) || state.step == total_steps {
-                last_good = Some(write_checkpoint(&mut model, cfg, &optim, &state)?);
+            if writer
+                && (state.step.is_multiple_of(cfg.checkpoint_every) || state.step == total_steps)
+            {
+                let r = &mut replicas[0];
+                last_good = Some(write_checkpoint(&mut r.model, cfg, &r.optim, &state)?);
             }
             if opts.stop_after.is_some_and(|s| state.step >= s) {
                 return Ok(summary(&state, total_steps, started, out));
@@ -438,9 +541,14 @@ pub fn train<B: AutodiffBackend>(
             }
         }
     }
-    model.save_checkpoint(out.join("final"), &cfg.base, cfg.lora.as_ref())?;
-    write_loss_svg(out)?;
-    if opts.progress {
+    drop(session);
+    if writer {
+        replicas[0]
+            .model
+            .save_checkpoint(out.join("final"), &cfg.base, cfg.lora.as_ref())?;
+        write_loss_svg(out)?;
+    }
+    if opts.progress && writer {
         eprintln!(
             "done: {} steps, {} examples, {} rows skipped; model in {}",
             state.step,
@@ -475,38 +583,59 @@ fn fmt_duration(s: f64) -> String {
     }
 }
 
-/// One optimiser step over `examples` (micro-batches of `batch_size`); the loss is the mean
-/// over every supervised token of the step; `None` when nothing in the step is supervised.
-#[allow(clippy::too_many_arguments)]
-fn run_step<B: AutodiffBackend>(
-    model: &mut OgLlava<B>,
-    cfg: &TrainConfig,
-    opt: &AdamW,
-    optim: &mut OptimState<B::InnerBackend>,
-    examples: Vec<Example>,
-    step: usize,
+/// A model replica on one device with its own AdamW state.
+struct Replica<B: AutodiffBackend> {
+    model: OgLlava<B>,
+    optim: OptimState<B::InnerBackend>,
+    device: B::Device,
+}
+
+/// What every step of a run shares.
+struct StepPlan<'a> {
+    cfg: &'a TrainConfig,
     total_steps: usize,
-    device: &B::Device,
-) -> Result<Option<StepOutcome>> {
-    let image = model.image_token_id;
-    let total: usize = examples.iter().map(|e| supervised(e, image)).sum();
-    if total == 0 {
-        return Ok(None);
+    collective: &'a Collective,
+    local_devices: usize,
+    world: usize,
+}
+
+impl StepPlan<'_> {
+    /// Each group's learning rate at `step`.
+    fn lr(&self, step: usize) -> impl Fn(Group) -> f64 + '_ {
+        move |g: Group| {
+            let base = match g {
+                Group::Connector => self.cfg.lr_connector,
+                Group::Lora => self.cfg.lr_lora,
+            };
+            lr_at(base, step, self.total_steps, self.cfg.warmup_ratio)
+        }
     }
-    // Dropout draws depend on (seed, step) only.
+}
+
+/// Dropout draws depend on (seed, step) only.
+fn seed_step<B: AutodiffBackend>(cfg: &TrainConfig, step: usize, device: &B::Device) {
     B::seed(
         device,
         cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
+}
+
+/// Forward and backward over `micro_batches`; returns the loss and the gradients by name, both
+/// token sums divided by `total` (the whole step's supervised tokens, on every replica).
+fn forward_backward<B: AutodiffBackend>(
+    model: &mut OgLlava<B>,
+    stage: Stage,
+    micro_batches: Vec<Vec<Example>>,
+    total: usize,
+    device: &B::Device,
+) -> Result<(f64, Grads<B>, StepTimes)> {
     let mut grads = BTreeMap::new();
     let mut loss_sum = 0.0f64;
     let mut times = StepTimes::default();
-    let mut examples = examples.into_iter().peekable();
-    while examples.peek().is_some() {
+    for batch in micro_batches {
         // The examples move into the model's inputs: no copy of their pixels or tokens.
-        let (inputs, flags): (Vec<OgLlavaInput<B>>, Vec<Vec<bool>>) = examples
-            .by_ref()
-            .take(cfg.batch_size)
+        let (inputs, flags): (Vec<OgLlavaInput<B>>, Vec<Vec<bool>>) = batch
+            .into_iter()
             .map(|e| {
                 let input = OgLlavaInput {
                     token_ids: e.tokens.ids,
@@ -533,37 +662,225 @@ fn run_step<B: AutodiffBackend>(
         let t1 = Instant::now();
         times.forward += (t1 - t0).as_secs_f64();
         let g = scaled.backward();
-        let params = trainables(model, cfg.stage);
+        let params = trainables(model, stage);
         accumulate(&mut grads, grads_by_name::<B>(&params, &g));
         times.backward += t1.elapsed().as_secs_f64();
     }
-    if !loss_sum.is_finite() {
-        return Ok(Some(StepOutcome {
-            loss: loss_sum,
-            grad_norm: f64::NAN,
-            clip_coef: 1.0,
-            tokens: total,
-            times,
-        }));
+    Ok((loss_sum, grads, times))
+}
+
+type Grads<B> = BTreeMap<String, Tensor<<B as AutodiffBackend>::InnerBackend, 1>>;
+
+/// Clip + AdamW on `replica` with the step's gradients.
+fn optimizer_step<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    opt: &AdamW,
+    replica: &mut Replica<B>,
+    grads: Grads<B>,
+    step: usize,
+) -> StepReport {
+    let params = trainables(&mut replica.model, plan.cfg.stage);
+    opt.step::<B>(
+        params,
+        grads,
+        &mut replica.optim,
+        plan.lr(step),
+        plan.cfg.max_grad_norm,
+    )
+}
+
+/// The step's micro-batches of `batch_size`, in order.
+fn micro_batches(examples: Vec<Example>, batch_size: usize) -> Vec<Vec<Example>> {
+    let mut out: Vec<Vec<Example>> = Vec::new();
+    for e in examples {
+        match out.last_mut() {
+            Some(b) if b.len() < batch_size => b.push(e),
+            _ => out.push(vec![e]),
+        }
+    }
+    out
+}
+
+/// One optimiser step on one device over `examples` (micro-batches of `batch_size`); the loss
+/// is the mean over every supervised token of the step; `None` when nothing in the step is
+/// supervised.
+fn run_step<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    opt: &AdamW,
+    replica: &mut Replica<B>,
+    examples: Vec<Example>,
+    step: usize,
+) -> Result<Option<StepOutcome>> {
+    let image = replica.model.image_token_id;
+    let total: usize = examples.iter().map(|e| supervised(e, image)).sum();
+    if total == 0 {
+        return Ok(None);
+    }
+    seed_step::<B>(plan.cfg, step, &replica.device);
+    let batches = micro_batches(examples, plan.cfg.batch_size);
+    let (loss, grads, mut times) = forward_backward(
+        &mut replica.model,
+        plan.cfg.stage,
+        batches,
+        total,
+        &replica.device,
+    )?;
+    if !loss.is_finite() {
+        return Ok(Some(StepOutcome::non_finite(loss, total, times)));
     }
     let t2 = Instant::now();
-    let params = trainables(model, cfg.stage);
-    let lr = |g: Group| {
-        let base = match g {
-            Group::Connector => cfg.lr_connector,
-            Group::Lora => cfg.lr_lora,
-        };
-        lr_at(base, step, total_steps, cfg.warmup_ratio)
-    };
-    let report = opt.step::<B>(params, grads, optim, lr, cfg.max_grad_norm);
+    let report = optimizer_step(plan, opt, replica, grads, step);
     times.optimizer = t2.elapsed().as_secs_f64();
     Ok(Some(StepOutcome {
-        loss: loss_sum,
+        loss,
         grad_norm: report.grad_norm,
         clip_coef: report.clip_coef,
         tokens: total,
         times,
     }))
+}
+
+/// One optimiser step over `examples` on every replica: micro-batch `m` of the step goes to
+/// the replica of run-wide rank `m mod world`; each replica runs forward and backward on its
+/// own thread, the replicas sum loss and gradients with one all-reduce, then each takes the
+/// same AdamW step. The outcome (timings included) is replica 0's.
+fn run_step_parallel<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    opt: &AdamW,
+    replicas: &mut [Replica<B>],
+    session: &crate::parallel::Session<B::InnerBackend>,
+    examples: Vec<Example>,
+    step: usize,
+) -> Result<Option<StepOutcome>> {
+    let image = replicas[0].model.image_token_id;
+    let total: usize = examples.iter().map(|e| supervised(e, image)).sum();
+    if total == 0 {
+        return Ok(None);
+    }
+    // The backend's RNG is process-wide: seeded once per step, the replicas' dropout draws
+    // interleave in scheduling order (bit-reproducible only with LoRA dropout 0).
+    seed_step::<B>(plan.cfg, step, &replicas[0].device);
+    let mut shares: Vec<Vec<Vec<Example>>> = (0..replicas.len()).map(|_| Vec::new()).collect();
+    for (m, batch) in micro_batches(examples, plan.cfg.batch_size)
+        .into_iter()
+        .enumerate()
+    {
+        let rank = m % plan.world;
+        if let Some(local) = (0..plan.local_devices)
+            .find(|&l| plan.collective.rank_of(l, plan.local_devices) == rank)
+        {
+            shares[local].push(batch);
+        }
+    }
+    let params: Vec<(String, usize)> = trainables(&mut replicas[0].model, plan.cfg.stage)
+        .iter()
+        .map(|t| {
+            let numel = match &t.param {
+                ParamMut::D1(p) => p.val().dims()[0],
+                ParamMut::D2(p) => p.val().dims().iter().product(),
+            };
+            (t.name.clone(), numel)
+        })
+        .collect();
+    let results: Vec<Result<Option<StepOutcome>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = replicas
+            .iter_mut()
+            .zip(shares)
+            .enumerate()
+            .map(|(local, (replica, share))| {
+                let params = &params;
+                s.spawn(move || {
+                    let peer = session.peer(local);
+                    // A replica that fails (or panics) still joins the all-reduce, flagged, so
+                    // the others do not wait for it forever.
+                    let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        forward_backward(
+                            &mut replica.model,
+                            plan.cfg.stage,
+                            share,
+                            total,
+                            &replica.device,
+                        )
+                    }))
+                    .unwrap_or_else(|p| {
+                        Err(TrainError::Collective(format!(
+                            "replica {local} panicked: {}",
+                            p.downcast_ref::<String>()
+                                .map(String::as_str)
+                                .or(p.downcast_ref::<&str>().copied())
+                                .unwrap_or("(no message)")
+                        )))
+                    });
+                    let (contribution, own_err, mut times) = match own {
+                        Ok((loss, grads, times)) => (
+                            Contribution::<B> {
+                                loss,
+                                failed: false,
+                                grads,
+                            },
+                            None,
+                            times,
+                        ),
+                        Err(e) => (
+                            Contribution::<B> {
+                                loss: 0.0,
+                                failed: true,
+                                grads: BTreeMap::new(),
+                            },
+                            Some(e),
+                            StepTimes::default(),
+                        ),
+                    };
+                    let t2 = Instant::now();
+                    let reduced = crate::parallel::all_reduce::<B>(
+                        peer,
+                        params,
+                        contribution,
+                        &replica.device,
+                    )?;
+                    if let Some(e) = own_err {
+                        return Err(e);
+                    }
+                    if reduced.failed > 0 {
+                        return Err(TrainError::Collective(format!(
+                            "{} other replica(s) failed in this step",
+                            reduced.failed
+                        )));
+                    }
+                    if !reduced.loss.is_finite() {
+                        return Ok(Some(StepOutcome::non_finite(reduced.loss, total, times)));
+                    }
+                    let report = optimizer_step(plan, opt, replica, reduced.grads, step);
+                    times.optimizer = t2.elapsed().as_secs_f64();
+                    Ok(Some(StepOutcome {
+                        loss: reduced.loss,
+                        grad_norm: report.grad_norm,
+                        clip_coef: report.clip_coef,
+                        tokens: total,
+                        times,
+                    }))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("replica threads catch their panics"))
+            .collect()
+    });
+    // Report the failing replica's own error before the others' "another replica failed".
+    let mut first = None;
+    for r in results {
+        match r {
+            Err(TrainError::Collective(m)) if m.contains("other replica") => {
+                first.get_or_insert(Err(TrainError::Collective(m)));
+            }
+            Err(e) => return Err(e),
+            Ok(o) => {
+                first.get_or_insert(Ok(o));
+            }
+        }
+    }
+    first.expect("at least one replica")
 }
 
 /// Every trainable tensor by name (burn layout), for checkpoints.

@@ -1,0 +1,225 @@
+//! Data-parallel training over several devices through burn's collective all-reduce
+//! (`burn-collective`).
+//!
+//! Each device holds a replica of the model and of the AdamW state. A step's micro-batches are
+//! dealt round-robin to the replicas (micro-batch `m` to replica `m mod D`); every replica runs
+//! forward and backward on its share on its own thread, then the replicas sum one flat buffer
+//! per step with [`burn_collective::all_reduce`]: their parts of the loss, an error flag, which
+//! parameters got a gradient, and the gradients themselves. Every replica then takes the same
+//! AdamW step with the same summed gradients, so the replicas stay identical without
+//! broadcasting weights (PyTorch DDP's design).
+//!
+//! The loss is the token mean over the whole step on every device count (each replica divides
+//! its token sum by the step's total), so `D` devices with micro-batches of `b` compute the same
+//! step as one device with `D·b`, up to the order of float additions.
+//!
+//! Several nodes: burn-collective joins the local all-reduce of each node through a global
+//! orchestrator (websocket) when [`Collective::nodes`] is given; see `docs/training.md`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
+
+use crate::error::{Result, TrainError};
+
+/// burn-collective keeps one server per backend type and process: one multi-device run at a
+/// time per process.
+static COLLECTIVE: Mutex<()> = Mutex::new(());
+
+/// Several nodes joined through burn-collective's global orchestrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nodes {
+    /// How many nodes take part (each with the same number of devices).
+    pub count: u32,
+    /// This node's rank, `0..count`; rank 0 writes metrics and checkpoints.
+    pub rank: u32,
+    /// The orchestrator's websocket address, e.g. `ws://10.0.0.1:3000`.
+    pub orchestrator: String,
+    /// This node's address as the other nodes reach it, e.g. `ws://10.0.0.2:3001`.
+    pub address: String,
+    /// The port of this node's data service (the address's port).
+    pub data_port: u16,
+}
+
+/// Where the replicas of a run live: this process's devices, and optionally other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Collective {
+    pub nodes: Option<Nodes>,
+}
+
+impl Collective {
+    /// Replicas in the whole run.
+    pub fn world(&self, local_devices: usize) -> usize {
+        local_devices * self.nodes.as_ref().map_or(1, |n| n.count as usize)
+    }
+
+    /// The run-wide index of this process's `local`-th replica.
+    pub fn rank_of(&self, local: usize, local_devices: usize) -> usize {
+        self.nodes.as_ref().map_or(0, |n| n.rank as usize) * local_devices + local
+    }
+
+    /// Whether this process writes the run's files (rank 0 of the first node).
+    pub fn writes_files(&self) -> bool {
+        self.nodes.as_ref().is_none_or(|n| n.rank == 0)
+    }
+
+    fn config(&self, local_devices: usize) -> Result<CollectiveConfig> {
+        let cfg = CollectiveConfig::default().with_num_devices(local_devices);
+        Ok(match &self.nodes {
+            None => cfg,
+            Some(n) => {
+                if n.rank >= n.count {
+                    return Err(TrainError::Invalid(format!(
+                        "node rank {} is not below the node count {}",
+                        n.rank, n.count
+                    )));
+                }
+                let addr = |s: &str, what: &str| {
+                    s.parse().map_err(|_| {
+                        TrainError::Invalid(format!(
+                            "{what} {s:?} is not a websocket address (ws://host:port)"
+                        ))
+                    })
+                };
+                cfg.with_num_nodes(n.count)
+                    .with_global_address(addr(&n.orchestrator, "orchestrator")?)
+                    .with_node_address(addr(&n.address, "node address")?)
+                    .with_data_service_port(n.data_port)
+            }
+        })
+    }
+}
+
+/// A registered collective of this process's replicas; unregisters them when dropped.
+pub(crate) struct Session<B: Backend> {
+    peers: Vec<PeerId>,
+    _guard: std::sync::MutexGuard<'static, ()>,
+    _backend: std::marker::PhantomData<B>,
+}
+
+impl<B: Backend> Session<B> {
+    /// Registers one peer per device (blocks until every peer of the run has registered, on
+    /// every node).
+    pub(crate) fn start(devices: &[B::Device], collective: &Collective) -> Result<Self> {
+        let guard = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let config = collective.config(devices.len())?;
+        let peers: Vec<PeerId> = (0..devices.len())
+            .map(|d| PeerId(collective.rank_of(d, devices.len()) as u32))
+            .collect();
+        burn_collective::reset_collective::<B>();
+        let results: Vec<std::result::Result<(), burn_collective::CollectiveError>> =
+            std::thread::scope(|s| {
+                let handles: Vec<_> = peers
+                    .iter()
+                    .zip(devices)
+                    .map(|(&peer, device)| {
+                        let config = config.clone();
+                        s.spawn(move || {
+                            burn_collective::register::<B>(peer, device.clone(), config)
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("collective registration does not panic"))
+                    .collect()
+            });
+        for r in results {
+            r.map_err(|e| TrainError::Collective(format!("registering the devices: {e:?}")))?;
+        }
+        Ok(Self {
+            peers,
+            _guard: guard,
+            _backend: std::marker::PhantomData,
+        })
+    }
+
+    pub(crate) fn peer(&self, local: usize) -> PeerId {
+        self.peers[local]
+    }
+}
+
+impl<B: Backend> Drop for Session<B> {
+    fn drop(&mut self) {
+        for &p in &self.peers {
+            let _ = burn_collective::finish_collective::<B>(p);
+        }
+        burn_collective::reset_collective::<B>();
+    }
+}
+
+/// What one replica contributes to a step.
+pub(crate) struct Contribution<B: AutodiffBackend> {
+    /// Its part of the step's loss (its token sum divided by the step's token count).
+    pub loss: f64,
+    /// Whether its forward/backward failed (the others then stop too).
+    pub failed: bool,
+    /// Its gradients by parameter name (token sums divided by the step's token count).
+    pub grads: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
+}
+
+/// What the replicas agree on after the all-reduce.
+pub(crate) struct Reduced<B: AutodiffBackend> {
+    pub loss: f64,
+    /// How many replicas failed.
+    pub failed: usize,
+    /// The summed gradients of every parameter that got one on some replica.
+    pub grads: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
+}
+
+/// Sums `mine` with every other replica's contribution. `params` lists every trainable
+/// parameter (name, element count) in the same order on every replica, so every replica makes
+/// the same collective call whatever its own batch produced.
+pub(crate) fn all_reduce<B: AutodiffBackend>(
+    peer: PeerId,
+    params: &[(String, usize)],
+    mine: Contribution<B>,
+    device: &burn::tensor::Device<B::InnerBackend>,
+) -> Result<Reduced<B>> {
+    let n = params.len();
+    let mut head = vec![mine.loss as f32, if mine.failed { 1.0 } else { 0.0 }];
+    head.extend(
+        params
+            .iter()
+            .map(|(name, _)| f32::from(u8::from(mine.grads.contains_key(name)))),
+    );
+    let mut parts: Vec<Tensor<B::InnerBackend, 1>> =
+        vec![Tensor::from_data(TensorData::new(head, [2 + n]), device)];
+    let mut grads = mine.grads;
+    for (name, numel) in params {
+        parts.push(match grads.remove(name) {
+            Some(g) if !mine.failed => g,
+            _ => Tensor::zeros([*numel], device),
+        });
+    }
+    let flat = Tensor::cat(parts, 0);
+    let summed = burn_collective::all_reduce::<B::InnerBackend>(
+        peer,
+        flat.into_primitive().tensor(),
+        ReduceOperation::Sum,
+    )
+    .map_err(|e| TrainError::Collective(format!("all-reduce of the gradients: {e:?}")))?;
+    let summed: Tensor<B::InnerBackend, 1> = Tensor::from_primitive(TensorPrimitive::Float(summed));
+    let head: Vec<f32> = summed
+        .clone()
+        .slice(0..2 + n)
+        .into_data()
+        .into_vec()
+        .map_err(|e| TrainError::Collective(format!("reading the reduced step: {e:?}")))?;
+    let mut out = BTreeMap::new();
+    let mut at = 2 + n;
+    for (i, (name, numel)) in params.iter().enumerate() {
+        if head[2 + i] > 0.0 {
+            out.insert(name.clone(), summed.clone().slice(at..at + numel));
+        }
+        at += numel;
+    }
+    Ok(Reduced {
+        loss: head[0] as f64,
+        failed: head[1].round() as usize,
+        grads: out,
+    })
+}

@@ -1,0 +1,137 @@
+//! Data-parallel training on two CPU replicas through burn-collective: the same steps as one
+//! device with twice the micro-batch, exact resume, and a resume on another device count
+//! refused.
+
+mod common;
+
+use burn::backend::{Autodiff, NdArray};
+use common::{bytes, config, fixtures};
+use og_train::{Collective, RunOptions, Stage, TrainError, read_metrics, train_parallel};
+use og_weights::Weights;
+
+type B = Autodiff<NdArray<f32>>;
+
+#[test]
+fn two_devices_train_like_one_with_twice_the_batch_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
+    let device = Default::default();
+    let one_dev = [device];
+    let two_dev = [device, device];
+    let local = Collective::default();
+    // SFT from the base: connector and LoRA train; dropout 0 so both runs draw nothing.
+    let sft = |out: &str, batch: usize| {
+        config(
+            root,
+            Stage::Sft,
+            out,
+            &[
+                format!("batch_size={batch}"),
+                "lora.dropout=0.0".into(),
+                "epochs=2".into(),
+            ],
+        )
+    };
+
+    let one = train_parallel::<B>(&sft("one", 2), &one_dev, &local, &RunOptions::default())
+        .expect("one device");
+    let two = train_parallel::<B>(&sft("two", 1), &two_dev, &local, &RunOptions::default())
+        .expect("two devices");
+    // 9 good examples an epoch, 4 a step: steps of 4, 4 and 1 example(s) — the last one
+    // leaves the second replica without a micro-batch.
+    assert_eq!((one.steps, two.steps), (6, 6));
+    assert_eq!(one.examples, two.examples);
+    assert_eq!(one.supervised_tokens, two.supervised_tokens);
+    let (m1, m2) = (
+        read_metrics(&root.join("one")).unwrap(),
+        read_metrics(&root.join("two")).unwrap(),
+    );
+    for (a, b) in m1.iter().zip(&m2) {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
+            "step {}: loss {} on one device, {} on two",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert!(
+            (a.grad_norm - b.grad_norm).abs() <= 1e-4 * a.grad_norm.max(1e-3),
+            "step {}: |g| {} vs {}",
+            a.step,
+            a.grad_norm,
+            b.grad_norm
+        );
+    }
+    let last = "checkpoints/step-00000006/trainable.safetensors";
+    let (w1, w2) = (
+        Weights::open(root.join("one").join(last)).unwrap(),
+        Weights::open(root.join("two").join(last)).unwrap(),
+    );
+    let mut names = w1.names();
+    names.sort();
+    let mut names2 = w2.names();
+    names2.sort();
+    assert_eq!(names, names2);
+    assert!(names.iter().any(|n| n.contains("lora_B")));
+    let mut worst = 0.0f32;
+    for n in &names {
+        let (a, _) = w1.f32(n).unwrap();
+        let (b, _) = w2.f32(n).unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(
+        worst < 1e-4,
+        "trained weights differ by {worst} between one and two devices"
+    );
+
+    // Two devices, interrupted after step 3 (checkpoint at 2), resumed: bit for bit.
+    let cut = sft("two_cut", 1);
+    let s = train_parallel::<B>(
+        &cut,
+        &two_dev,
+        &local,
+        &RunOptions {
+            stop_after: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.steps, 3);
+    // Resuming on another number of devices would change what a step consumes.
+    match train_parallel::<B>(
+        &cut,
+        &one_dev,
+        &local,
+        &RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    ) {
+        Err(TrainError::Config { message, .. }) => {
+            assert!(message.contains("2 replica"), "{message}")
+        }
+        other => panic!(
+            "expected a refused resume, got {:?}",
+            other.map(|s| s.steps)
+        ),
+    }
+    let s = train_parallel::<B>(
+        &cut,
+        &two_dev,
+        &local,
+        &RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.steps, 6);
+    for f in ["trainable.safetensors", "optimizer.safetensors"] {
+        let a = bytes(root.join("two/checkpoints/step-00000006").join(f));
+        let b = bytes(root.join("two_cut/checkpoints/step-00000006").join(f));
+        assert!(a == b, "{f} differs after resume on two devices");
+    }
+}
