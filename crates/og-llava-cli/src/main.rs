@@ -40,6 +40,12 @@ enum Command {
     Generate(GenerateArgs),
     /// Train one stage (alignment or SFT) from a run configuration; resumable.
     Train(train::TrainArgs),
+    /// Run the global orchestrator of a multi-node training run (burn-collective) until
+    /// interrupted; nodes join with `og-llava train --nodes N --orchestrator ws://HOST:PORT`.
+    Orchestrator {
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+    },
     /// Write a nano world: scenes with masks, conversations and evaluation sets.
     World(world::WorldArgs),
     /// The whole nano-world experiment: tokenizer, tiny CLIP, tiny Llama, LLaVA vs OG-LLaVA
@@ -245,6 +251,11 @@ fn main() -> ExitCode {
         Command::Inspect(Inspect::Llava(args)) => ask::inspect(&args),
         Command::Generate(args) => llm::generate(&args),
         Command::Train(args) => train::run(&args),
+        Command::Orchestrator { port } => {
+            train::quiet_network_logs();
+            eprintln!("orchestrator listening on port {port} (Ctrl-C stops it)");
+            og_train::run_orchestrator(port).map_err(CliError::from)
+        }
         Command::World(args) => world::run(&args),
         Command::Nano(args) => nano::run_nano(&args),
         Command::Ask(args) => ask::ask(&args),

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use og_llava::BackendTask;
-use og_train::{RunOptions, TrainConfig};
+use og_llava::{DeviceSpec, MultiDeviceTask};
+use og_train::{Collective, Nodes, RunOptions, TrainConfig};
 
 use crate::CliError;
 
@@ -29,19 +29,74 @@ pub struct TrainArgs {
     /// `cargo xtask compare-train`).
     #[arg(long)]
     device: Option<String>,
+    /// Data-parallel replicas: a count (that many devices of `--device`'s kind: `cuda` → cuda:0,
+    /// cuda:1, …; on the CPU backends each replica gets its own threads) or a list
+    /// (`cuda:0,cuda:2`). `batch_size` is per replica; gradients are summed with burn's
+    /// collective all-reduce.
+    #[arg(long, default_value = "1")]
+    devices: String,
+    /// Nodes of a multi-node run (each runs this command with the same configuration and
+    /// `--devices`); needs `--node-rank`, `--orchestrator`, `--node-address`.
+    #[arg(long, requires_all = ["node_rank", "orchestrator", "node_address"])]
+    nodes: Option<u32>,
+    /// This node's rank, 0..nodes (rank 0 writes metrics and checkpoints).
+    #[arg(long, requires = "nodes")]
+    node_rank: Option<u32>,
+    /// The orchestrator's address (`og-llava orchestrator --port P` runs it): ws://HOST:P.
+    #[arg(long, requires = "nodes")]
+    orchestrator: Option<String>,
+    /// This node's address as the others reach it, ws://HOST:PORT (PORT is opened here).
+    #[arg(long, requires = "nodes")]
+    node_address: Option<String>,
 }
 
 struct Train {
     cfg: TrainConfig,
     opts: RunOptions,
+    collective: Collective,
 }
 
-impl BackendTask for Train {
+impl MultiDeviceTask for Train {
     type Output = og_train::Result<og_train::RunSummary>;
 
-    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        og_train::train::<Autodiff<B>>(&self.cfg, &device, &self.opts)
+    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Self::Output {
+        og_train::train_parallel::<Autodiff<B>>(&self.cfg, &devices, &self.collective, &self.opts)
     }
+}
+
+/// burn-communication installs an INFO-level logger for its websocket servers unless the
+/// process has one: install a WARN-level one first (errors and warnings still show).
+pub fn quiet_network_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The multi-node part of the arguments.
+fn collective(args: &TrainArgs) -> Result<Collective, CliError> {
+    let Some(count) = args.nodes else {
+        return Ok(Collective::default());
+    };
+    let address = args.node_address.clone().unwrap_or_default();
+    let data_port = address
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--node-address {address:?} needs a port: ws://HOST:PORT"
+            ))
+        })?;
+    Ok(Collective {
+        nodes: Some(Nodes {
+            count,
+            rank: args.node_rank.unwrap_or_default(),
+            orchestrator: args.orchestrator.clone().unwrap_or_default(),
+            address,
+            data_port,
+        }),
+    })
 }
 
 pub fn run(args: &TrainArgs) -> Result<(), CliError> {
@@ -60,9 +115,19 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
         stop_after: None,
         progress: true,
     };
-    let s = og_llava::dispatch(
-        crate::device_spec(Some(args.device.as_deref().unwrap_or("ndarray")))?,
-        Train { cfg, opts },
+    let base = crate::device_spec(Some(args.device.as_deref().unwrap_or("ndarray")))?;
+    let devices = DeviceSpec::parse_many(&args.devices, base)?;
+    let collective = collective(args)?;
+    if collective.nodes.is_some() {
+        quiet_network_logs();
+    }
+    let s = og_llava::dispatch_many(
+        &devices,
+        Train {
+            cfg,
+            opts,
+            collective,
+        },
     )??;
     println!("{}", serde_json::to_string_pretty(&s).expect("json"));
     Ok(())

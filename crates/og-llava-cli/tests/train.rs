@@ -106,3 +106,123 @@ fn resume_after_kill_9_is_exact() {
     let o = train(&cut, true).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// A free local TCP port (bound, read, released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the child processes of a test when it ends, passing or not.
+struct Reap(Vec<std::process::Child>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Two nodes (two processes, one CPU replica each) joined through the orchestrator train the
+/// same steps as one process on one device with twice the micro-batch.
+#[test]
+fn two_nodes_train_like_one_device_with_twice_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
+    let exe = env!("CARGO_BIN_EXE_og-llava");
+    let common = [
+        "--set",
+        "lora.dropout=0.0",
+        "--set",
+        "epochs=2",
+        "--set",
+        "checkpoint_every=100",
+    ];
+    let one = write_config(root, "one");
+    let o = train(&one, false)
+        .args(common)
+        .args(["--set", "batch_size=2"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let nodes = write_config(root, "nodes");
+    let port = free_port();
+    let mut reap = Reap(vec![
+        Command::new(exe)
+            .args(["orchestrator", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ]);
+    let node = |rank: u32| {
+        let mut c = train(&nodes, false);
+        c.args(common)
+            .args(["--set", "batch_size=1", "--nodes", "2", "--node-rank"])
+            .arg(rank.to_string())
+            .arg("--orchestrator")
+            .arg(format!("ws://127.0.0.1:{port}"))
+            .arg("--node-address")
+            .arg(format!("ws://127.0.0.1:{}", free_port()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c.spawn().unwrap()
+    };
+    reap.0.push(node(1));
+    reap.0.push(node(0));
+    let t0 = Instant::now();
+    while reap.0[1..]
+        .iter_mut()
+        .any(|c| c.try_wait().unwrap().is_none())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the two-node run did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for c in reap.0.drain(1..) {
+        let o = c.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let (m1, m2) = (
+        og_train::read_metrics(&root.join("one")).unwrap(),
+        og_train::read_metrics(&root.join("nodes")).unwrap(),
+    );
+    assert_eq!(m1.len(), m2.len());
+    assert_eq!(m1.len(), 6);
+    for (a, b) in m1.iter().zip(&m2) {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
+            "step {}: loss {} on one device, {} on two nodes",
+            a.step,
+            a.loss,
+            b.loss
+        );
+    }
+    let (w1, w2) = (
+        og_weights::Weights::open(last_checkpoint(&root.join("one")).join("trainable.safetensors"))
+            .unwrap(),
+        og_weights::Weights::open(
+            last_checkpoint(&root.join("nodes")).join("trainable.safetensors"),
+        )
+        .unwrap(),
+    );
+    for n in w1.names() {
+        let (a, _) = w1.f32(n).unwrap();
+        let (b, _) = w2.f32(n).unwrap();
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 1e-4, "{n} differs by {worst}");
+    }
+}

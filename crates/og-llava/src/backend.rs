@@ -65,6 +65,8 @@ pub enum BackendError {
         device: DeviceSpec,
         feature: &'static str,
     },
+    #[error("devices {0} and {1} are of different backends: one run uses one backend")]
+    Mixed(DeviceSpec, DeviceSpec),
     #[error("CUDA device {index} is not usable: {reason}")]
     Cuda { index: usize, reason: String },
 }
@@ -99,50 +101,127 @@ pub trait BackendTask {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output;
 }
 
+/// Work that runs on several devices of one backend (data-parallel training).
+pub trait MultiDeviceTask {
+    type Output;
+    fn run<B: Backend>(self, devices: Vec<B::Device>) -> Self::Output;
+}
+
+struct OneDevice<T>(T);
+
+impl<T: BackendTask> MultiDeviceTask for OneDevice<T> {
+    type Output = T::Output;
+    fn run<B: Backend>(self, mut devices: Vec<B::Device>) -> T::Output {
+        self.0.run::<B>(devices.remove(0))
+    }
+}
+
 /// Runs `task` on the backend `spec` names.
-#[allow(unreachable_code, unused_variables)]
 pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output, BackendError> {
-    match spec {
+    dispatch_many(&[spec], OneDevice(task))
+}
+
+impl DeviceSpec {
+    /// `n` devices of this kind: CUDA and wgpu count up from this index (`cuda:2` ×2 →
+    /// `cuda:2, cuda:3`; `wgpu` → discrete GPUs 0, 1, …); the CPU backends repeat their one
+    /// device (each replica then works on its own threads).
+    pub fn replicas(self, n: usize) -> Vec<DeviceSpec> {
+        (0..n)
+            .map(|k| match self {
+                DeviceSpec::Cuda(i) => DeviceSpec::Cuda(i + k),
+                DeviceSpec::Wgpu(i) if n > 1 => DeviceSpec::Wgpu(Some(i.unwrap_or(0) + k)),
+                other => other,
+            })
+            .collect()
+    }
+
+    /// Parses `N` (that many replicas of `base`) or a comma-separated list of devices.
+    pub fn parse_many(s: &str, base: DeviceSpec) -> Result<Vec<DeviceSpec>, BackendError> {
+        if let Ok(n) = s.trim().parse::<usize>() {
+            if n == 0 {
+                return Err(BackendError::Parse(s.to_string()));
+            }
+            return Ok(base.replicas(n));
+        }
+        s.split(',').map(|d| d.trim().parse()).collect()
+    }
+
+    fn backend_name(self) -> &'static str {
+        match self {
+            DeviceSpec::NdArray => "ndarray",
+            DeviceSpec::Flex => "flex",
+            DeviceSpec::Wgpu(_) => "wgpu",
+            DeviceSpec::Cuda(_) => "cuda",
+        }
+    }
+}
+
+/// Runs `task` on the devices `specs` name, which must all be of one backend.
+#[allow(unreachable_code, unused_variables)]
+pub fn dispatch_many<T: MultiDeviceTask>(
+    specs: &[DeviceSpec],
+    task: T,
+) -> Result<T::Output, BackendError> {
+    let Some(&first) = specs.first() else {
+        return Err(BackendError::Parse(String::new()));
+    };
+    if let Some(other) = specs
+        .iter()
+        .find(|s| s.backend_name() != first.backend_name())
+    {
+        return Err(BackendError::Mixed(first, *other));
+    }
+    match first {
         DeviceSpec::NdArray => {
             #[cfg(feature = "ndarray")]
-            return Ok(task.run::<burn::backend::NdArray<f32>>(Default::default()));
+            return Ok(
+                task.run::<burn::backend::NdArray<f32>>(vec![Default::default(); specs.len()])
+            );
             Err(BackendError::NotCompiled {
-                device: spec,
+                device: first,
                 feature: "ndarray",
             })
         }
         DeviceSpec::Flex => {
             #[cfg(feature = "flex")]
-            return Ok(task.run::<burn::backend::Flex<f32>>(Default::default()));
+            return Ok(task.run::<burn::backend::Flex<f32>>(vec![Default::default(); specs.len()]));
             Err(BackendError::NotCompiled {
-                device: spec,
+                device: first,
                 feature: "flex",
             })
         }
-        DeviceSpec::Wgpu(index) => {
+        DeviceSpec::Wgpu(_) => {
             #[cfg(feature = "wgpu")]
             {
                 use burn::backend::wgpu::WgpuDevice;
-                let device = match index {
-                    None => WgpuDevice::DefaultDevice,
-                    Some(n) => WgpuDevice::DiscreteGpu(n),
-                };
-                return Ok(task.run::<burn::backend::Wgpu>(device));
+                let devices = specs
+                    .iter()
+                    .map(|s| match s {
+                        DeviceSpec::Wgpu(Some(n)) => WgpuDevice::DiscreteGpu(*n),
+                        _ => WgpuDevice::DefaultDevice,
+                    })
+                    .collect();
+                return Ok(task.run::<burn::backend::Wgpu>(devices));
             }
             Err(BackendError::NotCompiled {
-                device: spec,
+                device: first,
                 feature: "wgpu",
             })
         }
-        DeviceSpec::Cuda(index) => {
+        DeviceSpec::Cuda(_) => {
             #[cfg(feature = "cuda")]
             {
-                cuda_probe(index)?;
-                let device = burn::backend::cuda::CudaDevice { index };
-                return Ok(task.run::<burn::backend::Cuda>(device));
+                let mut devices = Vec::new();
+                for s in specs {
+                    if let DeviceSpec::Cuda(index) = *s {
+                        cuda_probe(index)?;
+                        devices.push(burn::backend::cuda::CudaDevice { index });
+                    }
+                }
+                return Ok(task.run::<burn::backend::Cuda>(devices));
             }
             Err(BackendError::NotCompiled {
-                device: spec,
+                device: first,
                 feature: "cuda",
             })
         }
@@ -220,6 +299,32 @@ mod tests {
         fn run<B: Backend>(self, _device: B::Device) -> String {
             B::name(&Default::default())
         }
+    }
+
+    #[test]
+    fn parse_many() {
+        let base = DeviceSpec::Cuda(1);
+        assert_eq!(
+            DeviceSpec::parse_many("3", base).unwrap(),
+            vec![
+                DeviceSpec::Cuda(1),
+                DeviceSpec::Cuda(2),
+                DeviceSpec::Cuda(3)
+            ]
+        );
+        assert_eq!(
+            DeviceSpec::parse_many("2", DeviceSpec::NdArray).unwrap(),
+            vec![DeviceSpec::NdArray, DeviceSpec::NdArray]
+        );
+        assert_eq!(
+            DeviceSpec::parse_many("cuda:0, cuda:2", base).unwrap(),
+            vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(2)]
+        );
+        assert!(DeviceSpec::parse_many("0", base).is_err());
+        assert!(matches!(
+            dispatch_many(&[DeviceSpec::NdArray, DeviceSpec::Flex], OneDevice(Name)),
+            Err(BackendError::Mixed(..))
+        ));
     }
 
     #[test]

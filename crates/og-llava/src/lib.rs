@@ -16,7 +16,10 @@ pub use og_llm;
 pub use og_segment;
 pub use og_vision;
 
-pub use backend::{BackendError, BackendTask, DeviceSpec, compiled_backends, dispatch};
+pub use backend::{
+    BackendError, BackendTask, DeviceSpec, MultiDeviceTask, compiled_backends, dispatch,
+    dispatch_many,
+};
 
 use burn::module::Param;
 use burn::tensor::backend::Backend;

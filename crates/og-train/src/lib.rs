@@ -22,7 +22,7 @@ pub mod trainer;
 
 pub use config::{DataConfig, FusionSpec, PRESETS, Stage, TrainConfig};
 pub use error::{Result, TrainError};
-pub use parallel::{Collective, Nodes};
+pub use parallel::{Collective, Nodes, run_orchestrator};
 pub use trainer::{
     Metrics, RunOptions, RunSummary, latest_checkpoint, read_metrics, train, train_parallel,
 };

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
@@ -96,13 +97,18 @@ impl Collective {
 /// A registered collective of this process's replicas; unregisters them when dropped.
 pub(crate) struct Session<B: Backend> {
     peers: Vec<PeerId>,
+    devices: Vec<B::Device>,
+    config: CollectiveConfig,
+    /// Multi-node: every step registers, all-reduces once and unregisters (burn-collective
+    /// 0.21's global all-reduce reuses its transfer ids, so a second all-reduce within one
+    /// registration finds a stale tensor and hangs: tracel-ai/burn#4549).
+    rejoin: bool,
     _guard: std::sync::MutexGuard<'static, ()>,
-    _backend: std::marker::PhantomData<B>,
 }
 
 impl<B: Backend> Session<B> {
-    /// Registers one peer per device (blocks until every peer of the run has registered, on
-    /// every node).
+    /// One peer per device. On one node the peers register now (blocking until all have);
+    /// with several nodes they register at every step.
     pub(crate) fn start(devices: &[B::Device], collective: &Collective) -> Result<Self> {
         let guard = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
         let config = collective.config(devices.len())?;
@@ -110,42 +116,63 @@ impl<B: Backend> Session<B> {
             .map(|d| PeerId(collective.rank_of(d, devices.len()) as u32))
             .collect();
         burn_collective::reset_collective::<B>();
-        let results: Vec<std::result::Result<(), burn_collective::CollectiveError>> =
+        let session = Self {
+            peers,
+            devices: devices.to_vec(),
+            config,
+            rejoin: collective.nodes.is_some(),
+            _guard: guard,
+        };
+        if !session.rejoin {
             std::thread::scope(|s| {
-                let handles: Vec<_> = peers
-                    .iter()
-                    .zip(devices)
-                    .map(|(&peer, device)| {
-                        let config = config.clone();
-                        s.spawn(move || {
-                            burn_collective::register::<B>(peer, device.clone(), config)
-                        })
+                let handles: Vec<_> = (0..devices.len())
+                    .map(|local| {
+                        let session = &session;
+                        s.spawn(move || session.register(local))
                     })
                     .collect();
                 handles
                     .into_iter()
                     .map(|h| h.join().expect("collective registration does not panic"))
-                    .collect()
-            });
-        for r in results {
-            r.map_err(|e| TrainError::Collective(format!("registering the devices: {e:?}")))?;
+                    .collect::<Result<Vec<()>>>()
+            })?;
         }
-        Ok(Self {
-            peers,
-            _guard: guard,
-            _backend: std::marker::PhantomData,
-        })
+        Ok(session)
     }
 
-    pub(crate) fn peer(&self, local: usize) -> PeerId {
-        self.peers[local]
+    /// Registers local replica `local` (blocks until every peer of the run has registered).
+    fn register(&self, local: usize) -> Result<()> {
+        burn_collective::register::<B>(
+            self.peers[local],
+            self.devices[local].clone(),
+            self.config.clone(),
+        )
+        .map_err(|e| TrainError::Collective(format!("registering the devices: {e:?}")))
+    }
+
+    /// Sums `tensor` over every replica of the run.
+    fn all_reduce_sum(&self, local: usize, tensor: FloatTensor<B>) -> Result<FloatTensor<B>> {
+        let peer = self.peers[local];
+        if self.rejoin {
+            self.register(local)?;
+        }
+        let summed = burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum)
+            .map_err(|e| TrainError::Collective(format!("all-reduce of the gradients: {e:?}")));
+        if self.rejoin {
+            burn_collective::finish_collective::<B>(peer).map_err(|e| {
+                TrainError::Collective(format!("leaving the step's collective: {e:?}"))
+            })?;
+        }
+        summed
     }
 }
 
 impl<B: Backend> Drop for Session<B> {
     fn drop(&mut self) {
-        for &p in &self.peers {
-            let _ = burn_collective::finish_collective::<B>(p);
+        if !self.rejoin {
+            for &p in &self.peers {
+                let _ = burn_collective::finish_collective::<B>(p);
+            }
         }
         burn_collective::reset_collective::<B>();
     }
@@ -174,7 +201,8 @@ pub(crate) struct Reduced<B: AutodiffBackend> {
 /// parameter (name, element count) in the same order on every replica, so every replica makes
 /// the same collective call whatever its own batch produced.
 pub(crate) fn all_reduce<B: AutodiffBackend>(
-    peer: PeerId,
+    session: &Session<B::InnerBackend>,
+    local: usize,
     params: &[(String, usize)],
     mine: Contribution<B>,
     device: &burn::tensor::Device<B::InnerBackend>,
@@ -196,12 +224,7 @@ pub(crate) fn all_reduce<B: AutodiffBackend>(
         });
     }
     let flat = Tensor::cat(parts, 0);
-    let summed = burn_collective::all_reduce::<B::InnerBackend>(
-        peer,
-        flat.into_primitive().tensor(),
-        ReduceOperation::Sum,
-    )
-    .map_err(|e| TrainError::Collective(format!("all-reduce of the gradients: {e:?}")))?;
+    let summed = session.all_reduce_sum(local, flat.into_primitive().tensor())?;
     let summed: Tensor<B::InnerBackend, 1> = Tensor::from_primitive(TensorPrimitive::Float(summed));
     let head: Vec<f32> = summed
         .clone()
@@ -222,4 +245,16 @@ pub(crate) fn all_reduce<B: AutodiffBackend>(
         failed: head[1].round() as usize,
         grads: out,
     })
+}
+
+/// Runs burn-collective's global orchestrator on `port` until the process is interrupted
+/// (Ctrl-C): the nodes of a multi-node run register with it and it coordinates their
+/// all-reduces. Start it once, anywhere the nodes can reach, before the nodes.
+pub fn run_orchestrator(port: u16) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| TrainError::Collective(format!("starting the orchestrator runtime: {e}")))?;
+    runtime.block_on(burn_collective::start_global_orchestrator(port));
+    Ok(())
 }

@@ -790,7 +790,6 @@ fn run_step_parallel<B: AutodiffBackend>(
             .map(|(local, (replica, share))| {
                 let params = &params;
                 s.spawn(move || {
-                    let peer = session.peer(local);
                     // A replica that fails (or panics) still joins the all-reduce, flagged, so
                     // the others do not wait for it forever.
                     let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -833,7 +832,8 @@ fn run_step_parallel<B: AutodiffBackend>(
                     };
                     let t2 = Instant::now();
                     let reduced = crate::parallel::all_reduce::<B>(
-                        peer,
+                        session,
+                        local,
                         params,
                         contribution,
                         &replica.device,
