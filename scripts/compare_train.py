@@ -5,12 +5,16 @@ The same small LLaVA (CLIP 4×128 @112px/14 → 64 patches, Llama 4×256, vocab 
 weights), the same 64 conversations (one image each, 3 prompt words, 16 supervised answer
 words), stage 2: projector + LoRA r=16 on q_proj/v_proj of the LLM, batch 4, AdamW, global-norm
 clip 0.3, f32, the same number of threads (ours on NdArray unless OG_DEVICE says otherwise).
-The plain path (no masks) on both sides, since transformers has no OG path. Prints seconds per step (steps 3..N; ours from metrics.jsonl) and
+The plain path (no masks) on both sides, since transformers has no OG path. Ours runs twice: one
+replica (burn's ops use the cores inside each op) and one data-parallel replica per core with the
+micro-batch split between them (`--devices N`: same global batch, same step). Prints seconds per step (steps 3..N; ours from metrics.jsonl) and
 steps/s ours ÷ theirs. Our side includes its loader (image decode, preprocessing, tokenising) in
 the step time; PyTorch's batches are prebuilt tensors.
 
 Usage: pip install torch transformers peft pillow && python3 scripts/compare_train.py [STEPS]
-(builds target/release/og-llava if needed; OG_DEVICE=ndarray (default)|flex picks our backend)
+(builds target/release/og-llava if needed; OG_DEVICE=ndarray (default)|flex picks our backend;
+OG_BLAS=1 builds and runs target-blas/release/og-llava with `--features openblas`: NdArray's
+matmuls through the system OpenBLAS, `apt-get install libopenblas-dev`)
 """
 import json
 import os
@@ -103,23 +107,26 @@ def pytorch(model, examples, steps, lr=1e-4):
     return times
 
 
-def ours(dirpath, steps):
-    out = os.path.join(dirpath, "run")
+def ours(dirpath, steps, replicas=1):
+    out = os.path.join(dirpath, f"run{replicas}")
     cfg = {"stage": "sft", "base": {"kind": "llava_hf", "path": os.path.join(dirpath, "model")},
            "lora": {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
            "data": {"json": os.path.join(dirpath, "data.json"), "images": os.path.join(dirpath, "images"),
                     "workers": 1, "pad_to_square": False},
            "output_dir": out, "model_max_length": 512, "epochs": 100, "max_steps": steps,
-           "batch_size": BATCH, "grad_accumulation": 1, "lr_connector": 1e-4, "lr_lora": 1e-4,
+           "batch_size": BATCH // replicas, "grad_accumulation": 1, "lr_connector": 1e-4, "lr_lora": 1e-4,
            "warmup_ratio": 0.0, "weight_decay": 0.0, "adam_betas": [0.9, 0.999], "adam_eps": 1e-8,
            "max_grad_norm": 0.3, "seed": 0, "checkpoint_every": 1000000}
-    path = os.path.join(dirpath, "run.json")
+    path = os.path.join(dirpath, f"run{replicas}.json")
     with open(path, "w") as f:
         json.dump(cfg, f)
-    binary = os.path.join(ROOT, "target", "release", "og-llava")
-    subprocess.run(["cargo", "build", "--release", "-p", "og-llava-cli"], cwd=ROOT, check=True)
-    subprocess.run([binary, "train", "--device", os.environ.get("OG_DEVICE", "ndarray"), "--config", path], check=True,
-                   stdout=subprocess.DEVNULL)
+    target = "target-blas" if os.environ.get("OG_BLAS") else "target"
+    features = ["--features", "openblas"] if os.environ.get("OG_BLAS") else []
+    binary = os.path.join(ROOT, target, "release", "og-llava")
+    subprocess.run(["cargo", "build", "--release", "-p", "og-llava-cli"] + features, cwd=ROOT, check=True,
+                   env={**os.environ, "CARGO_TARGET_DIR": os.path.join(ROOT, target)})
+    subprocess.run([binary, "train", "--device", os.environ.get("OG_DEVICE", "ndarray"), "--devices", str(replicas),
+                    "--config", path], check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         m = [json.loads(l) for l in f]
     return [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(m, m[1:])], m
@@ -132,16 +139,23 @@ def main():
         model = build(os.path.join(d, "model"))
         examples = data(d)
         theirs = pytorch(model, examples, steps)[2:]
-        mine, m = ours(d, steps)
-        mine = mine[1:]
-        t, o = sum(theirs) / len(theirs), sum(mine) / len(mine)
-        print(f"PyTorch eager: {t * 1000:.1f} ms/step ({len(theirs)} steps)")
-        print(f"ours ({os.environ.get('OG_DEVICE', 'ndarray')}): {o * 1000:.1f} ms/step ({len(mine)} steps), "
-              f"{m[-1]['tokens_per_s']:.0f} supervised tok/s, final loss {m[-1]['loss']:.3f}")
-        print(f"steps/s ours / theirs = {t / o:.2f}")
-        part = lambda k: sum(x[k] for x in m[2:]) / len(m[2:]) * 1000
-        print(f"ours per step: data wait {part('data_s'):.1f} ms, forward {part('forward_s'):.1f} ms, "
-              f"backward {part('backward_s'):.1f} ms, optimiser {part('optimizer_s'):.1f} ms")
+        t = sum(theirs) / len(theirs)
+        print(f"PyTorch eager: {t * 1000:.1f} ms/step ({len(theirs)} steps, {torch.get_num_threads()} threads)")
+        blas = " + OpenBLAS" if os.environ.get("OG_BLAS") else ""
+        # One replica using the cores inside each op, then one replica per core (data parallel,
+        # micro-batch BATCH / cores each: the same global batch and the same step).
+        cores = os.cpu_count()
+        for replicas in sorted({1, cores if BATCH % cores == 0 else 1}):
+            mine, m = ours(d, steps, replicas)
+            mine = mine[1:]
+            o = sum(mine) / len(mine)
+            print(f"ours ({os.environ.get('OG_DEVICE', 'ndarray')}{blas}, {replicas} replica(s) × batch "
+                  f"{BATCH // replicas}): {o * 1000:.1f} ms/step ({len(mine)} steps), "
+                  f"{m[-1]['tokens_per_s']:.0f} supervised tok/s, final loss {m[-1]['loss']:.3f}")
+            print(f"  steps/s ours / theirs = {t / o:.2f}")
+            part = lambda k: sum(x[k] for x in m[2:]) / len(m[2:]) * 1000
+            print(f"  ours per step (replica 0): data wait {part('data_s'):.1f} ms, forward {part('forward_s'):.1f} ms, "
+                  f"backward {part('backward_s'):.1f} ms, optimiser + all-reduce {part('optimizer_s'):.1f} ms")
 
 
 if __name__ == "__main__":

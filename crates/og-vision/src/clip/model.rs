@@ -204,6 +204,31 @@ impl<B: Backend> ClipVisionTransformer<B> {
         Ok(())
     }
 
+    /// The patch embedding — a bias-free p×p convolution with stride p — as one matmul over
+    /// the image's non-overlapping patches (row-major over the grid, channels then rows then
+    /// columns inside a patch, as the convolution's weight is laid out): the same values as
+    /// `Conv2d::forward` and several times faster on the CPU backends.
+    ///
+    /// # Shapes
+    /// `[batch, C, S, S]` → `[batch, V, hidden]`
+    fn embed_patches(&self, pixel_values: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, c, s, _] = pixel_values.dims();
+        let p = self.patch_size;
+        let g = s / p;
+        let conv = &self.embeddings.patch_embedding;
+        let h = conv.weight.dims()[0];
+        let cols = pixel_values
+            .reshape([b, c, g, p, g, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b, g * g, c * p * p]);
+        let w = conv.weight.val().reshape([h, c * p * p]).transpose();
+        let out = cols.matmul(w.unsqueeze::<3>());
+        match &conv.bias {
+            Some(bias) => out + bias.val().reshape([1, 1, h]),
+            None => out,
+        }
+    }
+
     /// `hidden_states[0..=upto]`, computing only the layers needed.
     ///
     /// # Shapes
@@ -223,8 +248,7 @@ impl<B: Backend> ClipVisionTransformer<B> {
         let [b, _, _, _] = pixel_values.dims();
         let device = pixel_values.device();
         let h = self.hidden_size;
-        let patches = self.embeddings.patch_embedding.forward(pixel_values); // [b, h, g, g]
-        let patches = patches.flatten::<3>(2, 3).swap_dims(1, 2); // [b, V, h]
+        let patches = self.embed_patches(pixel_values); // [b, V, h]
         let cls = self
             .embeddings
             .class_embedding
