@@ -52,6 +52,7 @@ fn main() -> ExitCode {
                 "make_llm_fixtures.py",
                 "make_tokenizer_fixtures.py",
                 "make_llava_fixtures.py",
+                "make_train_fixtures.py",
             ] {
                 let code = python(&root, script);
                 if code != ExitCode::SUCCESS {
