@@ -14,7 +14,7 @@
 //! step as one device with `D·b`, up to the order of float additions.
 //!
 //! Several nodes: burn-collective joins the local all-reduce of each node through a global
-//! orchestrator (websocket) when [`Collective::nodes`] is given; see `docs/training.md`.
+//! orchestrator (websocket) when [`Collective::nodes`] is given; see the crate's README.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -257,4 +257,52 @@ pub fn run_orchestrator(port: u16) -> Result<()> {
         .map_err(|e| TrainError::Collective(format!("starting the orchestrator runtime: {e}")))?;
     runtime.block_on(burn_collective::start_global_orchestrator(port));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+
+    type B = Autodiff<NdArray<f32>>;
+
+    /// Two replicas: one with a gradient for `a` only, one that failed. Both calls return (no
+    /// replica waits forever), both see the failure, and the sum holds only what was sent.
+    #[test]
+    fn a_failed_replica_still_joins_and_is_reported() {
+        let device = Default::default();
+        let session = Session::<NdArray<f32>>::start(&[device, device], &Collective::default())
+            .expect("two local peers");
+        let params = vec![("a".to_string(), 3), ("b".to_string(), 2)];
+        let out: Vec<Reduced<B>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..2)
+                .map(|local| {
+                    let (session, params) = (&session, &params);
+                    s.spawn(move || {
+                        let mut grads = BTreeMap::new();
+                        if local == 0 {
+                            grads.insert(
+                                "a".to_string(),
+                                Tensor::from_floats([1.0, 2.0, 3.0], &device),
+                            );
+                        }
+                        let mine = Contribution::<B> {
+                            loss: 0.25,
+                            failed: local == 1,
+                            grads,
+                        };
+                        all_reduce::<B>(session, local, params, mine, &device).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in &out {
+            assert_eq!(r.failed, 1);
+            assert_eq!(r.loss, 0.5);
+            assert_eq!(r.grads.keys().collect::<Vec<_>>(), vec!["a"]);
+            let a: Vec<f32> = r.grads["a"].clone().into_data().to_vec().unwrap();
+            assert_eq!(a, vec![1.0, 2.0, 3.0]);
+        }
+    }
 }
