@@ -105,6 +105,9 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
             "give --config FILE and/or --preset NAME (see `og-llava train --help`)".into(),
         ));
     }
+    let base = crate::device_spec(Some(args.device.as_deref().unwrap_or("ndarray")))?;
+    let devices = DeviceSpec::parse_many(&args.devices, base)?;
+    let collective = collective(args)?;
     let cfg = TrainConfig::resolve(
         args.preset.as_deref(),
         args.config.as_deref(),
@@ -115,9 +118,6 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
         stop_after: None,
         progress: true,
     };
-    let base = crate::device_spec(Some(args.device.as_deref().unwrap_or("ndarray")))?;
-    let devices = DeviceSpec::parse_many(&args.devices, base)?;
-    let collective = collective(args)?;
     if collective.nodes.is_some() {
         quiet_network_logs();
     }

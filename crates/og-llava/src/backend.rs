@@ -58,6 +58,8 @@ impl fmt::Display for DeviceSpec {
 pub enum BackendError {
     #[error("unknown device {0:?}: expected ndarray, flex, wgpu[:N] or cuda[:N]")]
     Parse(String),
+    #[error("devices {0:?}: expected a count of at least 1 or a comma-separated list of devices")]
+    Count(String),
     #[error(
         "device {device} needs the `{feature}` cargo feature; rebuild with `--features {feature}`"
     )]
@@ -139,11 +141,16 @@ impl DeviceSpec {
     pub fn parse_many(s: &str, base: DeviceSpec) -> Result<Vec<DeviceSpec>, BackendError> {
         if let Ok(n) = s.trim().parse::<usize>() {
             if n == 0 {
-                return Err(BackendError::Parse(s.to_string()));
+                return Err(BackendError::Count(s.to_string()));
             }
             return Ok(base.replicas(n));
         }
-        s.split(',').map(|d| d.trim().parse()).collect()
+        let specs: Vec<DeviceSpec> = s
+            .split(',')
+            .map(|d| d.trim().parse())
+            .collect::<Result<_, _>>()?;
+        one_backend(&specs)?;
+        Ok(specs)
     }
 
     fn backend_name(self) -> &'static str {
@@ -156,6 +163,17 @@ impl DeviceSpec {
     }
 }
 
+/// All of `specs` name devices of one backend.
+fn one_backend(specs: &[DeviceSpec]) -> Result<(), BackendError> {
+    match specs
+        .iter()
+        .find(|s| s.backend_name() != specs[0].backend_name())
+    {
+        Some(other) => Err(BackendError::Mixed(specs[0], *other)),
+        None => Ok(()),
+    }
+}
+
 /// Runs `task` on the devices `specs` name, which must all be of one backend.
 #[allow(unreachable_code, unused_variables)]
 pub fn dispatch_many<T: MultiDeviceTask>(
@@ -163,14 +181,9 @@ pub fn dispatch_many<T: MultiDeviceTask>(
     task: T,
 ) -> Result<T::Output, BackendError> {
     let Some(&first) = specs.first() else {
-        return Err(BackendError::Parse(String::new()));
+        return Err(BackendError::Count(String::new()));
     };
-    if let Some(other) = specs
-        .iter()
-        .find(|s| s.backend_name() != first.backend_name())
-    {
-        return Err(BackendError::Mixed(first, *other));
-    }
+    one_backend(specs)?;
     match first {
         DeviceSpec::NdArray => {
             #[cfg(feature = "ndarray")]
@@ -320,7 +333,14 @@ mod tests {
             DeviceSpec::parse_many("cuda:0, cuda:2", base).unwrap(),
             vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(2)]
         );
-        assert!(DeviceSpec::parse_many("0", base).is_err());
+        assert!(matches!(
+            DeviceSpec::parse_many("0", base),
+            Err(BackendError::Count(_))
+        ));
+        assert!(matches!(
+            DeviceSpec::parse_many("cuda:0,flex", base),
+            Err(BackendError::Mixed(..))
+        ));
         assert!(matches!(
             dispatch_many(&[DeviceSpec::NdArray, DeviceSpec::Flex], OneDevice(Name)),
             Err(BackendError::Mixed(..))
