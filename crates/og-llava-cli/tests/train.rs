@@ -207,22 +207,10 @@ fn two_nodes_train_like_one_device_with_twice_the_batch() {
             b.loss
         );
     }
-    let (w1, w2) = (
-        og_weights::Weights::open(last_checkpoint(&root.join("one")).join("trainable.safetensors"))
-            .unwrap(),
-        og_weights::Weights::open(
-            last_checkpoint(&root.join("nodes")).join("trainable.safetensors"),
-        )
-        .unwrap(),
-    );
-    for n in w1.names() {
-        let (a, _) = w1.f32(n).unwrap();
-        let (b, _) = w2.f32(n).unwrap();
-        let worst = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max);
+    for (n, worst) in og_train::testing::weight_differences(
+        &last_checkpoint(&root.join("one")).join("trainable.safetensors"),
+        &last_checkpoint(&root.join("nodes")).join("trainable.safetensors"),
+    ) {
         assert!(worst < 1e-4, "{n} differs by {worst}");
     }
 }

@@ -62,6 +62,12 @@ impl Collective {
         self.nodes.as_ref().map_or(0, |n| n.rank as usize) * local_devices + local
     }
 
+    /// This process's replica of run-wide rank `rank`, if it is one of ours.
+    pub fn local_of(&self, rank: usize, local_devices: usize) -> Option<usize> {
+        rank.checked_sub(self.rank_of(0, local_devices))
+            .filter(|&l| l < local_devices)
+    }
+
     /// Whether this process writes the run's files (rank 0 of the first node).
     pub fn writes_files(&self) -> bool {
         self.nodes.as_ref().is_none_or(|n| n.rank == 0)
@@ -265,6 +271,25 @@ mod tests {
     use burn::backend::{Autodiff, NdArray};
 
     type B = Autodiff<NdArray<f32>>;
+
+    #[test]
+    fn ranks_map_to_this_nodes_replicas() {
+        let node = |rank| Collective {
+            nodes: Some(Nodes {
+                count: 2,
+                rank,
+                orchestrator: "ws://127.0.0.1:1".into(),
+                address: "ws://127.0.0.1:2".into(),
+                data_port: 2,
+            }),
+        };
+        assert_eq!(node(1).world(2), 4);
+        assert_eq!(node(1).rank_of(1, 2), 3);
+        let local: Vec<_> = (0..4).map(|r| node(1).local_of(r, 2)).collect();
+        assert_eq!(local, vec![None, None, Some(0), Some(1)]);
+        let one = Collective::default();
+        assert_eq!((one.local_of(1, 2), one.local_of(2, 2)), (Some(1), None));
+    }
 
     /// Two replicas: one with a gradient for `a` only, one that failed. Both calls return (no
     /// replica waits forever), both see the failure, and the sum holds only what was sent.

@@ -1,4 +1,5 @@
-//! A tiny training world for tests and examples (used by this crate's and the CLI's tests).
+//! A tiny training world for tests and examples, and a weight comparison (used by this crate's
+//! and the CLI's tests).
 
 use std::path::Path;
 
@@ -80,4 +81,36 @@ pub fn tiny_world(root: &Path, llava: &Path) {
         serde_json::to_string(&rows).expect("tiny world"),
     )
     .expect("tiny world");
+}
+
+/// Each tensor's largest absolute difference between two safetensors files, by name (sorted).
+/// Panics, naming the files, when they cannot be read or hold different tensor names.
+pub fn weight_differences(a: &Path, b: &Path) -> Vec<(String, f32)> {
+    let open =
+        |p: &Path| og_weights::Weights::open(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let (wa, wb) = (open(a), open(b));
+    let mut names = wa.names();
+    names.sort();
+    let mut names_b = wb.names();
+    names_b.sort();
+    assert_eq!(
+        names,
+        names_b,
+        "{} and {} hold different tensors",
+        a.display(),
+        b.display()
+    );
+    names
+        .into_iter()
+        .map(|n| {
+            let (x, _) = wa.f32(n).expect("readable tensor");
+            let (y, _) = wb.f32(n).expect("readable tensor");
+            let worst = x
+                .iter()
+                .zip(&y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0.0, f32::max);
+            (n.to_string(), worst)
+        })
+        .collect()
 }

@@ -390,12 +390,23 @@ pub fn train_parallel<B: AutodiffBackend>(
     } else {
         None
     };
+    let params = trainables(&mut replicas[0].model, cfg.stage)
+        .iter()
+        .map(|t| {
+            let numel = match &t.param {
+                ParamMut::D1(p) => p.val().dims()[0],
+                ParamMut::D2(p) => p.val().dims().iter().product(),
+            };
+            (t.name.clone(), numel)
+        })
+        .collect();
     let plan = StepPlan {
         cfg,
         total_steps,
         collective,
         local_devices: devices.len(),
         world,
+        params,
     };
 
     let run_start_step = state.step;
@@ -590,6 +601,12 @@ struct Replica<B: AutodiffBackend> {
     device: B::Device,
 }
 
+/// What one replica's thread reports: its own outcome, or that another replica failed.
+enum ReplicaResult {
+    Own(Result<Option<StepOutcome>>),
+    PeerFailed(usize),
+}
+
 /// What every step of a run shares.
 struct StepPlan<'a> {
     cfg: &'a TrainConfig,
@@ -597,6 +614,8 @@ struct StepPlan<'a> {
     collective: &'a Collective,
     local_devices: usize,
     world: usize,
+    /// Every trainable (name, element count) in a fixed order: the layout of the all-reduce.
+    params: Vec<(String, usize)>,
 }
 
 impl StepPlan<'_> {
@@ -765,30 +784,17 @@ fn run_step_parallel<B: AutodiffBackend>(
         .into_iter()
         .enumerate()
     {
-        let rank = m % plan.world;
-        if let Some(local) = (0..plan.local_devices)
-            .find(|&l| plan.collective.rank_of(l, plan.local_devices) == rank)
-        {
+        if let Some(local) = plan.collective.local_of(m % plan.world, plan.local_devices) {
             shares[local].push(batch);
         }
     }
-    let params: Vec<(String, usize)> = trainables(&mut replicas[0].model, plan.cfg.stage)
-        .iter()
-        .map(|t| {
-            let numel = match &t.param {
-                ParamMut::D1(p) => p.val().dims()[0],
-                ParamMut::D2(p) => p.val().dims().iter().product(),
-            };
-            (t.name.clone(), numel)
-        })
-        .collect();
-    let results: Vec<Result<Option<StepOutcome>>> = std::thread::scope(|s| {
+    let params = &plan.params;
+    let results: Vec<ReplicaResult> = std::thread::scope(|s| {
         let handles: Vec<_> = replicas
             .iter_mut()
             .zip(shares)
             .enumerate()
             .map(|(local, (replica, share))| {
-                let params = &params;
                 s.spawn(move || {
                     // A replica that fails (or panics) still joins the all-reduce, flagged, so
                     // the others do not wait for it forever.
@@ -831,34 +837,38 @@ fn run_step_parallel<B: AutodiffBackend>(
                         ),
                     };
                     let t2 = Instant::now();
-                    let reduced = crate::parallel::all_reduce::<B>(
+                    let reduced = match crate::parallel::all_reduce::<B>(
                         session,
                         local,
                         params,
                         contribution,
                         &replica.device,
-                    )?;
+                    ) {
+                        Ok(r) => r,
+                        Err(e) => return ReplicaResult::Own(Err(e)),
+                    };
                     if let Some(e) = own_err {
-                        return Err(e);
+                        return ReplicaResult::Own(Err(e));
                     }
                     if reduced.failed > 0 {
-                        return Err(TrainError::Collective(format!(
-                            "{} other replica(s) failed in this step",
-                            reduced.failed
-                        )));
+                        return ReplicaResult::PeerFailed(reduced.failed);
                     }
                     if !reduced.loss.is_finite() {
-                        return Ok(Some(StepOutcome::non_finite(reduced.loss, total, times)));
+                        return ReplicaResult::Own(Ok(Some(StepOutcome::non_finite(
+                            reduced.loss,
+                            total,
+                            times,
+                        ))));
                     }
                     let report = optimizer_step(plan, opt, replica, reduced.grads, step);
                     times.optimizer = t2.elapsed().as_secs_f64();
-                    Ok(Some(StepOutcome {
+                    ReplicaResult::Own(Ok(Some(StepOutcome {
                         loss: reduced.loss,
                         grad_norm: report.grad_norm,
                         clip_coef: report.clip_coef,
                         tokens: total,
                         times,
-                    }))
+                    })))
                 })
             })
             .collect();
@@ -867,20 +877,24 @@ fn run_step_parallel<B: AutodiffBackend>(
             .map(|h| h.join().expect("replica threads catch their panics"))
             .collect()
     });
-    // Report the failing replica's own error before the others' "another replica failed".
+    // A failing replica's own error comes first; the others only know that one failed.
     let mut first = None;
+    let mut peer_failed = 0;
     for r in results {
         match r {
-            Err(TrainError::Collective(m)) if m.contains("other replica") => {
-                first.get_or_insert(Err(TrainError::Collective(m)));
+            ReplicaResult::Own(Err(e)) => return Err(e),
+            ReplicaResult::Own(Ok(o)) => {
+                first.get_or_insert(o);
             }
-            Err(e) => return Err(e),
-            Ok(o) => {
-                first.get_or_insert(Ok(o));
-            }
+            ReplicaResult::PeerFailed(n) => peer_failed = n,
         }
     }
-    first.expect("at least one replica")
+    match first {
+        Some(o) if peer_failed == 0 => Ok(o),
+        _ => Err(TrainError::Collective(format!(
+            "{peer_failed} replica(s) on other nodes failed in this step"
+        ))),
+    }
 }
 
 /// Every trainable tensor by name (burn layout), for checkpoints.

@@ -7,7 +7,6 @@ mod common;
 use burn::backend::{Autodiff, NdArray};
 use common::{bytes, config, fixtures};
 use og_train::{Collective, RunOptions, Stage, TrainError, read_metrics, train_parallel};
-use og_weights::Weights;
 
 type B = Autodiff<NdArray<f32>>;
 
@@ -64,24 +63,12 @@ fn two_devices_train_like_one_with_twice_the_batch_and_resume_exactly() {
         );
     }
     let last = "checkpoints/step-00000006/trainable.safetensors";
-    let (w1, w2) = (
-        Weights::open(root.join("one").join(last)).unwrap(),
-        Weights::open(root.join("two").join(last)).unwrap(),
+    let diffs = og_train::testing::weight_differences(
+        &root.join("one").join(last),
+        &root.join("two").join(last),
     );
-    let mut names = w1.names();
-    names.sort();
-    let mut names2 = w2.names();
-    names2.sort();
-    assert_eq!(names, names2);
-    assert!(names.iter().any(|n| n.contains("lora_B")));
-    let mut worst = 0.0f32;
-    for n in &names {
-        let (a, _) = w1.f32(n).unwrap();
-        let (b, _) = w2.f32(n).unwrap();
-        for (x, y) in a.iter().zip(&b) {
-            worst = worst.max((x - y).abs());
-        }
-    }
+    assert!(diffs.iter().any(|(n, _)| n.contains("lora_B")));
+    let worst = diffs.iter().map(|d| d.1).fold(0.0f32, f32::max);
     assert!(
         worst < 1e-4,
         "trained weights differ by {worst} between one and two devices"
