@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 use og_fusion::{OgFusion, OgFusionConfig, Selection};
 use og_llm::{LlamaConfig, LlamaForCausalLM, rope};
 use og_vision::clip::{ClipVisionConfig, ClipVisionTransformer};
@@ -542,7 +542,8 @@ impl<B: Backend> OgLlava<B> {
             .llm
             .head(picked.unsqueeze_dim::<3>(0))
             .squeeze_dim::<2>(0);
-        let logp = burn::tensor::activation::log_softmax(logits, 1);
+        // The loss in f32 whatever the model's dtype (a no-op in f32).
+        let logp = burn::tensor::activation::log_softmax(logits.cast(DType::F32), 1);
         let targets =
             Tensor::<B, 2, burn::tensor::Int>::from_data(TensorData::new(targets, [n, 1]), &device);
         let nll = logp.gather(1, targets).neg().sum();

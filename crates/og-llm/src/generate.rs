@@ -3,7 +3,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
 use crate::error::{LlmError, Result};
@@ -248,7 +248,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
         }
         let padding = Tensor::<B, 2, Bool>::from_data(TensorData::new(pad, [b, t]), &device);
         let logits = self.forward(Tensor::cat(rows, 0), &all_positions, Some(padding), None)?;
-        let logp = log_softmax(logits, 2);
+        let logp = log_softmax(logits.cast(DType::F32), 2);
         let v = self.vocab_size();
         let data: Vec<f32> = logp.into_data().convert::<f32>().to_vec().expect("f32");
         Ok(candidates

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::error::{LlmError, Result};
@@ -194,7 +194,9 @@ impl<B: Backend> LlamaAttention<B> {
         let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
         // A large finite fill keeps rows whose keys are all masked (padding queries) finite.
         let scores = scores.mask_fill(mask, -1.0e30);
-        let out = softmax(scores, 3).matmul(v);
+        // The softmax in f32 whatever the model's dtype, as transformers does (a no-op in f32).
+        let dtype = scores.dtype();
+        let out = softmax(scores.cast(DType::F32), 3).cast(dtype).matmul(v);
         self.o_proj
             .forward(out.swap_dims(1, 2).reshape([b * t, nh * hd]))
             .reshape([b, t, h])

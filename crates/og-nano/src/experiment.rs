@@ -577,6 +577,7 @@ pub fn run<B: AutodiffBackend>(
                 checkpoint_every: 1_000_000,
                 keep_checkpoints: 1,
                 log_every: 50,
+                precision: og_train::Precision::F32,
             };
             let s = og_train::train::<B>(
                 &tc,

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use burn::module::Param;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
 use og_llava::OgLlava;
 
 use crate::config::Stage;
@@ -128,11 +128,14 @@ pub struct Moments<B: Backend> {
     pub exp_avg_sq: Tensor<B, 1>,
 }
 
-/// AdamW state: the step count and the moments by parameter name.
+/// AdamW state: the step count, the moments by parameter name, and f32 master copies of the
+/// parameters the model holds in a lower precision (bf16 mixed precision; empty in f32). The
+/// moments are always f32.
 #[derive(Debug, Clone)]
 pub struct OptimState<B: Backend> {
     pub step: usize,
     pub moments: BTreeMap<String, Moments<B>>,
+    pub master: BTreeMap<String, Tensor<B, 1>>,
 }
 
 impl<B: Backend> OptimState<B> {
@@ -153,6 +156,11 @@ impl<B: Backend> OptimState<B> {
                     )
                 })
                 .collect(),
+            master: self
+                .master
+                .iter()
+                .map(|(k, m)| (k.clone(), m.clone().to_device(device)))
+                .collect(),
         }
     }
 }
@@ -162,6 +170,7 @@ impl<B: Backend> Default for OptimState<B> {
         Self {
             step: 0,
             moments: BTreeMap::new(),
+            master: BTreeMap::new(),
         }
     }
 }
@@ -175,8 +184,9 @@ pub struct StepReport {
     pub clip_coef: f64,
 }
 
-/// The gradients of `params` (flattened, on the inner backend) by name; parameters that got no
-/// gradient (unused in this batch) are absent.
+/// The gradients of `params` (flattened, on the inner backend, in f32 whatever the model's
+/// dtype: accumulation, the all-reduce and clipping work in f32) by name; parameters that got
+/// no gradient (unused in this batch) are absent.
 pub fn grads_by_name<B: AutodiffBackend>(
     params: &[Trainable<'_, B>],
     grads: &B::Gradients,
@@ -188,7 +198,7 @@ pub fn grads_by_name<B: AutodiffBackend>(
                 ParamMut::D1(x) => x.val().grad(grads),
                 ParamMut::D2(x) => x.val().grad(grads).map(|g| g.reshape([-1])),
             };
-            g.map(|g| (t.name.clone(), g))
+            g.map(|g| (t.name.clone(), g.cast(DType::F32)))
         })
         .collect()
 }
@@ -264,19 +274,35 @@ impl AdamW {
             let denom = m.exp_avg_sq.clone().sqrt() / bc2_sqrt + self.eps;
             let update = m.exp_avg.clone() / denom * (lr / bc1);
             let decay = 1.0 - lr * self.weight_decay;
+            // The value the update applies to: the parameter itself in f32, else its f32 master
+            // copy (made from the parameter at its first step).
+            let (old, dtype, shape) = match &tr.param {
+                ParamMut::D1(p) => (p.val().inner(), p.val().dtype(), vec![p.val().dims()[0]]),
+                ParamMut::D2(p) => {
+                    let v = p.val().inner();
+                    (v.clone().reshape([-1]), v.dtype(), v.dims().to_vec())
+                }
+            };
+            let old = if dtype == DType::F32 {
+                old
+            } else {
+                state
+                    .master
+                    .remove(&tr.name)
+                    .unwrap_or_else(|| old.cast(DType::F32))
+            };
+            let new = old * decay - update;
+            if dtype != DType::F32 {
+                state.master.insert(tr.name.clone(), new.clone());
+            }
+            let new = new.cast(dtype);
             match tr.param {
                 ParamMut::D1(p) => {
-                    let old = p.val().inner();
-                    let new = old * decay - update;
                     *p = p.clone().map(|_| Tensor::from_inner(new).require_grad());
                 }
                 ParamMut::D2(p) => {
-                    let old = p.val().inner();
-                    let shape = old.dims();
-                    let new = old.reshape([-1]) * decay - update;
-                    *p = p
-                        .clone()
-                        .map(|_| Tensor::from_inner(new.reshape(shape)).require_grad());
+                    let new = new.reshape([shape[0], shape[1]]);
+                    *p = p.clone().map(|_| Tensor::from_inner(new).require_grad());
                 }
             }
         }
@@ -311,6 +337,12 @@ pub fn state_to_host<B: Backend>(state: &OptimState<B>) -> Vec<og_weights::SaveT
             m.exp_avg_sq.clone(),
         ));
     }
+    for (name, m) in &state.master {
+        v.push(og_weights::SaveTensor::from_tensor(
+            format!("master.{name}"),
+            m.clone(),
+        ));
+    }
     v
 }
 
@@ -320,14 +352,22 @@ pub fn state_from_weights<B: Backend>(
     device: &B::Device,
 ) -> og_weights::Result<OptimState<B>> {
     let mut moments = BTreeMap::new();
+    let mut master = BTreeMap::new();
+    // Optimiser state is f32 whatever the device's default dtype.
+    let load = |n: &str| -> og_weights::Result<Tensor<B, 1>> {
+        let (v, _) = w.f32(n)?;
+        let len = v.len();
+        Ok(Tensor::from_data(
+            TensorData::new(v, [len]),
+            (device, DType::F32),
+        ))
+    };
     for name in w.names() {
+        if let Some(param) = name.strip_prefix("master.") {
+            master.insert(param.to_string(), load(name)?);
+        }
         let Some(param) = name.strip_prefix("exp_avg.") else {
             continue;
-        };
-        let load = |n: &str| -> og_weights::Result<Tensor<B, 1>> {
-            let (v, _) = w.f32(n)?;
-            let len = v.len();
-            Ok(Tensor::from_data(TensorData::new(v, [len]), device))
         };
         moments.insert(
             param.to_string(),
@@ -337,7 +377,11 @@ pub fn state_from_weights<B: Backend>(
             },
         );
     }
-    Ok(OptimState { step, moments })
+    Ok(OptimState {
+        step,
+        moments,
+        master,
+    })
 }
 
 #[cfg(test)]
@@ -407,5 +451,49 @@ mod tests {
             assert!((a - b).abs() < 1e-5, "{v:?} vs {want:?}");
         }
         assert_eq!(state.step, 2);
+    }
+
+    /// A bf16 parameter whose every update is below bf16's resolution still moves: the update
+    /// goes to the f32 master copy, and the parameter is its rounding. Updating the bf16
+    /// tensor itself would leave it at 1.0 forever.
+    #[test]
+    fn bf16_parameters_train_through_f32_master_weights() {
+        type F = Autodiff<burn::backend::Flex<f32>>;
+        let device = Default::default();
+        let init = Tensor::<F, 1>::from_data(
+            TensorData::new(vec![1.0f32, -1.0], [2]),
+            (&device, DType::BF16),
+        );
+        let mut p = Param::from_tensor(init);
+        let opt = AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut state = OptimState::default();
+        // lr 1e-3 with a constant gradient: Adam moves by ~1e-3 a step, while bf16's spacing
+        // around 1 is 2^-8 ≈ 3.9e-3 (below) and 2^-7 (above).
+        for _ in 0..20 {
+            let loss = p.val().sum();
+            let tr = vec![Trainable {
+                name: "p".into(),
+                group: Group::Connector,
+                param: ParamMut::D1(&mut p),
+            }];
+            let grads = grads_by_name::<F>(&tr, &loss.backward());
+            assert_eq!(grads["p"].dtype(), DType::F32);
+            opt.step::<F>(tr, grads, &mut state, |_| 1e-3, None);
+        }
+        assert_eq!(p.val().dtype(), DType::BF16);
+        let master: Vec<f32> = state.master["p"].clone().into_data().to_vec().unwrap();
+        assert!((master[0] - 0.98).abs() < 1e-4, "{master:?}");
+        assert!((master[1] + 1.02).abs() < 1e-4, "{master:?}");
+        let v: Vec<f32> = p.val().into_data().convert::<f32>().to_vec().unwrap();
+        assert!(
+            v[0] < 0.99 && v[1] < -1.01,
+            "the bf16 parameter did not move: {v:?}"
+        );
+        assert_eq!(state.moments["p"].exp_avg.dtype(), DType::F32);
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
 use crate::error::{Result, TrainError};
@@ -220,13 +220,15 @@ pub(crate) fn all_reduce<B: AutodiffBackend>(
             .iter()
             .map(|(name, _)| f32::from(u8::from(mine.grads.contains_key(name)))),
     );
-    let mut parts: Vec<Tensor<B::InnerBackend, 1>> =
-        vec![Tensor::from_data(TensorData::new(head, [2 + n]), device)];
+    let mut parts: Vec<Tensor<B::InnerBackend, 1>> = vec![Tensor::from_data(
+        TensorData::new(head, [2 + n]),
+        (device, DType::F32),
+    )];
     let mut grads = mine.grads;
     for (name, numel) in params {
         parts.push(match grads.remove(name) {
             Some(g) if !mine.failed => g,
-            _ => Tensor::zeros([*numel], device),
+            _ => Tensor::zeros([*numel], (device, DType::F32)),
         });
     }
     let flat = Tensor::cat(parts, 0);
