@@ -117,6 +117,9 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
         resume: args.resume,
         stop_after: None,
         progress: true,
+        // Per-micro-batch dropout streams keep CPU replicas reproducible; on a GPU the masks
+        // come from the device's own RNG.
+        host_dropout: devices.iter().all(DeviceSpec::is_cpu),
     };
     if collective.nodes.is_some() {
         quiet_network_logs();

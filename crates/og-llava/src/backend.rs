@@ -23,6 +23,13 @@ pub enum DeviceSpec {
     Cuda(usize),
 }
 
+impl DeviceSpec {
+    /// Whether the device is the host CPU (NdArray, Flex).
+    pub fn is_cpu(&self) -> bool {
+        matches!(self, DeviceSpec::NdArray | DeviceSpec::Flex)
+    }
+}
+
 /// The CPU backend used when no `--device` is given. Chosen by measurement on the connector
 /// forward at paper size (`cargo bench -p og-llava --bench backends`, see docs/backends.md).
 pub const DEFAULT_DEVICE: DeviceSpec = DeviceSpec::Flex;

@@ -19,7 +19,9 @@ pub use config::{LlamaConfig, RopeScaling};
 pub use error::{LlmError, Result};
 pub use generate::{GenerationConfig, Sampling, Score};
 pub use load::{DECODER_PREFIXES, HEAD_NAMES};
-pub use lora::{LORA_TARGETS, LoraAdapter, LoraConfig, LoraLinear};
+pub use lora::{
+    LORA_TARGETS, LoraAdapter, LoraConfig, LoraLinear, SplitMix64, with_dropout_stream,
+};
 pub use model::{
     KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
 };

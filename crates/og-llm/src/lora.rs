@@ -192,12 +192,11 @@ impl<B: Backend> LoraLinear<B> {
         let y = self.base.forward(x.clone());
         match &self.lora {
             Some(l) => {
-                y + l
-                    .dropout
-                    .forward(x)
-                    .matmul(l.lora_a.val())
-                    .matmul(l.lora_b.val())
-                    * l.scale
+                let dropped = match host_dropout(x.clone(), l.dropout.prob) {
+                    Some(d) => d,
+                    None => l.dropout.forward(x),
+                };
+                y + dropped.matmul(l.lora_a.val()).matmul(l.lora_b.val()) * l.scale
             }
             None => y,
         }
@@ -235,6 +234,77 @@ impl<B: Backend> LoraLinear<B> {
             }
         }
     }
+}
+
+std::thread_local! {
+    /// The SplitMix64 state of this thread's dropout stream, when one is set.
+    static DROPOUT_STREAM: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with LoRA dropout masks drawn on the host from a SplitMix64 stream seeded with
+/// `seed`, on this thread only, instead of from the backend's RNG.
+///
+/// Burn backends keep one process-wide RNG, so replicas training on threads draw their masks
+/// in scheduling order. A stream per thread (seeded, say, by step and micro-batch) makes
+/// their draws independent of scheduling and of how micro-batches are dealt to replicas. The
+/// masks are copied to the device, which is cheap on the CPU backends and costly on a GPU.
+pub fn with_dropout_stream<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<u64>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DROPOUT_STREAM.set(self.0);
+        }
+    }
+    let _restore = Restore(DROPOUT_STREAM.replace(Some(seed)));
+    f()
+}
+
+/// SplitMix64 (Steele et al.): a tiny, fully specified generator, so seeded draws (dropout
+/// streams, data orders) are the same on every platform and version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        ((self.next_u64() as u128 * n as u128) >> 64) as usize
+    }
+}
+
+/// Inverted dropout of `x` with a mask from this thread's stream (`None` without a stream): an
+/// element is kept, scaled by `1 / (1 − p)`, with probability `1 − p`. Like burn's `Dropout`,
+/// it only acts while autodiff is enabled.
+fn host_dropout<B: Backend>(x: Tensor<B, 2>, p: f64) -> Option<Tensor<B, 2>> {
+    let mut rng = SplitMix64(DROPOUT_STREAM.get()?);
+    let device = x.device();
+    if p == 0.0 || !B::ad_enabled(&device) {
+        return Some(x);
+    }
+    let [n, d] = x.dims();
+    let scale = (1.0 / (1.0 - p)) as f32;
+    // 24 random bits per element: a uniform on [0, 1) with f32's resolution.
+    let threshold = (p * f64::from(1u32 << 24)).round() as u64;
+    let mut mask = Vec::with_capacity(n * d);
+    while mask.len() < n * d {
+        let r = rng.next_u64();
+        for k in 0..2 {
+            if mask.len() < n * d {
+                let u = (r >> (8 + 32 * k)) & 0xff_ffff;
+                mask.push(if u >= threshold { scale } else { 0.0 });
+            }
+        }
+    }
+    DROPOUT_STREAM.set(Some(rng.0));
+    let mask = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(mask, [n, d]), &device);
+    Some(x * mask)
 }
 
 /// A decoder projection and its HF name.
@@ -429,5 +499,52 @@ impl<B: Backend> LlamaForCausalLM<B> {
             *proj = proj.clone().merge();
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, NdArray};
+
+    /// A host dropout stream drops about `p` of the elements, scales the rest by `1/(1−p)`,
+    /// draws the same masks from the same seed and other masks from another, acts only under
+    /// autodiff, and leaves the thread without a stream afterwards.
+    #[test]
+    fn host_dropout_streams_are_seeded_and_scaled() {
+        type A = Autodiff<NdArray<f32>>;
+        let device = Default::default();
+        let x = Tensor::<A, 2>::ones([64, 128], &device);
+        let draw = |seed| {
+            with_dropout_stream(seed, || host_dropout(x.clone(), 0.25).unwrap())
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let a = draw(1);
+        let dropped = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
+        assert!((dropped - 0.25).abs() < 0.02, "dropped {dropped}");
+        assert!(a.iter().all(|v| *v == 0.0 || (*v - 4.0 / 3.0).abs() < 1e-6));
+        assert_eq!(a, draw(1));
+        assert_ne!(a, draw(2));
+        // Consecutive draws in one stream differ.
+        let (first, second) = with_dropout_stream(1, || {
+            (
+                host_dropout(x.clone(), 0.25).unwrap().into_data(),
+                host_dropout(x.clone(), 0.25).unwrap().into_data(),
+            )
+        });
+        assert_ne!(first, second);
+        assert!(host_dropout(x.clone(), 0.25).is_none());
+        // Without autodiff (inference) nothing is dropped.
+        let plain = Tensor::<NdArray<f32>, 2>::ones([4, 4], &device);
+        let out = with_dropout_stream(1, || host_dropout(plain, 0.25).unwrap());
+        assert!(
+            out.into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .all(|v| *v == 1.0)
+        );
     }
 }

@@ -312,25 +312,8 @@ impl Preparer {
     }
 }
 
-/// SplitMix64: a tiny, fully specified generator, so orders are the same on every platform
-/// and version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
-}
+/// The seeded generator behind row orders (and the nano world).
+pub use og_llava::og_llm::SplitMix64;
 
 /// The order of rows in `epoch`: a Fisher–Yates shuffle seeded by (seed, epoch); with
 /// `group_by_length`, windows of `batch × 50` rows are sorted by a length estimate (longest

@@ -49,6 +49,12 @@ pub struct RunOptions {
     pub stop_after: Option<usize>,
     /// Print progress lines to stderr.
     pub progress: bool,
+    /// Draw LoRA dropout masks on the host from a stream per micro-batch, seeded by (seed,
+    /// step, micro-batch), instead of from the backend's process-wide RNG (seeded per step).
+    /// Replicas then draw the same masks whatever the thread scheduling and the number of
+    /// replicas, so data-parallel runs with dropout are bit-reproducible. Cheap on the CPU
+    /// backends; on a GPU every mask would cross the bus, so leave it off there.
+    pub host_dropout: bool,
 }
 
 /// What a finished (or stopped) run reports.
@@ -409,6 +415,7 @@ pub fn train_parallel<B: AutodiffBackend>(
         local_devices: devices.len(),
         world,
         params,
+        host_dropout: opts.host_dropout,
     };
 
     let run_start_step = state.step;
@@ -618,6 +625,8 @@ struct StepPlan<'a> {
     world: usize,
     /// Every trainable (name, element count) in a fixed order: the layout of the all-reduce.
     params: Vec<(String, usize)>,
+    /// LoRA dropout masks from a host stream per micro-batch ([`RunOptions::host_dropout`]).
+    host_dropout: bool,
 }
 
 impl StepPlan<'_> {
@@ -654,27 +663,39 @@ fn set_precision<B: Backend>(devices: &[B::Device], dtype: DType) -> Result<()> 
     Ok(())
 }
 
-/// Dropout draws depend on (seed, step) only.
-fn seed_step<B: AutodiffBackend>(cfg: &TrainConfig, step: usize, device: &B::Device) {
-    B::seed(
-        device,
-        cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
-    );
+/// The seed of a step's random draws: (seed, step) only.
+fn step_seed(cfg: &TrainConfig, step: usize) -> u64 {
+    cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
-/// Forward and backward over `micro_batches`; returns the loss and the gradients by name, both
-/// token sums divided by `total` (the whole step's supervised tokens, on every replica).
+/// Backend draws depend on (seed, step) only.
+fn seed_step<B: AutodiffBackend>(cfg: &TrainConfig, step: usize, device: &B::Device) {
+    B::seed(device, step_seed(cfg, step));
+}
+
+/// The seed of micro-batch `m`'s host dropout stream in the step seeded `step_seed`.
+fn micro_batch_seed(step_seed: u64, m: usize) -> u64 {
+    let mut rng =
+        crate::data::SplitMix64(step_seed ^ (m as u64).wrapping_mul(0xd1b5_4a32_d192_ed03));
+    rng.next_u64()
+}
+
+/// Forward and backward over `micro_batches` (each with its index in the step); returns the
+/// loss and the gradients by name, both token sums divided by `total` (the whole step's
+/// supervised tokens, on every replica). With `host_dropout` (the step's seed), micro-batch
+/// `m` draws its LoRA dropout masks from its own stream.
 fn forward_backward<B: AutodiffBackend>(
     model: &mut OgLlava<B>,
     stage: Stage,
-    micro_batches: Vec<Vec<Example>>,
+    micro_batches: Vec<(usize, Vec<Example>)>,
     total: usize,
+    host_dropout: Option<u64>,
     device: &B::Device,
 ) -> Result<(f64, Grads<B>, StepTimes)> {
     let mut grads = BTreeMap::new();
     let mut loss_sum = 0.0f64;
     let mut times = StepTimes::default();
-    for batch in micro_batches {
+    for (m, batch) in micro_batches {
         // The examples move into the model's inputs: no copy of their pixels or tokens.
         let (inputs, flags): (Vec<OgLlavaInput<B>>, Vec<Vec<bool>>) = batch
             .into_iter()
@@ -694,7 +715,12 @@ fn forward_backward<B: AutodiffBackend>(
             })
             .unzip();
         let t0 = Instant::now();
-        let (sum, n) = model.loss_sum(&inputs, &flags)?;
+        let (sum, n) = match host_dropout {
+            Some(seed) => og_llava::og_llm::with_dropout_stream(micro_batch_seed(seed, m), || {
+                model.loss_sum(&inputs, &flags)
+            })?,
+            None => model.loss_sum(&inputs, &flags)?,
+        };
         if n == 0 {
             continue;
         }
@@ -731,8 +757,8 @@ fn optimizer_step<B: AutodiffBackend>(
     )
 }
 
-/// The step's micro-batches of `batch_size`, in order.
-fn micro_batches(examples: Vec<Example>, batch_size: usize) -> Vec<Vec<Example>> {
+/// The step's micro-batches of `batch_size`, in order, with their indices.
+fn micro_batches(examples: Vec<Example>, batch_size: usize) -> Vec<(usize, Vec<Example>)> {
     let mut out: Vec<Vec<Example>> = Vec::new();
     for e in examples {
         match out.last_mut() {
@@ -740,7 +766,7 @@ fn micro_batches(examples: Vec<Example>, batch_size: usize) -> Vec<Vec<Example>>
             _ => out.push(vec![e]),
         }
     }
-    out
+    out.into_iter().enumerate().collect()
 }
 
 /// One optimiser step on one device over `examples` (micro-batches of `batch_size`); the loss
@@ -765,6 +791,7 @@ fn run_step<B: AutodiffBackend>(
         plan.cfg.stage,
         batches,
         total,
+        plan.host_dropout.then(|| step_seed(plan.cfg, step)),
         &replica.device,
     )?;
     if !loss.is_finite() {
@@ -800,15 +827,15 @@ fn run_step_parallel<B: AutodiffBackend>(
         return Ok(None);
     }
     // The backend's RNG is process-wide: seeded once per step, the replicas' dropout draws
-    // interleave in scheduling order (bit-reproducible only with LoRA dropout 0).
+    // interleave in scheduling order (bit-reproducible only with LoRA dropout 0 or
+    // `host_dropout`, which gives every micro-batch its own stream).
     seed_step::<B>(plan.cfg, step, &replicas[0].device);
-    let mut shares: Vec<Vec<Vec<Example>>> = (0..replicas.len()).map(|_| Vec::new()).collect();
-    for (m, batch) in micro_batches(examples, plan.cfg.batch_size)
-        .into_iter()
-        .enumerate()
-    {
+    let host_dropout = plan.host_dropout.then(|| step_seed(plan.cfg, step));
+    let mut shares: Vec<Vec<(usize, Vec<Example>)>> =
+        (0..replicas.len()).map(|_| Vec::new()).collect();
+    for (m, batch) in micro_batches(examples, plan.cfg.batch_size) {
         if let Some(local) = plan.collective.local_of(m % plan.world, plan.local_devices) {
-            shares[local].push(batch);
+            shares[local].push((m, batch));
         }
     }
     let params = &plan.params;
@@ -827,6 +854,7 @@ fn run_step_parallel<B: AutodiffBackend>(
                             plan.cfg.stage,
                             share,
                             total,
+                            host_dropout,
                             &replica.device,
                         )
                     }))
