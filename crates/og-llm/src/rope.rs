@@ -46,7 +46,9 @@ pub fn inv_freq(config: &LlamaConfig) -> Vec<f32> {
     }
 }
 
-/// cos and sin tables for given positions.
+/// cos and sign-folded sin tables for given positions: `sin` holds `−sin θ` in its first half
+/// and `sin θ` in its second, so that [`apply`] needs no negation (`rotate_half`'s sign is in
+/// the table, computed once per forward instead of once per layer).
 ///
 /// # Shapes
 /// `positions`: batch × tokens → cos, sin `[batch, 1, tokens, head_dim]`
@@ -70,7 +72,7 @@ pub fn cos_sin<B: Backend>(
                 let (s, c) = angle.sin_cos();
                 cos[base + i] = c;
                 cos[base + half + i] = c;
-                sin[base + i] = s;
+                sin[base + i] = -s;
                 sin[base + half + i] = s;
             }
         }
@@ -81,7 +83,8 @@ pub fn cos_sin<B: Backend>(
     )
 }
 
-/// `x·cos + rotate_half(x)·sin`, `rotate_half([x1, x2]) = [−x2, x1]`.
+/// `x·cos + rotate_half(x)·sin`, `rotate_half([x1, x2]) = [−x2, x1]`, with `sin` from
+/// [`cos_sin`] (sign folded in: `[x2, x1]·[−sin, sin]`, the same numbers bit for bit).
 ///
 /// # Shapes
 /// `x`: `[batch, heads, tokens, head_dim]`; cos/sin broadcast over heads.
@@ -89,7 +92,7 @@ pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) 
     let [b, h, t, d] = x.dims();
     let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
     let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let rotated = Tensor::cat(vec![x2, x1], 3);
     x * cos + rotated * sin
 }
 
