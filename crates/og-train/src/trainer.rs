@@ -261,9 +261,14 @@ pub fn train_parallel<B: AutodiffBackend>(
     }
     let mut model = freeze_for(model, cfg.stage);
     // Fresh parameters (LoRA A, a new delimiter) draw their values now, from the run's seed,
-    // whatever the number of devices.
-    B::seed(device, cfg.seed);
-    model.initialise();
+    // whatever the number of devices. The backend's RNG is process-wide: the lock keeps runs
+    // that start at once in one process from drawing from each other's stream.
+    {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, cfg.seed);
+        model.initialise();
+    }
 
     // The data.
     let tokenizer = ChatTokenizer::from_dir(cfg.base.tokenizer_dir())?;

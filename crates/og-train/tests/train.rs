@@ -10,8 +10,17 @@ use og_train::{RunOptions, Stage, TrainError, train};
 
 type B = Autodiff<Flex<f32>>;
 
+/// The backend's RNG is process-wide and these runs draw LoRA dropout from it: one run at a
+/// time, so that no test draws from another's stream.
+static ONE_RUN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_run() -> std::sync::MutexGuard<'static, ()> {
+    ONE_RUN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn two_stages_resume_exactly_and_train_only_what_they_should() {
+    let _one = one_run();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
@@ -148,6 +157,7 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
 
 #[test]
 fn non_finite_loss_stops_with_the_last_good_checkpoint() {
+    let _one = one_run();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
