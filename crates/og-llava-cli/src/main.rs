@@ -16,6 +16,9 @@ use og_llava::{ConnectorProbe, DeviceSpec};
 use og_segment::MaskSet;
 use og_vision::FrameConfig;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "og-llava",
