@@ -9,7 +9,7 @@ mod common;
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use common::{bytes, config, fixtures};
-use og_train::{RunOptions, Stage, TrainError, read_metrics, train};
+use og_train::{Collective, RunOptions, Stage, TrainError, read_metrics, train, train_parallel};
 use og_weights::Weights;
 
 type F = Autodiff<Flex<f32>>;
@@ -139,4 +139,67 @@ fn bf16_on_a_backend_without_it_is_refused() {
     let w =
         Weights::open(root.join("auto/checkpoints/step-00000001/optimizer.safetensors")).unwrap();
     assert!(w.names().iter().all(|n| !n.starts_with("master.")));
+}
+
+/// Two bf16 replicas (f32 gradients all-reduced, each replica updating its own f32 masters)
+/// train like one bf16 device with the doubled micro-batch.
+#[test]
+fn two_bf16_replicas_train_like_one_device_with_twice_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
+    let device = Default::default();
+    let sft = |out: &str, batch: usize| {
+        config(
+            root,
+            Stage::Sft,
+            out,
+            &[
+                format!("batch_size={batch}"),
+                "lora.dropout=0.0".into(),
+                "epochs=1".into(),
+                "precision=bf16".into(),
+            ],
+        )
+    };
+    let local = Collective::default();
+    let opts = RunOptions::default();
+    train_parallel::<F>(&sft("one", 2), &[device], &local, &opts).unwrap();
+    train_parallel::<F>(&sft("two", 1), &[device, device], &local, &opts).unwrap();
+    let (m1, m2) = (
+        read_metrics(&root.join("one")).unwrap(),
+        read_metrics(&root.join("two")).unwrap(),
+    );
+    assert_eq!(m1.len(), m2.len());
+    // bf16 sums in another order: agreement to bf16's resolution, not f32's.
+    for (a, b) in m1.iter().zip(&m2) {
+        assert!(
+            (a.loss - b.loss).abs() <= 2e-3 * a.loss.abs(),
+            "step {}: loss {} on one device, {} on two",
+            a.step,
+            a.loss,
+            b.loss
+        );
+    }
+    let last = format!("checkpoints/step-{:08}/optimizer.safetensors", m1.len());
+    let (a, b) = (
+        Weights::open(root.join("one").join(&last)).unwrap(),
+        Weights::open(root.join("two").join(&last)).unwrap(),
+    );
+    let masters: Vec<&str> = a
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("master."))
+        .collect();
+    assert!(!masters.is_empty());
+    for name in masters {
+        let (x, _) = a.f32(name).unwrap();
+        let (y, _) = b.f32(name).unwrap();
+        let worst = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-2, "{name}: masters differ by {worst}");
+    }
 }
