@@ -8,8 +8,8 @@
 mod common;
 
 use burn::backend::{Autodiff, Flex, NdArray};
-use common::{bytes, config, fixtures};
-use og_train::{Collective, RunOptions, Stage, TrainError, read_metrics, train, train_parallel};
+use common::{config, fixtures, losses_agree, same_checkpoint};
+use og_train::{Collective, RunOptions, Stage, TrainError, train, train_parallel};
 use og_weights::Weights;
 
 type F = Autodiff<Flex<f32>>;
@@ -45,19 +45,9 @@ fn bf16_training_follows_f32_with_f32_master_weights_and_resumes_exactly() {
     let cfg = sft("bf16", "bf16");
     let bf16_run = train::<F>(&cfg, &Default::default(), &RunOptions::default()).expect("bf16 run");
     assert_eq!(f32_run.steps, bf16_run.steps);
-    let (m32, m16) = (
-        read_metrics(&root.join("f32")).unwrap(),
-        read_metrics(&root.join("bf16")).unwrap(),
-    );
     // The model computes in bf16 (relative resolution 2^-8), the loss and softmaxes in f32.
+    let (m32, m16) = losses_agree(root, "f32", "bf16", 2e-3);
     for (a, b) in m32.iter().zip(&m16) {
-        assert!(
-            (a.loss - b.loss).abs() <= 2e-3 * a.loss.abs(),
-            "step {}: loss {} in f32, {} in bf16",
-            a.step,
-            a.loss,
-            b.loss
-        );
         assert!(
             (a.grad_norm - b.grad_norm).abs() <= 3e-2 * a.grad_norm,
             "step {}: |g| {} in f32, {} in bf16",
@@ -111,11 +101,7 @@ fn bf16_training_follows_f32_with_f32_master_weights_and_resumes_exactly() {
             .steps,
         6
     );
-    for f in ["trainable.safetensors", "optimizer.safetensors"] {
-        let a = bytes(last.join(f));
-        let b = bytes(root.join("bf16_cut/checkpoints/step-00000006").join(f));
-        assert!(a == b, "{f} differs after a bf16 resume");
-    }
+    same_checkpoint(&last, &root.join("bf16_cut/checkpoints/step-00000006"));
 }
 
 #[test]
@@ -166,21 +152,8 @@ fn two_bf16_replicas_train_like_one_device_with_twice_the_batch() {
     let opts = RunOptions::default();
     train_parallel::<F>(&sft("one", 2), &[device], &local, &opts).unwrap();
     train_parallel::<F>(&sft("two", 1), &[device, device], &local, &opts).unwrap();
-    let (m1, m2) = (
-        read_metrics(&root.join("one")).unwrap(),
-        read_metrics(&root.join("two")).unwrap(),
-    );
-    assert_eq!(m1.len(), m2.len());
     // bf16 sums in another order: agreement to bf16's resolution, not f32's.
-    for (a, b) in m1.iter().zip(&m2) {
-        assert!(
-            (a.loss - b.loss).abs() <= 2e-3 * a.loss.abs(),
-            "step {}: loss {} on one device, {} on two",
-            a.step,
-            a.loss,
-            b.loss
-        );
-    }
+    let (m1, _) = losses_agree(root, "one", "two", 2e-3);
     let last = format!("checkpoints/step-{:08}/optimizer.safetensors", m1.len());
     let (a, b) = (
         Weights::open(root.join("one").join(&last)).unwrap(),

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use og_train::{Stage, TrainConfig};
+use og_train::{Metrics, Stage, TrainConfig, read_metrics};
 use serde_json::json;
 
 pub fn fixtures() -> PathBuf {
@@ -44,4 +44,41 @@ pub fn config(root: &Path, stage: Stage, out: &str, extra: &[String]) -> TrainCo
 
 pub fn bytes(p: PathBuf) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Asserts that every step's loss of the run in `root/b` is within `rel` (relative, to a
+/// loss of at least 1) of the run in `root/a`, which took as many steps; returns both metrics.
+pub fn losses_agree(root: &Path, a: &str, b: &str, rel: f64) -> (Vec<Metrics>, Vec<Metrics>) {
+    let (ma, mb) = (
+        read_metrics(&root.join(a)).unwrap(),
+        read_metrics(&root.join(b)).unwrap(),
+    );
+    assert_eq!(
+        ma.len(),
+        mb.len(),
+        "{a} and {b} took different numbers of steps"
+    );
+    for (x, y) in ma.iter().zip(&mb) {
+        assert!(
+            (x.loss - y.loss).abs() <= rel * x.loss.abs().max(1.0),
+            "step {}: loss {} in {a}, {} in {b}",
+            x.step,
+            x.loss,
+            y.loss
+        );
+    }
+    (ma, mb)
+}
+
+/// Asserts that two checkpoint directories hold byte-identical trainable tensors and
+/// optimiser state.
+pub fn same_checkpoint(a: &Path, b: &Path) {
+    for f in ["trainable.safetensors", "optimizer.safetensors"] {
+        assert!(
+            bytes(a.join(f)) == bytes(b.join(f)),
+            "{f} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
 }
