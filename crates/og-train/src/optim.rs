@@ -121,6 +121,18 @@ pub struct AdamW {
     pub weight_decay: f64,
 }
 
+impl Default for AdamW {
+    /// PyTorch's β = (0.9, 0.999) and ε = 1e-8, with the paper's weight decay 0.
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
 /// First and second moments of one parameter, flattened.
 #[derive(Debug, Clone)]
 pub struct Moments<B: Backend> {
@@ -465,12 +477,7 @@ mod tests {
             (&device, DType::BF16),
         );
         let mut p = Param::from_tensor(init);
-        let opt = AdamW {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
+        let opt = AdamW::default();
         let mut state = OptimState::default();
         // lr 1e-3 with a constant gradient: Adam moves by ~1e-3 a step, while bf16's spacing
         // around 1 is 2^-8 ≈ 3.9e-3 (below) and 2^-7 (above).

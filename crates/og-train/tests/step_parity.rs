@@ -75,12 +75,7 @@ fn three_steps_match_pytorch() {
 
     let (losses, _) = fx.f32("losses").unwrap();
     let (norms, _) = fx.f32("grad_norms").unwrap();
-    let opt = AdamW {
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    };
+    let opt = AdamW::default();
     let mut state = OptimState::default();
     for step in 0..losses.len() {
         let (sum, n) = model.loss_sum(&inputs, &flags).unwrap();
