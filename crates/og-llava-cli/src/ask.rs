@@ -41,6 +41,10 @@ pub struct AskArgs {
     timings: bool,
     #[arg(long)]
     device: Option<String>,
+    /// The dtype the model computes in: f32, bf16 (cuda, flex) or auto (bf16 on GPUs with
+    /// bf16 matmul units).
+    #[arg(long, default_value = "f32")]
+    precision: og_llava::Precision,
     /// The CLIP tower of an original LLaVA-1.5 or released OG-LLaVA checkpoint (what
     /// `mm_vision_tower` names).
     #[arg(long)]
@@ -194,6 +198,7 @@ impl BackendTask for Ask<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
+        a.precision.apply::<B>(std::slice::from_ref(&device))?;
         let mut model = load_model::<B>(&a.model, a.vision.as_deref(), a.base.as_deref(), &device)?;
         model.segment_rope = a.segment_rope;
         let t0 = Instant::now();

@@ -87,6 +87,7 @@ impl BackendTask for Generate<'_> {
     type Output = Result<(), CliError>;
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
+        a.precision.apply::<B>(std::slice::from_ref(&device))?;
         let model = load::<B>(&a.model, a.adapter.as_deref(), &device)?;
         let tok = &self.tokenizer;
         let prompt = if a.raw {

@@ -122,6 +122,10 @@ struct GenerateArgs {
     adapter: Option<PathBuf>,
     #[arg(long)]
     device: Option<String>,
+    /// The dtype the model computes in: f32, bf16 (cuda, flex) or auto (bf16 on GPUs with
+    /// bf16 matmul units).
+    #[arg(long, default_value = "f32")]
+    precision: og_llava::Precision,
 }
 
 #[derive(clap::Args)]

@@ -123,6 +123,11 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
     };
     if collective.nodes.is_some() {
         quiet_network_logs();
+        eprintln!(
+            "note: multi-node training uses burn-collective 0.21's global all-reduce, which fails \
+             now and then (see crates/og-train/README.md); checkpoint often and restart with \
+             --resume, which is exact"
+        );
     }
     let s = og_llava::dispatch_many(
         &devices,

@@ -87,6 +87,35 @@ fn plain_and_og_paths_answer() {
 }
 
 #[test]
+fn bf16_where_the_backend_has_it() {
+    let dir = tempfile::tempdir().unwrap();
+    model_dir(dir.path());
+    let image = root().join("images/chelsea.webp");
+    let o = ask(
+        dir.path(),
+        &image,
+        &["--device", "flex", "--precision", "bf16"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = ask(
+        dir.path(),
+        &image,
+        &["--device", "ndarray", "--precision", "bf16"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no bf16 arithmetic"),
+        "{err}"
+    );
+    let o = ask(dir.path(), &image, &["--precision", "fp8"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("expected auto, f32 or bf16"),
+        "{err}"
+    );
+}
+
+#[test]
 fn inspect_llava_once_or_repeated_placeholder() {
     let dir = tempfile::tempdir().unwrap();
     model_dir(dir.path());

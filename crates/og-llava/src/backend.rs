@@ -7,8 +7,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn::tensor::DType;
 #[allow(unused_imports)]
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{Backend, DTypeUsage};
 
 /// A device named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +79,89 @@ pub enum BackendError {
     Mixed(DeviceSpec, DeviceSpec),
     #[error("CUDA device {index} is not usable: {reason}")]
     Cuda { index: usize, reason: String },
+    #[error("precision {0}")]
+    Precision(String),
+}
+
+/// The float dtype a model computes in.
+///
+/// `bf16` makes bf16 the device's default float dtype (burn's per-device dtype policy), so
+/// weights load, and activations are computed, in bf16; the models keep softmaxes, norm
+/// statistics and the loss in f32. Training adds f32 master weights (og-train).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// bf16 where the device has hardware-accelerated bf16 matrix multiplication (CUDA
+    /// tensor cores), f32 elsewhere (the CPU backends).
+    #[default]
+    Auto,
+    F32,
+    /// bf16; an error on a backend without bf16 arithmetic (NdArray, wgpu).
+    Bf16,
+}
+
+impl FromStr for Precision {
+    type Err = BackendError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Precision::Auto),
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(BackendError::Precision(format!(
+                "{other:?}: expected auto, f32 or bf16"
+            ))),
+        }
+    }
+}
+
+impl Precision {
+    /// The float dtype this precision means on `device`; bf16 on a backend without bf16
+    /// arithmetic is an error.
+    pub fn resolve<B: Backend>(self, device: &B::Device) -> Result<DType, BackendError> {
+        let bf16 = B::supports_dtype(device, DType::BF16);
+        match self {
+            Precision::F32 => Ok(DType::F32),
+            Precision::Auto => Ok(
+                if bf16 && B::dtype_usage(device, DType::BF16).contains(DTypeUsage::Accelerated) {
+                    DType::BF16
+                } else {
+                    DType::F32
+                },
+            ),
+            Precision::Bf16 if bf16 => Ok(DType::BF16),
+            Precision::Bf16 => Err(BackendError::Precision(format!(
+                "bf16: the {} backend has no bf16 arithmetic; use f32 (or a backend with bf16: \
+                 cuda, flex)",
+                B::name(device)
+            ))),
+        }
+    }
+
+    /// Resolves the precision on `devices` and makes it their default float dtype; returns
+    /// the dtype. A device's dtype is chosen once per process, before the first tensor is made
+    /// on it: a device that already creates another dtype is an error.
+    pub fn apply<B: Backend>(self, devices: &[B::Device]) -> Result<DType, BackendError> {
+        use burn::tensor::Element;
+        let Some(first) = devices.first() else {
+            return Ok(DType::F32);
+        };
+        let dtype = self.resolve::<B>(first)?;
+        for d in devices {
+            if burn::tensor::set_default_dtypes::<B>(d, dtype, <B::IntElem as Element>::dtype())
+                .is_err()
+            {
+                let now: DType = burn::tensor::get_device_settings::<B>(d).float_dtype.into();
+                if now != dtype {
+                    return Err(BackendError::Precision(format!(
+                        "{dtype:?}: device {d:?} already holds {now:?} tensors in this process; \
+                         the precision must be chosen before anything is created on it"
+                    )));
+                }
+            }
+        }
+        Ok(dtype)
+    }
 }
 
 impl FromStr for DeviceSpec {

@@ -17,7 +17,7 @@ pub use og_segment;
 pub use og_vision;
 
 pub use backend::{
-    BackendError, BackendTask, DeviceSpec, MultiDeviceTask, compiled_backends, dispatch,
+    BackendError, BackendTask, DeviceSpec, MultiDeviceTask, Precision, compiled_backends, dispatch,
     dispatch_many,
 };
 

@@ -5,8 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::DType;
-use burn::tensor::backend::DTypeUsage;
 use og_llava::BaseModel;
 use og_llava::og_fusion::{
     Delimiter, GlobalView, OgFusionConfig, PositionalEncoding, SelectionConfig,
@@ -27,47 +25,13 @@ pub enum Stage {
     Sft,
 }
 
-/// The dtype the model computes in while training.
-///
-/// `bf16` is mixed precision: the model's tensors (frozen weights, activations, gradients)
-/// are bf16, while the optimiser keeps f32 master copies of the trainable tensors and f32
-/// AdamW moments, so updates smaller than bf16's resolution still accumulate (the released
-/// scripts' `--bf16 True`). Norm statistics, softmaxes and the loss are computed in f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    /// bf16 where the device has hardware-accelerated bf16 matrix multiplication (CUDA
-    /// tensor cores), f32 elsewhere (the CPU backends).
-    #[default]
-    Auto,
-    F32,
-    /// bf16 mixed precision; an error on a backend without bf16 arithmetic (NdArray, wgpu).
-    Bf16,
-}
-
-impl Precision {
-    /// The float dtype this precision means on `device`; bf16 on a backend without bf16
-    /// arithmetic is an error.
-    pub fn resolve<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> Result<DType> {
-        let bf16 = B::supports_dtype(device, DType::BF16);
-        match self {
-            Precision::F32 => Ok(DType::F32),
-            Precision::Auto => Ok(
-                if bf16 && B::dtype_usage(device, DType::BF16).contains(DTypeUsage::Accelerated) {
-                    DType::BF16
-                } else {
-                    DType::F32
-                },
-            ),
-            Precision::Bf16 if bf16 => Ok(DType::BF16),
-            Precision::Bf16 => Err(TrainError::Invalid(format!(
-                "precision bf16: the {} backend has no bf16 arithmetic; use precision = \"f32\" \
-                 (or a backend with bf16: cuda, flex)",
-                B::name(device)
-            ))),
-        }
-    }
-}
+/// The dtype the model computes in while training (`precision` in the configuration): `f32`,
+/// `bf16` or `auto` (the default: bf16 where the device has accelerated bf16 matmul, f32 on
+/// the CPU backends). bf16 is mixed precision: the model's tensors (frozen weights,
+/// activations, gradients) are bf16, while the optimiser keeps f32 master copies of the
+/// trainable tensors and f32 AdamW moments, so updates smaller than bf16's resolution still
+/// accumulate (the released scripts' `--bf16 True`).
+pub use og_llava::Precision;
 
 /// Where the examples come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 use og_llava::og_llm::ChatTokenizer;
 use og_llava::og_vision::ImageProcessor;
 use og_llava::{ImageInput, OgLlava, OgLlavaInput};
@@ -209,8 +209,9 @@ pub fn train_parallel<B: AutodiffBackend>(
     let Some(device) = devices.first() else {
         return Err(TrainError::Invalid("no device to train on".into()));
     };
-    let dtype = cfg.precision.resolve::<B>(device)?;
-    set_precision::<B>(devices, dtype)?;
+    cfg.precision
+        .apply::<B>(devices)
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
     let world = collective.world(devices.len());
     let writer = collective.writes_files();
     let started = Instant::now();
@@ -645,27 +646,6 @@ impl StepPlan<'_> {
             lr_at(base, step, self.total_steps, self.cfg.warmup_ratio)
         }
     }
-}
-
-/// Makes `dtype` the float dtype of every tensor created on `devices` (burn's per-device
-/// default). It has to be chosen before the first tensor is made on a device; a device that
-/// already creates another dtype in this process is an error.
-fn set_precision<B: Backend>(devices: &[B::Device], dtype: DType) -> Result<()> {
-    use burn::tensor::Element;
-    for d in devices {
-        if burn::tensor::set_default_dtypes::<B>(d, dtype, <B::IntElem as Element>::dtype())
-            .is_err()
-        {
-            let now: DType = burn::tensor::get_device_settings::<B>(d).float_dtype.into();
-            if now != dtype {
-                return Err(TrainError::Invalid(format!(
-                    "precision {dtype:?}: device {d:?} already holds {now:?} tensors in this \
-                     process; the precision must be chosen before anything is created on it"
-                )));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The seed of a step's random draws: (seed, step) only.
