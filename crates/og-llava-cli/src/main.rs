@@ -43,8 +43,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Train one stage (alignment or SFT) from a run configuration; resumable.
     Train(train::TrainArgs),
-    /// Run the global orchestrator of a multi-node training run (burn-collective) until
-    /// interrupted; nodes join with `og-llava train --nodes N --orchestrator ws://HOST:PORT`.
+    /// Run the hub of multi-node training runs (it sums every replica's gradients, one run
+    /// after another) until interrupted; nodes join with `og-llava train --nodes N
+    /// --node-rank R --orchestrator HOST:PORT`.
     Orchestrator {
         #[arg(long, default_value_t = 3000)]
         port: u16,
@@ -259,8 +260,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => llm::generate(&args),
         Command::Train(args) => train::run(&args),
         Command::Orchestrator { port } => {
-            train::quiet_network_logs();
-            eprintln!("orchestrator listening on port {port} (Ctrl-C stops it)");
+            eprintln!("orchestrator (all-reduce hub) listening on port {port} (Ctrl-C stops it)");
             og_train::run_orchestrator(port).map_err(CliError::from)
         }
         Command::World(args) => world::run(&args),

@@ -32,22 +32,19 @@ pub struct TrainArgs {
     /// Data-parallel replicas: a count (that many devices of `--device`'s kind: `cuda` → cuda:0,
     /// cuda:1, …; on the CPU backends each replica gets its own threads) or a list
     /// (`cuda:0,cuda:2`). `batch_size` is per replica; gradients are summed with burn's
-    /// collective all-reduce.
+    /// collective all-reduce (across nodes: through the hub).
     #[arg(long, default_value = "1")]
     devices: String,
     /// Nodes of a multi-node run (each runs this command with the same configuration and
-    /// `--devices`); needs `--node-rank`, `--orchestrator`, `--node-address`.
-    #[arg(long, requires_all = ["node_rank", "orchestrator", "node_address"])]
+    /// `--devices`); needs `--node-rank` and `--orchestrator`.
+    #[arg(long, requires_all = ["node_rank", "orchestrator"])]
     nodes: Option<u32>,
     /// This node's rank, 0..nodes (rank 0 writes metrics and checkpoints).
     #[arg(long, requires = "nodes")]
     node_rank: Option<u32>,
-    /// The orchestrator's address (`og-llava orchestrator --port P` runs it): ws://HOST:P.
+    /// The hub's address (`og-llava orchestrator --port P` runs it): HOST:P.
     #[arg(long, requires = "nodes")]
     orchestrator: Option<String>,
-    /// This node's address as the others reach it, ws://HOST:PORT (PORT is opened here).
-    #[arg(long, requires = "nodes")]
-    node_address: Option<String>,
 }
 
 struct Train {
@@ -64,37 +61,27 @@ impl MultiDeviceTask for Train {
     }
 }
 
-/// burn-communication installs an INFO-level logger for its websocket servers unless the
-/// process has one: install a WARN-level one first (errors and warnings still show).
-pub fn quiet_network_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// The multi-node part of the arguments.
 fn collective(args: &TrainArgs) -> Result<Collective, CliError> {
     let Some(count) = args.nodes else {
         return Ok(Collective::default());
     };
-    let address = args.node_address.clone().unwrap_or_default();
-    let data_port = address
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
-        .ok_or_else(|| {
-            CliError::Usage(format!(
-                "--node-address {address:?} needs a port: ws://HOST:PORT"
-            ))
-        })?;
+    let hub = args.orchestrator.clone().unwrap_or_default();
+    let address = hub.split_once("://").map_or(hub.as_str(), |(_, a)| a);
+    if address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.trim_end_matches('/').parse::<u16>().ok())
+        .is_none()
+    {
+        return Err(CliError::Usage(format!(
+            "--orchestrator {hub:?} needs a port: HOST:PORT"
+        )));
+    }
     Ok(Collective {
         nodes: Some(Nodes {
             count,
             rank: args.node_rank.unwrap_or_default(),
-            orchestrator: args.orchestrator.clone().unwrap_or_default(),
-            address,
-            data_port,
+            orchestrator: hub,
         }),
     })
 }
@@ -121,14 +108,6 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
         // come from the device's own RNG.
         host_dropout: devices.iter().all(DeviceSpec::is_cpu),
     };
-    if collective.nodes.is_some() {
-        quiet_network_logs();
-        eprintln!(
-            "note: multi-node training uses burn-collective 0.21's global all-reduce, which fails \
-             now and then (see crates/og-train/README.md); checkpoint often and restart with \
-             --resume, which is exact"
-        );
-    }
     let s = og_llava::dispatch_many(
         &devices,
         Train {

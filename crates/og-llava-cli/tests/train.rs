@@ -128,16 +128,10 @@ impl Drop for Reap {
     }
 }
 
-/// Two nodes (two processes, one CPU replica each) joined through the orchestrator train the
-/// same steps as one process on one device with twice the micro-batch.
-///
-/// Not run by default: burn-collective 0.21's global (multi-node) all-reduce fails now and then
-/// on its own — a peer's download finds its connection closed (`ring.rs:165`), or a connect to
-/// a peer's data server is refused (`data_service.rs:190`) — in about 1 run of this test in 5
-/// to 20 on a 2-core machine. Run it with `cargo test -p og-llava-cli --test train --
-/// --ignored`; a passing run checks what the test asserts.
+/// Two nodes (two processes, one CPU replica each) joined through the orchestrator (the
+/// all-reduce hub) train the same steps as one process on one device with twice the
+/// micro-batch.
 #[test]
-#[ignore = "burn-collective 0.21's multi-node all-reduce fails intermittently (see the doc comment)"]
 fn two_nodes_train_like_one_device_with_twice_the_batch() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -175,9 +169,7 @@ fn two_nodes_train_like_one_device_with_twice_the_batch() {
             .args(["--set", "batch_size=1", "--nodes", "2", "--node-rank"])
             .arg(rank.to_string())
             .arg("--orchestrator")
-            .arg(format!("ws://127.0.0.1:{port}"))
-            .arg("--node-address")
-            .arg(format!("ws://127.0.0.1:{}", free_port()))
+            .arg(format!("127.0.0.1:{port}"))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         c.spawn().unwrap()

@@ -6,8 +6,8 @@
 //! - [`optim`]: what trains in each stage, AdamW (PyTorch's arithmetic, per-group learning
 //!   rates), clipping by the global gradient norm, warm-up + cosine schedule.
 //! - [`trainer`]: the loop — accumulation, progress, metrics, atomic checkpoints, exact resume.
-//! - [`parallel`]: data-parallel training over several devices (and nodes) through burn's
-//!   collective all-reduce.
+//! - [`parallel`]: data-parallel training over several devices through burn's collective
+//!   all-reduce, and over several nodes through [`hub`], a TCP all-reduce hub.
 //!
 //! The trainer is generic over burn's autodiff backends; on the CPU, `Autodiff<NdArray>` (f32)
 //! trains the small models fastest.
@@ -15,6 +15,7 @@
 pub mod config;
 pub mod data;
 mod error;
+pub mod hub;
 pub mod optim;
 pub mod parallel;
 pub mod testing;

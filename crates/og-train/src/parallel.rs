@@ -13,8 +13,9 @@
 //! its token sum by the step's total), so `D` devices with micro-batches of `b` compute the same
 //! step as one device with `D·b`, up to the order of float additions.
 //!
-//! Several nodes: burn-collective joins the local all-reduce of each node through a global
-//! orchestrator (websocket) when [`Collective::nodes`] is given; see the crate's README.
+//! Several nodes ([`Collective::nodes`]): every replica of every node sums through the hub
+//! that `og-llava orchestrator` runs ([`crate::hub`]): burn-collective 0.21's own multi-node
+//! all-reduce fails intermittently (see the crate's README).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -25,24 +26,21 @@ use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
 use crate::error::{Result, TrainError};
+use crate::hub::HubClient;
 
 /// burn-collective keeps one server per backend type and process: one multi-device run at a
 /// time per process.
 static COLLECTIVE: Mutex<()> = Mutex::new(());
 
-/// Several nodes joined through burn-collective's global orchestrator.
+/// Several nodes joined through the hub ([`crate::hub`], `og-llava orchestrator`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nodes {
     /// How many nodes take part (each with the same number of devices).
     pub count: u32,
     /// This node's rank, `0..count`; rank 0 writes metrics and checkpoints.
     pub rank: u32,
-    /// The orchestrator's websocket address, e.g. `ws://10.0.0.1:3000`.
+    /// The hub's address, `HOST:PORT` (or `tcp://HOST:PORT`), e.g. `10.0.0.1:3000`.
     pub orchestrator: String,
-    /// This node's address as the other nodes reach it, e.g. `ws://10.0.0.2:3001`.
-    pub address: String,
-    /// The port of this node's data service (the address's port).
-    pub data_port: u16,
 }
 
 /// Where the replicas of a run live: this process's devices, and optionally other nodes.
@@ -73,114 +71,125 @@ impl Collective {
         self.nodes.as_ref().is_none_or(|n| n.rank == 0)
     }
 
-    fn config(&self, local_devices: usize) -> Result<CollectiveConfig> {
-        let cfg = CollectiveConfig::default().with_num_devices(local_devices);
-        Ok(match &self.nodes {
-            None => cfg,
-            Some(n) => {
-                if n.rank >= n.count {
-                    return Err(TrainError::Invalid(format!(
-                        "node rank {} is not below the node count {}",
-                        n.rank, n.count
-                    )));
-                }
-                let addr = |s: &str, what: &str| {
-                    s.parse().map_err(|_| {
-                        TrainError::Invalid(format!(
-                            "{what} {s:?} is not a websocket address (ws://host:port)"
-                        ))
-                    })
-                };
-                cfg.with_num_nodes(n.count)
-                    .with_global_address(addr(&n.orchestrator, "orchestrator")?)
-                    .with_node_address(addr(&n.address, "node address")?)
-                    .with_data_service_port(n.data_port)
-            }
-        })
+    fn check(&self) -> Result<()> {
+        match &self.nodes {
+            Some(n) if n.rank >= n.count => Err(TrainError::Invalid(format!(
+                "node rank {} is not below the node count {}",
+                n.rank, n.count
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
-/// A registered collective of this process's replicas; unregisters them when dropped.
+/// How this process's replicas sum: burn-collective's local all-reduce (one node), or one hub
+/// connection per replica (several nodes).
+enum Link {
+    Local {
+        peers: Vec<PeerId>,
+        _guard: std::sync::MutexGuard<'static, ()>,
+    },
+    Hub(Vec<Mutex<HubClient>>),
+}
+
+/// The replicas of a run, joined; unregisters them when dropped.
 pub(crate) struct Session<B: Backend> {
-    peers: Vec<PeerId>,
+    link: Link,
     devices: Vec<B::Device>,
-    config: CollectiveConfig,
-    /// Multi-node: every step registers, all-reduces once and unregisters (burn-collective
-    /// 0.21's global all-reduce reuses its transfer ids, so a second all-reduce within one
-    /// registration finds a stale tensor and hangs: tracel-ai/burn#4549).
-    rejoin: bool,
-    _guard: std::sync::MutexGuard<'static, ()>,
 }
 
 impl<B: Backend> Session<B> {
-    /// One peer per device. On one node the peers register now (blocking until all have);
-    /// with several nodes they register at every step.
+    /// One peer per device, registered now (blocking until all have): with burn-collective on
+    /// one node, with the hub (which waits for every node's replicas) on several.
     pub(crate) fn start(devices: &[B::Device], collective: &Collective) -> Result<Self> {
+        collective.check()?;
+        let n = devices.len();
+        if let Some(nodes) = &collective.nodes {
+            let world = collective.world(n) as u32;
+            let clients = (0..n)
+                .map(|local| {
+                    HubClient::connect(
+                        &nodes.orchestrator,
+                        world,
+                        collective.rank_of(local, n) as u32,
+                        std::time::Duration::from_secs(300),
+                    )
+                    .map(Mutex::new)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Self {
+                link: Link::Hub(clients),
+                devices: devices.to_vec(),
+            });
+        }
         let guard = COLLECTIVE.lock().unwrap_or_else(|e| e.into_inner());
-        let config = collective.config(devices.len())?;
-        let peers: Vec<PeerId> = (0..devices.len())
-            .map(|d| PeerId(collective.rank_of(d, devices.len()) as u32))
-            .collect();
+        let config = CollectiveConfig::default().with_num_devices(n);
+        let peers: Vec<PeerId> = (0..n).map(|d| PeerId(d as u32)).collect();
         burn_collective::reset_collective::<B>();
-        let session = Self {
-            peers,
-            devices: devices.to_vec(),
-            config,
-            rejoin: collective.nodes.is_some(),
-            _guard: guard,
-        };
-        if !session.rejoin {
-            std::thread::scope(|s| {
-                let handles: Vec<_> = (0..devices.len())
-                    .map(|local| {
-                        let session = &session;
-                        s.spawn(move || session.register(local))
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|local| {
+                    let (peer, device, config) =
+                        (peers[local], devices[local].clone(), config.clone());
+                    s.spawn(move || {
+                        burn_collective::register::<B>(peer, device, config).map_err(|e| {
+                            TrainError::Collective(format!("registering the devices: {e:?}"))
+                        })
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("collective registration does not panic"))
-                    .collect::<Result<Vec<()>>>()
-            })?;
-        }
-        Ok(session)
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("collective registration does not panic"))
+                .collect::<Result<Vec<()>>>()
+        })?;
+        Ok(Self {
+            link: Link::Local {
+                peers,
+                _guard: guard,
+            },
+            devices: devices.to_vec(),
+        })
     }
 
-    /// Registers local replica `local` (blocks until every peer of the run has registered).
-    fn register(&self, local: usize) -> Result<()> {
-        burn_collective::register::<B>(
-            self.peers[local],
-            self.devices[local].clone(),
-            self.config.clone(),
-        )
-        .map_err(|e| TrainError::Collective(format!("registering the devices: {e:?}")))
-    }
-
-    /// Sums `tensor` over every replica of the run.
+    /// Sums `tensor` (f32) over every replica of the run.
     fn all_reduce_sum(&self, local: usize, tensor: FloatTensor<B>) -> Result<FloatTensor<B>> {
-        let peer = self.peers[local];
-        if self.rejoin {
-            self.register(local)?;
+        match &self.link {
+            Link::Local { peers, .. } => {
+                burn_collective::all_reduce::<B>(peers[local], tensor, ReduceOperation::Sum)
+                    .map_err(|e| {
+                        TrainError::Collective(format!("all-reduce of the gradients: {e:?}"))
+                    })
+            }
+            Link::Hub(clients) => {
+                let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(tensor));
+                let data: Vec<f32> =
+                    t.into_data().convert::<f32>().into_vec().map_err(|e| {
+                        TrainError::Collective(format!("reading the gradients: {e:?}"))
+                    })?;
+                let n = data.len();
+                let sum = clients[local]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .all_reduce(&data)?;
+                let summed = Tensor::<B, 1>::from_data(
+                    TensorData::new(sum, [n]),
+                    (&self.devices[local], DType::F32),
+                );
+                Ok(summed.into_primitive().tensor())
+            }
         }
-        let summed = burn_collective::all_reduce::<B>(peer, tensor, ReduceOperation::Sum)
-            .map_err(|e| TrainError::Collective(format!("all-reduce of the gradients: {e:?}")));
-        if self.rejoin {
-            burn_collective::finish_collective::<B>(peer).map_err(|e| {
-                TrainError::Collective(format!("leaving the step's collective: {e:?}"))
-            })?;
-        }
-        summed
     }
 }
 
 impl<B: Backend> Drop for Session<B> {
     fn drop(&mut self) {
-        if !self.rejoin {
-            for &p in &self.peers {
+        if let Link::Local { peers, .. } = &self.link {
+            for &p in peers {
                 let _ = burn_collective::finish_collective::<B>(p);
             }
+            burn_collective::reset_collective::<B>();
         }
-        burn_collective::reset_collective::<B>();
     }
 }
 
@@ -255,16 +264,11 @@ pub(crate) fn all_reduce<B: AutodiffBackend>(
     })
 }
 
-/// Runs burn-collective's global orchestrator on `port` until the process is interrupted
-/// (Ctrl-C): the nodes of a multi-node run register with it and it coordinates their
-/// all-reduces. Start it once, anywhere the nodes can reach, before the nodes.
+/// Runs the hub of multi-node runs ([`crate::hub`]) on `port` until the process is
+/// interrupted (Ctrl-C): the replicas of every node connect to it and it sums their steps, one
+/// run after another. Start it once, anywhere the nodes can reach.
 pub fn run_orchestrator(port: u16) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| TrainError::Collective(format!("starting the orchestrator runtime: {e}")))?;
-    runtime.block_on(burn_collective::start_global_orchestrator(port));
-    Ok(())
+    crate::hub::serve(port)
 }
 
 #[cfg(test)]
@@ -280,9 +284,7 @@ mod tests {
             nodes: Some(Nodes {
                 count: 2,
                 rank,
-                orchestrator: "ws://127.0.0.1:1".into(),
-                address: "ws://127.0.0.1:2".into(),
-                data_port: 2,
+                orchestrator: "127.0.0.1:1".into(),
             }),
         };
         assert_eq!(node(1).world(2), 4);
