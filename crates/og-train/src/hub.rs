@@ -83,10 +83,13 @@ pub fn serve_run(listener: &TcpListener) -> Result<u32> {
     while world.is_none_or(|w| members.len() < w as usize) {
         let (stream, peer) = listener.accept().map_err(err)?;
         let _ = stream.set_nodelay(true);
+        // A connection that says nothing is turned away instead of holding up the run.
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
         let mut reader = BufReader::new(stream.try_clone().map_err(err)?);
         let hello = (0..4)
             .map(|_| read_u32(&mut reader))
             .collect::<std::io::Result<Vec<u32>>>();
+        let _ = stream.set_read_timeout(None);
         let refuse = |why: String| eprintln!("hub: turned away {peer}: {why}");
         let Ok(hello) = hello else {
             refuse("no hello".into());
