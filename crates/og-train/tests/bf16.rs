@@ -8,7 +8,7 @@
 mod common;
 
 use burn::backend::{Autodiff, Flex, NdArray};
-use common::{config, fixtures, losses_agree, same_checkpoint};
+use common::{config, losses_agree, same_checkpoint, sft, tiny_world};
 use og_train::{Collective, RunOptions, Stage, TrainError, train, train_parallel};
 use og_weights::Weights;
 
@@ -21,13 +21,11 @@ fn bf16_round(x: f32) -> f32 {
 
 #[test]
 fn bf16_training_follows_f32_with_f32_master_weights_and_resumes_exactly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tiny_world();
     let root = dir.path();
-    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
-    let sft = |out: &str, precision: &str| {
-        config(
+    let run_config = |out: &str, precision: &str| {
+        sft(
             root,
-            Stage::Sft,
             out,
             &[
                 "lora.dropout=0.0".into(),
@@ -37,12 +35,12 @@ fn bf16_training_follows_f32_with_f32_master_weights_and_resumes_exactly() {
         )
     };
     let f32_run = train::<N>(
-        &sft("f32", "f32"),
+        &run_config("f32", "f32"),
         &Default::default(),
         &RunOptions::default(),
     )
     .expect("f32 run");
-    let cfg = sft("bf16", "bf16");
+    let cfg = run_config("bf16", "bf16");
     let bf16_run = train::<F>(&cfg, &Default::default(), &RunOptions::default()).expect("bf16 run");
     assert_eq!(f32_run.steps, bf16_run.steps);
     // The model computes in bf16 (relative resolution 2^-8), the loss and softmaxes in f32.
@@ -85,7 +83,7 @@ fn bf16_training_follows_f32_with_f32_master_weights_and_resumes_exactly() {
     assert!(finer > 0, "no master value is finer than bf16");
 
     // Stopped after step 3 (checkpoint at 2), resumed: bit for bit.
-    let cut = sft("bf16_cut", "bf16");
+    let cut = run_config("bf16_cut", "bf16");
     let stop = RunOptions {
         stop_after: Some(3),
         ..Default::default()
@@ -106,9 +104,8 @@ fn bf16_training_follows_f32_with_f32_master_weights_and_resumes_exactly() {
 
 #[test]
 fn bf16_on_a_backend_without_it_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tiny_world();
     let root = dir.path();
-    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
     let cfg = config(root, Stage::Align, "nd", &["precision=bf16".into()]);
     match train::<N>(&cfg, &Default::default(), &RunOptions::default()) {
         Err(TrainError::Invalid(m)) => assert!(m.contains("bf16") && m.contains("f32"), "{m}"),
@@ -131,14 +128,12 @@ fn bf16_on_a_backend_without_it_is_refused() {
 /// train like one bf16 device with the doubled micro-batch.
 #[test]
 fn two_bf16_replicas_train_like_one_device_with_twice_the_batch() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tiny_world();
     let root = dir.path();
-    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
     let device = Default::default();
-    let sft = |out: &str, batch: usize| {
-        config(
+    let run_config = |out: &str, batch: usize| {
+        sft(
             root,
-            Stage::Sft,
             out,
             &[
                 format!("batch_size={batch}"),
@@ -150,8 +145,8 @@ fn two_bf16_replicas_train_like_one_device_with_twice_the_batch() {
     };
     let local = Collective::default();
     let opts = RunOptions::default();
-    train_parallel::<F>(&sft("one", 2), &[device], &local, &opts).unwrap();
-    train_parallel::<F>(&sft("two", 1), &[device, device], &local, &opts).unwrap();
+    train_parallel::<F>(&run_config("one", 2), &[device], &local, &opts).unwrap();
+    train_parallel::<F>(&run_config("two", 1), &[device, device], &local, &opts).unwrap();
     // bf16 sums in another order: agreement to bf16's resolution, not f32's.
     let (m1, _) = losses_agree(root, "one", "two", 2e-3);
     let last = format!("checkpoints/step-{:08}/optimizer.safetensors", m1.len());

@@ -5,25 +5,23 @@
 mod common;
 
 use burn::backend::{Autodiff, NdArray};
-use common::{config, fixtures, losses_agree, same_checkpoint};
-use og_train::{Collective, RunOptions, Stage, TrainError, read_metrics, train_parallel};
+use common::{losses_agree, same_checkpoint, sft, tiny_world};
+use og_train::{Collective, RunOptions, TrainError, read_metrics, train_parallel};
 
 type B = Autodiff<NdArray<f32>>;
 
 #[test]
 fn two_devices_train_like_one_with_twice_the_batch_and_resume_exactly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tiny_world();
     let root = dir.path();
-    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
     let device = Default::default();
     let one_dev = [device];
     let two_dev = [device, device];
     let local = Collective::default();
     // SFT from the base: connector and LoRA train; dropout 0 so both runs draw nothing.
-    let sft = |out: &str, batch: usize| {
-        config(
+    let run_config = |out: &str, batch: usize| {
+        sft(
             root,
-            Stage::Sft,
             out,
             &[
                 format!("batch_size={batch}"),
@@ -33,10 +31,20 @@ fn two_devices_train_like_one_with_twice_the_batch_and_resume_exactly() {
         )
     };
 
-    let one = train_parallel::<B>(&sft("one", 2), &one_dev, &local, &RunOptions::default())
-        .expect("one device");
-    let two = train_parallel::<B>(&sft("two", 1), &two_dev, &local, &RunOptions::default())
-        .expect("two devices");
+    let one = train_parallel::<B>(
+        &run_config("one", 2),
+        &one_dev,
+        &local,
+        &RunOptions::default(),
+    )
+    .expect("one device");
+    let two = train_parallel::<B>(
+        &run_config("two", 1),
+        &two_dev,
+        &local,
+        &RunOptions::default(),
+    )
+    .expect("two devices");
     // 9 good examples an epoch, 4 a step: steps of 4, 4 and 1 example(s) — the last one
     // leaves the second replica without a micro-batch.
     assert_eq!((one.steps, two.steps), (6, 6));
@@ -65,7 +73,7 @@ fn two_devices_train_like_one_with_twice_the_batch_and_resume_exactly() {
     );
 
     // Two devices, interrupted after step 3 (checkpoint at 2), resumed: bit for bit.
-    let cut = sft("two_cut", 1);
+    let cut = run_config("two_cut", 1);
     let s = train_parallel::<B>(
         &cut,
         &two_dev,
@@ -117,19 +125,17 @@ fn two_devices_train_like_one_with_twice_the_batch_and_resume_exactly() {
 /// 1 device × 4, and a rerun is bit-identical whatever the thread scheduling.
 #[test]
 fn two_devices_with_dropout_draw_what_one_device_draws() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tiny_world();
     let root = dir.path();
-    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
     let device = Default::default();
     let local = Collective::default();
     let opts = RunOptions {
         host_dropout: true,
         ..Default::default()
     };
-    let sft = |out: &str, accumulate: usize| {
-        config(
+    let run_config = |out: &str, accumulate: usize| {
+        sft(
             root,
-            Stage::Sft,
             out,
             &[
                 "batch_size=1".into(),
@@ -139,9 +145,10 @@ fn two_devices_with_dropout_draw_what_one_device_draws() {
             ],
         )
     };
-    train_parallel::<B>(&sft("one", 4), &[device], &local, &opts).expect("one device");
+    train_parallel::<B>(&run_config("one", 4), &[device], &local, &opts).expect("one device");
     for out in ["two", "two_again"] {
-        train_parallel::<B>(&sft(out, 2), &[device, device], &local, &opts).expect("two devices");
+        train_parallel::<B>(&run_config(out, 2), &[device, device], &local, &opts)
+            .expect("two devices");
     }
     let (m1, _) = losses_agree(root, "one", "two", 1e-5);
     let last = format!("checkpoints/step-{:08}/trainable.safetensors", m1.len());
@@ -163,9 +170,8 @@ fn two_devices_with_dropout_draw_what_one_device_draws() {
     );
     // The masks did act: without dropout the run ends elsewhere.
     train_parallel::<B>(
-        &config(
+        &sft(
             root,
-            Stage::Sft,
             "no_dropout",
             &[
                 "batch_size=1".into(),

@@ -5,7 +5,7 @@
 mod common;
 
 use burn::backend::{Autodiff, Flex};
-use common::{config, fixtures, same_checkpoint};
+use common::{config, same_checkpoint, sft, tiny_world};
 use og_train::{RunOptions, Stage, TrainError, train};
 
 type B = Autodiff<Flex<f32>>;
@@ -21,9 +21,8 @@ fn one_run() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn two_stages_resume_exactly_and_train_only_what_they_should() {
     let _one = one_run();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tiny_world();
     let root = dir.path();
-    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
     let device = Default::default();
 
     // Stage 1.
@@ -87,7 +86,7 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
 
     // Stage 2 from stage 1, uninterrupted …
     let init = format!("init_from=\"{}\"", root.join("align/final").display());
-    let full = config(root, Stage::Sft, "sft_full", std::slice::from_ref(&init));
+    let full = sft(root, "sft_full", std::slice::from_ref(&init));
     let s = train::<B>(&full, &device, &RunOptions::default()).unwrap();
     assert!(s.last_loss.unwrap() < s.first_loss.unwrap());
     assert!(
@@ -96,7 +95,7 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
     );
 
     // … and killed after step 3 (checkpoint at 2), with a checkpoint write cut short, resumed.
-    let cut = config(root, Stage::Sft, "sft_cut", &[init]);
+    let cut = sft(root, "sft_cut", &[init]);
     let s = train::<B>(
         &cut,
         &device,
@@ -140,7 +139,7 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
         "leftovers of an interrupted write are removed"
     );
     // A changed configuration cannot resume the run.
-    let changed = config(root, Stage::Sft, "sft_cut", &["lr_lora=0.5".into()]);
+    let changed = sft(root, "sft_cut", &["lr_lora=0.5".into()]);
     assert!(
         train::<B>(
             &changed,
@@ -157,9 +156,8 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
 #[test]
 fn non_finite_loss_stops_with_the_last_good_checkpoint() {
     let _one = one_run();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tiny_world();
     let root = dir.path();
-    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
     let cfg = config(
         root,
         Stage::Align,

@@ -11,6 +11,19 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// A temporary directory holding the tiny world (the tiny llava-hf model, LLaVA JSON, images,
+/// masks).
+pub fn tiny_world() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    og_train::testing::tiny_world(dir.path(), &fixtures().join("vision/llava_tiny"));
+    dir
+}
+
+/// The tiny world's SFT configuration writing to `root/out`, with `key=value` overrides.
+pub fn sft(root: &Path, out: &str, overrides: &[String]) -> TrainConfig {
+    config(root, Stage::Sft, out, overrides)
+}
+
 pub fn config(root: &Path, stage: Stage, out: &str, extra: &[String]) -> TrainConfig {
     let file = root.join(format!("{out}.json"));
     let mut v = json!({
