@@ -67,12 +67,7 @@ fn collective(args: &TrainArgs) -> Result<Collective, CliError> {
         return Ok(Collective::default());
     };
     let hub = args.orchestrator.clone().unwrap_or_default();
-    let address = hub.split_once("://").map_or(hub.as_str(), |(_, a)| a);
-    if address
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.trim_end_matches('/').parse::<u16>().ok())
-        .is_none()
-    {
+    if og_train::hub::hub_address(&hub).is_none() {
         return Err(CliError::Usage(format!(
             "--orchestrator {hub:?} needs a port: HOST:PORT"
         )));

@@ -292,16 +292,14 @@ fn host_dropout<B: Backend>(x: Tensor<B, 2>, p: f64) -> Option<Tensor<B, 2>> {
     let scale = (1.0 / (1.0 - p)) as f32;
     // 24 random bits per element: a uniform on [0, 1) with f32's resolution.
     let threshold = (p * f64::from(1u32 << 24)).round() as u64;
-    let mut mask = Vec::with_capacity(n * d);
+    let mut mask = Vec::with_capacity(n * d + 1);
     while mask.len() < n * d {
         let r = rng.next_u64();
-        for k in 0..2 {
-            if mask.len() < n * d {
-                let u = (r >> (8 + 32 * k)) & 0xff_ffff;
-                mask.push(if u >= threshold { scale } else { 0.0 });
-            }
+        for u in [(r >> 8) & 0xff_ffff, (r >> 40) & 0xff_ffff] {
+            mask.push(if u >= threshold { scale } else { 0.0 });
         }
     }
+    mask.truncate(n * d);
     DROPOUT_STREAM.set(Some(rng.0));
     let mask = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(mask, [n, d]), &device);
     Some(x * mask)

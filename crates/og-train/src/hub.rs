@@ -142,6 +142,15 @@ pub fn serve_run(listener: &TcpListener) -> Result<u32> {
     }
 }
 
+/// The `HOST:PORT` part of a hub address (`HOST:PORT` or `scheme://HOST:PORT`), or `None`
+/// when it names no port.
+pub fn hub_address(address: &str) -> Option<&str> {
+    let a = address.split_once("://").map_or(address, |(_, a)| a);
+    a.rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .map(|_| a)
+}
+
 /// One replica's connection to the hub.
 pub struct HubClient {
     reader: BufReader<TcpStream>,
@@ -152,7 +161,8 @@ impl HubClient {
     /// Connects to the hub at `address` (`HOST:PORT`, optionally `tcp://HOST:PORT`) as replica
     /// `rank` of `world`, retrying while the hub is not up yet (for `patience`).
     pub fn connect(address: &str, world: u32, rank: u32, patience: Duration) -> Result<Self> {
-        let address = address.split_once("://").map_or(address, |(_, a)| a);
+        let address = hub_address(address)
+            .ok_or_else(|| err(format!("hub address {address:?} needs a port: HOST:PORT")))?;
         let start = Instant::now();
         let stream = loop {
             match TcpStream::connect(address) {
@@ -247,6 +257,8 @@ mod tests {
         let e = c0.all_reduce(&[1.0]).unwrap_err();
         assert!(e.to_string().contains("closed the connection"), "{e}");
         let runs = h.join().unwrap();
+        assert_eq!(hub_address("tcp://10.0.0.1:3000"), Some("10.0.0.1:3000"));
+        assert_eq!(hub_address("10.0.0.1"), None);
         assert_eq!(runs[0].as_ref().unwrap(), &2);
         assert!(runs[1].is_ok());
     }

@@ -635,7 +635,37 @@ struct StepPlan<'a> {
     host_dropout: bool,
 }
 
+/// What every replica of a step shares: the step's supervised tokens and, with
+/// `host_dropout`, the seed of its micro-batches' dropout streams.
+struct StepStart {
+    total: usize,
+    host_dropout: Option<u64>,
+}
+
 impl StepPlan<'_> {
+    /// Counts the step's supervised tokens (`None` when there are none) and seeds the
+    /// backend's RNG for the step.
+    fn begin<B: AutodiffBackend>(
+        &self,
+        examples: &[Example],
+        image_token: u32,
+        step: usize,
+        device: &B::Device,
+    ) -> Option<StepStart> {
+        let total: usize = examples.iter().map(|e| supervised(e, image_token)).sum();
+        if total == 0 {
+            return None;
+        }
+        // The backend's RNG is process-wide: seeded once per step, replicas' draws from it
+        // interleave in scheduling order (bit-reproducible only with LoRA dropout 0 or
+        // `host_dropout`, which gives every micro-batch its own stream).
+        B::seed(device, step_seed(self.cfg, step));
+        Some(StepStart {
+            total,
+            host_dropout: self.host_dropout.then(|| step_seed(self.cfg, step)),
+        })
+    }
+
     /// Each group's learning rate at `step`.
     fn lr(&self, step: usize) -> impl Fn(Group) -> f64 + '_ {
         move |g: Group| {
@@ -651,11 +681,6 @@ impl StepPlan<'_> {
 /// The seed of a step's random draws: (seed, step) only.
 fn step_seed(cfg: &TrainConfig, step: usize) -> u64 {
     cfg.seed ^ (step as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
-
-/// Backend draws depend on (seed, step) only.
-fn seed_step<B: AutodiffBackend>(cfg: &TrainConfig, step: usize, device: &B::Device) {
-    B::seed(device, step_seed(cfg, step));
 }
 
 /// The seed of micro-batch `m`'s host dropout stream in the step seeded `step_seed`.
@@ -765,18 +790,20 @@ fn run_step<B: AutodiffBackend>(
     step: usize,
 ) -> Result<Option<StepOutcome>> {
     let image = replica.model.image_token_id;
-    let total: usize = examples.iter().map(|e| supervised(e, image)).sum();
-    if total == 0 {
+    let Some(StepStart {
+        total,
+        host_dropout,
+    }) = plan.begin::<B>(&examples, image, step, &replica.device)
+    else {
         return Ok(None);
-    }
-    seed_step::<B>(plan.cfg, step, &replica.device);
+    };
     let batches = micro_batches(examples, plan.cfg.batch_size);
     let (loss, grads, mut times) = forward_backward(
         &mut replica.model,
         plan.cfg.stage,
         batches,
         total,
-        plan.host_dropout.then(|| step_seed(plan.cfg, step)),
+        host_dropout,
         &replica.device,
     )?;
     if !loss.is_finite() {
@@ -807,15 +834,13 @@ fn run_step_parallel<B: AutodiffBackend>(
     step: usize,
 ) -> Result<Option<StepOutcome>> {
     let image = replicas[0].model.image_token_id;
-    let total: usize = examples.iter().map(|e| supervised(e, image)).sum();
-    if total == 0 {
+    let Some(StepStart {
+        total,
+        host_dropout,
+    }) = plan.begin::<B>(&examples, image, step, &replicas[0].device)
+    else {
         return Ok(None);
-    }
-    // The backend's RNG is process-wide: seeded once per step, the replicas' dropout draws
-    // interleave in scheduling order (bit-reproducible only with LoRA dropout 0 or
-    // `host_dropout`, which gives every micro-batch its own stream).
-    seed_step::<B>(plan.cfg, step, &replicas[0].device);
-    let host_dropout = plan.host_dropout.then(|| step_seed(plan.cfg, step));
+    };
     let mut shares: Vec<Vec<(usize, Vec<Example>)>> =
         (0..replicas.len()).map(|_| Vec::new()).collect();
     for (m, batch) in micro_batches(examples, plan.cfg.batch_size) {
