@@ -34,8 +34,8 @@ def median_us(fn, repeats):
     return statistics.median(times)
 
 
-def main():
-    repeats = int(os.environ.get("REPEATS", "30"))
+def measure(repeats=30):
+    """Median microseconds: Listing 1 in PyTorch and our Φ variants on the same 50 masks."""
     rng = np.random.default_rng(7)
     h, w = 480, 640
     masks = [blob_mask(rng, h, w) for _ in range(50)]
@@ -58,14 +58,24 @@ def main():
 
     torch_idx_us = median_us(torch_indices, repeats)
     torch_us = median_us(torch_select, repeats)
-    out = subprocess.run(
-        ["cargo", "run", "--quiet", "--release", "-p", "og-fusion", "--example", "phi_timing", "--",
-         tmp.name, str(repeats)],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout
-    os.unlink(tmp.name)
-    rust = json.loads(out.strip().splitlines()[-1])
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, 50 masks {w}x{h} -> 576 bins")
+    try:
+        out = subprocess.run(
+            ["cargo", "run", "--quiet", "--release", "-p", "og-fusion", "--example", "phi_timing", "--",
+             tmp.name, str(repeats)],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout
+    finally:
+        os.unlink(tmp.name)
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "masks": len(masks),
+            "size": [w, h], "torch_indices_us": torch_idx_us, "torch_select_us": torch_us,
+            "ours": json.loads(out.strip().splitlines()[-1])}
+
+
+def main():
+    m = measure(int(os.environ.get("REPEATS", "30")))
+    rust, torch_idx_us, torch_us = m["ours"], m["torch_indices_us"], m["torch_select_us"]
+    w, h = m["size"]
+    print(f"torch {m['torch']}, threads {m['threads']}, {m['masks']} masks {w}x{h} -> 576 bins")
     print(f"PyTorch Listing 1 -> indices       : {torch_idx_us:9.1f} us")
     print(f"PyTorch Listing 1 + row selection  : {torch_us:9.1f} us  ({rust['raster_rows']} rows of 1024)")
     for key in ("raster_phi_select_us", "raster_phi_only_us", "raster_from_rle_us", "patch_phi_select_us",

@@ -107,7 +107,7 @@ def pytorch(model, examples, steps, lr=1e-4):
     return times
 
 
-def ours(dirpath, steps, replicas=1):
+def ours(dirpath, steps, replicas=1, device="ndarray"):
     out = os.path.join(dirpath, f"run{replicas}")
     cfg = {"stage": "sft", "base": {"kind": "llava_hf", "path": os.path.join(dirpath, "model")},
            "lora": {"r": 16, "alpha": 32.0, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
@@ -123,39 +123,53 @@ def ours(dirpath, steps, replicas=1):
     target = "target-blas" if os.environ.get("OG_BLAS") else "target"
     features = ["--features", "openblas"] if os.environ.get("OG_BLAS") else []
     binary = os.path.join(ROOT, target, "release", "og-llava")
-    subprocess.run(["cargo", "build", "--release", "-p", "og-llava-cli"] + features, cwd=ROOT, check=True,
+    subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "og-llava-cli"] + features, cwd=ROOT, check=True,
                    env={**os.environ, "CARGO_TARGET_DIR": os.path.join(ROOT, target)})
-    subprocess.run([binary, "train", "--device", os.environ.get("OG_DEVICE", "ndarray"), "--devices", str(replicas),
+    subprocess.run([binary, "train", "--device", device, "--devices", str(replicas),
                     "--config", path], check=True, stdout=subprocess.DEVNULL)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         m = [json.loads(l) for l in f]
     return [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(m, m[1:])], m
 
 
-def main():
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 12
-    torch.set_num_threads(os.cpu_count())
+def measure(steps=12, device=None, replicas=None):
+    """Milliseconds per step: PyTorch eager + peft, and ours for each replica count (one process;
+    `replicas` defaults to 1 and, when the batch divides, one replica per core)."""
+    device = device or os.environ.get("OG_DEVICE", "ndarray")
+    cores = os.cpu_count()
+    replicas = replicas or sorted({1, cores if BATCH % cores == 0 else 1})
+    torch.set_num_threads(cores)
     with tempfile.TemporaryDirectory() as d:
         model = build(os.path.join(d, "model"))
         examples = data(d)
         theirs = pytorch(model, examples, steps)[2:]
-        t = sum(theirs) / len(theirs)
-        print(f"PyTorch eager: {t * 1000:.1f} ms/step ({len(theirs)} steps, {torch.get_num_threads()} threads)")
-        blas = " + OpenBLAS" if os.environ.get("OG_BLAS") else ""
-        # One replica using the cores inside each op, then one replica per core (data parallel,
-        # micro-batch BATCH / cores each: the same global batch and the same step).
-        cores = os.cpu_count()
-        for replicas in sorted({1, cores if BATCH % cores == 0 else 1}):
-            mine, m = ours(d, steps, replicas)
+        result = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": device,
+                  "blas": bool(os.environ.get("OG_BLAS")), "steps": steps,
+                  "pytorch_step_s": sum(theirs) / len(theirs), "ours": {}}
+        for n in replicas:
+            mine, m = ours(d, steps, n, device)
             mine = mine[1:]
-            o = sum(mine) / len(mine)
-            print(f"ours ({os.environ.get('OG_DEVICE', 'ndarray')}{blas}, {replicas} replica(s) × batch "
-                  f"{BATCH // replicas}): {o * 1000:.1f} ms/step ({len(mine)} steps), "
-                  f"{m[-1]['tokens_per_s']:.0f} supervised tok/s, final loss {m[-1]['loss']:.3f}")
-            print(f"  steps/s ours / theirs = {t / o:.2f}")
-            part = lambda k: sum(x[k] for x in m[2:]) / len(m[2:]) * 1000
-            print(f"  ours per step (replica 0): data wait {part('data_s'):.1f} ms, forward {part('forward_s'):.1f} ms, "
-                  f"backward {part('backward_s'):.1f} ms, optimiser + all-reduce {part('optimizer_s'):.1f} ms")
+            part = lambda k: sum(x[k] for x in m[2:]) / len(m[2:])
+            result["ours"][str(n)] = {
+                "step_s": sum(mine) / len(mine), "tokens_per_s": m[-1]["tokens_per_s"],
+                "final_loss": m[-1]["loss"], "data_s": part("data_s"), "forward_s": part("forward_s"),
+                "backward_s": part("backward_s"), "optimizer_s": part("optimizer_s")}
+    return result
+
+
+def main():
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 12
+    m = measure(steps)
+    t = m["pytorch_step_s"]
+    print(f"PyTorch eager: {t * 1000:.1f} ms/step ({steps - 2} steps, {m['threads']} threads)")
+    blas = " + OpenBLAS" if m["blas"] else ""
+    for n, r in m["ours"].items():
+        n = int(n)
+        print(f"ours ({m['device']}{blas}, {n} replica(s) × batch {BATCH // n}): {r['step_s'] * 1000:.1f} ms/step, "
+              f"{r['tokens_per_s']:.0f} supervised tok/s, final loss {r['final_loss']:.3f}")
+        print(f"  steps/s ours / theirs = {t / r['step_s']:.2f}")
+        print(f"  ours per step (replica 0): data wait {r['data_s'] * 1000:.1f} ms, forward {r['forward_s'] * 1000:.1f} ms, "
+              f"backward {r['backward_s'] * 1000:.1f} ms, optimiser + all-reduce {r['optimizer_s'] * 1000:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def main():
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+def measure(repeats=3, backends=("flex", "ndarray")):
+    """Median seconds per forward: transformers eager and ours on each backend."""
     threads = os.cpu_count()
     torch.set_num_threads(threads)
     cfg = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
@@ -41,23 +41,35 @@ def main():
         times.append(time.perf_counter() - t)
     theirs = statistics.median(times)
     torch_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del model
     subprocess.run(["cargo", "build", "--quiet", "--release", "-p", "og-vision", "--example", "vit_timing"],
                    cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target", "release", "examples", "vit_timing")
     results = {}
-    for backend in ("flex", "ndarray"):
-        out = subprocess.run(["/usr/bin/time", "-f", "%M", exe, "l336", str(repeats), backend],
+    for backend in backends:
+        out = subprocess.run(["/usr/bin/time", "-f", "%M %P", exe, "l336", str(repeats), backend],
                              cwd=ROOT, check=True, capture_output=True, text=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["rss_mb"] = int(out.stderr.strip().splitlines()[-1]) / 1024
+        rss, cpu = out.stderr.strip().splitlines()[-1].split()
+        r["rss_mb"] = int(rss) / 1024
+        r["cpu"] = cpu
         results[backend] = r
-    print(f"torch {torch.__version__}, {threads} threads, ViT-L/14@336, batch 1")
-    print(f"transformers eager (all 24 layers, hidden_states[-2]): {theirs:.3f} s, peak RSS {torch_rss:.0f} MB")
-    for b, r in results.items():
+    return {"torch": torch.__version__, "threads": threads, "transformers_s": theirs,
+            "transformers_rss_mb": torch_rss, "ours": results}
+
+
+def main():
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    m = measure(repeats)
+    theirs = m["transformers_s"]
+    print(f"torch {m['torch']}, {m['threads']} threads, ViT-L/14@336, batch 1")
+    print(f"transformers eager (all 24 layers, hidden_states[-2]): {theirs:.3f} s, "
+          f"peak RSS {m['transformers_rss_mb']:.0f} MB")
+    for b, r in m["ours"].items():
         print(f"ours {b:<7}: X' {r['features_s']:.3f} s (23 layers), all 24 layers {r['all_layers_s']:.3f} s, "
-              f"peak RSS {r['rss_mb']:.0f} MB")
-        print(f"  ratio ours/theirs: X' {r['features_s'] / theirs:.2f}, same work (24 layers) "
-              f"{r['all_layers_s'] / theirs:.2f}  (goal <= 1.0)")
+              f"peak RSS {r['rss_mb']:.0f} MB, CPU {r['cpu']}")
+        print(f"  speed-up vs transformers: X' {theirs / r['features_s']:.2f}x, same work (24 layers) "
+              f"{theirs / r['all_layers_s']:.2f}x")
 
 
 if __name__ == "__main__":

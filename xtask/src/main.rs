@@ -11,6 +11,8 @@ tasks:
   compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
   compare-llm   decode tok/s against transformers, SmolLM2-135M shape (scripts/compare_llm.py)
   compare-train training steps/s against PyTorch eager + peft, small LLaVA (scripts/compare_train.py)
+  perf          every comparison above in one run (scripts/perf.py): target/perf/perf.json + perf.md
+                (needs: pip install torch transformers peft numpy pycocotools pillow)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
   demo          the README's main job: og-llava tokens on the example image
   train [--seeds N] [--preset nano|smoke]
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Some("compare-vit") => python(&root, "compare_vit.py"),
         Some("compare-llm") => python(&root, "compare_llm.py"),
         Some("compare-train") => python(&root, "compare_train.py"),
+        Some("perf") => python(&root, "perf.py"),
         Some("ci") => run(Command::new(".ci/run").current_dir(&root)),
         Some("demo") => run(Command::new("cargo")
             .args([

@@ -189,7 +189,11 @@ impl<B: Backend> LoraLinear<B> {
     /// # Shapes
     /// `[n, in]` → `[n, out]`
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let y = self.base.forward(x.clone());
+        let y = og_kernels::linear(
+            x.clone(),
+            self.base.weight.val(),
+            self.base.bias.as_ref().map(|b| b.val()),
+        );
         match &self.lora {
             Some(l) => {
                 let dropped = match host_dropout(x.clone(), l.dropout.prob) {

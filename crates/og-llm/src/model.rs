@@ -8,7 +8,7 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
@@ -207,7 +207,7 @@ impl<B: Backend> LlamaMlp<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, t, h] = x.dims();
         let x = x.reshape([b * t, h]);
-        let y = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
+        let y = og_kernels::silu_mul(self.gate_proj.forward(x.clone()), self.up_proj.forward(x));
         self.down_proj.forward(y).reshape([b, t, h])
     }
 }
@@ -351,8 +351,10 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let [b, t, h] = hidden.dims();
         let x = hidden.reshape([b * t, h]);
         let logits = match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => x.matmul(self.model.embed_tokens.weight.val().transpose()),
+            Some(head) => {
+                og_kernels::linear(x, head.weight.val(), head.bias.as_ref().map(|b| b.val()))
+            }
+            None => og_kernels::matmul(x, self.model.embed_tokens.weight.val().transpose()),
         };
         logits.reshape([b, t, self.vocab_size])
     }

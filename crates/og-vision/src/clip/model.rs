@@ -5,10 +5,8 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor};
 
 use super::config::{ClipActivation, ClipVisionConfig, SelectFeature};
@@ -127,20 +125,14 @@ impl<B: Backend> ClipAttention<B> {
     /// `[batch, tokens, hidden]` → `[batch, tokens, hidden]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, h] = x.dims();
-        let heads = self.num_heads;
-        let hd = h / heads;
-        // Projections on the flattened tokens: one plain matmul each.
+        // Projections on the flattened tokens: one plain matmul each; the heads are read from
+        // their columns (fused per head on Flex, burn's attention op elsewhere).
         let x = x.reshape([b * n, h]);
-        let split = |t: Tensor<B, 2>| t.reshape([b, n, heads, hd]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()));
-        let k = split(self.k_proj.forward(x.clone()));
-        let v = split(self.v_proj.forward(x));
-        // softmax(q kᵀ / √d) v through the backend's attention kernel (fused on Flex and the
-        // CubeCL backends; the unfused reference elsewhere and under autodiff).
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.out_proj
-            .forward(out.swap_dims(1, 2).reshape([b * n, h]))
-            .reshape([b, n, h])
+        let q = self.q_proj.forward(x.clone());
+        let k = self.k_proj.forward(x.clone());
+        let v = self.v_proj.forward(x);
+        let out = og_kernels::multi_head_attention(q, k, v, b, self.num_heads);
+        self.out_proj.forward(out).reshape([b, n, h])
     }
 }
 
@@ -149,7 +141,7 @@ impl<B: Backend> ClipMlp<B> {
         let [b, n, h] = x.dims();
         let x = self.fc1.forward(x.reshape([b * n, h]));
         let x = match self.activation {
-            ClipActivation::QuickGelu => x.clone() * sigmoid(x * 1.702),
+            ClipActivation::QuickGelu => og_kernels::quick_gelu(x),
             ClipActivation::Gelu => gelu(x),
             ClipActivation::GeluTanh => burn::tensor::activation::gelu_approximate(x),
         };

@@ -1,0 +1,97 @@
+//! Moving between `Tensor<B, D>` and burn-flex's `FlexTensor` when `B` is the Flex backend.
+//!
+//! The test is on types (`TypeId` of the backend's float primitive), so for any other backend
+//! the tensor is handed back untouched and the caller runs burn's ops.
+
+use std::any::{Any, TypeId};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_flex::FlexTensor;
+
+pub(crate) fn is_flex<B: Backend>() -> bool {
+    TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>()
+}
+
+/// Moves `value` from type `A` to type `T`, which the caller has checked are the same type.
+fn cast<A: 'static, T: 'static>(value: A) -> T {
+    let mut slot = Some(value);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<T>>()
+        .and_then(Option::take)
+        .expect("the caller checked that both types are the same")
+}
+
+/// The tensor as a Flex tensor of any layout, when `B` is Flex and the tensor is f32;
+/// otherwise the tensor itself, unchanged.
+pub(crate) fn to_flex_view<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Result<FlexTensor, Tensor<B, D>> {
+    if !is_flex::<B>() || x.dtype() != DType::F32 {
+        return Err(x);
+    }
+    match x.into_primitive() {
+        TensorPrimitive::Float(p) => Ok(cast(p)),
+        q => Err(Tensor::from_primitive(q)),
+    }
+}
+
+/// [`to_flex_view`] for contiguous tensors only (what the element-wise kernels read).
+pub(crate) fn to_flex<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> Result<FlexTensor, Tensor<B, D>> {
+    let t = to_flex_view(x)?;
+    if t.layout().contiguous_offsets().is_some() {
+        Ok(t)
+    } else {
+        Err(from_flex(t))
+    }
+}
+
+pub(crate) fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(cast(t)))
+}
+
+/// The contiguous f32 elements of a tensor [`to_flex`] accepted.
+pub(crate) fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("to_flex accepts contiguous f32 tensors only")
+}
+
+/// A new f32 tensor of `like`'s shape whose elements `kernel` writes.
+fn fill_like(like: &FlexTensor, kernel: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut out = FlexTensor::empty(like.layout().shape().clone(), DType::F32);
+    kernel(out.storage_mut::<f32>());
+    out
+}
+
+/// `kernel(x, out)` on a Flex tensor, or the tensor back for the caller's fallback.
+pub(crate) fn unary<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    kernel: fn(&[f32], &mut [f32]),
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let x = to_flex(x)?;
+    Ok(from_flex(fill_like(&x, |out| kernel(values(&x), out))))
+}
+
+/// `kernel(a, b, out)` on two Flex tensors of one shape, or both back for the fallback.
+pub(crate) fn binary<B: Backend, const D: usize>(
+    a: Tensor<B, D>,
+    b: Tensor<B, D>,
+    kernel: fn(&[f32], &[f32], &mut [f32]),
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    if a.dims() != b.dims() {
+        return Err((a, b));
+    }
+    let a = match to_flex(a) {
+        Ok(a) => a,
+        Err(a) => return Err((a, b)),
+    };
+    let b = match to_flex(b) {
+        Ok(b) => b,
+        Err(b) => return Err((from_flex(a), b)),
+    };
+    Ok(from_flex(fill_like(&a, |out| {
+        kernel(values(&a), values(&b), out)
+    })))
+}

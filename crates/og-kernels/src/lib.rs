@@ -1,0 +1,111 @@
+//! Fused CPU kernels for the model's hot element-wise and attention paths.
+//!
+//! burn 0.21 fuses operations only on its CubeCL backends (CUDA, wgpu). On the CPU every tensor
+//! op is its own pass over memory, and a few of ours are chains of such passes with costly
+//! transcendentals (QuickGELU: three passes and a libm `exp` per element). Each function here
+//! takes and returns ordinary `Tensor<B, D>`s and stays generic over the backend: when `B` is
+//! burn's Flex backend and the tensors are contiguous f32, it runs one vectorised,
+//! multi-threaded kernel on the tensor's memory; for every other backend, dtype or layout
+//! (CUDA, wgpu, NdArray, bf16, and autodiff tensors, whose graph these kernels do not record)
+//! it runs exactly the burn ops the model would run without this crate.
+
+mod attention;
+mod flex;
+mod linear;
+mod math;
+
+use burn::tensor::Tensor;
+use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::backend::Backend;
+
+pub use attention::multi_head_attention;
+pub use linear::{linear, matmul};
+
+/// CLIP's QuickGELU activation, `x · σ(1.702 x)` (transformers' `quick_gelu`).
+pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match flex::unary::<B, D>(x, math::quick_gelu) {
+        Ok(y) => y,
+        Err(x) => x.clone() * sigmoid(x * 1.702),
+    }
+}
+
+/// Llama's SwiGLU product `silu(gate) · up` (both of one shape).
+pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
+    match flex::binary::<B, D>(gate, up, math::silu_mul) {
+        Ok(y) => y,
+        Err((gate, up)) => silu(gate) * up,
+    }
+}
+
+/// Whether `B`'s float tensors are Flex tensors, i.e. whether the fused kernels can run.
+pub fn has_fused_kernels<B: Backend>() -> bool {
+    flex::is_flex::<B>()
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, Flex, NdArray};
+    use burn::tensor::{Tensor, TensorData};
+
+    use super::*;
+
+    fn values(n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 7919 % 2003) as f32 - 1001.0) * scale)
+            .collect()
+    }
+
+    fn max_diff(a: Vec<f32>, b: Vec<f32>) -> f32 {
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn flex_kernels_equal_the_burn_ops_other_backends_run() {
+        assert!(has_fused_kernels::<Flex>());
+        assert!(!has_fused_kernels::<NdArray>());
+        assert!(!has_fused_kernels::<Autodiff<Flex>>());
+        let shape = [3, 41, 257];
+        let n = shape.iter().product();
+        let (g, u) = (values(n, 0.01), values(n, -0.003));
+        let flex = |v: &Vec<f32>| {
+            Tensor::<Flex, 3>::from_data(TensorData::new(v.clone(), shape), &Default::default())
+        };
+        let nd = |v: &Vec<f32>| {
+            Tensor::<NdArray, 3>::from_data(TensorData::new(v.clone(), shape), &Default::default())
+        };
+        let vec = |d: TensorData| d.to_vec::<f32>().unwrap();
+        let d = max_diff(
+            vec(quick_gelu(flex(&g)).into_data()),
+            vec(quick_gelu(nd(&g)).into_data()),
+        );
+        assert!(d < 1e-5, "quick_gelu: {d}");
+        let d = max_diff(
+            vec(silu_mul(flex(&g), flex(&u)).into_data()),
+            vec(silu_mul(nd(&g), nd(&u)).into_data()),
+        );
+        assert!(d < 1e-5, "silu_mul: {d}");
+    }
+
+    #[test]
+    fn views_and_autodiff_tensors_take_burns_ops_and_keep_gradients() {
+        type A = Autodiff<Flex>;
+        let x = Tensor::<A, 2>::from_data([[0.5f32, -1.0], [2.0, 0.0]], &Default::default())
+            .require_grad();
+        // A transposed view is not contiguous: the fallback runs and the result still matches.
+        let y = quick_gelu(x.clone().transpose());
+        let grads = y.sum().backward();
+        let g = x.grad(&grads).expect("gradient through the fallback");
+        assert_eq!(g.dims(), [2, 2]);
+        let view = Tensor::<Flex, 2>::from_data([[0.5f32, -1.0], [2.0, 0.0]], &Default::default())
+            .transpose();
+        let want = Tensor::<Flex, 2>::from_data([[0.5f32, 2.0], [-1.0, 0.0]], &Default::default());
+        let d = max_diff(
+            quick_gelu(view).into_data().to_vec().unwrap(),
+            quick_gelu(want).into_data().to_vec().unwrap(),
+        );
+        assert!(d < 1e-6);
+    }
+}

@@ -1,0 +1,228 @@
+//! `x W + b` with the work split the way skinny inputs need.
+//!
+//! gemm splits the rows of `x` among threads, so a product with one row (a decode step) and a
+//! large weight matrix (the LM head: 576 × 49,152 for SmolLM2) runs on one core however large
+//! it is. Here a large product with few rows splits the **columns** of `W` between threads
+//! instead: each thread streams its own part of the weights, which is what bounds these
+//! products. Smaller products stay with burn (waking threads costs more than they save).
+
+use burn::tensor::backend::Backend;
+use burn::tensor::module::linear as burn_linear;
+use burn::tensor::{DType, Tensor};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use crate::flex::{from_flex, to_flex, to_flex_view, values};
+
+/// Below this many rows the columns are split between threads.
+const SKINNY_ROWS: usize = 64;
+/// Below this many multiply-adds burn's matmul runs the product.
+const SPLIT_WORK: usize = 1 << 22;
+/// Column blocks are multiples of this (whole vector registers on every x86 level).
+const COLUMN_ALIGN: usize = 16;
+
+/// `x W (+ b)`, transformers' and burn's `Linear` with `W` stored `[in, out]`; other backends
+/// run burn's `linear`.
+///
+/// # Shapes
+/// `x`: `[rows, in]`; `weight`: `[in, out]` (any strides); `bias`: `[out]`; output
+/// `[rows, out]`.
+pub fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    match try_skinny(x, weight, bias) {
+        Ok(y) => y,
+        Err((x, weight, bias)) => burn_linear(x, weight, bias),
+    }
+}
+
+/// `x W`; other backends run burn's `matmul`.
+///
+/// # Shapes
+/// `x`: `[rows, in]`; `weight`: `[in, out]` (any strides: a transposed view serves a tied
+/// embedding as the LM head); output `[rows, out]`.
+pub fn matmul<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
+    match try_skinny(x, weight, None) {
+        Ok(y) => y,
+        Err((x, weight, _)) => x.matmul(weight),
+    }
+}
+
+type Operands<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
+
+/// The column-split product on Flex for few rows, or the operands back unchanged.
+fn try_skinny<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Result<Tensor<B, 2>, Operands<B>> {
+    let [rows, inner] = x.dims();
+    let [w_inner, cols] = weight.dims();
+    let bias_fits = bias.as_ref().is_none_or(|b| b.dims() == [cols]);
+    if rows >= SKINNY_ROWS || rows * inner * cols < SPLIT_WORK || inner != w_inner || !bias_fits {
+        return Err((x, weight, bias));
+    }
+    let x = match to_flex(x) {
+        Ok(x) => x,
+        Err(x) => return Err((x, weight, bias)),
+    };
+    let w = match to_flex_view(weight) {
+        Ok(w) if w.layout().has_positive_strides() => w,
+        Ok(w) => return Err((from_flex(x), from_flex(w), bias)),
+        Err(w) => return Err((from_flex(x), w, bias)),
+    };
+    let b = match bias.map(to_flex) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(b)) => return Err((from_flex(x), from_flex(w), Some(b))),
+    };
+    Ok(from_flex(skinny(&x, &w, b.as_ref())))
+}
+
+/// A raw pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every task writes only its own block of columns.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer `offset` elements on (a method, so closures capture the whole wrapper).
+    ///
+    /// # Safety
+    /// `offset` must stay inside the allocation.
+    unsafe fn add(self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
+    }
+}
+
+fn skinny(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+    let (rows, inner) = (x.layout().shape()[0], x.layout().shape()[1]);
+    let cols = w.layout().shape()[1];
+    let (w_rs, w_cs) = (w.layout().strides()[0], w.layout().strides()[1]);
+    let w_ptr = SharedOut(
+        // SAFETY: the layout's start offset is inside the storage.
+        unsafe { w.storage::<f32>().as_ptr().add(w.layout().start_offset()) } as *mut f32,
+    );
+    let x = values(x);
+    let mut out = FlexTensor::empty([rows, cols].into(), DType::F32);
+    let dst = out.storage_mut::<f32>();
+    if let Some(b) = bias {
+        dst.chunks_mut(cols)
+            .for_each(|row| row.copy_from_slice(values(b)));
+    }
+    let read_dst = bias.is_some();
+    let dst = SharedOut(dst.as_mut_ptr());
+    let threads = rayon::current_num_threads().max(1);
+    let block = cols
+        .div_ceil(threads)
+        .next_multiple_of(COLUMN_ALIGN)
+        .min(cols);
+    let blocks = cols.div_ceil(block);
+    (0..blocks).into_par_iter().for_each(|i| {
+        let start = i * block;
+        let width = block.min(cols - start);
+        // SAFETY: x holds rows × inner; the weight view's elements (r, c) lie at
+        // r·w_rs + c·w_cs from its start for r < inner, c < cols; the output holds rows × cols
+        // and this task writes columns start..start + width only.
+        unsafe {
+            gemm::gemm(
+                rows,
+                width,
+                inner,
+                dst.add(start),
+                1,
+                cols as isize,
+                read_dst,
+                x.as_ptr(),
+                1,
+                inner as isize,
+                (w_ptr.add(0) as *const f32).offset(start as isize * w_cs),
+                w_cs,
+                w_rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Flex, NdArray};
+    use burn::tensor::{Tensor, TensorData};
+
+    use super::{linear, matmul};
+
+    fn data(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 31 + seed * 17) % 103) as f32 - 51.0) / 40.0)
+            .collect()
+    }
+
+    #[test]
+    fn skinny_products_equal_burns_linear_with_and_without_bias() {
+        let (d, nd_device) = (Default::default(), Default::default());
+        for (rows, inner, cols) in [
+            (1, 2048, 2100),
+            (5, 1000, 1000),
+            (63, 300, 333),
+            (3, 96, 200),
+        ] {
+            let (x, w, b) = (data(rows * inner, 1), data(inner * cols, 2), data(cols, 3));
+            let flex = linear(
+                Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [rows, inner]), &d),
+                Tensor::<Flex, 2>::from_data(TensorData::new(w.clone(), [inner, cols]), &d),
+                Some(Tensor::<Flex, 1>::from_data(
+                    TensorData::new(b.clone(), [cols]),
+                    &d,
+                )),
+            );
+            let nd = linear(
+                Tensor::<NdArray, 2>::from_data(
+                    TensorData::new(x.clone(), [rows, inner]),
+                    &nd_device,
+                ),
+                Tensor::<NdArray, 2>::from_data(
+                    TensorData::new(w.clone(), [inner, cols]),
+                    &nd_device,
+                ),
+                Some(Tensor::<NdArray, 1>::from_data(
+                    TensorData::new(b, [cols]),
+                    &nd_device,
+                )),
+            );
+            let (a, b) = (
+                flex.into_data().to_vec::<f32>().unwrap(),
+                nd.into_data().to_vec::<f32>().unwrap(),
+            );
+            // f32 sums of up to 2,048 products in another order: relative agreement.
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+                .fold(0.0f32, f32::max);
+            assert!(worst < 1e-5, "{rows}×{inner}×{cols}: {worst}");
+        }
+    }
+
+    #[test]
+    fn a_transposed_weight_view_serves_as_a_tied_head() {
+        let d = Default::default();
+        let (rows, inner, vocab) = (2, 400, 5300);
+        let (x, e) = (data(rows * inner, 4), data(vocab * inner, 5));
+        let x = Tensor::<Flex, 2>::from_data(TensorData::new(x, [rows, inner]), &d);
+        let embed = Tensor::<Flex, 2>::from_data(TensorData::new(e, [vocab, inner]), &d);
+        let ours = matmul(x.clone(), embed.clone().transpose());
+        let want = x.matmul(embed.transpose());
+        let worst = (ours - want).abs().max().into_scalar();
+        assert!(worst < 1e-4, "{worst}");
+    }
+}
