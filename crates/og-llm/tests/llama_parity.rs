@@ -2,7 +2,9 @@
 //! (scripts/make_llm_fixtures.py): logits within 1e-4 with standard and segment-aware position
 //! ids and a right-padded row; greedy generations token for token, with and without the cache.
 
-use burn::backend::NdArray;
+use burn::backend::{Flex, NdArray};
+use burn::tensor::ElementConversion;
+use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData};
 use og_llm::{GenerationConfig, LlamaForCausalLM, Sampling};
 use og_weights::Weights;
@@ -22,8 +24,14 @@ fn check(name: &str) {
     check_dir(name, &fixtures().join(name));
 }
 
-/// The model in `dir` gives the logits transformers gave for fixture `name`.
+/// The model in `dir` gives the logits transformers gave for fixture `name`, on NdArray and on
+/// Flex (where og-kernels' fused paths run).
 fn check_dir(name: &str, dir: &std::path::Path) {
+    check_dir_on::<B>(name, dir);
+    check_dir_on::<Flex<f32>>(name, dir);
+}
+
+fn check_dir_on<B: Backend>(name: &str, dir: &std::path::Path) {
     let device = Default::default();
     let model = LlamaForCausalLM::<B>::load_hf(dir, &device).unwrap();
     let io = Weights::open(fixtures().join(format!("{name}_io.safetensors"))).unwrap();
@@ -53,7 +61,8 @@ fn check_dir(name: &str, dir: &std::path::Path) {
                 - want.clone().slice([b..b + 1, 0..n]))
             .abs()
             .max()
-            .into_scalar();
+            .into_scalar()
+            .elem::<f32>();
             assert!(d < 1e-4, "{name} {pos_name} row {b}: logits differ by {d}");
         }
     }

@@ -2,8 +2,9 @@
 //! (scripts/make_vision_fixtures.py): every hidden state, X' (layer −2, CLS dropped) and the
 //! pooled output, within 1e-4, for CLIPVisionModel, CLIPModel and Llava layouts.
 
-use burn::backend::NdArray;
-use burn::tensor::Tensor;
+use burn::backend::{Flex, NdArray};
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Tensor};
 use og_vision::VisionError;
 use og_vision::clip::{ClipVisionConfig, ClipVisionTransformer};
 use og_weights::{SaveTensor, Weights};
@@ -14,17 +15,23 @@ fn fixtures() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vision")
 }
 
-fn max_diff<const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
+fn max_diff<B: Backend, const D: usize>(a: Tensor<B, D>, b: Tensor<B, D>) -> f32 {
     assert_eq!(a.dims(), b.dims());
-    (a - b).abs().max().into_scalar()
+    (a - b).abs().max().into_scalar().elem::<f32>()
 }
 
 fn check(name: &str) {
     check_dir(name, &fixtures().join(name));
 }
 
-/// The tower in `dir` gives the outputs transformers gave for fixture `name`.
+/// The tower in `dir` gives the outputs transformers gave for fixture `name`, on NdArray and on
+/// Flex (where og-kernels' fused paths run).
 fn check_dir(name: &str, dir: &std::path::Path) {
+    check_dir_on::<B>(name, dir);
+    check_dir_on::<Flex<f32>>(name, dir);
+}
+
+fn check_dir_on<B: Backend>(name: &str, dir: &std::path::Path) {
     let device = Default::default();
     let model = ClipVisionTransformer::<B>::load_hf(dir, &device).unwrap();
     let io = Weights::open(fixtures().join(format!("{name}_io.safetensors"))).unwrap();
