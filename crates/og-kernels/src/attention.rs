@@ -13,7 +13,7 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{from_flex, to_flex, values};
+use crate::flex::{SharedMut, convert_all, from_flex, to_flex, values};
 use crate::math::softmax_rows;
 
 /// `softmax(q kᵀ / √d) v` per head, every token attending to every token of its image.
@@ -37,9 +37,9 @@ pub fn multi_head_attention<B: Backend>(
         && k.dims() == q.dims()
         && v.dims() == q.dims();
     if shapes_fit {
-        match flex_inputs(q, k, v) {
-            Ok((q, k, v)) => return from_flex(fused(&q, &k, &v, batch, heads)),
-            Err((q, k, v)) => return unfused(q, k, v, batch, heads),
+        match convert_all([q, k, v], to_flex) {
+            Ok([q, k, v]) => return from_flex(fused(&q, &k, &v, batch, heads)),
+            Err([q, k, v]) => return unfused(q, k, v, batch, heads),
         }
     }
     unfused(q, k, v, batch, heads)
@@ -67,52 +67,13 @@ fn unfused<B: Backend>(
     out.swap_dims(1, 2).reshape([rows, width])
 }
 
-type Triple<B> = (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 2>);
-
-/// All three as Flex tensors, or all three back unchanged.
-fn flex_inputs<B: Backend>(
-    q: Tensor<B, 2>,
-    k: Tensor<B, 2>,
-    v: Tensor<B, 2>,
-) -> Result<(FlexTensor, FlexTensor, FlexTensor), Triple<B>> {
-    let q = match to_flex(q) {
-        Ok(q) => q,
-        Err(q) => return Err((q, k, v)),
-    };
-    let k = match to_flex(k) {
-        Ok(k) => k,
-        Err(k) => return Err((from_flex(q), k, v)),
-    };
-    match to_flex(v) {
-        Ok(v) => Ok((q, k, v)),
-        Err(v) => Err((from_flex(q), from_flex(k), v)),
-    }
-}
-
-/// A raw pointer shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every task writes only its own (batch, head) block of the output.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer `offset` elements on (a method, so closures capture the whole wrapper).
-    ///
-    /// # Safety
-    /// `offset` must stay inside the allocation.
-    unsafe fn add(self, offset: usize) -> *mut f32 {
-        unsafe { self.0.add(offset) }
-    }
-}
-
 fn fused(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, batch: usize, heads: usize) -> FlexTensor {
     let shape = q.layout().shape().clone();
     let (rows, width) = (shape[0], shape[1]);
     let (n, hd) = (rows / batch, width / heads);
     let (q, k, v) = (values(q), values(k), values(v));
     let mut out = FlexTensor::empty(shape, DType::F32);
-    let dst = SharedOut(out.storage_mut::<f32>().as_mut_ptr());
+    let dst = SharedMut(out.storage_mut::<f32>().as_mut_ptr());
     let scale = (hd as f32).powf(-0.5);
     let (row_stride, n_i, hd_i) = (width as isize, n as isize, 1isize);
     (0..batch * heads).into_par_iter().for_each_init(

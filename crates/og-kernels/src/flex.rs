@@ -52,6 +52,52 @@ pub(crate) fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, 
     Tensor::from_primitive(TensorPrimitive::Float(cast(t)))
 }
 
+/// Every tensor converted by `convert`, or, as soon as one is refused, all of them back
+/// unchanged for the caller's fallback.
+pub(crate) fn convert_all<B: Backend, const D: usize, const N: usize>(
+    tensors: [Tensor<B, D>; N],
+    convert: fn(Tensor<B, D>) -> Result<FlexTensor, Tensor<B, D>>,
+) -> Result<[FlexTensor; N], [Tensor<B, D>; N]> {
+    let mut done: Vec<FlexTensor> = Vec::with_capacity(N);
+    let mut rest = tensors.into_iter();
+    while let Some(t) = rest.next() {
+        match convert(t) {
+            Ok(f) => done.push(f),
+            Err(t) => {
+                let back: Vec<Tensor<B, D>> = done
+                    .into_iter()
+                    .map(from_flex)
+                    .chain(std::iter::once(t))
+                    .chain(rest)
+                    .collect();
+                return Err(back
+                    .try_into()
+                    .unwrap_or_else(|_| unreachable!("N tensors")));
+            }
+        }
+    }
+    Ok(done
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("N tensors")))
+}
+
+/// A raw pointer shared by parallel tasks that write disjoint elements of one buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: the tasks sharing one pointer write disjoint elements (each user states which).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer `offset` elements on (a method, so closures capture the whole wrapper).
+    ///
+    /// # Safety
+    /// `offset` must stay inside the allocation.
+    pub(crate) unsafe fn add(self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
+    }
+}
+
 /// The contiguous f32 elements of a tensor [`to_flex`] accepted.
 pub(crate) fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>()
@@ -83,14 +129,7 @@ pub(crate) fn binary<B: Backend, const D: usize>(
     if a.dims() != b.dims() {
         return Err((a, b));
     }
-    let a = match to_flex(a) {
-        Ok(a) => a,
-        Err(a) => return Err((a, b)),
-    };
-    let b = match to_flex(b) {
-        Ok(b) => b,
-        Err(b) => return Err((from_flex(a), b)),
-    };
+    let [a, b] = convert_all([a, b], to_flex).map_err(|[a, b]| (a, b))?;
     Ok(from_flex(fill_like(&a, |out| {
         kernel(values(&a), values(&b), out)
     })))

@@ -12,7 +12,7 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{from_flex, to_flex, to_flex_view, values};
+use crate::flex::{SharedMut, convert_all, from_flex, to_flex, to_flex_view, values};
 
 /// Below this many rows the columns are split between threads.
 const SKINNY_ROWS: usize = 64;
@@ -64,14 +64,14 @@ fn try_skinny<B: Backend>(
     if rows >= SKINNY_ROWS || rows * inner * cols < SPLIT_WORK || inner != w_inner || !bias_fits {
         return Err((x, weight, bias));
     }
-    let x = match to_flex(x) {
-        Ok(x) => x,
-        Err(x) => return Err((x, weight, bias)),
-    };
-    let w = match to_flex_view(weight) {
-        Ok(w) if w.layout().has_positive_strides() => w,
-        Ok(w) => return Err((from_flex(x), from_flex(w), bias)),
-        Err(w) => return Err((from_flex(x), w, bias)),
+    let [x, w] = match convert_all([x, weight], to_flex_view) {
+        Ok([x, w])
+            if x.layout().contiguous_offsets().is_some() && w.layout().has_positive_strides() =>
+        {
+            [x, w]
+        }
+        Ok([x, w]) => return Err((from_flex(x), from_flex(w), bias)),
+        Err([x, w]) => return Err((x, w, bias)),
     };
     let b = match bias.map(to_flex) {
         None => None,
@@ -81,28 +81,11 @@ fn try_skinny<B: Backend>(
     Ok(from_flex(skinny(&x, &w, b.as_ref())))
 }
 
-/// A raw pointer shared by tasks that write disjoint columns.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-// SAFETY: every task writes only its own block of columns.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// The pointer `offset` elements on (a method, so closures capture the whole wrapper).
-    ///
-    /// # Safety
-    /// `offset` must stay inside the allocation.
-    unsafe fn add(self, offset: usize) -> *mut f32 {
-        unsafe { self.0.add(offset) }
-    }
-}
-
 fn skinny(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
     let (rows, inner) = (x.layout().shape()[0], x.layout().shape()[1]);
     let cols = w.layout().shape()[1];
     let (w_rs, w_cs) = (w.layout().strides()[0], w.layout().strides()[1]);
-    let w_ptr = SharedOut(
+    let w_ptr = SharedMut(
         // SAFETY: the layout's start offset is inside the storage.
         unsafe { w.storage::<f32>().as_ptr().add(w.layout().start_offset()) } as *mut f32,
     );
@@ -114,7 +97,7 @@ fn skinny(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTens
             .for_each(|row| row.copy_from_slice(values(b)));
     }
     let read_dst = bias.is_some();
-    let dst = SharedOut(dst.as_mut_ptr());
+    let dst = SharedMut(dst.as_mut_ptr());
     let threads = rayon::current_num_threads().max(1);
     let block = cols
         .div_ceil(threads)
@@ -124,7 +107,7 @@ fn skinny(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTens
     (0..blocks).into_par_iter().for_each(|i| {
         let start = i * block;
         let width = block.min(cols - start);
-        // SAFETY: x holds rows × inner; the weight view's elements (r, c) lie at
+        // SAFETY (also of sharing `dst`): x holds rows × inner; the weight view's elements (r, c) lie at
         // r·w_rs + c·w_cs from its start for r < inner, c < cols; the output holds rows × cols
         // and this task writes columns start..start + width only.
         unsafe {
