@@ -1,12 +1,26 @@
-//! Evaluation of OG-LLaVA: benchmark readers in their native formats and scoring.
+//! Evaluation of OG-LLaVA on the benchmarks of the paper's Table 1, from their public files.
 //!
-//! - [`bench`]: ARO's VG-Relation / VG-Attribution / COCO-Order JSON and MMVP's
-//!   `Questions.csv`, read into multiple-choice [`Item`]s (errors name the file and the row).
-//! - [`score`]: log-likelihood ranking of the options with [`og_llava::OgLlava::score`], with or
-//!   without masks at inference; accuracy per benchmark and split, MMVP's pair accuracy.
+//! - [`item`]: the [`Benchmark`]s and the multiple-choice [`Item`]s read from them.
+//! - [`table`]: CSV/TSV/JSONL/JSON/parquet files as tables (errors name file, row, column).
+//! - [`readers`]: one reader per benchmark family, in the layouts users download.
+//! - [`protocol`]: the paper harness's prompts and answer extraction, likelihood ranking and
+//!   circular evaluation.
+//! - [`score`]: asking a model ([`Evaluator`]): images (ARO's crop, masks on the OG path),
+//!   option likelihoods, greedy generation.
+//! - [`metrics`]: each benchmark's headline numbers with Wilson 95% intervals.
+//! - [`run`]: a resumable run into `items.jsonl` and `results.json`.
 
-pub mod bench;
+pub mod item;
+pub mod metrics;
+pub mod protocol;
+pub mod readers;
+pub mod run;
 pub mod score;
+pub mod table;
 
-pub use bench::{Item, read_aro_attribution, read_aro_order, read_aro_relation, read_mmvp};
-pub use score::{Accuracy, EvalError, Evaluator, Results};
+pub use item::{Benchmark, ImageSource, Item};
+pub use metrics::{Share, Summary, summarize, wilson};
+pub use protocol::Protocol;
+pub use readers::{CAPTION_PROMPT, read_benchmark};
+pub use run::{RunConfig, run_benchmark};
+pub use score::{Accuracy, EvalError, Evaluator, MaskMode, Record, Results};

@@ -1,7 +1,5 @@
-//! Log-likelihood ranking: each option is scored as the assistant's answer to the item's
-//! prompt (with the image, and with its masks when a mask folder is given); the option with
-//! the highest mean log-probability per token is the model's choice. Generation with rotated
-//! options (circular evaluation) is the second way.
+//! Asking one model about items: the image (cropped, with its masks on the OG path), the
+//! prompt in the model's chat template, then option likelihoods or greedy generation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,10 +8,11 @@ use burn::tensor::backend::Backend;
 use og_llava::og_fusion::{Selection, SelectionConfig};
 use og_llava::og_llm::{ChatTokenizer, Message, Segment};
 use og_llava::og_segment::MaskSet;
-use og_llava::og_vision::ImageProcessor;
+use og_llava::og_vision::{ImageProcessor, RgbImage};
 use og_llava::{ImageInput, OgLlava, OgLlavaInput};
 
-use crate::bench::Item;
+use crate::item::{ImageSource, Item, letter};
+use crate::protocol::{Protocol, judge, likelihood_prompt, max_new_tokens, paper_prompt, rotation};
 
 /// Failures of evaluation.
 #[derive(Debug, thiserror::Error)]
@@ -28,20 +27,12 @@ pub enum EvalError {
     Format { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Input { path: PathBuf, message: String },
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Model(#[from] og_llava::ModelError),
     #[error(transparent)]
     Llm(#[from] og_llava::og_llm::LlmError),
-}
-
-/// Under rotation `r` of `n` options, the option shown at position `k`.
-pub fn rotated_option(k: usize, r: usize, n: usize) -> usize {
-    (k + r) % n
-}
-
-/// Under rotation `r` of `n` options, the position where option `option` is shown.
-pub fn rotated_position(option: usize, r: usize, n: usize) -> usize {
-    (option + n - r % n) % n
 }
 
 /// Correct out of total.
@@ -62,13 +53,55 @@ impl Accuracy {
     }
 }
 
-/// Accuracy per benchmark and split (`all` plus each split named in the files), MMVP pairs
-/// (both images of a pair right), and every prediction.
+/// Accuracy per benchmark (`<name>` for likelihood ranking, `<name>@gen` for circular
+/// generation) and split (`all` plus each split named in the files), MMVP pairs, and every
+/// likelihood choice.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Results {
     pub accuracy: BTreeMap<String, BTreeMap<String, Accuracy>>,
     pub mmvp_pairs: Option<Accuracy>,
     pub predictions: Vec<usize>,
+}
+
+impl Results {
+    fn add(&mut self, key: String, item: &Item, ok: bool) {
+        let b = self.accuracy.entry(key).or_default();
+        b.entry("all".into()).or_default().add(ok);
+        if let Some(s) = &item.split {
+            b.entry(s.clone()).or_default().add(ok);
+        }
+    }
+}
+
+/// One item's outcome, a line of `items.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub category: Option<String>,
+    /// The right answer: option letter, or `Yes`/`No` (MME).
+    pub gold: String,
+    /// What the answer was read as (letters of the file's option order; circular: one per
+    /// rotation, joined by `,`, each naming the original option).
+    pub prediction: String,
+    pub correct: bool,
+    /// Likelihood: the mean log-probability per token of each option.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Vec<f64>>,
+    /// Paper and circular: the generated text of each rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<Vec<String>>,
+}
+
+/// Where masks come from at evaluation.
+#[derive(Debug, Clone, Default)]
+pub enum MaskMode {
+    /// The plain LLaVA path (what the paper reports).
+    #[default]
+    None,
+    /// `<dir>/<image name>.json` (COCO RLE) for every image; a missing file is an error.
+    Folder(PathBuf),
+    /// Fixed sliding windows over the patch grid (the paper's ablation).
+    Windows(og_llava::og_fusion::Windows),
 }
 
 /// Scores items with one model.
@@ -77,9 +110,54 @@ pub struct Evaluator<'a, B: Backend> {
     pub tokenizer: &'a ChatTokenizer,
     pub processor: &'a ImageProcessor,
     pub selection: SelectionConfig,
-    /// Group images by sliding windows instead of masks (when a mask folder is not given).
-    pub windows: Option<og_llava::og_fusion::Windows>,
+    pub masks: MaskMode,
     pub device: B::Device,
+}
+
+/// ARO's crop (PIL's `Image.crop`): the box cut out, parts outside the image black.
+pub fn crop(image: &RgbImage, [x, y, w, h]: [f64; 4]) -> RgbImage {
+    let (x0, y0) = (x.round() as i64, y.round() as i64);
+    let (w, h) = (
+        (w.round() as i64).max(1) as u32,
+        (h.round() as i64).max(1) as u32,
+    );
+    RgbImage::from_fn(w, h, |i, j| {
+        let (sx, sy) = (x0 + i as i64, y0 + j as i64);
+        if sx >= 0 && sy >= 0 && (sx as u32) < image.width() && (sy as u32) < image.height() {
+            *image.get_pixel(sx as u32, sy as u32)
+        } else {
+            image::Rgb([0, 0, 0])
+        }
+    })
+}
+
+/// The item's image decoded (and cropped where the benchmark says).
+pub fn load_image(item: &Item) -> Result<RgbImage, EvalError> {
+    let decoded = match &item.image {
+        ImageSource::File(p) => og_llava::og_vision::load_rgb(p).map_err(|e| EvalError::Input {
+            path: p.clone(),
+            message: e.to_string(),
+        })?,
+        ImageSource::Bytes(b) => {
+            let name = PathBuf::from(format!(
+                "{} item {}: {}",
+                item.bench, item.id, item.image_name
+            ));
+            og_llava::og_vision::decode_rgb(b, &name).map_err(|e| EvalError::Input {
+                path: name,
+                message: e.to_string(),
+            })?
+        }
+    };
+    Ok(match item.crop {
+        Some(b) => crop(&decoded, b),
+        None => decoded,
+    })
+}
+
+/// The mask file of an item's image under a mask folder.
+pub fn mask_file(dir: &Path, item: &Item) -> PathBuf {
+    dir.join(&item.image_name).with_extension("json")
 }
 
 impl<B: Backend> Evaluator<'_, B> {
@@ -99,81 +177,69 @@ impl<B: Backend> Evaluator<'_, B> {
         Ok(ids)
     }
 
-    /// The image's input: pixel values and, with a mask folder, its groups
-    /// (`<masks>/<image without extension>.json`; an image without a mask file takes the
-    /// plain path).
-    fn image(
+    fn selection(
         &self,
         item: &Item,
-        images: &Path,
-        masks: Option<&Path>,
-    ) -> Result<ImageInput<B>, EvalError> {
-        let path = images.join(&item.image);
-        let image = og_llava::og_vision::load_rgb(&path).map_err(|e| EvalError::Input {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        image: &RgbImage,
+        frame: &og_llava::og_vision::Frame,
+    ) -> Result<Option<Selection>, EvalError> {
+        let input_err = |path: PathBuf| move |e: String| EvalError::Input { path, message: e };
+        match &self.masks {
+            MaskMode::None => Ok(None),
+            MaskMode::Windows(w) => {
+                let g = self.model.vision.grid();
+                Selection::from_windows((g, g), *w)
+                    .map(Some)
+                    .map_err(|e| input_err(PathBuf::from(&item.image_name))(e.to_string()))
+            }
+            MaskMode::Folder(dir) => {
+                let file = mask_file(dir, item);
+                if !file.is_file() {
+                    return Err(EvalError::Input {
+                        path: file,
+                        message: format!(
+                            "no mask file for image {} (item {})",
+                            item.image_name, item.id
+                        ),
+                    });
+                }
+                let m = MaskSet::read_coco_json(&file)
+                    .map_err(|e| input_err(file.clone())(e.to_string()))?;
+                m.expect_size(image.width() as usize, image.height() as usize)
+                    .map_err(|e| input_err(file.clone())(e.to_string()))?;
+                Selection::from_masks(&m, frame, &self.selection)
+                    .map(Some)
+                    .map_err(|e| input_err(file.clone())(e.to_string()))
+            }
+        }
+    }
+
+    /// The image's model input: pixel values and, on the OG path, its groups.
+    pub fn image(&self, item: &Item) -> Result<ImageInput<B>, EvalError> {
+        let image = load_image(item)?;
         let (pixel_values, frame) = self
             .processor
             .pixel_values::<B>(&image, &self.device)
             .map_err(|e| EvalError::Input {
-                path: path.clone(),
+                path: PathBuf::from(&item.image_name),
                 message: e.to_string(),
             })?;
-        let selection = match masks {
-            None => match self.windows {
-                Some(w) => {
-                    let g = self.model.vision.grid();
-                    Some(
-                        Selection::from_windows((g, g), w).map_err(|e| EvalError::Input {
-                            path: path.clone(),
-                            message: e.to_string(),
-                        })?,
-                    )
-                }
-                None => None,
-            },
-            Some(root) => {
-                let file = root.join(&item.image).with_extension("json");
-                if file.is_file() {
-                    let m = MaskSet::read_coco_json(&file).map_err(|e| EvalError::Input {
-                        path: file.clone(),
-                        message: e.to_string(),
-                    })?;
-                    m.expect_size(image.width() as usize, image.height() as usize)
-                        .map_err(|e| EvalError::Input {
-                            path: file.clone(),
-                            message: e.to_string(),
-                        })?;
-                    Some(
-                        Selection::from_masks(&m, &frame, &self.selection).map_err(|e| {
-                            EvalError::Input {
-                                path: file.clone(),
-                                message: e.to_string(),
-                            }
-                        })?,
-                    )
-                } else {
-                    None
-                }
-            }
-        };
+        let selection = self.selection(item, &image, &frame)?;
         Ok(ImageInput {
             pixel_values,
             selection,
         })
     }
 
-    /// The index of the option the model prefers.
-    pub fn choose(
+    /// Log-likelihood of each option as the answer to [`likelihood_prompt`].
+    pub fn option_scores(
         &self,
         item: &Item,
-        images: &Path,
-        masks: Option<&Path>,
-    ) -> Result<usize, EvalError> {
+        image: ImageInput<B>,
+    ) -> Result<Vec<og_llava::og_llm::Score>, EvalError> {
         let prompt = OgLlavaInput {
-            token_ids: self.prompt_ids(&item.prompt)?,
-            images: vec![self.image(item, images, masks)?],
+            token_ids: self.prompt_ids(&likelihood_prompt(item))?,
+            images: vec![image],
         };
         let eos = self.tokenizer.eos_id();
         let candidates: Vec<Vec<u32>> = item
@@ -185,103 +251,123 @@ impl<B: Backend> Evaluator<'_, B> {
                 Ok(ids)
             })
             .collect::<Result<_, og_llava::og_llm::LlmError>>()?;
-        let scores = self.model.score(&prompt, &candidates)?;
-        Ok(scores
+        Ok(self.model.score(&prompt, &candidates)?)
+    }
+
+    /// Greedy answer to `prompt` about the image.
+    pub fn generate(
+        &self,
+        image: ImageInput<B>,
+        prompt: &str,
+        max_new_tokens: usize,
+    ) -> Result<String, EvalError> {
+        let input = OgLlavaInput {
+            token_ids: self.prompt_ids(prompt)?,
+            images: vec![image],
+        };
+        let cfg = og_llava::og_llm::GenerationConfig {
+            max_new_tokens,
+            eos_token_ids: self.tokenizer.eos_id().into_iter().collect(),
+            ..Default::default()
+        };
+        let ids = self.model.generate(&input, &cfg, |_| {})?;
+        Ok(self.tokenizer.decode(&ids, true)?)
+    }
+
+    /// The index of the option the model finds most likely.
+    pub fn choose(&self, item: &Item) -> Result<(usize, Vec<f64>), EvalError> {
+        let scores: Vec<f64> = self
+            .option_scores(item, self.image(item)?)?
+            .iter()
+            .map(|s| s.mean)
+            .collect();
+        let best = scores
             .iter()
             .enumerate()
-            .max_by(|a, b| a.1.mean.total_cmp(&b.1.mean))
+            .max_by(|a, b| a.1.total_cmp(b.1))
             .map(|(i, _)| i)
-            .unwrap_or(0))
+            .unwrap_or(0);
+        Ok((best, scores))
     }
 
-    /// Generation with rotated options (MMBench's circular evaluation): the options are listed
-    /// as `(a) … (b) …` in the prompt, rotated once per position; the model answers greedily
-    /// and the first option letter in its answer is its choice. Returns, per rotation, whether
-    /// the choice was right. An item counts as right only when every rotation is.
-    pub fn generate_rotations(
+    /// One item under a protocol. `max_new` overrides the benchmark's generation budget.
+    pub fn answer(
         &self,
         item: &Item,
-        images: &Path,
-        masks: Option<&Path>,
-    ) -> Result<Vec<bool>, EvalError> {
-        let n = item.options.len();
-        let letters: Vec<char> = ('a'..='z').take(n).collect();
-        let image = self.image(item, images, masks)?;
-        let eos: Vec<u32> = self.tokenizer.eos_id().into_iter().collect();
-        let mut out = Vec::with_capacity(n);
-        for r in 0..n {
-            // Position k shows option (k + r) mod n.
-            let listed: Vec<String> = (0..n)
-                .map(|k| format!("({}) {}", letters[k], item.options[rotated_option(k, r, n)]))
-                .collect();
-            let prompt = format!(
-                "{}\n{}\nanswer with the option's letter.",
-                item.prompt,
-                listed.join("\n")
-            );
-            let input = OgLlavaInput {
-                token_ids: self.prompt_ids(&prompt)?,
-                images: vec![image.clone()],
-            };
-            let cfg = og_llava::og_llm::GenerationConfig {
-                max_new_tokens: 4,
-                eos_token_ids: eos.clone(),
-                ..Default::default()
-            };
-            let ids = self.model.generate(&input, &cfg, |_| {})?;
-            let text = self.tokenizer.decode(&ids, true)?;
-            let chosen = text
-                .split(|c: char| !c.is_ascii_alphanumeric())
-                .find(|w| w.len() == 1)
-                .and_then(|w| letters.iter().position(|&l| w.starts_with(l)));
-            out.push(chosen == Some(rotated_position(item.answer, r, n)));
+        protocol: Protocol,
+        max_new: Option<usize>,
+    ) -> Result<Record, EvalError> {
+        let multiple_choice = item.options.len() >= 2;
+        if protocol != Protocol::Paper
+            && (!multiple_choice || item.bench.is_yes_no() && protocol == Protocol::Circular)
+        {
+            return Err(EvalError::Usage(format!(
+                "{} item {}: the {protocol} protocol needs multiple-choice options{}",
+                item.bench,
+                item.id,
+                if item.bench.is_yes_no() {
+                    " (MME is Yes/No: use paper or likelihood)"
+                } else {
+                    " (none could be read from the question)"
+                }
+            )));
         }
-        Ok(out)
-    }
-
-    /// [`Evaluator::generate_rotations`] over every item: accuracy under `<bench>@gen`, an
-    /// item right only when all its rotations are.
-    pub fn evaluate_generation(
-        &self,
-        items: &[Item],
-        images: &Path,
-        masks: Option<&Path>,
-    ) -> Result<Results, EvalError> {
-        let mut r = Results::default();
-        for item in items {
-            let all = self
-                .generate_rotations(item, images, masks)?
-                .iter()
-                .all(|&ok| ok);
-            let b = r.accuracy.entry(format!("{}@gen", item.bench)).or_default();
-            b.entry("all".into()).or_default().add(all);
-            if let Some(s) = &item.split {
-                b.entry(s.clone()).or_default().add(all);
+        let mut record = Record {
+            id: item.id.clone(),
+            category: item.category.clone(),
+            gold: item.gold(),
+            prediction: String::new(),
+            correct: false,
+            scores: None,
+            generated: None,
+        };
+        match protocol {
+            Protocol::Likelihood => {
+                let (best, scores) = self.choose(item)?;
+                record.prediction = if item.bench.is_yes_no() {
+                    item.options[best].clone()
+                } else {
+                    letter(best).to_string()
+                };
+                record.correct = best == item.answer;
+                record.scores = Some(scores);
+            }
+            Protocol::Paper | Protocol::Circular => {
+                let n = item.options.len();
+                let rotations = if protocol == Protocol::Circular { n } else { 1 };
+                let image = self.image(item)?;
+                let budget = max_new.unwrap_or_else(|| max_new_tokens(item.bench));
+                let (mut preds, mut texts, mut all) = (Vec::new(), Vec::new(), true);
+                for r in 0..rotations {
+                    let order = if n == 0 { Vec::new() } else { rotation(n, r) };
+                    let text = self.generate(image.clone(), &paper_prompt(item, &order), budget)?;
+                    let j = judge(item, &order, &text);
+                    all &= j.correct;
+                    preds.push(original_letter(&j.prediction, &order));
+                    texts.push(text);
+                }
+                record.prediction = preds.join(",");
+                record.correct = all;
+                record.generated = Some(texts);
             }
         }
-        Ok(r)
+        Ok(record)
     }
 
-    /// Scores every item; `on_item(done, total)` reports progress.
+    /// Likelihood ranking over items: accuracy under each item's benchmark name, MMVP pairs.
     pub fn evaluate(
         &self,
         items: &[Item],
-        images: &Path,
-        masks: Option<&Path>,
         mut on_item: impl FnMut(usize, usize),
     ) -> Result<Results, EvalError> {
         let mut r = Results::default();
-        let mut pairs: BTreeMap<usize, bool> = BTreeMap::new();
+        let mut pairs: BTreeMap<String, bool> = BTreeMap::new();
         for (k, item) in items.iter().enumerate() {
-            let choice = self.choose(item, images, masks)?;
+            let (choice, _) = self.choose(item)?;
             let ok = choice == item.answer;
-            let b = r.accuracy.entry(item.bench.clone()).or_default();
-            b.entry("all".into()).or_default().add(ok);
-            if let Some(s) = &item.split {
-                b.entry(s.clone()).or_default().add(ok);
-            }
-            if let Some(p) = item.pair {
-                *pairs.entry(p).or_insert(true) &= ok;
+            r.add(item.bench.name().to_string(), item, ok);
+            if let (Some(p), crate::Benchmark::Mmvp) = (&item.group, item.bench) {
+                *pairs.entry(p.clone()).or_insert(true) &= ok;
             }
             r.predictions.push(choice);
             on_item(k + 1, items.len());
@@ -295,6 +381,26 @@ impl<B: Backend> Evaluator<'_, B> {
         }
         Ok(r)
     }
+
+    /// Circular generation over items: accuracy under `<name>@gen`, an item right only when
+    /// every rotation is.
+    pub fn evaluate_generation(&self, items: &[Item]) -> Result<Results, EvalError> {
+        let mut r = Results::default();
+        for item in items {
+            let rec = self.answer(item, Protocol::Circular, None)?;
+            r.add(format!("{}@gen", item.bench.name()), item, rec.correct);
+        }
+        Ok(r)
+    }
+}
+
+/// A letter read under `order`, renamed to the option's letter in the file's order (Yes/No and
+/// empty readings pass through).
+fn original_letter(prediction: &str, order: &[usize]) -> String {
+    match crate::item::letter_index(prediction) {
+        Some(k) if prediction.trim().len() == 1 && k < order.len() => letter(order[k]).to_string(),
+        _ => prediction.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -302,23 +408,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rotations_put_every_option_everywhere_once() {
-        for n in 2..6 {
-            for option in 0..n {
-                let mut seen = vec![false; n];
-                for r in 0..n {
-                    let k = rotated_position(option, r, n);
-                    assert_eq!(rotated_option(k, r, n), option);
-                    assert!(!seen[k]);
-                    seen[k] = true;
-                }
-                assert!(seen.iter().all(|&s| s));
-            }
-        }
-        let mut a = Accuracy::default();
-        a.add(true);
-        a.add(false);
-        assert_eq!((a.correct, a.total), (1, 2));
-        assert!((a.value() - 0.5).abs() < 1e-12);
+    fn crop_cuts_like_pil_with_black_outside() {
+        let img = RgbImage::from_fn(4, 3, |x, y| image::Rgb([x as u8, y as u8, 7]));
+        let c = crop(&img, [2.0, 1.0, 3.0, 2.0]);
+        assert_eq!(c.dimensions(), (3, 2));
+        assert_eq!(*c.get_pixel(0, 0), image::Rgb([2, 1, 7]));
+        assert_eq!(*c.get_pixel(1, 1), image::Rgb([3, 2, 7]));
+        assert_eq!(*c.get_pixel(2, 0), image::Rgb([0, 0, 0]));
+        assert_eq!(original_letter("B", &[2, 0, 1]), "A");
+        assert_eq!(original_letter("Yes", &[0, 1]), "Yes");
+        assert_eq!(original_letter("", &[0, 1]), "");
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use og_eval::{Evaluator, Item, Results};
+use og_eval::{Benchmark, Evaluator, Item, MaskMode, Results};
 use og_llava::og_fusion::{Delimiter, SelectionConfig, Windows};
 use og_llava::og_llm::{ChatTokenizer, LlamaConfig, LoraConfig, Message};
 use og_llava::og_vision::ImageProcessor;
@@ -354,10 +354,12 @@ pub fn prepare_base<B: AutodiffBackend>(
     let text =
         std::fs::read_to_string(world_dir.join("text.txt")).map_err(step_err("tokenizer"))?;
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    // The evaluation texts' words, so no option contains an unknown word (only the vocabulary
-    // is learned from them).
+    // The evaluation texts' words (questions, options, the generation prompts), so no
+    // evaluation prompt holds an unknown word (only the vocabulary is learned from them).
     for it in read_eval(&world_dir)? {
-        lines.push(it.prompt.clone());
+        let order: Vec<usize> = (0..it.options.len()).collect();
+        lines.push(og_eval::protocol::paper_prompt(&it, &order));
+        lines.push(it.question.clone());
         lines.extend(it.options.iter().cloned());
     }
     let llm_dir = out.join("llm");
@@ -607,32 +609,33 @@ pub fn run<B: AutodiffBackend>(
                 .map_err(step_err("evaluation"))?;
         model.llm = model.llm.merge_lora();
         for with_masks in [false, true] {
-            let ev = Evaluator {
-                model: &model,
-                tokenizer: &tok,
-                processor: &eval_processor,
-                selection: arm.selection.clone(),
-                windows: if with_masks { arm.windows } else { None },
-                device: device.clone(),
-            };
             // Masks at inference: the arm's own kind (ground truth for the baseline).
             let source = match arm.masks {
                 MaskSource::None => MaskSource::GroundTruth,
                 m => m,
             };
             let mut results = Results::default();
-            for (items, images, masks) in eval_sets(&world_dir, &eval_items, source) {
-                let masks = if with_masks && arm.windows.is_none() {
-                    masks
-                } else {
-                    None
+            for (items, masks) in eval_sets(&world_dir, &eval_items, source) {
+                let masks = match (with_masks, arm.windows, masks) {
+                    (false, _, _) => MaskMode::None,
+                    (true, Some(w), _) => MaskMode::Windows(w),
+                    (true, None, Some(dir)) => MaskMode::Folder(dir),
+                    (true, None, None) => MaskMode::None,
+                };
+                let ev = Evaluator {
+                    model: &model,
+                    tokenizer: &tok,
+                    processor: &eval_processor,
+                    selection: arm.selection.clone(),
+                    masks,
+                    device: device.clone(),
                 };
                 let r = ev
-                    .evaluate(&items, &images, masks.as_deref(), |_, _| {})
+                    .evaluate(&items, |_, _| {})
                     .map_err(step_err("evaluation"))?;
                 if cfg.generation_eval {
                     let g = ev
-                        .evaluate_generation(&items, &images, masks.as_deref())
+                        .evaluate_generation(&items)
                         .map_err(step_err("evaluation"))?;
                     results.accuracy.extend(g.accuracy);
                 }
@@ -674,45 +677,45 @@ pub fn run<B: AutodiffBackend>(
 
 /// Every evaluation item of a world (ARO files and MMVP).
 fn read_eval(world: &Path) -> Result<Vec<Item>, ExperimentError> {
-    let mut v = og_eval::read_aro_relation(world.join("eval/vg_relation.json"))
-        .map_err(step_err("evaluation"))?;
-    v.extend(
-        og_eval::read_aro_attribution(world.join("eval/vg_attribution.json"))
-            .map_err(step_err("evaluation"))?,
-    );
-    v.extend(
-        og_eval::read_aro_order(world.join("eval/coco_order.json"))
-            .map_err(step_err("evaluation"))?,
-    );
-    v.extend(og_eval::read_mmvp(world.join("eval/mmvp")).map_err(step_err("evaluation"))?);
+    let images = world.join("images");
+    let mut v = Vec::new();
+    for (bench, file) in [
+        (Benchmark::AroVgr, "eval/vg_relation.json"),
+        (Benchmark::AroVga, "eval/vg_attribution.json"),
+        (Benchmark::AroCocoOrder, "eval/coco_order.json"),
+        (Benchmark::Mmvp, "eval/mmvp"),
+    ] {
+        v.extend(
+            og_eval::read_benchmark(bench, &world.join(file), Some(&images))
+                .map_err(step_err("evaluation"))?,
+        );
+    }
     Ok(v)
 }
 
-/// Items grouped by where their images and masks live (MMVP has ground-truth masks only).
-fn eval_sets(
-    world: &Path,
-    items: &[Item],
-    masks: MaskSource,
-) -> Vec<(Vec<Item>, PathBuf, Option<PathBuf>)> {
-    let (mmvp, aro): (Vec<Item>, Vec<Item>) =
-        items.iter().cloned().partition(|i| i.bench == "mmvp");
+/// Items grouped by where their masks live (MMVP has ground-truth masks only).
+fn eval_sets(world: &Path, items: &[Item], masks: MaskSource) -> Vec<(Vec<Item>, Option<PathBuf>)> {
+    let (mmvp, aro): (Vec<Item>, Vec<Item>) = items
+        .iter()
+        .cloned()
+        .partition(|i| i.bench == Benchmark::Mmvp);
     vec![
-        (aro, world.join("images"), mask_dir(world, masks)),
-        (mmvp, world.join("eval/mmvp"), Some(world.join("eval/mmvp"))),
+        (aro, mask_dir(world, masks)),
+        (mmvp, Some(world.join("eval/mmvp"))),
     ]
 }
 
 /// Columns of the results table: (benchmark, split, header).
 const COLUMNS: &[(&str, &str, &str)] = &[
-    ("vg_relation", "all", "relation"),
-    ("vg_relation", "heldout", "rel.held"),
-    ("vg_attribution", "all", "attribution"),
-    ("vg_attribution", "heldout", "attr.held"),
-    ("coco_order", "all", "order"),
+    ("aro-vgr", "all", "relation"),
+    ("aro-vgr", "heldout", "rel.held"),
+    ("aro-vga", "all", "attribution"),
+    ("aro-vga", "heldout", "attr.held"),
+    ("aro-coco-order", "all", "order"),
     ("mmvp", "all", "mmvp"),
-    ("vg_relation@gen", "all", "rel@gen"),
-    ("vg_attribution@gen", "all", "attr@gen"),
-    ("coco_order@gen", "all", "order@gen"),
+    ("aro-vgr@gen", "all", "rel@gen"),
+    ("aro-vga@gen", "all", "attr@gen"),
+    ("aro-coco-order@gen", "all", "order@gen"),
     ("mmvp@gen", "all", "mmvp@gen"),
 ];
 
@@ -794,11 +797,8 @@ mod tests {
         assert_eq!(r.evaluations.len(), 4);
         // Both scorings ran: likelihood ranking and generation with rotated options.
         let acc = &r.evaluations[0].results.accuracy;
-        assert!(acc.contains_key("vg_relation") && acc.contains_key("vg_relation@gen"));
-        assert_eq!(
-            acc["vg_relation"]["all"].total,
-            acc["vg_relation@gen"]["all"].total
-        );
+        assert!(acc.contains_key("aro-vgr") && acc.contains_key("aro-vgr@gen"));
+        assert_eq!(acc["aro-vgr"]["all"].total, acc["aro-vgr@gen"]["all"].total);
         assert_eq!(r.stages.len(), 4);
         for s in &r.stages {
             let (first, last) = (s.first_loss.unwrap(), s.last_loss.unwrap());

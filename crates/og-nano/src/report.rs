@@ -186,14 +186,10 @@ pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, Expe
     html += &crate::experiment::table(report);
     html += "</pre>";
     for (bench, split, title) in [
-        ("vg_relation", "all", "VG-Relation-like"),
-        ("vg_attribution", "all", "VG-Attribution-like"),
-        (
-            "vg_attribution",
-            "heldout",
-            "VG-Attribution, held-out pairs",
-        ),
-        ("coco_order", "all", "COCO-Order-like"),
+        ("aro-vgr", "all", "VG-Relation-like"),
+        ("aro-vga", "all", "VG-Attribution-like"),
+        ("aro-vga", "heldout", "VG-Attribution, held-out pairs"),
+        ("aro-coco-order", "all", "COCO-Order-like"),
         ("mmvp", "all", "MMVP-like"),
     ] {
         html += &bar_chart(report, bench, split, title);

@@ -1,6 +1,7 @@
 //! The image side of OG-LLaVA.
 //!
-//! - [`load_rgb`]: decode PNG/JPEG/WebP/GIF/BMP/TIFF into RGB8 with typed errors.
+//! - [`load_rgb`], [`decode_rgb`]: decode PNG/JPEG/WebP/GIF/BMP/TIFF (a file or bytes) into
+//!   RGB8 with typed errors.
 //! - [`Frame`]: the geometry from an original image to the encoder input (LLaVA's
 //!   `expand2square`, shortest-side resize, centre crop), applied to images and — with area or
 //!   nearest semantics — to masks, so masks and patch features agree spatially.
@@ -27,8 +28,14 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
         path: path.to_path_buf(),
         source,
     })?;
-    let decoded = image::load_from_memory(&bytes).map_err(|e| VisionError::Decode {
-        path: path.to_path_buf(),
+    decode_rgb(&bytes, path)
+}
+
+/// Decodes an encoded image held in memory (a benchmark table's image cell, a request body)
+/// into RGB8; `name` is what errors call it.
+pub fn decode_rgb(bytes: &[u8], name: &Path) -> Result<RgbImage> {
+    let decoded = image::load_from_memory(bytes).map_err(|e| VisionError::Decode {
+        path: name.to_path_buf(),
         message: e.to_string(),
     })?;
     if decoded.width() == 0 || decoded.height() == 0 {
