@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `aro-vgr`, `aro-vga` | ARO's `visual_genome_{relation,attribution}.json` (images under `--images`, default `<json dir>/images`), or the Hugging Face parquet (`image`, `true_caption`, `false_caption`) | ARO's JSON crops each image to `bbox_x/y/w/h` |
 //! | `aro-coco-order`, `aro-flickr-order` | the Hugging Face parquet (`images`/`image`, `correct_caption`, `hard_text_1..4`) or a JSON of `caption_options` (first right) | |
-//! | `conme` | a folder of CSVs or one CSV (`image`, `question`, `answer`) as the paper's harness reads them; images under `--images`, default the folder | options are parsed from the question's `A.`/`(A)` lines |
+//! | `conme` | a folder of CSVs or one CSV (`image`, `question`, `answer`) as the paper's harness reads them; images under `--images`, default the CSV folder's parent | options are parsed from the question's `A.`/`(A)` lines |
 //! | `mmvp` | the folder with `Questions.csv` and `MMVP Images/<Index>.jpg` | |
 //! | `cvbench` | `test.jsonl` (+ `img/`) or the parquet files | |
 //! | `ai2d` | lmms-lab's parquet (`question`, `options`, `answer` index, `image`) | |
@@ -257,14 +257,13 @@ fn read_conme(data: &Path, images: Option<&Path>) -> Result<Vec<Item>, EvalError
     } else {
         vec![data.to_path_buf()]
     };
-    let root = image_root(
-        images,
-        if data.is_dir() {
-            data.to_path_buf()
-        } else {
-            parent(data)
-        },
-    );
+    // The harness's layout: `<root>/data/*.csv`, image paths relative to `<root>`.
+    let csv_dir = if data.is_dir() {
+        data.to_path_buf()
+    } else {
+        parent(data)
+    };
+    let root = image_root(images, parent(&csv_dir));
     let mut items = Vec::new();
     for file in files {
         let t = Table::read(&file)?;
