@@ -76,6 +76,28 @@ pub struct Summary {
     pub by_category: BTreeMap<String, Share>,
 }
 
+impl Summary {
+    /// The number Table 1 reports, and what it is: ARO VG-R/VG-A macro accuracy (where the
+    /// file names relations or attributes), CV-Bench's overall, MME's perception score,
+    /// MMBench's circular accuracy where the file carries circular copies, else accuracy;
+    /// accuracies in %.
+    pub fn headline(&self) -> (f64, &'static str) {
+        let pct = |k: &str| self.metrics.get(k).map(|v| 100.0 * v);
+        let named = |k: &'static str, label: &'static str| pct(k).map(|v| (v, label));
+        match self.benchmark.as_str() {
+            "aro-vgr" | "aro-vga" => named("macro_accuracy", "macro accuracy %"),
+            "cvbench" => named("overall", "overall accuracy %"),
+            "mme" => self
+                .metrics
+                .get("perception")
+                .map(|&v| (v, "perception score")),
+            "mmbench" => named("circular_accuracy", "circular accuracy %"),
+            _ => None,
+        }
+        .unwrap_or((100.0 * self.accuracy, "accuracy %"))
+    }
+}
+
 /// MME's perception categories (the rest are cognition).
 pub const MME_PERCEPTION: [&str; 10] = [
     "existence",

@@ -12,7 +12,8 @@
 //! | `mmstar` | the parquet (`index`, `question` with `Options: A: …`, `answer`, `category`) | |
 //! | `mmbench` | OpenCompass's TSV (base64 `image`, `hint`, `A`–`E`) or lmms-lab's parquet | |
 //!
-//! A parquet `--data` may be one file or a folder of shards.
+//! A parquet `--data` may be one file or a folder of shards; a folder holding a release's file
+//! (ARO's JSON, `test.jsonl`, the TSV, CONME's `data/`) stands for that file.
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +37,7 @@ pub fn read_benchmark(
             data.display()
         )));
     }
+    let data = &resolve(bench, data)?;
     match bench {
         Benchmark::AroVgr | Benchmark::AroVga => read_aro_vg(bench, data, images),
         Benchmark::AroCocoOrder | Benchmark::AroFlickrOrder => read_aro_order(bench, data, images),
@@ -47,6 +49,42 @@ pub fn read_benchmark(
         Benchmark::MmStar => read_mmstar(&open_table(data)?),
         Benchmark::MmBench => read_mmbench(&open_table(data)?),
     }
+}
+
+/// A folder given as `--data` stands for the file the benchmark's release puts in it (ARO's
+/// JSON, CV-Bench's `test.jsonl`, MMBench's TSV, CONME's `data/`); otherwise its parquet
+/// shards (or, for MMVP, `Questions.csv`) are read.
+fn resolve(bench: Benchmark, data: &Path) -> Result<PathBuf, EvalError> {
+    if !data.is_dir() {
+        return Ok(data.to_path_buf());
+    }
+    let names: &[&str] = match bench {
+        Benchmark::AroVgr => &["visual_genome_relation.json"],
+        Benchmark::AroVga => &["visual_genome_attribution.json"],
+        Benchmark::AroCocoOrder => &["coco_order.json"],
+        Benchmark::AroFlickrOrder => &["flickr_order.json"],
+        Benchmark::CvBench => &["test.jsonl"],
+        Benchmark::Conme => &["data"],
+        _ => &[],
+    };
+    if let Some(p) = names.iter().map(|n| data.join(n)).find(|p| p.exists()) {
+        return Ok(p);
+    }
+    if bench == Benchmark::MmBench {
+        let mut tsv: Vec<PathBuf> = std::fs::read_dir(data)
+            .map_err(|source| EvalError::Io {
+                path: data.to_path_buf(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("tsv"))
+            .collect();
+        tsv.sort();
+        if let Some(first) = tsv.into_iter().next() {
+            return Ok(first);
+        }
+    }
+    Ok(data.to_path_buf())
 }
 
 /// A table file, or a folder of parquet shards.

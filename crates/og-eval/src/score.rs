@@ -111,6 +111,9 @@ pub struct Evaluator<'a, B: Backend> {
     pub processor: &'a ImageProcessor,
     pub selection: SelectionConfig,
     pub masks: MaskMode,
+    /// Tokens that end an answer (the chat's end of turn first): any of them stops
+    /// generation; the first closes each option scored by likelihood.
+    pub stop_ids: Vec<u32>,
     pub device: B::Device,
 }
 
@@ -241,13 +244,13 @@ impl<B: Backend> Evaluator<'_, B> {
             token_ids: self.prompt_ids(&likelihood_prompt(item))?,
             images: vec![image],
         };
-        let eos = self.tokenizer.eos_id();
+        let end = self.stop_ids.first().copied();
         let candidates: Vec<Vec<u32>> = item
             .options
             .iter()
             .map(|o| {
                 let mut ids = self.tokenizer.encode(o, false)?;
-                ids.extend(eos);
+                ids.extend(end);
                 Ok(ids)
             })
             .collect::<Result<_, og_llava::og_llm::LlmError>>()?;
@@ -267,7 +270,7 @@ impl<B: Backend> Evaluator<'_, B> {
         };
         let cfg = og_llava::og_llm::GenerationConfig {
             max_new_tokens,
-            eos_token_ids: self.tokenizer.eos_id().into_iter().collect(),
+            eos_token_ids: self.stop_ids.clone(),
             ..Default::default()
         };
         let ids = self.model.generate(&input, &cfg, |_| {})?;

@@ -41,6 +41,7 @@ fn option_log_likelihoods_equal_transformers() {
         processor: &processor,
         selection: Default::default(),
         masks: MaskMode::None,
+        stop_ids: tokenizer.eos_id().into_iter().collect(),
         device,
     };
     let root = fixtures().join("eval/likelihood");

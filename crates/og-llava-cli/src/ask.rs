@@ -93,23 +93,32 @@ fn preprocess<B: Backend>(
     CliError,
 > {
     let image = og_vision::load_rgb(image_path)?;
+    let processor = processor_for(model, dir, vision, frame)?;
+    let (pixel_values, frame) = processor.pixel_values::<B>(&image, device)?;
+    Ok((image, pixel_values, frame))
+}
+
+/// The image processor of a model directory: its `preprocessor_config.json`, the tower's (LLaVA-1.5
+/// layouts) or the base's (a checkpoint of ours), with LLaVA padding or CLIP's crop.
+pub(crate) fn processor_for<B: Backend>(
+    model: &OgLlava<B>,
+    dir: &std::path::Path,
+    vision: Option<&std::path::Path>,
+    frame: FrameKind,
+) -> Result<ImageProcessor, CliError> {
     let size = model.vision.image_size();
-    // The processor config sits with the model, with the tower (LLaVA-1.5 layouts), or with
-    // the base of a checkpoint of ours.
     let ours = ours_base(dir)?;
     let dir = match (&ours, vision) {
         (Some(base), _) => base.processor_dir(),
         (None, Some(v)) if !dir.join("preprocessor_config.json").is_file() => v,
         _ => dir,
     };
-    let processor = ImageProcessor::from_hf_dir(
+    Ok(ImageProcessor::from_hf_dir(
         dir,
         size,
         size / model.vision.grid(),
         matches!(frame, FrameKind::Llava),
-    )?;
-    let (pixel_values, frame) = processor.pixel_values::<B>(&image, device)?;
-    Ok((image, pixel_values, frame))
+    )?)
 }
 
 /// The base a checkpoint of ours (`og_llava.json`) builds on; `None` for other directories.
@@ -128,7 +137,7 @@ fn ours_base(dir: &std::path::Path) -> Result<Option<og_llava::BaseModel>, CliEr
 }
 
 /// Where a model directory's tokenizer lives (its base's, for a checkpoint of ours).
-fn tokenizer_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
+pub(crate) fn tokenizer_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
     Ok(match ours_base(dir)? {
         Some(base) => base.tokenizer_dir().to_path_buf(),
         None => dir.to_path_buf(),
@@ -138,7 +147,7 @@ fn tokenizer_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, CliError> 
 /// A llava-hf directory, an original LLaVA-1.5 one with its vision tower directory, a
 /// released OG-LLaVA one with its base LLM and vision tower directories, or a checkpoint of
 /// ours (`og_llava.json`, as training writes it; adapters merged).
-fn load_model<B: Backend>(
+pub(crate) fn load_model<B: Backend>(
     dir: &std::path::Path,
     vision: Option<&std::path::Path>,
     base: Option<&std::path::Path>,
@@ -175,7 +184,10 @@ fn load_model<B: Backend>(
 }
 
 /// The model directory and the image must exist.
-fn require_inputs(model: &std::path::Path, image: &std::path::Path) -> Result<(), CliError> {
+pub(crate) fn require_inputs(
+    model: &std::path::Path,
+    image: &std::path::Path,
+) -> Result<(), CliError> {
     if !model.join("og_llava.json").is_file() {
         crate::require_model_dir(model)?;
     }

@@ -1,6 +1,7 @@
 //! `og-llava`: the command line of OG-LLaVA in Rust.
 
 mod ask;
+mod eval;
 mod llm;
 mod nano;
 mod overlay;
@@ -39,6 +40,9 @@ enum Command {
     Inspect(Inspect),
     /// Ask OG-LLaVA about an image (with masks: the OG path; without: plain LLaVA), streaming.
     Ask(ask::AskArgs),
+    /// Evaluate a model on a benchmark of the paper's Table 1 (or all: --suite paper) from the
+    /// benchmark's downloaded files; resumable; writes items.jsonl and results.json.
+    Eval(eval::EvalArgs),
     /// Generate text with any HF Llama checkpoint directory, streaming it.
     Generate(GenerateArgs),
     /// Train one stage (alignment or SFT) from a run configuration; resumable.
@@ -246,6 +250,8 @@ enum CliError {
     Model(#[from] og_llava::ModelError),
     #[error(transparent)]
     Train(#[from] og_train::TrainError),
+    #[error(transparent)]
+    Eval(#[from] og_eval::EvalError),
     #[error("{0}")]
     Usage(String),
 }
@@ -266,6 +272,7 @@ fn main() -> ExitCode {
         Command::World(args) => world::run(&args),
         Command::Nano(args) => nano::run_nano(&args),
         Command::Ask(args) => ask::ask(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::DeviceCheck {
             device,
             text_hidden,

@@ -628,6 +628,7 @@ pub fn run<B: AutodiffBackend>(
                     processor: &eval_processor,
                     selection: arm.selection.clone(),
                     masks,
+                    stop_ids: tok.eos_id().into_iter().collect(),
                     device: device.clone(),
                 };
                 let r = ev

@@ -1,0 +1,284 @@
+//! `og-llava eval`: one benchmark of the paper's Table 1, or all of them (`--suite paper`),
+//! on any model `ask` loads; resumable runs into `items.jsonl` and `results.json`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use og_eval::run::RunConfig;
+use og_eval::{Benchmark, Evaluator, MaskMode, Protocol, Summary};
+use og_fusion::SelectionConfig;
+use og_llava::BackendTask;
+use og_llm::ChatTokenizer;
+
+use crate::{CliError, FrameKind, PhiKind};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Suite {
+    /// Every benchmark of the paper's Table 1.
+    Paper,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// The model: a llava-hf directory, a checkpoint of ours, or an original LLaVA-1.5 /
+    /// released OG-LLaVA one (with --vision / --base), as `ask` loads them.
+    #[arg(long)]
+    model: PathBuf,
+    /// The CLIP tower of an original LLaVA-1.5 or released OG-LLaVA checkpoint.
+    #[arg(long)]
+    vision: Option<PathBuf>,
+    /// The base Llama directory of a released OG-LLaVA checkpoint.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// aro-vgr | aro-vga | aro-coco-order | aro-flickr-order | conme | mmvp | cvbench | ai2d |
+    /// mme | mmstar | mmbench
+    #[arg(long, required_unless_present = "suite", conflicts_with = "suite")]
+    benchmark: Option<Benchmark>,
+    /// Every benchmark of a suite from one folder holding a subfolder per benchmark, named as
+    /// --benchmark names them (missing ones are skipped and listed).
+    #[arg(long, value_enum)]
+    suite: Option<Suite>,
+    /// The benchmark's downloaded file or folder (with --suite: the folder of folders).
+    #[arg(long)]
+    data: PathBuf,
+    /// The folder that image paths in the data are relative to (default: where the release
+    /// puts its images).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Output folder (with --suite: one subfolder per benchmark, plus table.md and table.html).
+    #[arg(long)]
+    out: PathBuf,
+    /// paper (the paper harness's prompts and answer extraction) | likelihood | circular
+    #[arg(long, default_value = "paper")]
+    protocol: Protocol,
+    /// Evaluate the first N items only.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// A folder of COCO RLE mask files, `<image name>.json` per image: the OG path (default:
+    /// no masks, as the paper reports). A missing file is an error.
+    #[arg(long)]
+    masks: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
+    phi: PhiKind,
+    #[arg(long, default_value_t = 0.5)]
+    alpha: f64,
+    /// Image geometry: LLaVA-1.5's pad-to-square (default) or CLIP's resize + crop.
+    #[arg(long, value_enum, default_value_t = FrameKind::Llava)]
+    frame: FrameKind,
+    /// Segment-aware 1-D RoPE for the visual tokens.
+    #[arg(long)]
+    segment_rope: bool,
+    /// Generation budget per answer (default: the benchmark's).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long, default_value = "f32")]
+    precision: og_llava::Precision,
+}
+
+/// One benchmark to run: its data and output folder.
+struct Job {
+    bench: Benchmark,
+    data: PathBuf,
+    out: PathBuf,
+}
+
+fn jobs(a: &EvalArgs) -> Vec<Job> {
+    match (a.benchmark, a.suite) {
+        (Some(bench), _) => vec![Job {
+            bench,
+            data: a.data.clone(),
+            out: a.out.clone(),
+        }],
+        (None, _) => Benchmark::ALL
+            .into_iter()
+            .map(|bench| Job {
+                bench,
+                data: a.data.join(bench.name()),
+                out: a.out.join(bench.name()),
+            })
+            .collect(),
+    }
+}
+
+/// `name 12/340 [3%] 1.9 items/s ETA 2m53s` on one line of stderr, at most once a second.
+struct Progress {
+    name: &'static str,
+    start: Instant,
+    first: Option<usize>,
+    shown: Option<Instant>,
+}
+
+impl Progress {
+    fn show(&mut self, done: usize, total: usize) {
+        let due = self.shown.is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0);
+        if !due && done < total {
+            return;
+        }
+        self.shown = Some(Instant::now());
+        let first = *self.first.get_or_insert(done);
+        let (fresh, secs) = (done - first, self.start.elapsed().as_secs_f64());
+        let rate = fresh as f64 / secs.max(1e-9);
+        let eta = if fresh > 0 {
+            let s = ((total - done) as f64 / rate).round() as u64;
+            format!("ETA {}m{:02}s", s / 60, s % 60)
+        } else {
+            "ETA --".into()
+        };
+        eprint!(
+            "\r{} {done}/{total} [{}%] {rate:.2} items/s {eta}   ",
+            self.name,
+            100 * done / total.max(1)
+        );
+        if done == total {
+            eprintln!();
+        }
+    }
+}
+
+struct Eval<'a> {
+    args: &'a EvalArgs,
+    tokenizer: ChatTokenizer,
+    stop_ids: Vec<u32>,
+}
+
+impl BackendTask for Eval<'_> {
+    type Output = Result<(), CliError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let a = self.args;
+        a.precision.apply::<B>(std::slice::from_ref(&device))?;
+        let mut model =
+            crate::ask::load_model::<B>(&a.model, a.vision.as_deref(), a.base.as_deref(), &device)?;
+        model.segment_rope = a.segment_rope;
+        let processor = crate::ask::processor_for(&model, &a.model, a.vision.as_deref(), a.frame)?;
+        let ev = Evaluator {
+            model: &model,
+            tokenizer: &self.tokenizer,
+            processor: &processor,
+            selection: SelectionConfig {
+                phi: crate::phi_of(a.phi, a.alpha, crate::AlphaUnit::Pixels),
+                ..SelectionConfig::default()
+            },
+            masks: a.masks.clone().map_or(MaskMode::None, MaskMode::Folder),
+            stop_ids: self.stop_ids.clone(),
+            device,
+        };
+        let mut done: Vec<(Benchmark, Option<Summary>)> = Vec::new();
+        for job in jobs(a) {
+            if a.suite.is_some() && !job.data.exists() {
+                eprintln!("{}: skipped ({} not found)", job.bench, job.data.display());
+                done.push((job.bench, None));
+                continue;
+            }
+            let items = og_eval::read_benchmark(job.bench, &job.data, a.images.as_deref())?;
+            let cfg = RunConfig {
+                benchmark: job.bench,
+                protocol: a.protocol,
+                out: job.out.clone(),
+                limit: a.limit,
+                max_new_tokens: a.max_new_tokens,
+            };
+            let mut progress = Progress {
+                name: job.bench.name(),
+                start: Instant::now(),
+                first: None,
+                shown: None,
+            };
+            let summary = og_eval::run_benchmark(&ev, &items, &cfg, |d, t| progress.show(d, t))?;
+            let (value, label) = summary.headline();
+            println!(
+                "{}: {value:.1} ({label}); accuracy {:.1}% [{:.1}, {:.1}] over {} items -> {}",
+                job.bench,
+                100.0 * summary.accuracy,
+                100.0 * summary.ci95[0],
+                100.0 * summary.ci95[1],
+                summary.n,
+                job.out.join("results.json").display()
+            );
+            done.push((job.bench, Some(summary)));
+        }
+        if a.suite.is_some() {
+            write_tables(&a.out, a.protocol, &done)?;
+        }
+        Ok(())
+    }
+}
+
+/// Table 1's columns as markdown (printed and written) and HTML.
+fn write_tables(
+    out: &Path,
+    protocol: Protocol,
+    rows: &[(Benchmark, Option<Summary>)],
+) -> Result<(), CliError> {
+    let mut md =
+        "| benchmark | Table 1 value | accuracy % (95% CI) | n |\n|---|---|---|---|\n".to_string();
+    let mut html = format!(
+        "<!doctype html><meta charset=\"utf-8\"><title>OG-LLaVA evaluation</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #bbb;padding:4px 10px;text-align:right}}\
+         td:first-child,th:first-child{{text-align:left}}</style>\
+         <h1>Evaluation (protocol: {protocol})</h1><table><tr><th>benchmark</th>\
+         <th>Table 1 value</th><th>what</th><th>accuracy %</th><th>95% CI</th><th>n</th></tr>"
+    );
+    for (bench, summary) in rows {
+        match summary {
+            Some(s) => {
+                let (v, label) = s.headline();
+                let (lo, hi) = (100.0 * s.ci95[0], 100.0 * s.ci95[1]);
+                md += &format!(
+                    "| {bench} | {v:.1} ({label}) | {:.1} ({lo:.1}–{hi:.1}) | {} |\n",
+                    100.0 * s.accuracy,
+                    s.n
+                );
+                html += &format!(
+                    "<tr><td>{bench}</td><td>{v:.1}</td><td>{label}</td><td>{:.1}</td>\
+                     <td>{lo:.1}–{hi:.1}</td><td>{}</td></tr>",
+                    100.0 * s.accuracy,
+                    s.n
+                );
+            }
+            None => {
+                md += &format!("| {bench} | — | not run (no data) | 0 |\n");
+                html += &format!(
+                    "<tr><td>{bench}</td><td>—</td><td colspan=\"4\">not run (no data)</td></tr>"
+                );
+            }
+        }
+    }
+    html += "</table>";
+    println!("\n{md}");
+    crate::write_output(&out.join("table.md"), md.as_bytes())?;
+    crate::write_output(&out.join("table.html"), html.as_bytes())
+}
+
+pub fn run(args: &EvalArgs) -> Result<(), CliError> {
+    if !args.model.join("og_llava.json").is_file() {
+        crate::require_model_dir(&args.model)?;
+    }
+    if !args.data.exists() {
+        return Err(CliError::Usage(format!(
+            "--data {}: not found",
+            args.data.display()
+        )));
+    }
+    let tok_dir = crate::ask::tokenizer_dir(&args.model)?;
+    let tokenizer = ChatTokenizer::from_dir(&tok_dir)?;
+    // The chat's end of turn first: it closes every likelihood candidate.
+    let mut stop_ids: Vec<u32> = tokenizer.token_id("<|eot_id|>").into_iter().collect();
+    for id in crate::llm::eos_ids(&tok_dir, &tokenizer)? {
+        if !stop_ids.contains(&id) {
+            stop_ids.push(id);
+        }
+    }
+    og_llava::dispatch(
+        crate::device_spec(args.device.as_deref())?,
+        Eval {
+            args,
+            tokenizer,
+            stop_ids,
+        },
+    )?
+}
