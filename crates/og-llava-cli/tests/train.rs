@@ -17,7 +17,7 @@ fn write_config(root: &Path, out: &str) -> PathBuf {
         "fusion": {"delimiter": "before_mask"},
         "lora": {"r": 4, "alpha": 8.0, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]},
         "data": {"json": root.join("data.json"), "images": root.join("images"),
-                 "masks": root.join("masks"), "workers": 2},
+                 "masks": root.join("masks"), "missing_masks": "plain", "workers": 2},
         "output_dir": root.join(out),
         "model_max_length": 64, "epochs": 40, "batch_size": 2, "grad_accumulation": 2,
         "lr_connector": 1e-3, "lr_lora": 1e-3, "warmup_ratio": 0.1, "weight_decay": 0.0,

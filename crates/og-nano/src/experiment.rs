@@ -555,6 +555,7 @@ pub fn run<B: AutodiffBackend>(
                     json: world_dir.join(json),
                     images: world_dir.join("images"),
                     masks: masks.clone(),
+                    missing_masks: og_train::MissingMasks::BadRow,
                     selection: arm.selection.clone(),
                     windows: arm.windows,
                     pad_to_square: false,

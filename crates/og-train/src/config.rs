@@ -42,10 +42,13 @@ pub struct DataConfig {
     /// Folder the rows' `image` paths are relative to.
     pub images: PathBuf,
     /// Folder of masks: `<image path without extension>.json` (COCO RLE) or a folder
-    /// `<image path without extension>/` of `mask_<k>.npy`. Rows without masks take the plain
-    /// path.
+    /// `<image path without extension>/` of `mask_<k>.npy`; without it every row takes the
+    /// plain path.
     #[serde(default)]
     pub masks: Option<PathBuf>,
+    /// What an image without masks in the mask folder does.
+    #[serde(default)]
+    pub missing_masks: MissingMasks,
     /// How masks become groups of patches (Φ, order, caps).
     #[serde(default)]
     pub selection: SelectionConfig,
@@ -67,6 +70,18 @@ pub struct DataConfig {
     /// `group_by_modality_length`.
     #[serde(default)]
     pub group_by_length: bool,
+}
+
+/// An image without masks in the mask folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingMasks {
+    /// Its row is a bad row ("missing masks"), skipped and counted (or fatal with
+    /// `fail_on_bad_rows`).
+    #[default]
+    BadRow,
+    /// The image takes the plain path (a mixed OG/plain dataset, by choice).
+    Plain,
 }
 
 fn yes() -> bool {

@@ -4,9 +4,11 @@
 //! (single- or multi-turn; no image, one image path, or a list of paths matched in order to the
 //! `<image>` placeholders). Masks for an image are looked up in
 //! the mask folder as `<image path without extension>.json` (COCO RLE, one file per image) or
-//! a folder `<image path without extension>/` of the released code's `mask_<k>.npy`; a row
-//! without masks takes the plain path. A bad row (missing or corrupt image, malformed turn,
-//! masks of another size, nothing supervised after truncation) is skipped and counted with its
+//! a folder `<image path without extension>/` of the released code's `mask_<k>.npy`; without a
+//! mask folder every row takes the plain path, and an image without masks in it takes the plain
+//! path only where `missing_masks = "plain"` says so. A bad row (missing or corrupt image, an
+//! image without masks, malformed turn, masks of another size, nothing supervised after
+//! truncation) is skipped and counted with its
 //! reason, or stops the run when `fail_on_bad_rows` is set — never a panic.
 
 use std::collections::{BTreeMap, HashMap};
@@ -211,6 +213,7 @@ pub struct Preparer {
     pub rows: Vec<Row>,
     pub images: PathBuf,
     pub masks: Option<PathBuf>,
+    pub missing_masks: crate::config::MissingMasks,
     pub processor: ImageProcessor,
     pub tokenizer: ChatTokenizer,
     pub fusion: OgFusionConfig,
@@ -308,7 +311,14 @@ impl Preparer {
                 .map(Some)
                 .map_err(|e| format!("bad masks: {e}"));
         }
-        Ok(None)
+        match self.missing_masks {
+            crate::config::MissingMasks::Plain => Ok(None),
+            crate::config::MissingMasks::BadRow => Err(format!(
+                "missing masks: {} (nor a folder {})",
+                json.display(),
+                stem.display()
+            )),
+        }
     }
 }
 

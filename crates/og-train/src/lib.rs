@@ -21,7 +21,7 @@ pub mod parallel;
 pub mod testing;
 pub mod trainer;
 
-pub use config::{DataConfig, FusionSpec, PRESETS, Precision, Stage, TrainConfig};
+pub use config::{DataConfig, FusionSpec, MissingMasks, PRESETS, Precision, Stage, TrainConfig};
 pub use error::{Result, TrainError};
 pub use parallel::{Collective, Nodes, run_orchestrator};
 pub use trainer::{

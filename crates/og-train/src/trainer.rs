@@ -287,6 +287,12 @@ pub fn train_parallel<B: AutodiffBackend>(
             message: "no usable rows".into(),
         });
     }
+    if let Some(dir) = cfg.data.masks.as_ref().filter(|d| !d.is_dir()) {
+        return Err(TrainError::Data {
+            path: dir.clone(),
+            message: "the mask folder (data.masks) does not exist".into(),
+        });
+    }
     let size = model.vision.image_size();
     let grid = model.vision.grid();
     let processor = ImageProcessor::from_hf_dir(
@@ -301,6 +307,7 @@ pub fn train_parallel<B: AutodiffBackend>(
         rows,
         images: cfg.data.images.clone(),
         masks: cfg.data.masks.clone(),
+        missing_masks: cfg.data.missing_masks,
         processor,
         tokenizer,
         fusion: model.connector.config().clone(),

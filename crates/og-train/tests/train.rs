@@ -181,3 +181,35 @@ fn non_finite_loss_stops_with_the_last_good_checkpoint() {
         other => panic!("expected NonFinite, got {other}"),
     }
 }
+
+#[test]
+fn images_without_masks_are_bad_rows_unless_the_plain_path_is_chosen() {
+    let _one = one_run();
+    let dir = tiny_world();
+    let root = dir.path();
+    // The tiny world has masks for images 0 and 2 only: rows img1, img3 and the pair (0 and 1)
+    // lack masks.
+    let cfg = config(
+        root,
+        Stage::Align,
+        "strict",
+        &["data.missing_masks=bad_row".into(), "epochs=1".into()],
+    );
+    let s = train::<B>(&cfg, &Default::default(), &RunOptions::default()).unwrap();
+    assert_eq!(
+        s.bad_rows.counts.get("missing masks"),
+        Some(&3),
+        "{:?}",
+        s.bad_rows
+    );
+    let cfg = config(
+        root,
+        Stage::Align,
+        "nofolder",
+        &[format!("data.masks={}", root.join("absent").display())],
+    );
+    let e = train::<B>(&cfg, &Default::default(), &RunOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("absent") && e.contains("does not exist"), "{e}");
+}

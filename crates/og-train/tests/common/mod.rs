@@ -31,7 +31,7 @@ pub fn config(root: &Path, stage: Stage, out: &str, extra: &[String]) -> TrainCo
         "base": {"kind": "llava_hf", "path": root.join("model")},
         "fusion": {"delimiter": "before_mask"},
         "data": {"json": root.join("data.json"), "images": root.join("images"),
-                 "masks": root.join("masks"), "workers": 2},
+                 "masks": root.join("masks"), "missing_masks": "plain", "workers": 2},
         "output_dir": root.join(out),
         "model_max_length": 64,
         "epochs": 3,
