@@ -74,6 +74,9 @@ pub struct Summary {
     /// The benchmark's own headline numbers.
     pub metrics: BTreeMap<String, f64>,
     pub by_category: BTreeMap<String, Share>,
+    /// Items left out with `--skip-bad-rows` (malformed rows, unreadable images).
+    #[serde(default)]
+    pub skipped: usize,
 }
 
 impl Summary {
@@ -170,6 +173,7 @@ pub fn summarize(bench: Benchmark, protocol: Protocol, outcomes: &[(&Item, bool)
         ci95: all.ci95,
         metrics,
         by_category,
+        skipped: 0,
     }
 }
 

@@ -24,13 +24,39 @@ use crate::table::{Table, format_err};
 /// The prompt under which ARO's captions are ranked by likelihood.
 pub const CAPTION_PROMPT: &str = "describe the image.";
 
-/// Reads a benchmark's items from its downloaded file or folder. `images` is the folder that
-/// image paths in the file are relative to, where the format keeps images outside the file.
+/// Each row of a file read as an item, or the reason it is malformed.
+pub type Rows = Vec<Result<Item, EvalError>>;
+
+/// Reads a benchmark's items from its downloaded file or folder; the first malformed row is an
+/// error naming file, row and field. `images` is the folder that image paths in the file are
+/// relative to, where the format keeps images outside the file.
 pub fn read_benchmark(
     bench: Benchmark,
     data: &Path,
     images: Option<&Path>,
 ) -> Result<Vec<Item>, EvalError> {
+    read_rows(bench, data, images)?.into_iter().collect()
+}
+
+/// [`read_benchmark`] keeping going past malformed rows: the items, and one error per row left
+/// out.
+pub fn read_benchmark_skipping(
+    bench: Benchmark,
+    data: &Path,
+    images: Option<&Path>,
+) -> Result<(Vec<Item>, Vec<EvalError>), EvalError> {
+    let (mut items, mut bad) = (Vec::new(), Vec::new());
+    for row in read_rows(bench, data, images)? {
+        match row {
+            Ok(item) => items.push(item),
+            Err(e) => bad.push(e),
+        }
+    }
+    Ok((items, bad))
+}
+
+/// Every row of the benchmark's file, read; errors of the file as a whole end the read.
+pub fn read_rows(bench: Benchmark, data: &Path, images: Option<&Path>) -> Result<Rows, EvalError> {
     if !data.exists() {
         return Err(EvalError::Usage(format!(
             "{}: not found (--data is the benchmark's downloaded file or folder)",
@@ -172,14 +198,10 @@ fn blank_item(bench: Benchmark, id: String, image: ImageSource, image_name: Stri
 
 /// ARO VG-Relation / VG-Attribution: the options in the paper harness's order (false caption
 /// as `A`, true caption as `B`); the category is the relation, or the attribute pair.
-fn read_aro_vg(
-    bench: Benchmark,
-    data: &Path,
-    images: Option<&Path>,
-) -> Result<Vec<Item>, EvalError> {
+fn read_aro_vg(bench: Benchmark, data: &Path, images: Option<&Path>) -> Result<Rows, EvalError> {
     let t = open_table(data)?;
     let root = image_root(images, parent(data).join("images"));
-    (0..t.len())
+    Ok((0..t.len())
         .map(|r| {
             let (image, name) = if t.has("image_path") {
                 file_image(&t, r, "image_path", &root)?
@@ -199,19 +221,15 @@ fn read_aro_vg(
             item.split = t.opt_text(r, "split");
             Ok(item)
         })
-        .collect()
+        .collect())
 }
 
 /// ARO COCO-Order / Flickr-Order: five captions, the right one shown as `B` (the harness's
 /// order: first perturbation, true caption, the other three).
-fn read_aro_order(
-    bench: Benchmark,
-    data: &Path,
-    images: Option<&Path>,
-) -> Result<Vec<Item>, EvalError> {
+fn read_aro_order(bench: Benchmark, data: &Path, images: Option<&Path>) -> Result<Rows, EvalError> {
     let t = open_table(data)?;
     let root = image_root(images, parent(data).join("images"));
-    (0..t.len())
+    Ok((0..t.len())
         .map(|r| {
             let (image, name) = if t.has("image_path") {
                 file_image(&t, r, "image_path", &root)?
@@ -240,7 +258,7 @@ fn read_aro_order(
             item.split = t.opt_text(r, "split");
             Ok(item)
         })
-        .collect()
+        .collect())
 }
 
 /// Options written one per line as `A. x`, `A) x`, `(A) x` or `A: x`, in letter order from `A`;
@@ -277,7 +295,7 @@ fn parse_option_line(l: &str) -> Option<(usize, &str)> {
 
 /// CONME, as the paper's harness reads it: every CSV of the folder (category: the file's
 /// stem), columns `image` (relative to `--images`), `question` (options written in), `answer`.
-fn read_conme(data: &Path, images: Option<&Path>) -> Result<Vec<Item>, EvalError> {
+fn read_conme(data: &Path, images: Option<&Path>) -> Result<Rows, EvalError> {
     let files: Vec<PathBuf> = if data.is_dir() {
         let mut f: Vec<PathBuf> = std::fs::read_dir(data)
             .map_err(|source| EvalError::Io {
@@ -302,53 +320,51 @@ fn read_conme(data: &Path, images: Option<&Path>) -> Result<Vec<Item>, EvalError
         parent(data)
     };
     let root = image_root(images, parent(&csv_dir));
-    let mut items = Vec::new();
+    let mut rows = Vec::new();
     for file in files {
         let t = Table::read(&file)?;
         let category = file.file_stem().map(|s| s.to_string_lossy().into_owned());
-        for r in 0..t.len() {
-            let (image, name) = file_image(&t, r, "image", &root)?;
-            let mut item = blank_item(
-                Benchmark::Conme,
-                format!("{}#{r}", category.clone().unwrap_or_default()),
-                image,
-                name,
-            );
-            let question = t.text(r, "question")?;
-            let answer = t.text(r, "answer")?;
-            if let Some((stem, options)) = split_options(&question) {
-                item.answer = letter_index(&answer)
-                    .filter(|&k| k < options.len())
-                    .or_else(|| {
-                        options
-                            .iter()
-                            .position(|o| o.eq_ignore_ascii_case(answer.trim()))
-                    })
-                    .ok_or_else(|| {
-                        t.err(
-                            r,
-                            "answer",
-                            format!("{answer:?} is neither an option letter nor an option"),
-                        )
-                    })?;
-                item.question = stem;
-                item.options = options;
-            } else {
-                item.question = question.clone();
-            }
-            item.prompt = Some(question);
-            item.answer_text = Some(answer);
-            item.category = category.clone();
-            items.push(item);
-        }
+        rows.extend((0..t.len()).map(|r| conme_row(&t, r, &root, category.as_deref())));
     }
-    Ok(items)
+    Ok(rows)
+}
+
+fn conme_row(t: &Table, r: usize, root: &Path, category: Option<&str>) -> Result<Item, EvalError> {
+    let (image, name) = file_image(t, r, "image", root)?;
+    let id = format!("{}#{r}", category.unwrap_or_default());
+    let mut item = blank_item(Benchmark::Conme, id, image, name);
+    let question = t.text(r, "question")?;
+    let answer = t.text(r, "answer")?;
+    if let Some((stem, options)) = split_options(&question) {
+        item.answer = letter_index(&answer)
+            .filter(|&k| k < options.len())
+            .or_else(|| {
+                options
+                    .iter()
+                    .position(|o| o.eq_ignore_ascii_case(answer.trim()))
+            })
+            .ok_or_else(|| {
+                t.err(
+                    r,
+                    "answer",
+                    format!("{answer:?} is neither an option letter nor an option"),
+                )
+            })?;
+        item.question = stem;
+        item.options = options;
+    } else {
+        item.question = question.clone();
+    }
+    item.prompt = Some(question);
+    item.answer_text = Some(answer);
+    item.category = category.map(str::to_string);
+    Ok(item)
 }
 
 /// MMVP: `Questions.csv` (`Index`, `Question`, `Options` written `(a) x (b) y`,
 /// `Correct Answer`), images `MMVP Images/<Index>.jpg` (or `<Index>.jpg`/`.png` beside the
 /// CSV); questions 2k−1 and 2k are pair k.
-fn read_mmvp(dir: &Path) -> Result<Vec<Item>, EvalError> {
+fn read_mmvp(dir: &Path) -> Result<Rows, EvalError> {
     let path = if dir.is_dir() {
         dir.join("Questions.csv")
     } else {
@@ -356,7 +372,7 @@ fn read_mmvp(dir: &Path) -> Result<Vec<Item>, EvalError> {
     };
     let dir = parent(&path);
     let t = Table::read_delimited(&path, b',')?;
-    (0..t.len())
+    Ok((0..t.len())
         .map(|r| {
             let index = t.text(r, "Index")?;
             let n: usize = index
@@ -403,15 +419,15 @@ fn read_mmvp(dir: &Path) -> Result<Vec<Item>, EvalError> {
             item.group = Some(n.div_ceil(2).to_string());
             Ok(item)
         })
-        .collect()
+        .collect())
 }
 
 /// CV-Bench: `idx`, `type`, `task`, `image` (a path relative to the JSONL, or an image struct in
 /// parquet), `question`, `choices`, `answer` (`(C)`), `prompt`, `source`.
-fn read_cvbench(data: &Path, images: Option<&Path>) -> Result<Vec<Item>, EvalError> {
+fn read_cvbench(data: &Path, images: Option<&Path>) -> Result<Rows, EvalError> {
     let t = open_table(data)?;
     let root = image_root(images, parent(data));
-    (0..t.len())
+    Ok((0..t.len())
         .map(|r| {
             let id = t.opt_text(r, "idx").unwrap_or_else(|| r.to_string());
             let (image, name) = match t.cell(r, "image")? {
@@ -433,13 +449,13 @@ fn read_cvbench(data: &Path, images: Option<&Path>) -> Result<Vec<Item>, EvalErr
             }
             Ok(item)
         })
-        .collect()
+        .collect())
 }
 
 /// AI2D (lmms-lab): `question`, `options` (list), `answer` (the right option's 0-based
 /// index, as text), `image`.
-fn read_ai2d(t: &Table) -> Result<Vec<Item>, EvalError> {
-    (0..t.len())
+fn read_ai2d(t: &Table) -> Result<Rows, EvalError> {
+    Ok((0..t.len())
         .map(|r| {
             let (image, name) = table_image(t, r, "image", &format!("{r}.png"))?;
             let mut item = blank_item(Benchmark::Ai2d, r.to_string(), image, name);
@@ -454,15 +470,15 @@ fn read_ai2d(t: &Table) -> Result<Vec<Item>, EvalError> {
             item.question = t.text(r, "question")?;
             Ok(item)
         })
-        .collect()
+        .collect())
 }
 
 /// MME (lmms-lab): two Yes/No questions per image, rows `question_id` (the image),
 /// `question`, `answer`, `category`, `image`. Ids are `question_id#k`, k the row's order
 /// among its image's rows.
-fn read_mme(t: &Table) -> Result<Vec<Item>, EvalError> {
+fn read_mme(t: &Table) -> Result<Rows, EvalError> {
     let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
-    (0..t.len())
+    Ok((0..t.len())
         .map(|r| {
             let qid = t.text(r, "question_id")?;
             let k = seen.entry(qid.clone()).or_insert(0);
@@ -482,7 +498,7 @@ fn read_mme(t: &Table) -> Result<Vec<Item>, EvalError> {
             item.group = Some(qid);
             Ok(item)
         })
-        .collect()
+        .collect())
 }
 
 /// MMStar's options live in the question: `…\nOptions: A: x, B: y, C: z, D: w`.
@@ -511,8 +527,8 @@ pub fn mmstar_options(question: &str) -> Option<(String, Vec<String>)> {
 }
 
 /// MMStar: `index`, `question` (options inside), `answer` (letter), `category`, `image`.
-fn read_mmstar(t: &Table) -> Result<Vec<Item>, EvalError> {
-    (0..t.len())
+fn read_mmstar(t: &Table) -> Result<Rows, EvalError> {
+    Ok((0..t.len())
         .map(|r| {
             let id = t.opt_text(r, "index").unwrap_or_else(|| r.to_string());
             let (image, name) = table_image(t, r, "image", &format!("{id}.png"))?;
@@ -531,14 +547,14 @@ fn read_mmstar(t: &Table) -> Result<Vec<Item>, EvalError> {
             item.category = t.opt_text(r, "category");
             Ok(item)
         })
-        .collect()
+        .collect())
 }
 
 /// MMBench: `index`, `question`, `hint` (may be missing), options in columns `A`–`E` (2 to 5
 /// present), `answer`, `category`, `image` (base64 in the TSV). Circular copies in the file
 /// (index + k·10⁶) share a group.
-fn read_mmbench(t: &Table) -> Result<Vec<Item>, EvalError> {
-    (0..t.len())
+fn read_mmbench(t: &Table) -> Result<Rows, EvalError> {
+    Ok((0..t.len())
         .map(|r| {
             let id = t.text(r, "index")?;
             let (image, name) = table_image(t, r, "image", &format!("{id}.png"))?;
@@ -574,7 +590,7 @@ fn read_mmbench(t: &Table) -> Result<Vec<Item>, EvalError> {
                 .map(|i| (i % 1_000_000).to_string());
             Ok(item)
         })
-        .collect()
+        .collect())
 }
 
 #[cfg(test)]

@@ -29,6 +29,10 @@ pub struct RunConfig {
     pub limit: Option<usize>,
     /// Overrides the benchmark's generation budget.
     pub max_new_tokens: Option<usize>,
+    /// Leave out items whose image cannot be read (counted in `skipped`) instead of stopping.
+    pub skip_bad_rows: bool,
+    /// Rows the reader already left out as malformed (counted in `skipped`).
+    pub skipped_rows: usize,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
@@ -142,12 +146,21 @@ pub fn run_benchmark<B: Backend>(
         .map_err(io(&path))?;
     let total = items.len();
     let mut count = items.iter().filter(|i| done.contains_key(&i.id)).count();
+    let mut skipped = cfg.skipped_rows;
     progress(count, total);
     for item in items {
         if done.contains_key(&item.id) {
             continue;
         }
-        let record = ev.answer(item, cfg.protocol, cfg.max_new_tokens)?;
+        let record = match ev.answer(item, cfg.protocol, cfg.max_new_tokens) {
+            Ok(r) => r,
+            Err(EvalError::Input { path, message }) if cfg.skip_bad_rows => {
+                eprintln!("skipped item {}: {}: {message}", item.id, path.display());
+                skipped += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut line = serde_json::to_string(&record).expect("json");
         line.push('\n');
         file.write_all(line.as_bytes()).map_err(io(&path))?;
@@ -156,7 +169,8 @@ pub fn run_benchmark<B: Backend>(
         count += 1;
         progress(count, total);
     }
-    let summary = summarize_records(cfg, items, &done);
+    let mut summary = summarize_records(cfg, items, &done);
+    summary.skipped = skipped;
     write_atomic(
         &cfg.out.join("results.json"),
         serde_json::to_string_pretty(&summary)
@@ -207,6 +221,8 @@ mod tests {
             out: dir.path().join("run"),
             limit: None,
             max_new_tokens: None,
+            skip_bad_rows: false,
+            skipped_rows: 0,
         };
         claim_folder(&cfg).unwrap();
         claim_folder(&cfg).unwrap();

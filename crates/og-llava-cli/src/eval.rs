@@ -69,6 +69,10 @@ pub struct EvalArgs {
     /// Segment-aware 1-D RoPE for the visual tokens.
     #[arg(long)]
     segment_rope: bool,
+    /// Leave out malformed rows and unreadable images (counted in results.json's `skipped`)
+    /// instead of stopping at the first.
+    #[arg(long)]
+    skip_bad_rows: bool,
     /// Generation budget per answer (default: the benchmark's).
     #[arg(long)]
     max_new_tokens: Option<usize>,
@@ -173,13 +177,27 @@ impl BackendTask for Eval<'_> {
                 done.push((job.bench, None));
                 continue;
             }
-            let items = og_eval::read_benchmark(job.bench, &job.data, a.images.as_deref())?;
+            let (items, bad) = if a.skip_bad_rows {
+                og_eval::readers::read_benchmark_skipping(
+                    job.bench,
+                    &job.data,
+                    a.images.as_deref(),
+                )?
+            } else {
+                let items = og_eval::read_benchmark(job.bench, &job.data, a.images.as_deref())?;
+                (items, Vec::new())
+            };
+            for e in &bad {
+                eprintln!("skipped: {e}");
+            }
             let cfg = RunConfig {
                 benchmark: job.bench,
                 protocol: a.protocol,
                 out: job.out.clone(),
                 limit: a.limit,
                 max_new_tokens: a.max_new_tokens,
+                skip_bad_rows: a.skip_bad_rows,
+                skipped_rows: bad.len(),
             };
             let mut progress = Progress {
                 name: job.bench.name(),
@@ -189,8 +207,12 @@ impl BackendTask for Eval<'_> {
             };
             let summary = og_eval::run_benchmark(&ev, &items, &cfg, |d, t| progress.show(d, t))?;
             let (value, label) = summary.headline();
+            let skipped = match summary.skipped {
+                0 => String::new(),
+                n => format!(" ({n} skipped)"),
+            };
             println!(
-                "{}: {value:.1} ({label}); accuracy {:.1}% [{:.1}, {:.1}] over {} items -> {}",
+                "{}: {value:.1} ({label}); accuracy {:.1}% [{:.1}, {:.1}] over {} items{skipped} -> {}",
                 job.bench,
                 100.0 * summary.accuracy,
                 100.0 * summary.ci95[0],

@@ -276,3 +276,59 @@ fn missing_masks_and_bad_data_are_clear_errors() {
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("unknown benchmark"));
 }
+
+#[test]
+fn bad_rows_stop_the_run_or_are_skipped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    model_dir(&model);
+    // Row 0 is good, row 1 names an option it does not have, row 2's image is not an image.
+    let tsv = std::fs::read_to_string(fixtures().join("eval/mmbench/MMBench_DEV_EN.tsv")).unwrap();
+    let good = tsv.lines().nth(1).unwrap();
+    let header = tsv.lines().next().unwrap();
+    let bad_answer = good.replacen("\tA\tgeography", "\tF\tgeography", 1);
+    let bad_image = good
+        .replacen("0\t", "5\t", 1)
+        .split('\t')
+        .enumerate()
+        .map(|(k, f)| if k == 9 { "bm90IGFuIGltYWdl" } else { f })
+        .collect::<Vec<_>>()
+        .join("\t");
+    let bad_answer = bad_answer.replacen("0\t", "4\t", 1);
+    let data = dir.path().join("bench.tsv");
+    std::fs::write(
+        &data,
+        format!("{header}\n{good}\n{bad_answer}\n{bad_image}\n"),
+    )
+    .unwrap();
+    let (data_s, out) = (data.to_str().unwrap(), dir.path().join("o"));
+    let out_s = out.to_str().unwrap();
+    let o = eval(
+        &model,
+        &["--benchmark", "mmbench", "--data", data_s, "--out", out_s],
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bench.tsv") && err.contains("row 1") && err.contains("answer"),
+        "{err}"
+    );
+    let o = eval(
+        &model,
+        &[
+            "--benchmark",
+            "mmbench",
+            "--data",
+            data_s,
+            "--out",
+            out_s,
+            "--skip-bad-rows",
+        ],
+    );
+    let stdout = ok(&o);
+    assert!(stdout.contains("(2 skipped)"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!((r["n"].as_u64(), r["skipped"].as_u64()), (Some(1), Some(2)));
+}
