@@ -6,7 +6,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   fixtures      regenerate fixtures/ (scripts/make_*_fixtures.py;
-                needs: pip install torch transformers peft numpy pycocotools pillow safetensors)
+                needs: pip install torch transformers peft numpy pycocotools pillow safetensors
+                pyarrow pandas)
   compare-phi   time Φ against the paper's Listing 1 in PyTorch (scripts/compare_phi.py)
   compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
   compare-llm   decode tok/s against transformers, SmolLM2-135M shape (scripts/compare_llm.py)
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
                 "make_tokenizer_fixtures.py",
                 "make_llava_fixtures.py",
                 "make_train_fixtures.py",
+                "make_eval_fixtures.py",
             ] {
                 let code = python(&root, script);
                 if code != ExitCode::SUCCESS {
