@@ -20,6 +20,9 @@ pub enum Benchmark {
     Mme,
     MmStar,
     MmBench,
+    /// Any multiple-choice set in a plain JSONL layout (not in Table 1): the nano world's
+    /// tasks, a user's own questions.
+    Mcq,
 }
 
 impl Benchmark {
@@ -52,6 +55,7 @@ impl Benchmark {
             Benchmark::Mme => "mme",
             Benchmark::MmStar => "mmstar",
             Benchmark::MmBench => "mmbench",
+            Benchmark::Mcq => "mcq",
         }
     }
 
@@ -84,10 +88,11 @@ impl std::str::FromStr for Benchmark {
     fn from_str(s: &str) -> Result<Self, EvalError> {
         Benchmark::ALL
             .into_iter()
+            .chain([Benchmark::Mcq])
             .find(|b| b.name() == s)
             .ok_or_else(|| {
                 EvalError::Usage(format!(
-                    "unknown benchmark {s:?}; one of: {}",
+                    "unknown benchmark {s:?}; one of: {}, mcq",
                     Benchmark::ALL.map(Benchmark::name).join(", ")
                 ))
             })
@@ -173,7 +178,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_letters_parse() {
-        for b in Benchmark::ALL {
+        for b in Benchmark::ALL.into_iter().chain([Benchmark::Mcq]) {
             assert_eq!(b.name().parse::<Benchmark>().unwrap(), b);
         }
         let e = "mmmu".parse::<Benchmark>().unwrap_err().to_string();

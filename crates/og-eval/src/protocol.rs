@@ -153,19 +153,22 @@ pub fn paper_prompt(item: &Item, order: &[usize]) -> String {
             });
             format!("{body}\n{LETTER_SUFFIX}")
         }
-        Benchmark::MmBench | Benchmark::Ai2d => {
-            let hint = item
-                .hint
-                .as_ref()
-                .map(|h| format!("{h}\n"))
-                .unwrap_or_default();
-            format!(
-                "{hint}{}\n{}\n{LETTER_SUFFIX}",
-                item.question,
-                listed(|l, o| format!("{l}. {o}"), "\n")
-            )
+        Benchmark::MmBench | Benchmark::Ai2d | Benchmark::Mcq => {
+            letter_prompt(item.hint.as_deref(), &item.question, &shown)
         }
     }
+}
+
+/// The lmms-eval multiple-choice prompt (MMBench, AI2D, `mcq`): the hint, the question, one
+/// `A. option` line per option, the letter instruction.
+pub fn letter_prompt(hint: Option<&str>, question: &str, shown: &[&str]) -> String {
+    let hint = hint.map(|h| format!("{h}\n")).unwrap_or_default();
+    let listed: Vec<String> = shown
+        .iter()
+        .enumerate()
+        .map(|(k, o)| format!("{}. {o}", letter(k)))
+        .collect();
+    format!("{hint}{question}\n{}\n{LETTER_SUFFIX}", listed.join("\n"))
 }
 
 /// The generation budget: the harness's where its task file sets one (ARO 100, AI2D 16, MME

@@ -11,6 +11,7 @@
 //! | `mme` | lmms-lab's parquet (`question_id`, `image`, `question`, `answer`, `category`) | |
 //! | `mmstar` | the parquet (`index`, `question` with `Options: A: …`, `answer`, `category`) | |
 //! | `mmbench` | OpenCompass's TSV (base64 `image`, `hint`, `A`–`E`) or lmms-lab's parquet | |
+//! | `mcq` | JSONL (or JSON/CSV/parquet): `image` (path relative to `--images`, default the file's folder), `question`, `options` (list), `answer` (0-based index or letter); optional `id`, `category`, `hint`, `split` | any multiple-choice set |
 //!
 //! A parquet `--data` may be one file or a folder of shards; a folder holding a release's file
 //! (ARO's JSON, `test.jsonl`, the TSV, CONME's `data/`) stands for that file.
@@ -74,6 +75,7 @@ pub fn read_rows(bench: Benchmark, data: &Path, images: Option<&Path>) -> Result
         Benchmark::Mme => read_mme(&open_table(data)?),
         Benchmark::MmStar => read_mmstar(&open_table(data)?),
         Benchmark::MmBench => read_mmbench(&open_table(data)?),
+        Benchmark::Mcq => read_mcq(data, images),
     }
 }
 
@@ -588,6 +590,42 @@ fn read_mmbench(t: &Table) -> Result<Rows, EvalError> {
                 .parse::<u64>()
                 .ok()
                 .map(|i| (i % 1_000_000).to_string());
+            Ok(item)
+        })
+        .collect())
+}
+
+/// The generic multiple-choice layout.
+fn read_mcq(data: &Path, images: Option<&Path>) -> Result<Rows, EvalError> {
+    let t = open_table(data)?;
+    let root = image_root(images, parent(data));
+    Ok((0..t.len())
+        .map(|r| {
+            let id = t.opt_text(r, "id").unwrap_or_else(|| r.to_string());
+            let (image, name) = match t.cell(r, "image")? {
+                crate::table::Cell::Str(_) => file_image(&t, r, "image", &root)?,
+                _ => table_image(&t, r, "image", &format!("{id}.png"))?,
+            };
+            let mut item = blank_item(Benchmark::Mcq, id, image, name);
+            item.options = t.text_list(r, "options")?;
+            let gold = t.text(r, "answer")?;
+            item.answer = gold
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .or_else(|| letter_index(&gold))
+                .filter(|&k| k < item.options.len())
+                .ok_or_else(|| {
+                    t.err(
+                        r,
+                        "answer",
+                        format!("{gold:?} is not an option index or letter"),
+                    )
+                })?;
+            item.question = t.text(r, "question")?;
+            item.category = t.opt_text(r, "category");
+            item.hint = t.opt_text(r, "hint");
+            item.split = t.opt_text(r, "split");
             Ok(item)
         })
         .collect())

@@ -53,23 +53,45 @@ impl Accuracy {
     }
 }
 
-/// Accuracy per benchmark (`<name>` for likelihood ranking, `<name>@gen` for circular
-/// generation) and split (`all` plus each split named in the files), MMVP pairs, and every
-/// likelihood choice.
+/// Accuracy per benchmark (`<name>` for likelihood ranking, `<name>@gen` for generation; an
+/// `mcq` item counts under its category) and split (`all` plus each split named in the files),
+/// MMVP pairs, every likelihood choice, and each item's outcome in item order (for paired
+/// statistics across models).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Results {
     pub accuracy: BTreeMap<String, BTreeMap<String, Accuracy>>,
     pub mmvp_pairs: Option<Accuracy>,
     pub predictions: Vec<usize>,
+    #[serde(default)]
+    pub outcomes: BTreeMap<String, Vec<bool>>,
+}
+
+/// The key an item's outcome counts under in [`Results`].
+pub fn result_key(item: &Item) -> String {
+    match (item.bench, &item.category) {
+        (crate::Benchmark::Mcq, Some(c)) => c.clone(),
+        (b, _) => b.name().to_string(),
+    }
 }
 
 impl Results {
     fn add(&mut self, key: String, item: &Item, ok: bool) {
+        self.outcomes.entry(key.clone()).or_default().push(ok);
         let b = self.accuracy.entry(key).or_default();
         b.entry("all".into()).or_default().add(ok);
         if let Some(s) = &item.split {
             b.entry(s.clone()).or_default().add(ok);
         }
+    }
+
+    /// Another set of results' keys added to these.
+    pub fn extend(&mut self, other: Results) {
+        self.accuracy.extend(other.accuracy);
+        self.outcomes.extend(other.outcomes);
+        if other.mmvp_pairs.is_some() {
+            self.mmvp_pairs = other.mmvp_pairs;
+        }
+        self.predictions.extend(other.predictions);
     }
 }
 
@@ -368,7 +390,7 @@ impl<B: Backend> Evaluator<'_, B> {
         for (k, item) in items.iter().enumerate() {
             let (choice, _) = self.choose(item)?;
             let ok = choice == item.answer;
-            r.add(item.bench.name().to_string(), item, ok);
+            r.add(result_key(item), item, ok);
             if let (Some(p), crate::Benchmark::Mmvp) = (&item.group, item.bench) {
                 *pairs.entry(p.clone()).or_insert(true) &= ok;
             }
@@ -385,13 +407,17 @@ impl<B: Backend> Evaluator<'_, B> {
         Ok(r)
     }
 
-    /// Circular generation over items: accuracy under `<name>@gen`, an item right only when
-    /// every rotation is.
-    pub fn evaluate_generation(&self, items: &[Item]) -> Result<Results, EvalError> {
+    /// Generation over items under `protocol` (paper or circular): accuracy under
+    /// `<key>@gen`.
+    pub fn evaluate_generation(
+        &self,
+        items: &[Item],
+        protocol: Protocol,
+    ) -> Result<Results, EvalError> {
         let mut r = Results::default();
         for item in items {
-            let rec = self.answer(item, Protocol::Circular, None)?;
-            r.add(format!("{}@gen", item.bench.name()), item, rec.correct);
+            let rec = self.answer(item, protocol, None)?;
+            r.add(format!("{}@gen", result_key(item)), item, rec.correct);
         }
         Ok(r)
     }

@@ -247,3 +247,26 @@ fn malformed_rows_name_file_row_and_field() {
     let e = load_image(&items[0]).unwrap_err().to_string();
     assert!(e.contains("mmbench item 7"), "{e}");
 }
+
+#[test]
+fn mcq_jsonl_takes_index_or_letter_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("aro/images/2345.png"),
+        dir.path().join("a.png"),
+    )
+    .unwrap();
+    let file = dir.path().join("set.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\": \"q1\", \"image\": \"a.png\", \"question\": \"what colour?\", \"options\": [\"red.\", \"blue.\"], \"answer\": 1, \"category\": \"colour\", \"split\": \"heldout\"}\n\
+         {\"image\": \"a.png\", \"question\": \"how many?\", \"options\": [\"one.\", \"two.\", \"three.\"], \"answer\": \"C\"}\n",
+    )
+    .unwrap();
+    let items = read_benchmark(Benchmark::Mcq, &file, None).unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!((items[0].id.as_str(), items[0].answer), ("q1", 1));
+    assert_eq!(items[0].split.as_deref(), Some("heldout"));
+    assert_eq!((items[1].id.as_str(), items[1].answer), ("1", 2));
+    assert!(load_image(&items[1]).is_ok());
+}

@@ -1,13 +1,15 @@
 //! `og-llava nano`: the whole nano-world experiment (what `cargo xtask train` runs).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use og_llava::BackendTask;
 use og_nano::experiment::{
     ArmSpec, ExperimentConfig, ExperimentError, ExperimentReport, ablation_arms, main_arms, run,
-    table, table_seeds,
+    table,
 };
 
 use crate::CliError;
@@ -24,7 +26,8 @@ pub enum NanoPreset {
 
 #[derive(clap::Args)]
 pub struct NanoArgs {
-    /// Output directory (world, models, runs, results.json).
+    /// Output directory: `seed-N/` per seed (world, models, runs, its results.json and
+    /// report.html), and the summary over seeds in `results.json` and `report.html`.
     #[arg(long, default_value = "runs/nano")]
     out: PathBuf,
     #[arg(long, value_enum, default_value_t = NanoPreset::Nano)]
@@ -35,74 +38,213 @@ pub struct NanoArgs {
     /// segment-aware RoPE, sliding windows, mask noise) instead of the main comparison.
     #[arg(long)]
     ablate: bool,
-    /// Repeat with seeds seed, seed+1, … (each in its own `seed-N` directory) and report
-    /// mean ± sd.
-    #[arg(long, default_value_t = 1)]
-    seeds: u64,
+    /// Seeds seed, seed+1, … (default: 3 for the nano preset, else 1).
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// Seeds run at the same time, each in its own process (default: the CPU count).
+    #[arg(long)]
+    jobs: Option<usize>,
     /// ndarray | flex | wgpu[:N] | cuda[:N] (default ndarray: on the CPU it trains these small
-    /// models faster than Flex, whose broadcasting element-wise ops take a strided slow path —
-    /// measured 99 s vs 163 s for the nano experiment, 108 vs 149 ms per step in
-    /// `cargo xtask compare-train`).
+    /// models faster than Flex, whose broadcasting element-wise ops take a strided slow path).
     #[arg(long)]
     device: Option<String>,
+    /// Run exactly one seed into --out itself (what each process of a multi-seed run does).
+    #[arg(long, hide = true)]
+    single: bool,
 }
 
 struct Nano {
     cfg: ExperimentConfig,
     arms: Vec<ArmSpec>,
     out: PathBuf,
+    progress: bool,
 }
 
 impl BackendTask for Nano {
     type Output = Result<ExperimentReport, ExperimentError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        run::<Autodiff<B>>(&self.cfg, &self.arms, &self.out, &device, true)
+        run::<Autodiff<B>>(&self.cfg, &self.arms, &self.out, &device, self.progress)
     }
 }
 
-pub fn run_nano(args: &NanoArgs) -> Result<(), CliError> {
-    if args.seeds == 0 {
-        return Err(CliError::Usage("--seeds must be at least 1".into()));
+fn preset_name(p: NanoPreset) -> &'static str {
+    match p {
+        NanoPreset::Nano => "nano",
+        NanoPreset::Small => "small",
+        NanoPreset::Smoke => "smoke",
     }
+}
+
+/// One seed, in this process.
+fn run_one(
+    args: &NanoArgs,
+    seed: u64,
+    out: &Path,
+    progress: bool,
+) -> Result<ExperimentReport, CliError> {
+    let mut cfg = match args.preset {
+        NanoPreset::Nano => ExperimentConfig::nano(seed),
+        NanoPreset::Small => ExperimentConfig::small(seed),
+        NanoPreset::Smoke => ExperimentConfig::smoke(seed),
+    };
+    // Ablations rank by likelihood only (generation multiplies their time).
+    cfg.generation_eval &= !args.ablate;
     let arms = if args.ablate {
         ablation_arms()
     } else {
         main_arms()
     };
-    let mut reports = Vec::new();
-    for seed in args.seed..args.seed + args.seeds {
-        let mut cfg = match args.preset {
-            NanoPreset::Nano => ExperimentConfig::nano(seed),
-            NanoPreset::Small => ExperimentConfig::small(seed),
-            NanoPreset::Smoke => ExperimentConfig::smoke(seed),
-        };
-        // Ablations rank by likelihood only (generation with rotations triples their time).
-        cfg.generation_eval &= !args.ablate;
-        let out = if args.seeds > 1 {
-            args.out.join(format!("seed-{seed}"))
-        } else {
-            args.out.clone()
-        };
-        let report = og_llava::dispatch(
-            crate::device_spec(Some(args.device.as_deref().unwrap_or("ndarray")))?,
-            Nano {
-                cfg,
-                arms: arms.clone(),
-                out: out.clone(),
-            },
-        )?
+    og_llava::dispatch(
+        crate::device_spec(Some(args.device.as_deref().unwrap_or("ndarray")))?,
+        Nano {
+            cfg,
+            arms,
+            out: out.to_path_buf(),
+            progress,
+        },
+    )?
+    .map_err(|e| CliError::Usage(e.to_string()))
+}
+
+/// Several seeds, `jobs` processes at a time (each process owns burn's process-wide RNG, so
+/// every seed's numbers are the same however many run together); each logs to `seed-N.log`.
+fn run_many(args: &NanoArgs, seeds: &[u64], jobs: usize) -> Result<(), CliError> {
+    let exe =
+        std::env::current_exe().map_err(|e| CliError::Usage(format!("own executable: {e}")))?;
+    std::fs::create_dir_all(&args.out)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", args.out.display())))?;
+    let queue = std::sync::Mutex::new(seeds.iter().copied());
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let Some(seed) = queue.lock().unwrap_or_else(|e| e.into_inner()).next() else {
+                        break;
+                    };
+                    let (dir, log) = (
+                        args.out.join(format!("seed-{seed}")),
+                        args.out.join(format!("seed-{seed}.log")),
+                    );
+                    let started = Instant::now();
+                    eprintln!("seed {seed}: started (log: {})", log.display());
+                    let status = std::fs::File::create(&log).and_then(|f| {
+                        let mut cmd = Command::new(&exe);
+                        cmd.args([
+                            "nano",
+                            "--single",
+                            "--preset",
+                            preset_name(args.preset),
+                            "--seed",
+                        ])
+                        .arg(seed.to_string())
+                        .arg("--out")
+                        .arg(&dir)
+                        .stdout(f.try_clone()?)
+                        .stderr(f);
+                        if args.ablate {
+                            cmd.arg("--ablate");
+                        }
+                        if let Some(d) = &args.device {
+                            cmd.args(["--device", d]);
+                        }
+                        cmd.status()
+                    });
+                    match status {
+                        Ok(s) if s.success() => {
+                            eprintln!(
+                                "seed {seed}: done in {:.0} s",
+                                started.elapsed().as_secs_f64()
+                            )
+                        }
+                        Ok(s) => failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("seed {seed} failed ({s}); see {}", log.display())),
+                        Err(e) => failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(format!("seed {seed}: cannot run {}: {e}", exe.display())),
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Usage(failures.join("; ")))
+    }
+}
+
+fn read_report(path: &Path) -> Result<ExperimentReport, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))
+}
+
+pub fn run_nano(args: &NanoArgs) -> Result<(), CliError> {
+    if args.single {
+        let report = run_one(args, args.seed, &args.out, true)?;
+        println!("seed {}:\n{}", args.seed, table(&report));
+        return Ok(());
+    }
+    let n = args.seeds.unwrap_or(match args.preset {
+        NanoPreset::Nano => 3,
+        _ => 1,
+    });
+    if n == 0 {
+        return Err(CliError::Usage("--seeds must be at least 1".into()));
+    }
+    let started = Instant::now();
+    let seeds: Vec<u64> = (args.seed..args.seed + n).collect();
+    let dirs: Vec<String> = seeds.iter().map(|s| format!("seed-{s}")).collect();
+    let reports = if n == 1 {
+        let report = run_one(args, seeds[0], &args.out.join(&dirs[0]), true)?;
+        println!("seed {}:\n{}", seeds[0], table(&report));
+        vec![report]
+    } else {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        run_many(args, &seeds, args.jobs.unwrap_or(cores).min(n as usize))?;
+        dirs.iter()
+            .map(|d| read_report(&args.out.join(d).join("results.json")))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let summary = og_nano::summary::summarize(&reports, "llava");
+    let seconds = started.elapsed().as_secs_f64();
+    let mut v = serde_json::to_value(&summary).expect("json");
+    v["seconds"] = seconds.into();
+    v["runs"] = serde_json::json!(dirs);
+    crate::write_output(
+        &args.out.join("results.json"),
+        serde_json::to_string_pretty(&v).expect("json").as_bytes(),
+    )?;
+    og_nano::report::write_summary_html(&summary, &dirs, seconds, &args.out)
         .map_err(|e| CliError::Usage(e.to_string()))?;
-        println!("seed {seed}:\n{}", table(&report));
-        println!(
-            "{:.0}s; results in {}",
-            report.seconds,
-            out.join("results.json").display()
-        );
-        reports.push(report);
+    println!("\n{}", og_nano::summary::text_table(&summary));
+    let (clear, noise): (Vec<_>, Vec<_>) = summary
+        .differences
+        .iter()
+        .zip(&summary.verdicts)
+        .partition(|(d, _)| d.distinguishable);
+    for (_, line) in &clear {
+        println!("{line}");
     }
-    if reports.len() > 1 {
-        println!("{}", table_seeds(&reports));
+    println!(
+        "{} of {} differences from llava are not distinguishable from noise (all in results.json)",
+        noise.len(),
+        summary.differences.len()
+    );
+    let unlearned = og_nano::summary::unlearned(&summary, "blind");
+    if !unlearned.is_empty() {
+        println!("no non-blind arm above chance on: {}", unlearned.join(", "));
     }
+    println!(
+        "{seconds:.0}s; results in {}, report in {}",
+        args.out.join("results.json").display(),
+        args.out.join("report.html").display()
+    );
     Ok(())
 }

@@ -160,6 +160,10 @@ pub struct ArmSpec {
     pub fusion: FusionSpec,
     pub selection: SelectionConfig,
     pub segment_rope: bool,
+    /// No image information: every image, in training and evaluation, is a uniform grey
+    /// image of its size (what language priors alone reach).
+    #[serde(default)]
+    pub blind: bool,
 }
 
 impl ArmSpec {
@@ -172,21 +176,36 @@ impl ArmSpec {
             fusion: FusionSpec::default(),
             selection: SelectionConfig::default(),
             segment_rope: false,
+            blind: false,
         }
     }
 
-    /// OG-LLaVA as this project runs it by default: ground-truth masks, patch-aligned Φ, a BoM
-    /// delimiter before each mask group (the released code's `mm_bom_mask_token`).
+    /// OG-LLaVA as the paper's main model: ground-truth masks, patch-aligned Φ, no delimiter
+    /// tokens.
     pub fn og_llava() -> Self {
         Self {
             name: "og-llava".into(),
             masks: MaskSource::GroundTruth,
             fusion: FusionSpec {
-                delimiter: Delimiter::BeforeMask,
+                delimiter: Delimiter::None,
                 ..FusionSpec::default()
             },
             ..Self::llava()
         }
+    }
+
+    /// The LLaVA pipeline with every image replaced by a grey one.
+    pub fn blind() -> Self {
+        Self {
+            name: "blind".into(),
+            blind: true,
+            ..Self::llava()
+        }
+    }
+
+    /// Whether the arm's own inference uses masks (or its windows).
+    pub fn uses_masks(&self) -> bool {
+        self.masks != MaskSource::None || self.windows.is_some()
     }
 
     /// The arm's name as a directory name (`runs/<slug>-align`, `runs/<slug>-sft`).
@@ -205,9 +224,16 @@ impl ArmSpec {
     }
 }
 
-/// The paper's comparison: the LLaVA baseline and OG-LLaVA.
+/// The main comparison: the LLaVA baseline, OG-LLaVA with the renderer's masks and with
+/// segmenter-like noisy masks (the paper's masks come from SAM2, not an oracle), and the blind
+/// arm.
 pub fn main_arms() -> Vec<ArmSpec> {
-    vec![ArmSpec::llava(), ArmSpec::og_llava()]
+    vec![
+        ArmSpec::llava(),
+        ArmSpec::og_llava(),
+        ArmSpec::variant("og-llava (noisy masks)", |a| a.masks = MaskSource::Noisy),
+        ArmSpec::blind(),
+    ]
 }
 
 /// The paper's ablations (Section 5.4) in the nano world, each a variant of OG-LLaVA:
@@ -221,7 +247,9 @@ pub fn ablation_arms() -> Vec<ArmSpec> {
         ArmSpec::variant("phi-raster (paper-exact)", |a| {
             a.selection.phi = Phi::RasterStrip1d { alpha: 0.5 }
         }),
-        ArmSpec::variant("no delimiter", |a| a.fusion.delimiter = Delimiter::None),
+        ArmSpec::variant("bom delimiter", |a| {
+            a.fusion.delimiter = Delimiter::BeforeMask
+        }),
         ArmSpec::variant("eom delimiter", |a| {
             a.fusion.delimiter = Delimiter::AfterMask
         }),
@@ -260,7 +288,15 @@ pub struct ArmResult {
     pub arm: String,
     /// Masks (or the arm's windows) given at inference.
     pub masks_at_inference: bool,
+    /// The ARO- and MMVP-format sets, by likelihood.
     pub results: Results,
+    /// The arm's own inference mode only: every SFT question kind on evaluation scenes
+    /// (likelihood under the kind's name, generation under `<kind>@gen`).
+    #[serde(default)]
+    pub tasks: Option<Results>,
+    /// The same kinds on training scenes (how well training fits), likelihood.
+    #[serde(default)]
+    pub fit: Option<Results>,
 }
 
 impl ArmResult {
@@ -297,6 +333,9 @@ pub struct ExperimentReport {
     pub lm: PretrainReport,
     pub stages: Vec<StageResult>,
     pub evaluations: Vec<ArmResult>,
+    /// Chance accuracy of each result key (the mean of 1 / options over its items).
+    #[serde(default)]
+    pub chance: std::collections::BTreeMap<String, f64>,
     pub seconds: f64,
 }
 
@@ -499,6 +538,21 @@ pub fn run<B: AutodiffBackend>(
     let (clip_dir, llm_dir) = (out.join("clip"), out.join("llm"));
     let tok = ChatTokenizer::from_dir(&llm_dir).map_err(step_err("tokenizer"))?;
     let eval_items = read_eval(&world_dir)?;
+    let read_tasks = |file: &str| {
+        og_eval::read_benchmark(
+            Benchmark::Mcq,
+            &world_dir.join(file),
+            Some(&world_dir.join("images")),
+        )
+        .map_err(step_err("evaluation"))
+    };
+    let (task_items, fit_items) = (
+        read_tasks("eval/tasks.jsonl")?,
+        read_tasks("eval/tasks_fit.jsonl")?,
+    );
+    if arms.iter().any(|a| a.blind) {
+        write_blank_images(&world_dir).map_err(step_err("world"))?;
+    }
     let base = BaseModel::Parts {
         vision: clip_dir.clone(),
         llm: llm_dir.clone(),
@@ -553,7 +607,11 @@ pub fn run<B: AutodiffBackend>(
                 }),
                 data: DataConfig {
                     json: world_dir.join(json),
-                    images: world_dir.join("images"),
+                    images: if arm.blind {
+                        world_dir.join(BLANK).join("images")
+                    } else {
+                        world_dir.join("images")
+                    },
                     masks: masks.clone(),
                     missing_masks: og_train::MissingMasks::BadRow,
                     selection: arm.selection.clone(),
@@ -609,49 +667,38 @@ pub fn run<B: AutodiffBackend>(
             OgLlava::load_checkpoint(prev.expect("two stages ran"), None, device)
                 .map_err(step_err("evaluation"))?;
         model.llm = model.llm.merge_lora();
+        let sets = EvalSets {
+            world: &world_dir,
+            benchmarks: &eval_items,
+            tasks: &task_items,
+            fit: &fit_items,
+        };
         for with_masks in [false, true] {
-            // Masks at inference: the arm's own kind (ground truth for the baseline).
-            let source = match arm.masks {
-                MaskSource::None => MaskSource::GroundTruth,
-                m => m,
-            };
-            let mut results = Results::default();
-            for (items, masks) in eval_sets(&world_dir, &eval_items, source) {
-                let masks = match (with_masks, arm.windows, masks) {
-                    (false, _, _) => MaskMode::None,
-                    (true, Some(w), _) => MaskMode::Windows(w),
-                    (true, None, Some(dir)) => MaskMode::Folder(dir),
-                    (true, None, None) => MaskMode::None,
-                };
-                let ev = Evaluator {
-                    model: &model,
-                    tokenizer: &tok,
-                    processor: &eval_processor,
-                    selection: arm.selection.clone(),
-                    masks,
-                    stop_ids: tok.eos_id().into_iter().collect(),
-                    device: device.clone(),
-                };
-                let r = ev
-                    .evaluate(&items, |_, _| {})
-                    .map_err(step_err("evaluation"))?;
-                if cfg.generation_eval {
-                    let g = ev
-                        .evaluate_generation(&items)
-                        .map_err(step_err("evaluation"))?;
-                    results.accuracy.extend(g.accuracy);
-                }
-                results.accuracy.extend(r.accuracy);
-                if r.mmvp_pairs.is_some() {
-                    results.mmvp_pairs = r.mmvp_pairs;
-                }
-                results.predictions.extend(r.predictions);
+            if arm.blind && with_masks {
+                continue;
             }
-            evaluations.push(ArmResult {
-                arm: arm.name.clone(),
-                masks_at_inference: with_masks,
-                results,
-            });
+            let own_mode = with_masks == arm.uses_masks();
+            evaluations.push(
+                evaluate_arm(
+                    &model,
+                    &tok,
+                    &eval_processor,
+                    arm,
+                    &sets,
+                    with_masks,
+                    own_mode,
+                    cfg.generation_eval,
+                    device,
+                )
+                .map_err(step_err("evaluation"))?,
+            );
+        }
+    }
+    let mut chance = std::collections::BTreeMap::new();
+    for items in [&eval_items, &task_items] {
+        for (key, c) in chance_levels(items) {
+            chance.insert(format!("{key}@gen"), c);
+            chance.insert(key, c);
         }
     }
     let report = ExperimentReport {
@@ -663,6 +710,7 @@ pub fn run<B: AutodiffBackend>(
         lm: base_info.lm,
         stages,
         evaluations,
+        chance,
         seconds: t0.elapsed().as_secs_f64(),
     };
     let path = out.join("results.json");
@@ -675,6 +723,134 @@ pub fn run<B: AutodiffBackend>(
     .map_err(step_err("report"))?;
     crate::report::write_html(&report, out)?;
     Ok(report)
+}
+
+/// Where the blind arm's grey images live, mirroring the world's image folders.
+const BLANK: &str = "blank";
+
+/// A uniform grey copy of every image of the world (`blank/images/…`, `blank/eval/mmvp/…`),
+/// written once.
+fn write_blank_images(world: &Path) -> Result<(), String> {
+    for dir in ["images/train", "images/eval", "eval/mmvp"] {
+        let (from, to) = (world.join(dir), world.join(BLANK).join(dir));
+        std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
+        let entries = std::fs::read_dir(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+        for e in entries.flatten() {
+            let path = e.path();
+            let target = to.join(e.file_name());
+            if path.extension().and_then(|x| x.to_str()) != Some("png") || target.is_file() {
+                continue;
+            }
+            let (w, h) =
+                image::image_dimensions(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128]))
+                .save(&target)
+                .map_err(|e| format!("{}: {e}", target.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The items with their images swapped for the grey copies.
+fn blind_items(items: &[Item], world: &Path) -> Vec<Item> {
+    items
+        .iter()
+        .cloned()
+        .map(|mut item| {
+            if let og_eval::ImageSource::File(p) = &item.image
+                && let Ok(rel) = p.strip_prefix(world)
+            {
+                item.image = og_eval::ImageSource::File(world.join(BLANK).join(rel));
+            }
+            item
+        })
+        .collect()
+}
+
+/// Chance accuracy per result key: the mean of 1 / options over its items.
+fn chance_levels(items: &[Item]) -> std::collections::BTreeMap<String, f64> {
+    let mut sums: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for item in items {
+        let e = sums.entry(og_eval::score::result_key(item)).or_default();
+        e.0 += 1.0 / item.options.len().max(1) as f64;
+        e.1 += 1;
+    }
+    sums.into_iter()
+        .map(|(k, (s, n))| (k, s / n as f64))
+        .collect()
+}
+
+/// What one arm is evaluated on.
+struct EvalSets<'a> {
+    world: &'a Path,
+    benchmarks: &'a [Item],
+    tasks: &'a [Item],
+    fit: &'a [Item],
+}
+
+/// One arm in one inference mode: the benchmark-format sets by likelihood; in the arm's own
+/// mode also the task sets (likelihood, and greedy generation when `generation`) and the fit
+/// set.
+#[allow(clippy::too_many_arguments)]
+fn evaluate_arm<B: burn::tensor::backend::Backend>(
+    model: &OgLlava<B>,
+    tok: &ChatTokenizer,
+    processor: &ImageProcessor,
+    arm: &ArmSpec,
+    sets: &EvalSets<'_>,
+    with_masks: bool,
+    own_mode: bool,
+    generation: bool,
+    device: &B::Device,
+) -> Result<ArmResult, og_eval::EvalError> {
+    // Masks at inference: the arm's own kind (ground truth for the baseline).
+    let source = match arm.masks {
+        MaskSource::None => MaskSource::GroundTruth,
+        m => m,
+    };
+    let evaluator = |masks: Option<PathBuf>| Evaluator {
+        model,
+        tokenizer: tok,
+        processor,
+        selection: arm.selection.clone(),
+        masks: match (with_masks, arm.windows, masks) {
+            (false, _, _) => MaskMode::None,
+            (true, Some(w), _) => MaskMode::Windows(w),
+            (true, None, Some(dir)) => MaskMode::Folder(dir),
+            (true, None, None) => MaskMode::None,
+        },
+        stop_ids: tok.eos_id().into_iter().collect(),
+        device: device.clone(),
+    };
+    let see = |items: &[Item]| -> Vec<Item> {
+        if arm.blind {
+            blind_items(items, sets.world)
+        } else {
+            items.to_vec()
+        }
+    };
+    let mut results = Results::default();
+    for (items, masks) in eval_sets(sets.world, sets.benchmarks, source) {
+        results.extend(evaluator(masks).evaluate(&see(&items), |_, _| {})?);
+    }
+    let (mut tasks, mut fit) = (None, None);
+    if own_mode {
+        let ev = evaluator(mask_dir(sets.world, source));
+        let items = see(sets.tasks);
+        let mut t = ev.evaluate(&items, |_, _| {})?;
+        if generation {
+            t.extend(ev.evaluate_generation(&items, og_eval::Protocol::Paper)?);
+        }
+        tasks = Some(t);
+        fit = Some(ev.evaluate(&see(sets.fit), |_, _| {})?);
+    }
+    Ok(ArmResult {
+        arm: arm.name.clone(),
+        masks_at_inference: with_masks,
+        results,
+        tasks,
+        fit,
+    })
 }
 
 /// Every evaluation item of a world (ARO files and MMVP).
@@ -715,14 +891,11 @@ const COLUMNS: &[(&str, &str, &str)] = &[
     ("aro-vga", "heldout", "attr.held"),
     ("aro-coco-order", "all", "order"),
     ("mmvp", "all", "mmvp"),
-    ("aro-vgr@gen", "all", "rel@gen"),
-    ("aro-vga@gen", "all", "attr@gen"),
-    ("aro-coco-order@gen", "all", "order@gen"),
-    ("mmvp@gen", "all", "mmvp@gen"),
 ];
 
-/// The results as a plain-text table: one row per arm and inference mode, accuracy in % per
-/// benchmark (held-out split separately), MMVP pair accuracy last.
+/// The results as plain-text tables: the benchmark-format sets (one row per arm and inference
+/// mode, accuracy in %, held-out split separately, MMVP pair accuracy last), then every task in
+/// each arm's own mode against its chance level.
 pub fn table(report: &ExperimentReport) -> String {
     let mut s = format!("{:<34}", "arm (inference)");
     for (_, _, h) in COLUMNS {
@@ -743,41 +916,43 @@ pub fn table(report: &ExperimentReport) -> String {
             None => format!("{:>12}\n", "-"),
         };
     }
-    s
-}
-
-/// Mean ± standard deviation over runs with different seeds (same arms), as a table.
-pub fn table_seeds(reports: &[ExperimentReport]) -> String {
-    let Some(first) = reports.first() else {
-        return String::new();
-    };
-    let mut s = format!(
-        "{:<34}",
-        format!("arm (inference), {} seeds", reports.len())
-    );
-    for (_, _, h) in COLUMNS {
-        s += &format!("{h:>14}");
+    let own: Vec<&ArmResult> = report
+        .evaluations
+        .iter()
+        .filter(|e| e.tasks.is_some())
+        .collect();
+    let keys: Vec<&String> = own
+        .first()
+        .and_then(|e| e.tasks.as_ref())
+        .map(|t| t.accuracy.keys().collect())
+        .unwrap_or_default();
+    if keys.is_empty() {
+        return s;
+    }
+    s += &format!("\n{:<34}", "tasks (held-out scenes)");
+    for k in &keys {
+        s += &format!("{:>13}", k);
+    }
+    s += &format!("\n{:<34}", "chance");
+    for k in &keys {
+        s += &match report.chance.get(*k) {
+            Some(c) => format!("{:>13.1}", 100.0 * c),
+            None => format!("{:>13}", "-"),
+        };
     }
     s += "\n";
-    for (k, e) in first.evaluations.iter().enumerate() {
-        let label = e.label();
-        s += &format!("{label:<34}");
-        for (bench, split, _) in COLUMNS {
-            let v: Vec<f64> = reports
-                .iter()
-                .filter_map(|r| r.evaluations.get(k))
-                .filter_map(|e| e.results.accuracy.get(*bench).and_then(|m| m.get(*split)))
-                .map(|a| 100.0 * a.value())
-                .collect();
-            if v.is_empty() {
-                s += &format!("{:>14}", "-");
-                continue;
-            }
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
-            let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
-                / (v.len().max(2) - 1) as f64)
-                .sqrt();
-            s += &format!("{:>14}", format!("{mean:.1}±{sd:.1}"));
+    for e in own {
+        s += &format!("{:<34}", e.label());
+        for k in &keys {
+            let a = e
+                .tasks
+                .as_ref()
+                .and_then(|t| t.accuracy.get(*k))
+                .and_then(|m| m.get("all"));
+            s += &match a {
+                Some(a) => format!("{:>13.1}", 100.0 * a.value()),
+                None => format!("{:>13}", "-"),
+            };
         }
         s += "\n";
     }
@@ -796,12 +971,37 @@ mod tests {
         let r =
             run::<Autodiff<Flex<f32>>>(&cfg, &main_arms(), dir.path(), &Default::default(), false)
                 .unwrap();
-        assert_eq!(r.evaluations.len(), 4);
-        // Both scorings ran: likelihood ranking and generation with rotated options.
+        // llava, og-llava and og-llava (noisy masks) with and without masks; blind without.
+        assert_eq!(r.evaluations.len(), 7);
+        assert!(r.evaluations.iter().any(|e| e.arm == "blind"));
+        // The benchmark-format sets by likelihood; in the arm's own mode every task by
+        // likelihood and by generation, and the training-scene fit.
         let acc = &r.evaluations[0].results.accuracy;
-        assert!(acc.contains_key("aro-vgr") && acc.contains_key("aro-vgr@gen"));
-        assert_eq!(acc["aro-vgr"]["all"].total, acc["aro-vgr@gen"]["all"].total);
-        assert_eq!(r.stages.len(), 4);
+        assert!(acc.contains_key("aro-vgr") && acc.contains_key("mmvp"));
+        for e in &r.evaluations {
+            let own = e.masks_at_inference == (e.arm.starts_with("og-llava"));
+            assert_eq!(e.tasks.is_some(), own, "{}", e.label());
+            if let Some(t) = &e.tasks {
+                for k in ["colour", "relation", "left-right", "colour@gen"] {
+                    assert!(t.accuracy.contains_key(k), "{k}");
+                    assert_eq!(t.outcomes[k].len(), t.accuracy[k]["all"].total);
+                }
+                assert!(e.fit.as_ref().unwrap().accuracy.contains_key("count"));
+            }
+        }
+        assert!((r.chance["colour"] - 1.0 / 8.0).abs() < 1e-12);
+        assert!((r.chance["existence@gen"] - 0.5).abs() < 1e-12);
+        let s = crate::summary::summarize(std::slice::from_ref(&r), "llava");
+        for task in [
+            "aro-relation",
+            "aro-attribution",
+            "mmvp",
+            "colour",
+            "colour@gen",
+        ] {
+            assert_eq!(s.tasks[task].arms.len(), 4, "{task}");
+        }
+        assert_eq!(r.stages.len(), 8);
         for s in &r.stages {
             let (first, last) = (s.first_loss.unwrap(), s.last_loss.unwrap());
             assert!(s.steps >= 12 && last < first, "{s:?}");
@@ -820,8 +1020,13 @@ mod tests {
         }
         let t = table(&r);
         assert!(
-            t.contains("relation") && t.contains("og-llava (masks)"),
+            t.contains("relation") && t.contains("og-llava (masks)") && t.contains("chance"),
             "{t}"
+        );
+        assert!(
+            dir.path()
+                .join("world/blank/images/eval/000000.png")
+                .is_file()
         );
         let (first, last) = r.lm.first_last(2);
         assert!(last < first, "LM pre-training loss {first} → {last}");

@@ -16,6 +16,7 @@ pub mod experiment;
 pub mod pretrain;
 pub mod report;
 pub mod scene;
+pub mod summary;
 pub mod text;
 pub mod tokenizer;
 pub mod world;

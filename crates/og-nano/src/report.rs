@@ -236,3 +236,122 @@ pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, Expe
     og_segment::write_atomic(&path, html.as_bytes()).map_err(err)?;
     Ok(path)
 }
+
+/// An inline SVG of one cell: the interval as a whisker, the mean as a dot, chance as a red
+/// tick, on a 0–100% axis.
+fn whisker(c: &crate::summary::Cell, chance: f64) -> String {
+    let x = |v: f64| 4.0 + 152.0 * v.clamp(0.0, 1.0);
+    format!(
+        "<svg width=\"160\" height=\"16\" viewBox=\"0 0 160 16\"><line x1=\"4\" y1=\"8\" x2=\"156\" y2=\"8\" stroke=\"#ddd\"/>\
+         <line x1=\"{ch:.1}\" y1=\"1\" x2=\"{ch:.1}\" y2=\"15\" stroke=\"#d33\" stroke-width=\"1.5\"/>\
+         <line x1=\"{lo:.1}\" y1=\"8\" x2=\"{hi:.1}\" y2=\"8\" stroke=\"#236\" stroke-width=\"2\"/>\
+         <line x1=\"{lo:.1}\" y1=\"4\" x2=\"{lo:.1}\" y2=\"12\" stroke=\"#236\"/><line x1=\"{hi:.1}\" y1=\"4\" x2=\"{hi:.1}\" y2=\"12\" stroke=\"#236\"/>\
+         <circle cx=\"{m:.1}\" cy=\"8\" r=\"3\" fill=\"#236\"/></svg>",
+        ch = x(chance),
+        lo = x(c.ci95[0]),
+        hi = x(c.ci95[1]),
+        m = x(c.mean)
+    )
+}
+
+fn summary_table(
+    title: &str,
+    rows: &std::collections::BTreeMap<String, crate::summary::TaskRow>,
+) -> String {
+    let arms: Vec<&String> = rows
+        .values()
+        .next()
+        .map(|r| r.arms.keys().collect())
+        .unwrap_or_default();
+    let mut html = format!(
+        "<h2>{title}</h2><table><tr><th style=\"text-align:left\">task</th><th>chance %</th>"
+    );
+    for a in &arms {
+        let _ = write!(html, "<th colspan=\"2\">{a}</th>");
+    }
+    html += "</tr>";
+    for (task, row) in rows {
+        let _ = write!(
+            html,
+            "<tr><td style=\"text-align:left\">{task}</td><td>{:.1}</td>",
+            100.0 * row.chance
+        );
+        for a in &arms {
+            match row.arms.get(*a) {
+                Some(c) => {
+                    let above = c.ci95[0] > row.chance;
+                    let _ = write!(
+                        html,
+                        "<td title=\"seeds: {}\"{}>{:.1} <small>[{:.1}, {:.1}]</small></td><td>{}</td>",
+                        c.seeds
+                            .iter()
+                            .map(|v| format!("{:.1}", 100.0 * v))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if above {
+                            " style=\"font-weight:bold\""
+                        } else {
+                            ""
+                        },
+                        100.0 * c.mean,
+                        100.0 * c.ci95[0],
+                        100.0 * c.ci95[1],
+                        whisker(c, row.chance)
+                    );
+                }
+                None => html += "<td>–</td><td></td>",
+            }
+        }
+        html += "</tr>";
+    }
+    html + "</table>"
+}
+
+/// `report.html` of a run over several seeds: the tasks table (mean, 95% interval, a whisker
+/// against chance per cell), the training-fit table, the paired differences in words, and
+/// links to each seed's own report.
+pub fn write_summary_html(
+    summary: &crate::summary::Summary,
+    seed_dirs: &[String],
+    seconds: f64,
+    out: &Path,
+) -> Result<PathBuf, ExperimentError> {
+    let mut html = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>OG-LLaVA nano world: summary</title>\
+         <style>body{font-family:sans-serif;max-width:1350px;margin:2em auto}table{border-collapse:collapse;margin-bottom:1em}\
+         td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}svg{vertical-align:middle}</style></head><body>",
+    );
+    let _ = write!(
+        html,
+        "<h1>OG-LLaVA in the nano world</h1><p>{} seeds ({}) · {:.0} s. Accuracy % on held-out \
+         evaluation scenes, each arm in its own inference mode (OG arms with masks). Brackets and \
+         whiskers: 95% bootstrap interval over evaluation items (stratified by seed); red tick: \
+         chance; bold: interval above chance; hover a cell for the per-seed values.</p>",
+        summary.seeds.len(),
+        summary
+            .seeds
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        seconds
+    );
+    html += &summary_table("Tasks (held-out scenes)", &summary.tasks);
+    html += "<h2>Differences from the LLaVA baseline (paired bootstrap)</h2><ul>";
+    for v in &summary.verdicts {
+        let _ = write!(html, "<li>{v}</li>");
+    }
+    html += "</ul>";
+    html += &summary_table(
+        "Fit (the same questions on training scenes, likelihood)",
+        &summary.fit,
+    );
+    html += "<h2>Each seed</h2><ul>";
+    for d in seed_dirs {
+        let _ = write!(html, "<li><a href=\"{d}/report.html\">{d}</a></li>");
+    }
+    html += "</ul></body></html>\n";
+    let path = out.join("report.html");
+    og_segment::write_atomic(&path, html.as_bytes()).map_err(err)?;
+    Ok(path)
+}

@@ -258,8 +258,9 @@ impl Scene {
     }
 }
 
-/// Spatial relation of object a to object b (by centres; `None` when neither axis separates
-/// them by at least a fifth of the smaller radius sum).
+/// Spatial relation of object a to object b, by centres; `None` unless the label is clear:
+/// the dominant axis separates the centres by more than the radius sum and by at least twice
+/// the other axis's offset (a diagonal neighbour has no relation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Relation {
@@ -270,6 +271,13 @@ pub enum Relation {
 }
 
 impl Relation {
+    pub const ALL: [Relation; 4] = [
+        Relation::LeftOf,
+        Relation::RightOf,
+        Relation::Above,
+        Relation::Below,
+    ];
+
     pub fn words(self) -> &'static str {
         match self {
             Relation::LeftOf => "left of",
@@ -291,7 +299,11 @@ impl Relation {
     /// The dominant-axis relation of a to b.
     pub fn between(a: &Object, b: &Object) -> Option<Relation> {
         let (dx, dy) = (a.cx - b.cx, a.cy - b.cy);
-        let margin = 0.2 * (a.r + b.r);
+        let margin = a.r + b.r;
+        let (major, minor) = (dx.abs().max(dy.abs()), dx.abs().min(dy.abs()));
+        if major <= margin || major < 2.0 * minor {
+            return None;
+        }
         if dx.abs() >= dy.abs() {
             (dx.abs() > margin).then_some(if dx < 0.0 {
                 Relation::LeftOf

@@ -60,84 +60,203 @@ pub fn caption(scene: &Scene, rng: &mut SplitMix64) -> String {
     )
 }
 
-/// A (question, answer) about the scene; which kinds are asked is drawn by `rng`. `absent`
-/// proposes a (colour, shape) pair for existence questions with a "no" answer.
+/// The kinds of question the SFT conversations ask; each is also evaluated on held-out scenes
+/// against its closed set of answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    Colour,
+    Shape,
+    Relation,
+    Count,
+    Existence,
+    Size,
+    /// MMVP's question: "is the X left or right of the Y?", answered "left" or "right".
+    LeftRight,
+}
+
+impl Task {
+    pub const ALL: [Task; 7] = [
+        Task::Colour,
+        Task::Shape,
+        Task::Relation,
+        Task::Count,
+        Task::Existence,
+        Task::Size,
+        Task::LeftRight,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Colour => "colour",
+            Task::Shape => "shape",
+            Task::Relation => "relation",
+            Task::Count => "count",
+            Task::Existence => "existence",
+            Task::Size => "size",
+            Task::LeftRight => "left-right",
+        }
+    }
+
+    /// Every answer the task can have, written exactly as training writes it; `objects` is
+    /// the range of object counts a scene can hold.
+    pub fn answers(self, objects: std::ops::RangeInclusive<usize>) -> Vec<String> {
+        let dot = |w: &str| format!("{w}.");
+        match self {
+            Task::Colour => Colour::ALL.iter().map(|c| dot(c.word())).collect(),
+            Task::Shape => Shape::ALL.iter().map(|s| dot(s.word())).collect(),
+            Task::Relation => Relation::ALL.iter().map(|r| dot(r.words())).collect(),
+            Task::Count => objects.map(|n| dot(NUMBERS[n])).collect(),
+            Task::Existence => vec![dot("yes"), dot("no")],
+            Task::Size => vec![dot("small"), dot("large")],
+            Task::LeftRight => vec!["left".into(), "right".into()],
+        }
+    }
+}
+
+/// One question of kind `task` about the scene, or `None` when this draw found none (a colour
+/// question needs a shape unique in the scene, …). `absent` proposes a (colour, shape) pair
+/// for existence questions with a "no" answer.
+pub fn ask(
+    scene: &Scene,
+    task: Task,
+    rng: &mut SplitMix64,
+    absent: &mut dyn FnMut(&mut SplitMix64) -> (Colour, Shape),
+) -> Option<(String, String)> {
+    let objs = &scene.objects;
+    match task {
+        Task::Colour => {
+            let o = pick(rng, objs);
+            (objs.iter().filter(|p| p.shape == o.shape).count() == 1).then(|| {
+                (
+                    format!("what colour is the {}?", o.shape.word()),
+                    format!("{}.", o.colour.word()),
+                )
+            })
+        }
+        Task::Shape => {
+            let o = pick(rng, objs);
+            (objs.iter().filter(|p| p.colour == o.colour).count() == 1).then(|| {
+                (
+                    format!("what shape is the {} object?", o.colour.word()),
+                    format!("{}.", o.shape.word()),
+                )
+            })
+        }
+        Task::Relation => {
+            let pairs = related_pairs(scene);
+            if pairs.is_empty() {
+                return None;
+            }
+            let (i, j, r) = *pick(rng, &pairs);
+            Some((
+                format!(
+                    "where is the {} relative to the {}?",
+                    objs[i].noun_phrase(false),
+                    objs[j].noun_phrase(false)
+                ),
+                format!("{}.", r.words()),
+            ))
+        }
+        Task::Count => Some((
+            "how many shapes are there?".into(),
+            format!("{}.", NUMBERS[objs.len()]),
+        )),
+        Task::Existence => {
+            if rng.below(2) == 0 {
+                let o = pick(rng, objs);
+                return Some((
+                    format!("is there a {} {}?", o.colour.word(), o.shape.word()),
+                    "yes.".into(),
+                ));
+            }
+            let (c, s) = absent(rng);
+            (!objs.iter().any(|o| o.colour == c && o.shape == s)).then(|| {
+                (
+                    format!("is there a {} {}?", c.word(), s.word()),
+                    "no.".into(),
+                )
+            })
+        }
+        Task::Size => {
+            let o = pick(rng, objs);
+            let size = match o.size {
+                Size::Small => "small",
+                Size::Large => "large",
+            };
+            Some((
+                format!("is the {} small or large?", o.noun_phrase(false)),
+                format!("{size}."),
+            ))
+        }
+        Task::LeftRight => mmvp_pair(scene, rng).map(|p| {
+            let answer = p.options[p.answers[0]].clone();
+            (p.question, answer)
+        }),
+    }
+}
+
+/// A question about the scene, its kind drawn by `rng`: (kind, question, answer).
 pub fn question(
     scene: &Scene,
     rng: &mut SplitMix64,
     absent: &mut dyn FnMut(&mut SplitMix64) -> (Colour, Shape),
-) -> (String, String) {
-    let objs = &scene.objects;
+) -> (Task, String, String) {
     loop {
-        match rng.below(6) {
-            0 => {
-                // Colour of a shape that is unique in the scene.
-                let o = pick(rng, objs);
-                if objs.iter().filter(|p| p.shape == o.shape).count() == 1 {
-                    return (
-                        format!("what colour is the {}?", o.shape.word()),
-                        format!("{}.", o.colour.word()),
-                    );
-                }
-            }
-            1 => {
-                let o = pick(rng, objs);
-                if objs.iter().filter(|p| p.colour == o.colour).count() == 1 {
-                    return (
-                        format!("what shape is the {} object?", o.colour.word()),
-                        format!("{}.", o.shape.word()),
-                    );
-                }
-            }
-            2 => {
-                let pairs = related_pairs(scene);
-                if !pairs.is_empty() {
-                    let (i, j, r) = *pick(rng, &pairs);
-                    return (
-                        format!(
-                            "where is the {} relative to the {}?",
-                            objs[i].noun_phrase(false),
-                            objs[j].noun_phrase(false)
-                        ),
-                        format!("{}.", r.words()),
-                    );
-                }
-            }
-            3 => {
-                return (
-                    "how many shapes are there?".into(),
-                    format!("{}.", NUMBERS[objs.len()]),
-                );
-            }
-            4 => {
-                if rng.below(2) == 0 {
-                    let o = pick(rng, objs);
-                    return (
-                        format!("is there a {} {}?", o.colour.word(), o.shape.word()),
-                        "yes.".into(),
-                    );
-                }
-                let (c, s) = absent(rng);
-                if !objs.iter().any(|o| o.colour == c && o.shape == s) {
-                    return (
-                        format!("is there a {} {}?", c.word(), s.word()),
-                        "no.".into(),
-                    );
-                }
-            }
-            _ => {
-                let o = pick(rng, objs);
-                let size = match o.size {
-                    Size::Small => "small",
-                    Size::Large => "large",
-                };
-                return (
-                    format!("is the {} small or large?", o.noun_phrase(false)),
-                    format!("{size}."),
-                );
-            }
+        let task = Task::ALL[rng.below(Task::ALL.len())];
+        if let Some((q, a)) = ask(scene, task, rng, absent) {
+            return (task, q, a);
         }
     }
+}
+
+/// The question as a multiple-choice turn: the task's whole answer set in a shuffled order, in
+/// og-eval's letter format; the answer is the right option's letter.
+pub fn multiple_choice(
+    task: Task,
+    question: &str,
+    answer: &str,
+    objects: std::ops::RangeInclusive<usize>,
+    rng: &mut SplitMix64,
+) -> (String, String) {
+    let mut options = task.answers(objects);
+    for k in (1..options.len()).rev() {
+        options.swap(k, rng.below(k + 1));
+    }
+    let shown: Vec<&str> = options.iter().map(String::as_str).collect();
+    let right = options.iter().position(|o| o == answer).unwrap_or(0);
+    (
+        og_eval::protocol::letter_prompt(None, question, &shown),
+        og_eval::item::letter(right).to_string(),
+    )
+}
+
+/// One item per task for the scene where a question of that kind exists (up to 20 draws
+/// each): the training question and the task's closed answer set, in og-eval's `mcq` layout.
+pub fn task_items(
+    scene: &Scene,
+    image: &str,
+    id: &str,
+    objects: std::ops::RangeInclusive<usize>,
+    rng: &mut SplitMix64,
+    absent: &mut dyn FnMut(&mut SplitMix64) -> (Colour, Shape),
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for task in Task::ALL {
+        let Some((q, a)) = (0..20).find_map(|_| ask(scene, task, rng, absent)) else {
+            continue;
+        };
+        let options = task.answers(objects.clone());
+        let answer = options
+            .iter()
+            .position(|o| *o == a)
+            .expect("closed answer set");
+        out.push(serde_json::json!({
+            "id": format!("{id}-{}", task.name()), "image": image, "question": q,
+            "options": options, "answer": answer, "category": task.name(),
+        }));
+    }
+    out
 }
 
 /// An ARO VG-Relation item (`true_caption` vs the caption with the objects swapped).
@@ -349,8 +468,9 @@ mod tests {
                 assert!(c.contains(&o.noun_phrase(true)), "{c}");
             }
             let mut absent = |r: &mut SplitMix64| (*pick(r, Colour::ALL), *pick(r, Shape::ALL));
-            let (q, a) = question(&s, &mut rng, &mut absent);
-            assert!(q.ends_with('?') && a.ends_with('.'));
+            let (task, q, a) = question(&s, &mut rng, &mut absent);
+            assert!(q.ends_with('?'), "{q}");
+            assert!(task.answers(2..=5).contains(&a), "{task:?}: {a}");
             if let Some(item) = relation_item(&s, "x.png", &mut rng) {
                 assert_ne!(item.true_caption, item.false_caption);
             }

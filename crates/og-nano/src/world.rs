@@ -5,11 +5,15 @@
 //! - `images/{train,eval}/NNNNNN.png`; `masks/{train,eval}/NNNNNN.json` (COCO RLE, ground truth
 //!   from the renderer); with `noisy_masks`, `masks_noisy/...` (merged, dilated, dropped);
 //! - `align.json` (caption conversations, stage 1) and `sft.json` (question–answer
-//!   conversations, 1–3 turns, stage 2) in LLaVA's format; `captions.jsonl` (image + caption,
+//!   conversations, 1–3 turns, a quarter starting with a caption request and a quarter of the
+//!   questions multiple choice with option letters, stage 2) in LLaVA's format; `captions.jsonl` (image + caption,
 //!   for contrastive pre-training); `text.txt` (every sentence, for the tokenizer and the LM);
 //! - `eval/vg_relation.json`, `eval/vg_attribution.json`, `eval/coco_order.json` (ARO's
 //!   formats, with a `split` of `seen` or `heldout`), `eval/mmvp/Questions.csv` + `eval/mmvp/`
 //!   images `1.png`, `2.png`, … (MMVP's layout: consecutive images form a pair);
+//! - `eval/tasks.jsonl`: every SFT question kind on each evaluation scene, with the kind's
+//!   closed answer set as options (og-eval's `mcq` layout, `split` as above);
+//!   `eval/tasks_fit.jsonl`: the same on the first training scenes (how well training fits);
 //! - `world.json`: the configuration, the held-out (colour, shape) pairs and counts.
 //!
 //! Held-out split: a seeded choice of (colour, shape) pairs never appears in a training scene;
@@ -107,6 +111,12 @@ pub struct WorldSummary {
     pub eval_attribution: usize,
     pub eval_order: usize,
     pub eval_mmvp_pairs: usize,
+    /// Items of `eval/tasks.jsonl` (every SFT question kind on evaluation scenes) and
+    /// `eval/tasks_fit.jsonl` (the same on training scenes).
+    #[serde(default)]
+    pub eval_tasks: usize,
+    #[serde(default)]
+    pub fit_tasks: usize,
 }
 
 /// The held-out (colour, shape) pairs of a seed.
@@ -192,6 +202,14 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> R<()> {
     })
 }
 
+fn write_jsonl(path: &Path, rows: &[serde_json::Value]) -> R<()> {
+    let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    og_segment::write_atomic(path, text.as_bytes()).map_err(|e| WorldError::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 /// Generates the world into `out` (created; existing files are overwritten).
 pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
     if cfg.min_objects < 2 || cfg.max_objects < cfg.min_objects || cfg.max_objects > 5 {
@@ -232,6 +250,11 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
     let mut captions =
         std::io::BufWriter::new(std::fs::File::create(&text_path).map_err(io(&text_path))?);
     let seen_only = |c: Colour, s: Shape| !is_heldout(c, s);
+    let objects = cfg.min_objects..=cfg.max_objects;
+    // Task items draw from their own stream, so the training data does not depend on them.
+    let mut task_rng = SplitMix64(cfg.seed ^ 0x7a5c_17e4_0000_u64);
+    let fit_scenes = cfg.eval_scenes.min(cfg.train_scenes);
+    let (mut fit, mut tasks) = (Vec::new(), Vec::new());
     for k in 0..cfg.train_scenes {
         let scene = loop {
             if let Some(s) = Scene::sample(&spec, &mut rng, &seen_only) {
@@ -266,12 +289,34 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
                 break (c, s);
             }
         };
-        for t in 0..turns {
-            let (q, a) = text::question(&scene, &mut rng, &mut absent);
+        // LLaVA's SFT mix: some conversations start with a caption request.
+        if rng.below(4) == 0 {
+            conv.push(json!({"from": "human", "value": "describe the image."}));
+            conv.push(json!({"from": "gpt", "value": cap}));
+        }
+        for _ in 0..turns {
+            let (task, q, a) = text::question(&scene, &mut rng, &mut absent);
+            // A share of the questions as multiple choice with option letters.
+            let (q, a) = if rng.below(4) == 0 {
+                text::multiple_choice(task, &q, &a, objects.clone(), &mut rng)
+            } else {
+                (q, a)
+            };
             text_lines.push(format!("{q} {a}"));
-            let q = if t == 0 { format!("<image>\n{q}") } else { q };
             conv.push(json!({"from": "human", "value": q}));
             conv.push(json!({"from": "gpt", "value": a}));
+        }
+        conv[0]["value"] =
+            format!("<image>\n{}", conv[0]["value"].as_str().unwrap_or_default()).into();
+        if k < fit_scenes {
+            fit.extend(text::task_items(
+                &scene,
+                &image,
+                &format!("fit-{name}"),
+                objects.clone(),
+                &mut task_rng,
+                &mut absent,
+            ));
         }
         sft.push(json!({"id": format!("sft-{name}"), "image": image, "conversations": conv}));
     }
@@ -306,6 +351,18 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
             )?;
         }
         let image = format!("eval/{name}.png");
+        let mut any_pair = |r: &mut SplitMix64| (Colour::ALL[r.below(8)], Shape::ALL[r.below(5)]);
+        for mut item in text::task_items(
+            &scene,
+            &image,
+            &format!("eval-{name}"),
+            objects.clone(),
+            &mut task_rng,
+            &mut any_pair,
+        ) {
+            item["split"] = split.into();
+            tasks.push(item);
+        }
         if let Some(item) = text::relation_item(&scene, &image, &mut rng) {
             let mut v = serde_json::to_value(item).expect("json");
             v["split"] = split.into();
@@ -339,6 +396,8 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
     write_json(&out.join("eval/vg_relation.json"), &relation)?;
     write_json(&out.join("eval/vg_attribution.json"), &attribution)?;
     write_json(&out.join("eval/coco_order.json"), &order)?;
+    write_jsonl(&out.join("eval/tasks.jsonl"), &tasks)?;
+    write_jsonl(&out.join("eval/tasks_fit.jsonl"), &fit)?;
     let csv = out.join("eval/mmvp/Questions.csv");
     og_segment::write_atomic(&csv, (mmvp.join("\n") + "\n").as_bytes()).map_err(|e| {
         WorldError::Write {
@@ -362,6 +421,8 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
         eval_attribution: attribution.len(),
         eval_order: order.len(),
         eval_mmvp_pairs: mmvp_index / 2,
+        eval_tasks: tasks.len(),
+        fit_tasks: fit.len(),
     };
     write_json(&out.join("world.json"), &summary)?;
     Ok(summary)
