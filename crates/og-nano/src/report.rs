@@ -240,9 +240,9 @@ pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, Expe
 /// An inline SVG of one cell: the interval as a whisker, the mean as a dot, chance as a red
 /// tick, on a 0–100% axis.
 fn whisker(c: &crate::summary::Cell, chance: f64) -> String {
-    let x = |v: f64| 4.0 + 152.0 * v.clamp(0.0, 1.0);
+    let x = |v: f64| 4.0 + 92.0 * v.clamp(0.0, 1.0);
     format!(
-        "<svg width=\"160\" height=\"16\" viewBox=\"0 0 160 16\"><line x1=\"4\" y1=\"8\" x2=\"156\" y2=\"8\" stroke=\"#ddd\"/>\
+        "<svg width=\"100\" height=\"16\" viewBox=\"0 0 100 16\"><line x1=\"4\" y1=\"8\" x2=\"96\" y2=\"8\" stroke=\"#ddd\"/>\
          <line x1=\"{ch:.1}\" y1=\"1\" x2=\"{ch:.1}\" y2=\"15\" stroke=\"#d33\" stroke-width=\"1.5\"/>\
          <line x1=\"{lo:.1}\" y1=\"8\" x2=\"{hi:.1}\" y2=\"8\" stroke=\"#236\" stroke-width=\"2\"/>\
          <line x1=\"{lo:.1}\" y1=\"4\" x2=\"{lo:.1}\" y2=\"12\" stroke=\"#236\"/><line x1=\"{hi:.1}\" y1=\"4\" x2=\"{hi:.1}\" y2=\"12\" stroke=\"#236\"/>\
@@ -256,17 +256,13 @@ fn whisker(c: &crate::summary::Cell, chance: f64) -> String {
 
 fn summary_table(
     title: &str,
+    arms: &[String],
     rows: &std::collections::BTreeMap<String, crate::summary::TaskRow>,
 ) -> String {
-    let arms: Vec<&String> = rows
-        .values()
-        .next()
-        .map(|r| r.arms.keys().collect())
-        .unwrap_or_default();
     let mut html = format!(
         "<h2>{title}</h2><table><tr><th style=\"text-align:left\">task</th><th>chance %</th>"
     );
-    for a in &arms {
+    for a in arms {
         let _ = write!(html, "<th colspan=\"2\">{a}</th>");
     }
     html += "</tr>";
@@ -276,8 +272,8 @@ fn summary_table(
             "<tr><td style=\"text-align:left\">{task}</td><td>{:.1}</td>",
             100.0 * row.chance
         );
-        for a in &arms {
-            match row.arms.get(*a) {
+        for a in arms {
+            match row.arms.get(a) {
                 Some(c) => {
                     let above = c.ci95[0] > row.chance;
                     let _ = write!(
@@ -319,7 +315,7 @@ pub fn write_summary_html(
     let mut html = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>OG-LLaVA nano world: summary</title>\
          <style>body{font-family:sans-serif;max-width:1350px;margin:2em auto}table{border-collapse:collapse;margin-bottom:1em}\
-         td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}svg{vertical-align:middle}</style></head><body>",
+         td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap;font-size:14px}th{background:#eee}svg{vertical-align:middle}</style></head><body>",
     );
     let _ = write!(
         html,
@@ -336,14 +332,25 @@ pub fn write_summary_html(
             .join(", "),
         seconds
     );
-    html += &summary_table("Tasks (held-out scenes)", &summary.tasks);
+    html += &summary_table("Tasks (held-out scenes)", &summary.arms, &summary.tasks);
     html += "<h2>Differences from the LLaVA baseline (paired bootstrap)</h2><ul>";
-    for v in &summary.verdicts {
+    let pairs: Vec<_> = summary.differences.iter().zip(&summary.verdicts).collect();
+    for (_, v) in pairs.iter().filter(|(d, _)| d.distinguishable) {
+        let _ = write!(html, "<li><b>{v}</b></li>");
+    }
+    let noise: Vec<_> = pairs.iter().filter(|(d, _)| !d.distinguishable).collect();
+    let _ = write!(
+        html,
+        "</ul><details><summary>{} differences not distinguishable from noise</summary><ul>",
+        noise.len()
+    );
+    for (_, v) in noise {
         let _ = write!(html, "<li>{v}</li>");
     }
-    html += "</ul>";
+    html += "</ul></details>";
     html += &summary_table(
         "Fit (the same questions on training scenes, likelihood)",
+        &summary.arms,
         &summary.fit,
     );
     html += "<h2>Each seed</h2><ul>";

@@ -52,6 +52,8 @@ pub struct Difference {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub seeds: Vec<u64>,
+    /// The arms in the order the experiment ran them (the baseline first).
+    pub arms: Vec<String>,
     /// Held-out evaluation scenes, each arm in its own inference mode.
     pub tasks: BTreeMap<String, TaskRow>,
     /// The SFT question kinds on training scenes.
@@ -250,6 +252,10 @@ pub fn summarize(reports: &[ExperimentReport], baseline: &str) -> Summary {
         .collect();
     Summary {
         seeds: reports.iter().map(|r| r.config.seed).collect(),
+        arms: reports
+            .first()
+            .map(|r| r.arms.iter().map(|a| a.name.clone()).collect())
+            .unwrap_or_default(),
         tasks: rows(&held),
         fit: rows(&collect(reports, true)),
         differences,
@@ -272,25 +278,20 @@ pub fn unlearned(s: &Summary, blind: &str) -> Vec<String> {
 
 /// The summary as a plain-text table (accuracy %, interval, chance).
 pub fn text_table(s: &Summary) -> String {
-    let arms: Vec<&String> = s
-        .tasks
-        .values()
-        .next()
-        .map(|r| r.arms.keys().collect())
-        .unwrap_or_default();
+    let arms = &s.arms;
     let mut out = format!(
         "{:<18}{:>8}",
         format!("task ({} seeds)", s.seeds.len()),
         "chance"
     );
-    for a in &arms {
+    for a in arms {
         out += &format!("{:>24}", a);
     }
     out += "\n";
     for (task, row) in &s.tasks {
         out += &format!("{task:<18}{:>8.1}", 100.0 * row.chance);
-        for a in &arms {
-            out += &match row.arms.get(*a) {
+        for a in arms {
+            out += &match row.arms.get(a) {
                 Some(c) => format!(
                     "{:>24}",
                     format!(

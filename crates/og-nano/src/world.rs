@@ -13,7 +13,7 @@
 //!   images `1.png`, `2.png`, … (MMVP's layout: consecutive images form a pair);
 //! - `eval/tasks.jsonl`: every SFT question kind on each evaluation scene, with the kind's
 //!   closed answer set as options (og-eval's `mcq` layout, `split` as above);
-//!   `eval/tasks_fit.jsonl`: the same on the first training scenes (how well training fits);
+//!   `eval/tasks_fit.jsonl`: the same on the first quarter-as-many training scenes (how well training fits);
 //! - `world.json`: the configuration, the held-out (colour, shape) pairs and counts.
 //!
 //! Held-out split: a seeded choice of (colour, shape) pairs never appears in a training scene;
@@ -253,7 +253,7 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
     let objects = cfg.min_objects..=cfg.max_objects;
     // Task items draw from their own stream, so the training data does not depend on them.
     let mut task_rng = SplitMix64(cfg.seed ^ 0x7a5c_17e4_0000_u64);
-    let fit_scenes = cfg.eval_scenes.min(cfg.train_scenes);
+    let fit_scenes = (cfg.eval_scenes / 4).max(1).min(cfg.train_scenes);
     let (mut fit, mut tasks) = (Vec::new(), Vec::new());
     for k in 0..cfg.train_scenes {
         let scene = loop {
