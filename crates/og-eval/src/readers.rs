@@ -178,6 +178,36 @@ fn aro_crop(t: &Table, row: usize) -> Result<Option<[f64; 4]>, EvalError> {
     Ok(Some(b))
 }
 
+/// The right option from `column`, read by `parse` and checked against the `n` options; the
+/// error says what the value should have been.
+fn gold(
+    t: &Table,
+    r: usize,
+    column: &str,
+    n: usize,
+    parse: impl Fn(&str) -> Option<usize>,
+    what: &str,
+) -> Result<usize, EvalError> {
+    let g = t.text(r, column)?;
+    parse(&g)
+        .filter(|&k| k < n)
+        .ok_or_else(|| t.err(r, column, format!("{g:?} is not {what}")))
+}
+
+/// An image named by a path (relative to `root`) or held in the table, whichever the cell is.
+fn path_or_table_image(
+    t: &Table,
+    r: usize,
+    column: &str,
+    root: &Path,
+    fallback: &str,
+) -> Result<(ImageSource, String), EvalError> {
+    match t.cell(r, column)? {
+        crate::table::Cell::Str(_) => file_image(t, r, column, root),
+        _ => table_image(t, r, column, fallback),
+    }
+}
+
 fn blank_item(bench: Benchmark, id: String, image: ImageSource, image_name: String) -> Item {
     Item {
         bench,
@@ -411,10 +441,7 @@ fn read_mmvp(dir: &Path) -> Result<Rows, EvalError> {
                 .strip_prefix("(a)")
                 .and_then(|x| x.split_once("(b)"))
                 .ok_or_else(|| t.err(r, "Options", format!("{opts:?} is not \"(a) … (b) …\"")))?;
-            let gold = t.text(r, "Correct Answer")?;
-            item.answer = letter_index(&gold)
-                .filter(|&k| k < 2)
-                .ok_or_else(|| t.err(r, "Correct Answer", format!("{gold:?} is not (a) or (b)")))?;
+            item.answer = gold(&t, r, "Correct Answer", 2, letter_index, "(a) or (b)")?;
             item.question = t.text(r, "Question")?.trim().to_string();
             item.options = vec![a.trim().to_string(), b.trim().to_string()];
             item.prompt = Some(format!("{} {}", item.question, opts.trim()));
@@ -432,16 +459,17 @@ fn read_cvbench(data: &Path, images: Option<&Path>) -> Result<Rows, EvalError> {
     Ok((0..t.len())
         .map(|r| {
             let id = t.opt_text(r, "idx").unwrap_or_else(|| r.to_string());
-            let (image, name) = match t.cell(r, "image")? {
-                crate::table::Cell::Str(_) => file_image(&t, r, "image", &root)?,
-                _ => table_image(&t, r, "image", &format!("{id}.png"))?,
-            };
+            let (image, name) = path_or_table_image(&t, r, "image", &root, &format!("{id}.png"))?;
             let mut item = blank_item(Benchmark::CvBench, id, image, name);
             item.options = t.text_list(r, "choices")?;
-            let gold = t.text(r, "answer")?;
-            item.answer = letter_index(&gold)
-                .filter(|&k| k < item.options.len())
-                .ok_or_else(|| t.err(r, "answer", format!("{gold:?} is not a choice letter")))?;
+            item.answer = gold(
+                &t,
+                r,
+                "answer",
+                item.options.len(),
+                letter_index,
+                "a choice letter",
+            )?;
             item.question = t.text(r, "question")?;
             item.prompt = t.opt_text(r, "prompt");
             item.category = t.opt_text(r, "task");
@@ -462,13 +490,8 @@ fn read_ai2d(t: &Table) -> Result<Rows, EvalError> {
             let (image, name) = table_image(t, r, "image", &format!("{r}.png"))?;
             let mut item = blank_item(Benchmark::Ai2d, r.to_string(), image, name);
             item.options = t.text_list(r, "options")?;
-            let gold = t.text(r, "answer")?;
-            item.answer = gold
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|&k| k < item.options.len())
-                .ok_or_else(|| t.err(r, "answer", format!("{gold:?} is not an option index")))?;
+            let index = |g: &str| g.trim().parse::<usize>().ok();
+            item.answer = gold(t, r, "answer", item.options.len(), index, "an option index")?;
             item.question = t.text(r, "question")?;
             Ok(item)
         })
@@ -539,10 +562,14 @@ fn read_mmstar(t: &Table) -> Result<Rows, EvalError> {
             let (stem, options) = mmstar_options(&question).ok_or_else(|| {
                 t.err(r, "question", "no \"Options: A: …, B: …\" in the question")
             })?;
-            let gold = t.text(r, "answer")?;
-            item.answer = letter_index(&gold)
-                .filter(|&k| k < options.len())
-                .ok_or_else(|| t.err(r, "answer", format!("{gold:?} is not an option letter")))?;
+            item.answer = gold(
+                t,
+                r,
+                "answer",
+                options.len(),
+                letter_index,
+                "an option letter",
+            )?;
             item.question = stem;
             item.options = options;
             item.prompt = Some(question);
@@ -572,16 +599,15 @@ fn read_mmbench(t: &Table) -> Result<Rows, EvalError> {
             if item.options.len() < 2 {
                 return Err(t.err(r, "B", "fewer than two options"));
             }
-            let gold = t.text(r, "answer")?;
-            item.answer = letter_index(&gold)
-                .filter(|&k| k < item.options.len())
-                .ok_or_else(|| {
-                    t.err(
-                        r,
-                        "answer",
-                        format!("{gold:?} is not one of the row's option letters"),
-                    )
-                })?;
+            let n = item.options.len();
+            item.answer = gold(
+                t,
+                r,
+                "answer",
+                n,
+                letter_index,
+                "one of the row's option letters",
+            )?;
             item.question = t.text(r, "question")?;
             item.hint = t.opt_text(r, "hint");
             item.category = t.opt_text(r, "category");
@@ -602,26 +628,20 @@ fn read_mcq(data: &Path, images: Option<&Path>) -> Result<Rows, EvalError> {
     Ok((0..t.len())
         .map(|r| {
             let id = t.opt_text(r, "id").unwrap_or_else(|| r.to_string());
-            let (image, name) = match t.cell(r, "image")? {
-                crate::table::Cell::Str(_) => file_image(&t, r, "image", &root)?,
-                _ => table_image(&t, r, "image", &format!("{id}.png"))?,
-            };
+            let (image, name) = path_or_table_image(&t, r, "image", &root, &format!("{id}.png"))?;
             let mut item = blank_item(Benchmark::Mcq, id, image, name);
             item.options = t.text_list(r, "options")?;
-            let gold = t.text(r, "answer")?;
-            item.answer = gold
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .or_else(|| letter_index(&gold))
-                .filter(|&k| k < item.options.len())
-                .ok_or_else(|| {
-                    t.err(
-                        r,
-                        "answer",
-                        format!("{gold:?} is not an option index or letter"),
-                    )
-                })?;
+            let index_or_letter =
+                |g: &str| g.trim().parse::<usize>().ok().or_else(|| letter_index(g));
+            let n = item.options.len();
+            item.answer = gold(
+                &t,
+                r,
+                "answer",
+                n,
+                index_or_letter,
+                "an option index or letter",
+            )?;
             item.question = t.text(r, "question")?;
             item.category = t.opt_text(r, "category");
             item.hint = t.opt_text(r, "hint");

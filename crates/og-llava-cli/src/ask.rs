@@ -11,11 +11,62 @@ use og_vision::ImageProcessor;
 
 use crate::{CliError, FrameKind, PhiKind};
 
+/// Which checkpoint to load: every layout this command line reads.
+#[derive(clap::Args)]
+pub struct ModelSource {
+    /// The model: a llava-hf directory, a checkpoint of ours, or an original LLaVA-1.5 /
+    /// released OG-LLaVA one (with --vision / --base).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The CLIP tower of an original LLaVA-1.5 or released OG-LLaVA checkpoint (what
+    /// `mm_vision_tower` names).
+    #[arg(long)]
+    pub vision: Option<PathBuf>,
+    /// The base Llama directory of a released OG-LLaVA checkpoint (LoRA adapter +
+    /// non_lora_trainables.bin in --model).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+}
+
+impl ModelSource {
+    pub fn load<B: Backend>(&self, device: &B::Device) -> Result<OgLlava<B>, CliError> {
+        load_model(
+            &self.model,
+            self.vision.as_deref(),
+            self.base.as_deref(),
+            device,
+        )
+    }
+
+    /// The checkpoint's image processor (see [`processor_for`]).
+    pub fn processor<B: Backend>(
+        &self,
+        model: &OgLlava<B>,
+        frame: FrameKind,
+    ) -> Result<ImageProcessor, CliError> {
+        processor_for(model, &self.model, self.vision.as_deref(), frame)
+    }
+}
+
+/// How images become visual tokens on the OG path.
+#[derive(clap::Args)]
+pub struct OgPathArgs {
+    #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
+    pub phi: PhiKind,
+    #[arg(long, default_value_t = 0.5)]
+    pub alpha: f64,
+    /// Image geometry: LLaVA-1.5's pad-to-square (default) or CLIP's resize + crop.
+    #[arg(long, value_enum, default_value_t = FrameKind::Llava)]
+    pub frame: FrameKind,
+    /// Segment-aware 1-D RoPE for the visual tokens.
+    #[arg(long)]
+    pub segment_rope: bool,
+}
+
 #[derive(clap::Args)]
 pub struct AskArgs {
-    /// A llava-hf `save_pretrained` directory with tokenizer files.
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    source: ModelSource,
     #[arg(long)]
     image: PathBuf,
     /// COCO RLE JSON or a folder of mask_<k>.npy for the image: the OG path.
@@ -24,16 +75,8 @@ pub struct AskArgs {
     /// The plain LLaVA path (the default when no masks are given).
     #[arg(long)]
     no_masks: bool,
-    #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
-    phi: PhiKind,
-    #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
-    /// Image geometry: LLaVA-1.5's pad-to-square (default) or CLIP's resize + crop.
-    #[arg(long, value_enum, default_value_t = FrameKind::Llava)]
-    frame: FrameKind,
-    /// Segment-aware 1-D RoPE for the visual tokens.
-    #[arg(long)]
-    segment_rope: bool,
+    #[command(flatten)]
+    path: OgPathArgs,
     #[arg(long, default_value_t = 256)]
     max_new_tokens: usize,
     /// Print preprocess, ViT, Φ+connector, prefill and per-token decode times.
@@ -45,14 +88,6 @@ pub struct AskArgs {
     /// bf16 matmul units).
     #[arg(long, default_value = "f32")]
     precision: og_llava::Precision,
-    /// The CLIP tower of an original LLaVA-1.5 or released OG-LLaVA checkpoint (what
-    /// `mm_vision_tower` names).
-    #[arg(long)]
-    vision: Option<PathBuf>,
-    /// The base Llama directory of a released OG-LLaVA checkpoint (LoRA adapter +
-    /// non_lora_trainables.bin in --model).
-    #[arg(long)]
-    base: Option<PathBuf>,
     /// The question.
     question: String,
 }
@@ -79,8 +114,7 @@ fn select(
 /// checkpoint directory, LLaVA padding or CLIP crop).
 fn preprocess<B: Backend>(
     model: &OgLlava<B>,
-    dir: &std::path::Path,
-    vision: Option<&std::path::Path>,
+    source: &ModelSource,
     image_path: &std::path::Path,
     frame: FrameKind,
     device: &B::Device,
@@ -93,14 +127,14 @@ fn preprocess<B: Backend>(
     CliError,
 > {
     let image = og_vision::load_rgb(image_path)?;
-    let processor = processor_for(model, dir, vision, frame)?;
+    let processor = source.processor(model, frame)?;
     let (pixel_values, frame) = processor.pixel_values::<B>(&image, device)?;
     Ok((image, pixel_values, frame))
 }
 
 /// The image processor of a model directory: its `preprocessor_config.json`, the tower's (LLaVA-1.5
 /// layouts) or the base's (a checkpoint of ours), with LLaVA padding or CLIP's crop.
-pub(crate) fn processor_for<B: Backend>(
+fn processor_for<B: Backend>(
     model: &OgLlava<B>,
     dir: &std::path::Path,
     vision: Option<&std::path::Path>,
@@ -147,7 +181,7 @@ pub(crate) fn tokenizer_dir(dir: &std::path::Path) -> Result<std::path::PathBuf,
 /// A llava-hf directory, an original LLaVA-1.5 one with its vision tower directory, a
 /// released OG-LLaVA one with its base LLM and vision tower directories, or a checkpoint of
 /// ours (`og_llava.json`, as training writes it; adapters merged).
-pub(crate) fn load_model<B: Backend>(
+fn load_model<B: Backend>(
     dir: &std::path::Path,
     vision: Option<&std::path::Path>,
     base: Option<&std::path::Path>,
@@ -211,21 +245,15 @@ impl BackendTask for Ask<'_> {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
         a.precision.apply::<B>(std::slice::from_ref(&device))?;
-        let mut model = load_model::<B>(&a.model, a.vision.as_deref(), a.base.as_deref(), &device)?;
-        model.segment_rope = a.segment_rope;
+        let mut model = a.source.load::<B>(&device)?;
+        model.segment_rope = a.path.segment_rope;
         let t0 = Instant::now();
-        let (image, pixel_values, frame) = preprocess(
-            &model,
-            &a.model,
-            a.vision.as_deref(),
-            &a.image,
-            a.frame,
-            &device,
-        )?;
+        let (image, pixel_values, frame) =
+            preprocess(&model, &a.source, &a.image, a.path.frame, &device)?;
         let preprocess_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let masks = a.masks.as_ref().filter(|_| !a.no_masks);
-        let selection = select(masks, &a.image, &image, &frame, a.phi, a.alpha)?;
+        let selection = select(masks, &a.image, &image, &frame, a.path.phi, a.path.alpha)?;
         let phi_s = t1.elapsed().as_secs_f64();
         let tok = &self.tokenizer;
         let content = format!("{}\n{}", og_llm::IMAGE_PLACEHOLDER, a.question);
@@ -243,7 +271,7 @@ impl BackendTask for Ask<'_> {
                 selection,
             }],
         }])?;
-        let eos = crate::llm::eos_ids(&tokenizer_dir(&a.model)?, tok)?;
+        let eos = crate::llm::eos_ids(&tokenizer_dir(&a.source.model)?, tok)?;
         let generation = GenerationConfig {
             max_new_tokens: a.max_new_tokens,
             eos_token_ids: eos,
@@ -286,8 +314,8 @@ impl BackendTask for Ask<'_> {
 }
 
 pub fn ask(args: &AskArgs) -> Result<(), CliError> {
-    require_inputs(&args.model, &args.image)?;
-    let tokenizer = ChatTokenizer::from_dir(tokenizer_dir(&args.model)?)?;
+    require_inputs(&args.source.model, &args.image)?;
+    let tokenizer = ChatTokenizer::from_dir(tokenizer_dir(&args.source.model)?)?;
     og_llava::dispatch(
         crate::device_spec(args.device.as_deref())?,
         Ask { args, tokenizer },
@@ -296,17 +324,8 @@ pub fn ask(args: &AskArgs) -> Result<(), CliError> {
 
 #[derive(clap::Args)]
 pub struct InspectLlavaArgs {
-    /// A llava-hf `save_pretrained` directory (or an original LLaVA-1.5 one, with --vision).
-    #[arg(long)]
-    model: PathBuf,
-    /// The CLIP tower of an original LLaVA-1.5 or released OG-LLaVA checkpoint (what
-    /// `mm_vision_tower` names).
-    #[arg(long)]
-    vision: Option<PathBuf>,
-    /// The base Llama directory of a released OG-LLaVA checkpoint (LoRA adapter +
-    /// non_lora_trainables.bin in --model).
-    #[arg(long)]
-    base: Option<PathBuf>,
+    #[command(flatten)]
+    source: ModelSource,
     #[arg(long)]
     image: PathBuf,
     /// Raw prompt text holding `<image>` (tokenised without adding special tokens).
@@ -347,15 +366,9 @@ impl BackendTask for Inspect<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
-        let model = load_model::<B>(&a.model, a.vision.as_deref(), a.base.as_deref(), &device)?;
-        let (image, pixel_values, frame) = preprocess(
-            &model,
-            &a.model,
-            a.vision.as_deref(),
-            &a.image,
-            a.frame,
-            &device,
-        )?;
+        let model = a.source.load::<B>(&device)?;
+        let (image, pixel_values, frame) =
+            preprocess(&model, &a.source, &a.image, a.frame, &device)?;
         let selection = select(a.masks.as_ref(), &a.image, &image, &frame, a.phi, a.alpha)?;
         let ids = match (&a.token_ids, &a.prompt, &self.tokenizer) {
             (Some(ids), _, _) => ids
@@ -395,7 +408,7 @@ impl BackendTask for Inspect<'_> {
 }
 
 pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
-    require_inputs(&args.model, &args.image)?;
+    require_inputs(&args.source.model, &args.image)?;
     let tokenizer = match &args.prompt {
         Some(p) if !p.contains(og_llm::IMAGE_PLACEHOLDER) => {
             return Err(CliError::Usage(format!(
@@ -403,7 +416,7 @@ pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
                 og_llm::IMAGE_PLACEHOLDER
             )));
         }
-        Some(_) => Some(ChatTokenizer::from_dir(tokenizer_dir(&args.model)?)?),
+        Some(_) => Some(ChatTokenizer::from_dir(tokenizer_dir(&args.source.model)?)?),
         None => None,
     };
     og_llava::dispatch(

@@ -11,7 +11,8 @@ use og_fusion::SelectionConfig;
 use og_llava::BackendTask;
 use og_llm::ChatTokenizer;
 
-use crate::{CliError, FrameKind, PhiKind};
+use crate::CliError;
+use crate::ask::{ModelSource, OgPathArgs};
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Suite {
@@ -21,16 +22,8 @@ pub enum Suite {
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// The model: a llava-hf directory, a checkpoint of ours, or an original LLaVA-1.5 /
-    /// released OG-LLaVA one (with --vision / --base), as `ask` loads them.
-    #[arg(long)]
-    model: PathBuf,
-    /// The CLIP tower of an original LLaVA-1.5 or released OG-LLaVA checkpoint.
-    #[arg(long)]
-    vision: Option<PathBuf>,
-    /// The base Llama directory of a released OG-LLaVA checkpoint.
-    #[arg(long)]
-    base: Option<PathBuf>,
+    #[command(flatten)]
+    source: ModelSource,
     /// aro-vgr | aro-vga | aro-coco-order | aro-flickr-order | conme | mmvp | cvbench | ai2d |
     /// mme | mmstar | mmbench
     #[arg(long, required_unless_present = "suite", conflicts_with = "suite")]
@@ -59,16 +52,8 @@ pub struct EvalArgs {
     /// no masks, as the paper reports). A missing file is an error.
     #[arg(long)]
     masks: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
-    phi: PhiKind,
-    #[arg(long, default_value_t = 0.5)]
-    alpha: f64,
-    /// Image geometry: LLaVA-1.5's pad-to-square (default) or CLIP's resize + crop.
-    #[arg(long, value_enum, default_value_t = FrameKind::Llava)]
-    frame: FrameKind,
-    /// Segment-aware 1-D RoPE for the visual tokens.
-    #[arg(long)]
-    segment_rope: bool,
+    #[command(flatten)]
+    path: OgPathArgs,
     /// Leave out malformed rows and unreadable images (counted in results.json's `skipped`)
     /// instead of stopping at the first.
     #[arg(long)]
@@ -154,16 +139,15 @@ impl BackendTask for Eval<'_> {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
         a.precision.apply::<B>(std::slice::from_ref(&device))?;
-        let mut model =
-            crate::ask::load_model::<B>(&a.model, a.vision.as_deref(), a.base.as_deref(), &device)?;
-        model.segment_rope = a.segment_rope;
-        let processor = crate::ask::processor_for(&model, &a.model, a.vision.as_deref(), a.frame)?;
+        let mut model = a.source.load::<B>(&device)?;
+        model.segment_rope = a.path.segment_rope;
+        let processor = a.source.processor(&model, a.path.frame)?;
         let ev = Evaluator {
             model: &model,
             tokenizer: &self.tokenizer,
             processor: &processor,
             selection: SelectionConfig {
-                phi: crate::phi_of(a.phi, a.alpha, crate::AlphaUnit::Pixels),
+                phi: crate::phi_of(a.path.phi, a.path.alpha, crate::AlphaUnit::Pixels),
                 ..SelectionConfig::default()
             },
             masks: a.masks.clone().map_or(MaskMode::None, MaskMode::Folder),
@@ -277,8 +261,8 @@ fn write_tables(
 }
 
 pub fn run(args: &EvalArgs) -> Result<(), CliError> {
-    if !args.model.join("og_llava.json").is_file() {
-        crate::require_model_dir(&args.model)?;
+    if !args.source.model.join("og_llava.json").is_file() {
+        crate::require_model_dir(&args.source.model)?;
     }
     if !args.data.exists() {
         return Err(CliError::Usage(format!(
@@ -286,7 +270,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
             args.data.display()
         )));
     }
-    let tok_dir = crate::ask::tokenizer_dir(&args.model)?;
+    let tok_dir = crate::ask::tokenizer_dir(&args.source.model)?;
     let tokenizer = ChatTokenizer::from_dir(&tok_dir)?;
     // The chat's end of turn first: it closes every likelihood candidate.
     let mut stop_ids: Vec<u32> = tokenizer.token_id("<|eot_id|>").into_iter().collect();

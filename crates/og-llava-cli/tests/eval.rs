@@ -12,6 +12,15 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
+/// A temporary folder holding `model/`: the tiny Llava checkpoint with a word-level tokenizer.
+fn tiny_model() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    model_dir(&model);
+    (dir, model)
+}
+
 fn model_dir(dir: &Path) {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixtures().join("vision/llava_tiny").join(f), dir.join(f)).unwrap();
@@ -47,10 +56,7 @@ fn lines(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn every_protocol_writes_the_contract_and_runs_resume() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    model_dir(&model);
+    let (dir, model) = tiny_model();
     let data = fixtures().join("eval/mmbench/MMBench_DEV_EN.tsv");
     let data = data.to_str().unwrap();
     for protocol in ["paper", "likelihood", "circular"] {
@@ -154,10 +160,7 @@ fn every_protocol_writes_the_contract_and_runs_resume() {
 
 #[test]
 fn the_paper_suite_runs_every_benchmark_found() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    model_dir(&model);
+    let (dir, model) = tiny_model();
     let suite = dir.path().join("benchmarks");
     std::fs::create_dir(&suite).unwrap();
     let e = fixtures().join("eval");
@@ -224,10 +227,7 @@ fn the_paper_suite_runs_every_benchmark_found() {
 
 #[test]
 fn missing_masks_and_bad_data_are_clear_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    model_dir(&model);
+    let (dir, model) = tiny_model();
     let masks = dir.path().join("masks");
     std::fs::create_dir(&masks).unwrap();
     let mmvp = fixtures().join("eval/mmvp");
@@ -279,10 +279,7 @@ fn missing_masks_and_bad_data_are_clear_errors() {
 
 #[test]
 fn bad_rows_stop_the_run_or_are_skipped_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    model_dir(&model);
+    let (dir, model) = tiny_model();
     // Row 0 is good, row 1 names an option it does not have, row 2's image is not an image.
     let tsv = std::fs::read_to_string(fixtures().join("eval/mmbench/MMBench_DEV_EN.tsv")).unwrap();
     let good = tsv.lines().nth(1).unwrap();
