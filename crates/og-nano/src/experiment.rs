@@ -339,6 +339,9 @@ pub struct ExperimentReport {
     /// Chance accuracy of each result key (the mean of 1 / options over its items).
     #[serde(default)]
     pub chance: std::collections::BTreeMap<String, f64>,
+    /// The linear probe of the frozen tiny CLIP's patch features, by object attribute.
+    #[serde(default)]
+    pub probe: std::collections::BTreeMap<String, crate::probe::ProbeResult>,
     pub seconds: f64,
 }
 
@@ -381,6 +384,8 @@ pub fn prepare_base<B: AutodiffBackend>(
         && base_key(&base.config) == base_key(cfg)
         && out.join("clip/model.safetensors").is_file()
         && out.join("llm/model.safetensors").is_file()
+        && out.join("world/scenes.jsonl").is_file()
+        && out.join("world/eval/tasks.jsonl").is_file()
     {
         say(
             progress,
@@ -568,6 +573,13 @@ pub fn run<B: AutodiffBackend>(
         false,
     )
     .map_err(step_err("evaluation"))?;
+    say(
+        progress,
+        "probe: linear classifiers on the frozen patch features",
+    );
+    let probe =
+        crate::probe::probe::<B::InnerBackend>(&world_dir, &clip_dir, &eval_processor, device)
+            .map_err(step_err("probe"))?;
     let mut stages = Vec::new();
     let mut evaluations = Vec::new();
     for (n, arm) in arms.iter().enumerate() {
@@ -714,6 +726,7 @@ pub fn run<B: AutodiffBackend>(
         stages,
         evaluations,
         chance,
+        probe,
         seconds: t0.elapsed().as_secs_f64(),
     };
     let path = out.join("results.json");
@@ -993,6 +1006,13 @@ mod tests {
             }
         }
         assert!((r.chance["colour"] - 1.0 / 8.0).abs() < 1e-12);
+        for attribute in ["colour", "shape", "size", "column", "row"] {
+            let p = &r.probe[attribute];
+            assert!(
+                p.test_objects > 0 && (0.0..=1.0).contains(&p.test_accuracy),
+                "{p:?}"
+            );
+        }
         assert!((r.chance["existence@gen"] - 0.5).abs() < 1e-12);
         let s = crate::summary::summarize(std::slice::from_ref(&r), "llava");
         for task in [

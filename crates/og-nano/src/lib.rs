@@ -14,6 +14,7 @@
 
 pub mod experiment;
 pub mod pretrain;
+pub mod probe;
 pub mod report;
 pub mod scene;
 pub mod summary;

@@ -353,7 +353,25 @@ pub fn write_summary_html(
         &summary.arms,
         &summary.fit,
     );
-    html += "<h2>Each seed</h2><ul>";
+    html += "<h2>Linear probe of the frozen tiny CLIP</h2><p>Ridge classifiers on each object's \
+             mean patch feature (the layer the connector reads), fit on training scenes, scored on \
+             evaluation scenes; chance: the majority class.</p><table><tr><th style=\"text-align:left\">\
+             attribute</th><th>chance %</th><th>train %</th><th>test %</th><th>seeds</th></tr>";
+    for (k, p) in &summary.probe {
+        let _ = write!(
+            html,
+            "<tr><td style=\"text-align:left\">{k}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
+            100.0 * p.chance,
+            100.0 * p.train,
+            100.0 * p.test,
+            p.seeds
+                .iter()
+                .map(|v| format!("{:.1}", 100.0 * v))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    html += "</table><h2>Each seed</h2><ul>";
     for d in seed_dirs {
         let _ = write!(html, "<li><a href=\"{d}/report.html\">{d}</a></li>");
     }

@@ -61,6 +61,40 @@ pub struct Summary {
     pub differences: Vec<Difference>,
     /// The differences in words.
     pub verdicts: Vec<String>,
+    /// The linear probe of the frozen patch features, by object attribute.
+    pub probe: BTreeMap<String, ProbeRow>,
+}
+
+/// One attribute of the probe over seeds (accuracies 0..1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeRow {
+    /// The majority class's share of the test objects (mean over seeds).
+    pub chance: f64,
+    pub train: f64,
+    /// Mean test accuracy over seeds, and each seed's.
+    pub test: f64,
+    pub seeds: Vec<f64>,
+}
+
+fn probe_rows(reports: &[ExperimentReport]) -> BTreeMap<String, ProbeRow> {
+    let mut rows: BTreeMap<String, Vec<&crate::probe::ProbeResult>> = BTreeMap::new();
+    for r in reports {
+        for (k, p) in &r.probe {
+            rows.entry(k.clone()).or_default().push(p);
+        }
+    }
+    rows.into_iter()
+        .map(|(k, ps)| {
+            let seeds: Vec<f64> = ps.iter().map(|p| p.test_accuracy).collect();
+            let row = ProbeRow {
+                chance: mean(&ps.iter().map(|p| p.chance).collect::<Vec<_>>()),
+                train: mean(&ps.iter().map(|p| p.train_accuracy).collect::<Vec<_>>()),
+                test: mean(&seeds),
+                seeds,
+            };
+            (k, row)
+        })
+        .collect()
 }
 
 /// Benchmark-format sets and the task names they report under.
@@ -260,6 +294,7 @@ pub fn summarize(reports: &[ExperimentReport], baseline: &str) -> Summary {
         fit: rows(&collect(reports, true)),
         differences,
         verdicts,
+        probe: probe_rows(reports),
     }
 }
 
@@ -305,6 +340,20 @@ pub fn text_table(s: &Summary) -> String {
             };
         }
         out += "\n";
+    }
+    if !s.probe.is_empty() {
+        out += &format!(
+            "\n{:<18}{:>8}{:>10}{:>10}\n",
+            "probe (frozen CLIP)", "chance", "train", "test"
+        );
+        for (k, p) in &s.probe {
+            out += &format!(
+                "{k:<18}{:>8.1}{:>10.1}{:>10.1}\n",
+                100.0 * p.chance,
+                100.0 * p.train,
+                100.0 * p.test
+            );
+        }
     }
     out
 }

@@ -14,6 +14,8 @@
 //! - `eval/tasks.jsonl`: every SFT question kind on each evaluation scene, with the kind's
 //!   closed answer set as options (og-eval's `mcq` layout, `split` as above);
 //!   `eval/tasks_fit.jsonl`: the same on the first quarter-as-many training scenes (how well training fits);
+//! - `scenes.jsonl`: every scene's objects (shape, colour, size, texture, centre, radius), in
+//!   the order of its masks, by image;
 //! - `world.json`: the configuration, the held-out (colour, shape) pairs and counts.
 //!
 //! Held-out split: a seeded choice of (colour, shape) pairs never appears in a training scene;
@@ -247,6 +249,7 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
     let mut align = Vec::new();
     let mut sft = Vec::new();
     let text_path = out.join("captions.jsonl");
+    let mut scenes = Vec::new();
     let mut captions =
         std::io::BufWriter::new(std::fs::File::create(&text_path).map_err(io(&text_path))?);
     let seen_only = |c: Colour, s: Shape| !is_heldout(c, s);
@@ -272,6 +275,7 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
             )?;
         }
         let image = format!("train/{name}.png");
+        scenes.push(json!({"image": image, "objects": scene.objects}));
         let cap = text::caption(&scene, &mut rng);
         writeln!(captions, "{}", json!({"image": image, "caption": cap}))
             .map_err(io(&text_path))?;
@@ -351,6 +355,7 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
             )?;
         }
         let image = format!("eval/{name}.png");
+        scenes.push(json!({"image": image, "objects": scene.objects}));
         let mut any_pair = |r: &mut SplitMix64| (Colour::ALL[r.below(8)], Shape::ALL[r.below(5)]);
         for mut item in text::task_items(
             &scene,
@@ -397,6 +402,7 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
     write_json(&out.join("eval/vg_attribution.json"), &attribution)?;
     write_json(&out.join("eval/coco_order.json"), &order)?;
     write_jsonl(&out.join("eval/tasks.jsonl"), &tasks)?;
+    write_jsonl(&out.join("scenes.jsonl"), &scenes)?;
     write_jsonl(&out.join("eval/tasks_fit.jsonl"), &fit)?;
     let csv = out.join("eval/mmvp/Questions.csv");
     og_segment::write_atomic(&csv, (mmvp.join("\n") + "\n").as_bytes()).map_err(|e| {
