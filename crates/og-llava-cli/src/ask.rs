@@ -63,6 +63,12 @@ pub struct OgPathArgs {
     pub segment_rope: bool,
 }
 
+impl OgPathArgs {
+    pub fn selection(&self) -> SelectionConfig {
+        selection_config(self.phi, self.alpha)
+    }
+}
+
 #[derive(clap::Args)]
 pub struct AskArgs {
     #[command(flatten)]
@@ -103,11 +109,19 @@ fn select(
 ) -> Result<Option<Selection>, CliError> {
     let Some(path) = masks else { return Ok(None) };
     let masks = crate::read_masks_for(path, image_path, image.width(), image.height())?;
-    let cfg = SelectionConfig {
+    Ok(Some(Selection::from_masks(
+        &masks,
+        frame,
+        &selection_config(phi, alpha),
+    )?))
+}
+
+/// The mask selection of the command line's Φ flags (α in pixels).
+fn selection_config(phi: PhiKind, alpha: f64) -> SelectionConfig {
+    SelectionConfig {
         phi: crate::phi_of(phi, alpha, crate::AlphaUnit::Pixels),
         ..SelectionConfig::default()
-    };
-    Ok(Some(Selection::from_masks(&masks, frame, &cfg)?))
+    }
 }
 
 /// Decodes the image and makes the model's `pixel_values` and frame (the processor of the

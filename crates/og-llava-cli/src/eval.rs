@@ -7,7 +7,6 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use og_eval::run::RunConfig;
 use og_eval::{Benchmark, Evaluator, MaskMode, Protocol, Summary};
-use og_fusion::SelectionConfig;
 use og_llava::BackendTask;
 use og_llm::ChatTokenizer;
 
@@ -146,10 +145,7 @@ impl BackendTask for Eval<'_> {
             model: &model,
             tokenizer: &self.tokenizer,
             processor: &processor,
-            selection: SelectionConfig {
-                phi: crate::phi_of(a.path.phi, a.path.alpha, crate::AlphaUnit::Pixels),
-                ..SelectionConfig::default()
-            },
+            selection: a.path.selection(),
             masks: a.masks.clone().map_or(MaskMode::None, MaskMode::Folder),
             stop_ids: self.stop_ids.clone(),
             device,
