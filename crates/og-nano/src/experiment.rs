@@ -580,6 +580,20 @@ pub fn run<B: AutodiffBackend>(
     let probe =
         crate::probe::probe::<B::InnerBackend>(&world_dir, &clip_dir, &eval_processor, device)
             .map_err(step_err("probe"))?;
+    let probed: Vec<String> = probe
+        .iter()
+        .map(|(k, p)| {
+            format!(
+                "{k} {:.1} (chance {:.1})",
+                100.0 * p.test_accuracy,
+                100.0 * p.chance
+            )
+        })
+        .collect();
+    say(
+        progress,
+        &format!("probe, test accuracy %: {}", probed.join(", ")),
+    );
     let mut stages = Vec::new();
     let mut evaluations = Vec::new();
     for (n, arm) in arms.iter().enumerate() {
