@@ -288,10 +288,14 @@ pub fn ai2d_letter(text: &str, shown: &[&str]) -> Option<usize> {
             .filter(|c| c.is_alphanumeric() || c.is_whitespace())
             .collect();
         let t = t.trim();
-        (t.chars().count() == 1).then(|| t.chars().next()).flatten()
+        let mut cs = t.chars();
+        match (cs.next(), cs.next()) {
+            (Some(c), None) if c.is_ascii_alphabetic() => Some(c),
+            _ => None,
+        }
     };
     if let Some(c) = dotted.or_else(bare) {
-        let k = (c.to_ascii_uppercase() as u32).checked_sub('A' as u32)? as usize;
+        let k = (c.to_ascii_uppercase() as u8 - b'A') as usize;
         return (k < shown.len()).then_some(k);
     }
     let norm = |s: &str| s.trim().trim_end_matches('.').to_lowercase();
@@ -481,6 +485,9 @@ mod tests {
                 "mmstar {text:?}"
             );
         }
+        // A one-character answer that is an option's text (a number), not a letter.
+        let counts = item(Benchmark::Ai2d, &["3", "4"], 1);
+        assert!(judge(&counts, &[0, 1], "4").correct);
         let ai2d = item(Benchmark::Ai2d, &["sun", "moon"], 0);
         for (text, ok) in [
             ("A.", true),
