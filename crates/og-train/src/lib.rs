@@ -12,6 +12,7 @@
 //! The trainer is generic over burn's autodiff backends; on the CPU, `Autodiff<NdArray>` (f32)
 //! trains the small models fastest.
 
+mod autodiff;
 pub mod config;
 pub mod data;
 mod error;

@@ -30,6 +30,7 @@ use og_llava::{ImageInput, OgLlava, OgLlavaInput};
 use og_weights::{SaveTensor, Weights};
 use serde::{Deserialize, Serialize};
 
+use crate::autodiff;
 use crate::config::{Stage, TrainConfig};
 use crate::data::{BadRows, Example, Loader, Preparer, epoch_order, read_rows};
 use crate::error::{Result, TrainError, io};
@@ -262,11 +263,9 @@ pub fn train_parallel<B: AutodiffBackend>(
     }
     let mut model = freeze_for(model, cfg.stage);
     // Fresh parameters (LoRA A, a new delimiter) draw their values now, from the run's seed,
-    // whatever the number of devices. The backend's RNG is process-wide: the lock keeps runs
-    // that start at once in one process from drawing from each other's stream.
+    // whatever the number of devices.
     {
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        let _seeded = backend_rng();
         B::seed(device, cfg.seed);
         model.initialise();
     }
@@ -666,7 +665,10 @@ impl StepPlan<'_> {
         // The backend's RNG is process-wide: seeded once per step, replicas' draws from it
         // interleave in scheduling order (bit-reproducible only with LoRA dropout 0 or
         // `host_dropout`, which gives every micro-batch its own stream).
-        B::seed(device, step_seed(self.cfg, step));
+        {
+            let _seeded = backend_rng();
+            B::seed(device, step_seed(self.cfg, step));
+        }
         Some(StepStart {
             total,
             host_dropout: self.host_dropout.then(|| step_seed(self.cfg, step)),
@@ -683,6 +685,14 @@ impl StepPlan<'_> {
             lr_at(base, step, self.total_steps, self.cfg.warmup_ratio)
         }
     }
+}
+
+/// Holds the backend's process-wide RNG while a run seeds it and, at the start of a run,
+/// draws its fresh parameters: another run in the same process (a test, a sweep) cannot
+/// reseed it in between.
+fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The seed of a step's random draws: (seed, step) only.
@@ -732,6 +742,7 @@ fn forward_backward<B: AutodiffBackend>(
             })
             .unzip();
         let t0 = Instant::now();
+        let building = autodiff::building();
         let (sum, n) = match host_dropout {
             Some(seed) => og_llava::og_llm::with_dropout_stream(micro_batch_seed(seed, m), || {
                 model.loss_sum(&inputs, &flags)
@@ -742,11 +753,12 @@ fn forward_backward<B: AutodiffBackend>(
             continue;
         }
         let scaled = sum / total as f64;
+        drop(building);
         let value: f64 = scaled.clone().into_scalar().elem();
         loss_sum += value;
         let t1 = Instant::now();
         times.forward += (t1 - t0).as_secs_f64();
-        let g = scaled.backward();
+        let g = autodiff::backward(scaled);
         let params = trainables(model, stage);
         accumulate(&mut grads, grads_by_name::<B>(&params, &g));
         times.backward += t1.elapsed().as_secs_f64();
@@ -764,6 +776,7 @@ fn optimizer_step<B: AutodiffBackend>(
     grads: Grads<B>,
     step: usize,
 ) -> StepReport {
+    let _building = autodiff::building();
     let params = trainables(&mut replica.model, plan.cfg.stage);
     opt.step::<B>(
         params,
