@@ -1,6 +1,6 @@
 //! `og-llava ask`: one question about one image, answered by streaming.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
@@ -76,11 +76,13 @@ pub struct AskArgs {
     #[arg(long)]
     image: PathBuf,
     /// COCO RLE JSON or a folder of mask_<k>.npy for the image: the OG path.
-    #[arg(long, conflicts_with = "no_masks")]
+    #[arg(long, conflicts_with_all = ["no_masks", "segmenter"])]
     masks: Option<PathBuf>,
     /// The plain LLaVA path (the default when no masks are given).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "segmenter")]
     no_masks: bool,
+    #[command(flatten)]
+    segmenter: crate::segment::SegmenterArgs,
     #[command(flatten)]
     path: OgPathArgs,
     #[arg(long, default_value_t = 256)]
@@ -98,17 +100,34 @@ pub struct AskArgs {
     question: String,
 }
 
-/// The image's groups from a mask file (the OG path), or `None` (the plain path).
+/// Where an image's masks come from.
+enum MaskSource<'a> {
+    /// The plain path.
+    None,
+    File(&'a Path),
+    Segmenter(&'a crate::segment::SegmenterArgs),
+}
+
+/// The image's groups (the OG path), or `None` (the plain path).
 fn select(
-    masks: Option<&PathBuf>,
+    masks: MaskSource<'_>,
     image_path: &std::path::Path,
     image: &og_vision::RgbImage,
     frame: &og_vision::Frame,
     phi: PhiKind,
     alpha: f64,
 ) -> Result<Option<Selection>, CliError> {
-    let Some(path) = masks else { return Ok(None) };
-    let masks = crate::read_masks_for(path, image_path, image.width(), image.height())?;
+    let masks = match masks {
+        MaskSource::None => return Ok(None),
+        MaskSource::File(path) => {
+            crate::read_masks_for(path, image_path, image.width(), image.height())?
+        }
+        MaskSource::Segmenter(seg) => {
+            let masks = seg.segment(image)?;
+            eprintln!("{} masks from {:?}", masks.len(), seg.kind());
+            masks
+        }
+    };
     Ok(Some(Selection::from_masks(
         &masks,
         frame,
@@ -266,7 +285,11 @@ impl BackendTask for Ask<'_> {
             preprocess(&model, &a.source, &a.image, a.path.frame, &device)?;
         let preprocess_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let masks = a.masks.as_ref().filter(|_| !a.no_masks);
+        let masks = match (&a.masks, a.segmenter.segmenter) {
+            (_, Some(_)) => MaskSource::Segmenter(&a.segmenter),
+            (Some(path), None) if !a.no_masks => MaskSource::File(path),
+            _ => MaskSource::None,
+        };
         let selection = select(masks, &a.image, &image, &frame, a.path.phi, a.path.alpha)?;
         let phi_s = t1.elapsed().as_secs_f64();
         let tok = &self.tokenizer;
@@ -383,7 +406,11 @@ impl BackendTask for Inspect<'_> {
         let model = a.source.load::<B>(&device)?;
         let (image, pixel_values, frame) =
             preprocess(&model, &a.source, &a.image, a.frame, &device)?;
-        let selection = select(a.masks.as_ref(), &a.image, &image, &frame, a.phi, a.alpha)?;
+        let masks = a
+            .masks
+            .as_deref()
+            .map_or(MaskSource::None, MaskSource::File);
+        let selection = select(masks, &a.image, &image, &frame, a.phi, a.alpha)?;
         let ids = match (&a.token_ids, &a.prompt, &self.tokenizer) {
             (Some(ids), _, _) => ids
                 .iter()

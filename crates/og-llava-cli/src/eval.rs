@@ -2,7 +2,6 @@
 //! on any model `ask` loads; resumable runs into `items.jsonl` and `results.json`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use og_eval::run::RunConfig;
@@ -12,6 +11,7 @@ use og_llm::ChatTokenizer;
 
 use crate::CliError;
 use crate::ask::{ModelSource, OgPathArgs};
+use crate::progress::Progress;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Suite {
@@ -91,41 +91,6 @@ fn jobs(a: &EvalArgs) -> Vec<Job> {
     }
 }
 
-/// `name 12/340 [3%] 1.9 items/s ETA 2m53s` on one line of stderr, at most once a second.
-struct Progress {
-    name: &'static str,
-    start: Instant,
-    first: Option<usize>,
-    shown: Option<Instant>,
-}
-
-impl Progress {
-    fn show(&mut self, done: usize, total: usize) {
-        let due = self.shown.is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0);
-        if !due && done < total {
-            return;
-        }
-        self.shown = Some(Instant::now());
-        let first = *self.first.get_or_insert(done);
-        let (fresh, secs) = (done - first, self.start.elapsed().as_secs_f64());
-        let rate = fresh as f64 / secs.max(1e-9);
-        let eta = if fresh > 0 {
-            let s = ((total - done) as f64 / rate).round() as u64;
-            format!("ETA {}m{:02}s", s / 60, s % 60)
-        } else {
-            "ETA --".into()
-        };
-        eprint!(
-            "\r{} {done}/{total} [{}%] {rate:.2} items/s {eta}   ",
-            self.name,
-            100 * done / total.max(1)
-        );
-        if done == total {
-            eprintln!();
-        }
-    }
-}
-
 struct Eval<'a> {
     args: &'a EvalArgs,
     tokenizer: ChatTokenizer,
@@ -179,12 +144,7 @@ impl BackendTask for Eval<'_> {
                 skip_bad_rows: a.skip_bad_rows,
                 skipped_rows: bad.len(),
             };
-            let mut progress = Progress {
-                name: job.bench.name(),
-                start: Instant::now(),
-                first: None,
-                shown: None,
-            };
+            let mut progress = Progress::new(job.bench.name(), "items");
             let summary = og_eval::run_benchmark(&ev, &items, &cfg, |d, t| progress.show(d, t))?;
             let (value, label) = summary.headline();
             let skipped = match summary.skipped {

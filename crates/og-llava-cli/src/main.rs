@@ -5,6 +5,8 @@ mod eval;
 mod llm;
 mod nano;
 mod overlay;
+mod progress;
+mod segment;
 mod train;
 mod world;
 
@@ -40,6 +42,9 @@ enum Command {
     Inspect(Inspect),
     /// Ask OG-LLaVA about an image (with masks: the OG path; without: plain LLaVA), streaming.
     Ask(ask::AskArgs),
+    /// Segment an image, or every image of a folder, into masks (COCO RLE JSON) for the OG
+    /// path; resumable.
+    Segment(segment::SegmentArgs),
     /// Evaluate a model on a benchmark of the paper's Table 1 (or all: --suite paper) from the
     /// benchmark's downloaded files; resumable; writes items.jsonl and results.json.
     Eval(eval::EvalArgs),
@@ -272,6 +277,7 @@ fn main() -> ExitCode {
         Command::World(args) => world::run(&args),
         Command::Nano(args) => nano::run_nano(&args),
         Command::Ask(args) => ask::ask(&args),
+        Command::Segment(args) => segment::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::DeviceCheck {
             device,

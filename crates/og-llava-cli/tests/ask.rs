@@ -86,6 +86,59 @@ fn plain_and_og_paths_answer() {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no config.json"));
 }
 
+/// `--segmenter` segments on the fly and answers exactly as the mask file `og-llava segment`
+/// writes with the same parameters.
+#[test]
+fn a_segmenter_on_the_fly_answers_as_its_mask_file() {
+    let dir = tempfile::tempdir().unwrap();
+    model_dir(dir.path());
+    let image = root().join("images/chelsea.webp");
+    let params = ["--scale", "300", "--sigma", "0.5", "--min-size", "400"];
+    let masks = dir.path().join("chelsea.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_og-llava"))
+        .args(["segment", "--image"])
+        .arg(&image)
+        .arg("--out")
+        .arg(&masks)
+        .args(params)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n = MaskSet::read_coco_json(&masks).unwrap().len();
+    assert!(n > 1, "{n} masks");
+    let from_file = ask(dir.path(), &image, &["--masks", masks.to_str().unwrap()]);
+    let mut on_the_fly = vec!["--segmenter", "felzenszwalb"];
+    on_the_fly.extend(params);
+    let live = ask(dir.path(), &image, &on_the_fly);
+    let err = String::from_utf8_lossy(&live.stderr);
+    assert!(live.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{n} masks from Felzenszwalb")),
+        "{err}"
+    );
+    assert_eq!(live.stdout, from_file.stdout);
+    let plain = ask(dir.path(), &image, &["--no-masks"]);
+    assert!(plain.status.success());
+    // Bad parameters and conflicting mask sources are refused.
+    let o = ask(
+        dir.path(),
+        &image,
+        &["--segmenter", "felzenszwalb", "--scale=0"],
+    );
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("scale"));
+    let o = ask(
+        dir.path(),
+        &image,
+        &[
+            "--segmenter",
+            "felzenszwalb",
+            "--masks",
+            masks.to_str().unwrap(),
+        ],
+    );
+    assert!(!o.status.success());
+}
+
 #[test]
 fn bf16_where_the_backend_has_it() {
     let dir = tempfile::tempdir().unwrap();

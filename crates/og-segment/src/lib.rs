@@ -5,10 +5,11 @@
 //! - COCO RLE JSON I/O byte-compatible with pycocotools (what SAM/SAM2's automatic mask
 //!   generator writes with `output_mode="coco_rle"`), compressed and uncompressed counts.
 //! - Import of the released OG-LLaVA layout (`mask_<k>.npy` per image), in numeric order.
-//! - The [`Segmenter`] trait every mask source implements (SAM2 and the weight-free segmenter
-//!   plug in here).
+//! - The [`Segmenter`] trait every mask source implements, and [`Felzenszwalb`], the weight-free
+//!   graph segmenter (scikit-image's `felzenszwalb`).
 
 mod error;
+pub mod felzenszwalb;
 mod maskset;
 pub mod npy;
 pub mod rle;
@@ -16,6 +17,7 @@ pub mod rle;
 use std::path::Path;
 
 pub use error::{Result, SegmentError};
+pub use felzenszwalb::{Felzenszwalb, FelzenszwalbConfig, Labels, felzenszwalb};
 pub use maskset::{CountsFormat, Mask, MaskSet};
 pub use rle::{Bitmap, Rle};
 

@@ -1,0 +1,237 @@
+//! `og-llava segment`: masks for one image or a whole image folder, and the segmenter flags
+//! `ask` and `eval` share.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use og_segment::{CountsFormat, Felzenszwalb, FelzenszwalbConfig, MaskSet, Segmenter};
+
+use crate::CliError;
+use crate::progress::Progress;
+
+/// The segmenters this build can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SegmenterKind {
+    /// Felzenszwalb–Huttenlocher graph segmentation (scikit-image's `felzenszwalb`): no
+    /// weights; a partition of the image.
+    Felzenszwalb,
+}
+
+/// A segmenter and its parameters, as flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SegmenterArgs {
+    /// The segmenter (`segment`: felzenszwalb when not given; `ask`, `eval`: segment each
+    /// image on the fly and take the OG path).
+    #[arg(long, value_enum)]
+    pub segmenter: Option<SegmenterKind>,
+    /// Felzenszwalb's observation scale k: higher gives fewer, larger segments.
+    #[arg(long, default_value_t = 500.0)]
+    pub scale: f64,
+    /// Felzenszwalb's Gaussian pre-smoothing, in pixels (0: none).
+    #[arg(long, default_value_t = 0.8)]
+    pub sigma: f64,
+    /// Felzenszwalb's smallest segment, in pixels (smaller ones join a neighbour).
+    #[arg(long, default_value_t = 200)]
+    pub min_size: usize,
+    /// The largest image segmented, in pixels.
+    #[arg(long, default_value_t = FelzenszwalbConfig::default().max_pixels)]
+    pub max_pixels: usize,
+}
+
+impl SegmenterArgs {
+    /// The segmenter, its parameters checked.
+    pub fn build(&self) -> Result<Box<dyn Segmenter + Send>, CliError> {
+        match self.kind() {
+            SegmenterKind::Felzenszwalb => {
+                let config = FelzenszwalbConfig {
+                    scale: self.scale,
+                    sigma: self.sigma,
+                    min_size: self.min_size,
+                    max_pixels: self.max_pixels,
+                };
+                config
+                    .validate()
+                    .map_err(|e| CliError::Usage(e.to_string()))?;
+                Ok(Box::new(Felzenszwalb { config }))
+            }
+        }
+    }
+
+    /// The segmenter these flags choose.
+    pub fn kind(&self) -> SegmenterKind {
+        self.segmenter.unwrap_or(SegmenterKind::Felzenszwalb)
+    }
+
+    /// Segments one decoded image.
+    pub fn segment(&self, image: &og_vision::RgbImage) -> Result<MaskSet, CliError> {
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        Ok(self.build()?.segment(image.as_raw(), w, h)?)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SegmentArgs {
+    /// One image; --out is then the mask file (COCO RLE JSON).
+    #[arg(long, conflicts_with = "images", required_unless_present = "images")]
+    image: Option<PathBuf>,
+    /// A folder of images (searched recursively); --out is then a folder that mirrors it, one
+    /// `<name>.json` per image (the layout `train`'s data.masks and `eval --masks` read).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    segmenter: SegmenterArgs,
+    /// Images segmented at once (default: every core).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Segment again images whose mask file exists (default: they are skipped, so an
+    /// interrupted run resumes).
+    #[arg(long)]
+    overwrite: bool,
+}
+
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+
+pub fn run(a: &SegmentArgs) -> Result<(), CliError> {
+    a.segmenter.build()?;
+    match (&a.image, &a.images) {
+        (Some(image), _) => {
+            let t = std::time::Instant::now();
+            let n = segment_file(image, &a.out, &a.segmenter)?;
+            eprintln!(
+                "{n} masks for {} in {:.2} s -> {}",
+                image.display(),
+                t.elapsed().as_secs_f64(),
+                a.out.display()
+            );
+            Ok(())
+        }
+        (None, Some(dir)) => segment_folder(dir, a),
+        (None, None) => Err(CliError::Usage("give --image or --images".into())),
+    }
+}
+
+/// Segments `image` into the mask file `out` (written whole or not at all); returns the count.
+fn segment_file(image: &Path, out: &Path, seg: &SegmenterArgs) -> Result<usize, CliError> {
+    let rgb = og_vision::load_rgb(image)?;
+    let masks = seg.segment(&rgb).map_err(|e| match e {
+        CliError::Segment(e) => CliError::Usage(format!("{}: {e}", image.display())),
+        e => e,
+    })?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| CliError::Output {
+            path: parent.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    }
+    masks.write_coco_json(out, CountsFormat::Compressed)?;
+    Ok(masks.len())
+}
+
+/// Every image file under `dir`, relative to it, sorted.
+fn image_files(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| CliError::Output {
+            path: d.clone(),
+            message: e.to_string(),
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+            {
+                found.push(path.strip_prefix(dir).unwrap_or(&path).to_path_buf());
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn segment_folder(dir: &Path, a: &SegmentArgs) -> Result<(), CliError> {
+    if !dir.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{} is not a folder",
+            dir.display()
+        )));
+    }
+    let all = image_files(dir)?;
+    if all.is_empty() {
+        return Err(CliError::Usage(format!(
+            "no images under {}",
+            dir.display()
+        )));
+    }
+    let out_of = |rel: &Path| a.out.join(rel).with_extension("json");
+    let todo: Vec<PathBuf> = all
+        .iter()
+        .filter(|rel| a.overwrite || !out_of(rel).is_file())
+        .cloned()
+        .collect();
+    let skipped = all.len() - todo.len();
+    if skipped > 0 {
+        eprintln!(
+            "{skipped} of {} images already have masks (kept)",
+            all.len()
+        );
+    }
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, todo.len().max(1));
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(skipped);
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let masks = AtomicUsize::new(0);
+    let progress = Arc::new(Mutex::new(Progress::new("segment", "images")));
+    let t = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                while let Some(rel) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    match segment_file(&dir.join(rel), &out_of(rel), &a.segmenter) {
+                        Ok(n) => {
+                            masks.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(e) => failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(e.to_string()),
+                    }
+                    let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    progress
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .show(d, all.len());
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap_or_else(|e| e.into_inner());
+    let ok = todo.len() - failures.len();
+    eprintln!(
+        "{ok} images segmented ({} masks) in {:.1} s with {jobs} jobs -> {}",
+        masks.load(Ordering::Relaxed),
+        t.elapsed().as_secs_f64(),
+        a.out.display()
+    );
+    if failures.is_empty() {
+        return Ok(());
+    }
+    for f in &failures {
+        eprintln!("failed: {f}");
+    }
+    Err(CliError::Usage(format!(
+        "{} of {} images could not be segmented (listed above); the others' masks are written",
+        failures.len(),
+        todo.len()
+    )))
+}
