@@ -124,6 +124,8 @@ pub enum MaskMode {
     Folder(PathBuf),
     /// Fixed sliding windows over the patch grid (the paper's ablation).
     Windows(og_llava::og_fusion::Windows),
+    /// Each image (after any crop the benchmark makes) segmented on the fly.
+    Felzenszwalb(og_llava::og_segment::FelzenszwalbConfig),
 }
 
 /// Scores items with one model.
@@ -216,6 +218,16 @@ impl<B: Backend> Evaluator<'_, B> {
                 Selection::from_windows((g, g), *w)
                     .map(Some)
                     .map_err(|e| input_err(PathBuf::from(&item.image_name))(e.to_string()))
+            }
+            MaskMode::Felzenszwalb(cfg) => {
+                let (w, h) = (image.width() as usize, image.height() as usize);
+                let name = PathBuf::from(&item.image_name);
+                let m = og_llava::og_segment::felzenszwalb(image.as_raw(), w, h, cfg)
+                    .and_then(|labels| labels.to_mask_set())
+                    .map_err(|e| input_err(name.clone())(e.to_string()))?;
+                Selection::from_masks(&m, frame, &self.selection)
+                    .map(Some)
+                    .map_err(|e| input_err(name)(e.to_string()))
             }
             MaskMode::Folder(dir) => {
                 let file = mask_file(dir, item);

@@ -12,6 +12,7 @@ use og_llm::ChatTokenizer;
 use crate::CliError;
 use crate::ask::{ModelSource, OgPathArgs};
 use crate::progress::Progress;
+use crate::segment::SegmenterKind;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum Suite {
@@ -49,8 +50,10 @@ pub struct EvalArgs {
     limit: Option<usize>,
     /// A folder of COCO RLE mask files, `<image name>.json` per image: the OG path (default:
     /// no masks, as the paper reports). A missing file is an error.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "segmenter")]
     masks: Option<PathBuf>,
+    #[command(flatten)]
+    segmenter: crate::segment::SegmenterArgs,
     #[command(flatten)]
     path: OgPathArgs,
     /// Leave out malformed rows and unreadable images (counted in results.json's `skipped`)
@@ -111,7 +114,13 @@ impl BackendTask for Eval<'_> {
             tokenizer: &self.tokenizer,
             processor: &processor,
             selection: a.path.selection(),
-            masks: a.masks.clone().map_or(MaskMode::None, MaskMode::Folder),
+            masks: match (&a.masks, a.segmenter.segmenter) {
+                (_, Some(SegmenterKind::Felzenszwalb)) => {
+                    MaskMode::Felzenszwalb(a.segmenter.felzenszwalb()?)
+                }
+                (Some(dir), None) => MaskMode::Folder(dir.clone()),
+                (None, None) => MaskMode::None,
+            },
             stop_ids: self.stop_ids.clone(),
             device,
         };

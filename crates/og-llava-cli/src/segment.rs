@@ -40,21 +40,26 @@ pub struct SegmenterArgs {
 }
 
 impl SegmenterArgs {
+    /// The Felzenszwalb parameters of these flags, checked.
+    pub fn felzenszwalb(&self) -> Result<FelzenszwalbConfig, CliError> {
+        let config = FelzenszwalbConfig {
+            scale: self.scale,
+            sigma: self.sigma,
+            min_size: self.min_size,
+            max_pixels: self.max_pixels,
+        };
+        config
+            .validate()
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok(config)
+    }
+
     /// The segmenter, its parameters checked.
     pub fn build(&self) -> Result<Box<dyn Segmenter + Send>, CliError> {
         match self.kind() {
-            SegmenterKind::Felzenszwalb => {
-                let config = FelzenszwalbConfig {
-                    scale: self.scale,
-                    sigma: self.sigma,
-                    min_size: self.min_size,
-                    max_pixels: self.max_pixels,
-                };
-                config
-                    .validate()
-                    .map_err(|e| CliError::Usage(e.to_string()))?;
-                Ok(Box::new(Felzenszwalb { config }))
-            }
+            SegmenterKind::Felzenszwalb => Ok(Box::new(Felzenszwalb {
+                config: self.felzenszwalb()?,
+            })),
         }
     }
 

@@ -225,6 +225,65 @@ fn the_paper_suite_runs_every_benchmark_found() {
     assert_eq!(items[1]["gold"], "No");
 }
 
+/// `--segmenter` scores every item as the mask folder `og-llava segment` writes for the
+/// benchmark's images, and differently from the plain path.
+#[test]
+fn a_segmenter_on_the_fly_scores_as_its_mask_folder() {
+    let (dir, model) = tiny_model();
+    // MMVP's layout with photos in place of its 8x8 fixture images.
+    let mmvp = dir.path().join("mmvp");
+    std::fs::create_dir_all(mmvp.join("MMVP Images")).unwrap();
+    std::fs::copy(
+        fixtures().join("eval/mmvp/Questions.csv"),
+        mmvp.join("Questions.csv"),
+    )
+    .unwrap();
+    for (i, photo) in ["astronaut", "chelsea", "coffee", "rocket"]
+        .iter()
+        .enumerate()
+    {
+        image::open(fixtures().join(format!("felzenszwalb/{photo}.png")))
+            .unwrap()
+            .save(mmvp.join(format!("MMVP Images/{}.jpg", i + 1)))
+            .unwrap();
+    }
+    let masks = dir.path().join("masks");
+    let params = ["--scale", "300", "--min-size", "100"];
+    let o = Command::new(env!("CARGO_BIN_EXE_og-llava"))
+        .args(["segment", "--images", mmvp.to_str().unwrap(), "--out"])
+        .arg(&masks)
+        .args(params)
+        .output()
+        .unwrap();
+    ok(&o);
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(name);
+        let mut args = vec![
+            "--benchmark",
+            "mmvp",
+            "--data",
+            mmvp.to_str().unwrap(),
+            "--protocol",
+            "likelihood",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        ok(&eval(&model, &args));
+        lines(&out.join("items.jsonl"))
+            .iter()
+            .map(|i| i["scores"].clone())
+            .collect::<Vec<_>>()
+    };
+    let folder = run("folder", &["--masks", masks.to_str().unwrap()]);
+    let mut live_args = vec!["--segmenter", "felzenszwalb"];
+    live_args.extend(params);
+    let live = run("live", &live_args);
+    let plain = run("plain", &[]);
+    assert_eq!(folder, live);
+    assert_ne!(live, plain);
+}
+
 #[test]
 fn missing_masks_and_bad_data_are_clear_errors() {
     let (dir, model) = tiny_model();

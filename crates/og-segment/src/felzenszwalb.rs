@@ -74,7 +74,7 @@ impl FelzenszwalbConfig {
             return bad(format!("the image has no pixels ({width}x{height})"));
         }
         let pixels = width.saturating_mul(height);
-        if pixels > self.max_pixels || pixels > u32::MAX as usize / 4 {
+        if pixels > self.max_pixels || pixels >= 1 << 30 {
             return bad(format!(
                 "the image is {width}x{height} = {pixels} pixels, over the limit of {} \
                  (raise --max-pixels to segment it)",
@@ -160,10 +160,11 @@ pub fn felzenszwalb(
 ) -> Result<Labels> {
     config.check(width, height, rgb.len())?;
     let image = smooth(rgb, width, height, config.sigma);
-    let edges = sorted_edges(&image, width, height);
+    let grid = Grid { width, height };
+    let edges = grid.sorted_edges(&image);
     let mut forest = Forest::new(width * height);
-    merge(&mut forest, &edges, config.scale / 255.0);
-    join_small(&mut forest, &edges, config.min_size);
+    merge(&mut forest, &grid, &edges, config.scale / 255.0);
+    join_small(&mut forest, &grid, &edges, config.min_size);
     Ok(forest.labels(width, height))
 }
 
@@ -225,107 +226,137 @@ fn reflect(i: i64, n: i64) -> usize {
     i as usize
 }
 
-/// `correlate1d` of one line with a symmetric kernel, in SciPy's order of operations.
-fn correlate_line(line: &[f64], kernel: &[f64], out: &mut [f64]) {
-    let n = line.len() as i64;
-    let r = (kernel.len() / 2) as i64;
-    let centre = kernel[r as usize];
-    let padded: Vec<f64> = (-r..n + r).map(|i| line[reflect(i, n)]).collect();
-    for (i, o) in out.iter_mut().enumerate() {
-        let c = i + r as usize;
-        let mut acc = padded[c] * centre;
-        for j in (1..=r as usize).rev() {
-            acc += (padded[c + j] + padded[c - j]) * kernel[r as usize - j];
-        }
-        *o = acc;
-    }
-}
-
-/// The image as f64 in [0, 1], channel-last, Gaussian-smoothed along rows then columns.
+/// The image as f64 in [0, 1], channel-last, Gaussian-smoothed along axis 0 (down the
+/// columns) then axis 1 (along the rows), each output as SciPy's `correlate1d` computes it with
+/// a symmetric kernel: `x[i]·w₀ + Σ_{j=r..1} (x[i−j] + x[i+j])·w_j`.
 fn smooth(rgb: &[u8], width: usize, height: usize, sigma: f64) -> Vec<f64> {
     let inv = 1.0 / 255.0;
-    let mut image: Vec<f64> = rgb.iter().map(|&v| v as f64 * inv).collect();
+    let image: Vec<f64> = rgb.iter().map(|&v| v as f64 * inv).collect();
     if sigma <= 1e-15 {
         return image;
     }
     let kernel = gaussian_kernel(sigma);
-    // Axis 0 (down each column), then axis 1 (along each row), per channel.
-    let mut line = Vec::new();
-    let mut out = Vec::new();
-    for c in 0..3 {
-        for x in 0..width {
-            line.clear();
-            line.extend((0..height).map(|y| image[(y * width + x) * 3 + c]));
-            out.resize(height, 0.0);
-            correlate_line(&line, &kernel, &mut out);
-            for (y, v) in out.iter().enumerate() {
-                image[(y * width + x) * 3 + c] = *v;
-            }
+    let r = kernel.len() / 2;
+    let row = 3 * width;
+    // Axis 0: whole rows at once.
+    let mut down = vec![0.0; image.len()];
+    for y in 0..height {
+        let out = &mut down[y * row..(y + 1) * row];
+        let at = |dy: i64| {
+            let yy = reflect(y as i64 + dy, height as i64);
+            &image[yy * row..(yy + 1) * row]
+        };
+        for (o, v) in out.iter_mut().zip(at(0)) {
+            *o = v * kernel[r];
         }
-        for y in 0..height {
-            line.clear();
-            line.extend((0..width).map(|x| image[(y * width + x) * 3 + c]));
-            out.resize(width, 0.0);
-            correlate_line(&line, &kernel, &mut out);
-            for (x, v) in out.iter().enumerate() {
-                image[(y * width + x) * 3 + c] = *v;
+        for j in (1..=r).rev() {
+            let (lo, hi, w) = (at(-(j as i64)), at(j as i64), kernel[r - j]);
+            for ((o, l), h) in out.iter_mut().zip(lo).zip(hi) {
+                *o += (l + h) * w;
             }
         }
     }
-    image
-}
-
-/// One graph edge: its weight and the two pixels it joins.
-#[derive(Clone, Copy)]
-struct Edge {
-    cost: f64,
-    a: u32,
-    b: u32,
-}
-
-/// The 8-connected grid's edges in scikit-image's order, sorted by weight (ties in that order).
-fn sorted_edges(image: &[f64], width: usize, height: usize) -> Vec<Edge> {
-    let px = |p: usize| &image[p * 3..p * 3 + 3];
-    let edge = |a: usize, b: usize| {
-        let (u, v) = (px(a), px(b));
-        let d: Vec<f64> = (0..3).map(|c| (u[c] - v[c]) * (u[c] - v[c])).collect();
-        Edge {
-            cost: ((d[0] + d[1]) + d[2]).sqrt(),
-            a: a as u32,
-            b: b as u32,
+    // Axis 1: each row padded by reflection, then the same sum per sample.
+    let mut out = vec![0.0; image.len()];
+    let mut padded = vec![0.0; 3 * (width + 2 * r)];
+    for y in 0..height {
+        let src = &down[y * row..(y + 1) * row];
+        for (i, px) in padded.chunks_exact_mut(3).enumerate() {
+            let x = reflect(i as i64 - r as i64, width as i64);
+            px.copy_from_slice(&src[3 * x..3 * x + 3]);
         }
+        let dst = &mut out[y * row..(y + 1) * row];
+        for (k, o) in dst.iter_mut().enumerate() {
+            let c = k + 3 * r;
+            let mut acc = padded[c] * kernel[r];
+            for j in (1..=r).rev() {
+                acc += (padded[c - 3 * j] + padded[c + 3 * j]) * kernel[r - j];
+            }
+            *o = acc;
+        }
+    }
+    out
+}
+
+/// The 8-connected grid graph in scikit-image's edge order: every right, down, down-right,
+/// then up-right neighbour pair, each block in raster order of its top-left pixel.
+///
+/// An edge is named by `block << 30 | p`, `p` the raster index of the pixel the block's pairs
+/// start from (images have fewer than 2³⁰ pixels): names sort in edge order.
+struct Grid {
+    width: usize,
+    height: usize,
+}
+
+impl Grid {
+    const BLOCK: u32 = 30;
+
+    /// The two pixels of edge `name` (in the order scikit-image lists them).
+    fn endpoints(&self, name: u32) -> (u32, u32) {
+        let p = name & ((1 << Self::BLOCK) - 1);
+        let w = self.width as u32;
+        match name >> Self::BLOCK {
+            0 => (p + 1, p),
+            1 => (p + w, p),
+            2 => (p + w + 1, p),
+            _ => (p + 1, p + w),
+        }
+    }
+
+    /// Every edge as (weight bits, name), sorted by weight, ties in edge order.
+    fn sorted_edges(&self, image: &[f64]) -> Vec<(u64, u32)> {
+        let (w, h) = (self.width, self.height);
+        let mut keys = Vec::with_capacity(4 * w * h);
+        let mut block = |b: u32, rows: usize, cols: usize| {
+            for y in 0..rows {
+                for x in 0..cols {
+                    let name = b << Self::BLOCK | (y * w + x) as u32;
+                    let (a, c) = self.endpoints(name);
+                    let (a, c) = (3 * a as usize, 3 * c as usize);
+                    let (u, v) = (&image[a..a + 3], &image[c..c + 3]);
+                    let d = |k: usize| (u[k] - v[k]) * (u[k] - v[k]);
+                    // Weights are ≥ 0, so their bit patterns sort as the numbers do.
+                    keys.push((((d(0) + d(1)) + d(2)).sqrt().to_bits(), name));
+                }
+            }
+        };
+        block(0, h, w - 1);
+        block(1, h - 1, w);
+        block(2, h - 1, w - 1);
+        block(3, h - 1, w - 1);
+        sort_by_weight(keys)
+    }
+}
+
+/// Sorts (key, name) pairs by key then name: one counting pass into 2¹⁶ buckets of the key
+/// range, then each bucket sorted on its own (small and cache-resident).
+fn sort_by_weight(keys: Vec<(u64, u32)>) -> Vec<(u64, u32)> {
+    let (Some(lo), Some(hi)) = (
+        keys.iter().map(|k| k.0).min(),
+        keys.iter().map(|k| k.0).max(),
+    ) else {
+        return keys;
     };
-    let (w, h) = (width, height);
-    let mut edges = Vec::with_capacity(4 * w * h);
-    for y in 0..h {
-        for x in 0..w.saturating_sub(1) {
-            edges.push(edge(y * w + x + 1, y * w + x));
-        }
+    let shift = (64 - (hi - lo).leading_zeros()).saturating_sub(16);
+    let bucket = |k: u64| ((k - lo) >> shift) as usize;
+    let mut starts = vec![0usize; (1 << 16) + 1];
+    for &(k, _) in &keys {
+        starts[bucket(k) + 1] += 1;
     }
-    for y in 0..h - 1 {
-        for x in 0..w {
-            edges.push(edge((y + 1) * w + x, y * w + x));
-        }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
     }
-    for y in 0..h - 1 {
-        for x in 0..w.saturating_sub(1) {
-            edges.push(edge((y + 1) * w + x + 1, y * w + x));
-        }
+    let mut out = vec![(0u64, 0u32); keys.len()];
+    let mut next = starts.clone();
+    for &item in &keys {
+        let b = bucket(item.0);
+        out[next[b]] = item;
+        next[b] += 1;
     }
-    for y in 0..h - 1 {
-        for x in 0..w.saturating_sub(1) {
-            edges.push(edge(y * w + x + 1, (y + 1) * w + x));
-        }
+    for range in starts.windows(2) {
+        out[range[0]..range[1]].sort_unstable();
     }
-    // Weights are ≥ 0, so their bit patterns sort as the numbers do; the index breaks ties,
-    // which makes the unstable sort's result the stable order.
-    let mut keys: Vec<(u64, u32)> = edges
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.cost.to_bits(), i as u32))
-        .collect();
-    keys.sort_unstable();
-    keys.into_iter().map(|(_, i)| edges[i as usize]).collect()
+    out
 }
 
 /// Union–find whose root is always the component's smallest pixel (scikit-image's `_ccomp`).
@@ -391,26 +422,29 @@ impl Forest {
 }
 
 /// Step 3: join across an edge lighter than both components' `Int(C) + k/|C|` (in f32).
-fn merge(forest: &mut Forest, edges: &[Edge], k: f64) {
-    for e in edges {
-        let (a, b) = (forest.root(e.a), forest.root(e.b));
+fn merge(forest: &mut Forest, grid: &Grid, edges: &[(u64, u32)], k: f64) {
+    for &(bits, e) in edges {
+        let (a, b) = grid.endpoints(e);
+        let (a, b) = (forest.root(a), forest.root(b));
         if a == b {
             continue;
         }
+        let cost = f64::from_bits(bits);
         let threshold =
             |c: u32| (forest.inner[c as usize] + k / forest.size[c as usize] as f64) as f32 as f64;
-        if e.cost < threshold(a).min(threshold(b)) {
+        if cost < threshold(a).min(threshold(b)) {
             let r = forest.join(a, b);
-            forest.inner[r as usize] = e.cost;
+            forest.inner[r as usize] = cost;
         }
     }
 }
 
 /// Step 4: join every component smaller than `min_size` to its neighbour across the lightest
 /// edge still between them.
-fn join_small(forest: &mut Forest, edges: &[Edge], min_size: usize) {
-    for e in edges {
-        let (a, b) = (forest.root(e.a), forest.root(e.b));
+fn join_small(forest: &mut Forest, grid: &Grid, edges: &[(u64, u32)], min_size: usize) {
+    for &(_, e) in edges {
+        let (a, b) = grid.endpoints(e);
+        let (a, b) = (forest.root(a), forest.root(b));
         if a != b
             && ((forest.size[a as usize] as usize) < min_size
                 || (forest.size[b as usize] as usize) < min_size)
@@ -512,6 +546,25 @@ mod tests {
         let eight = ((r + r) + (r + r)) + ((r + r) + (r + r));
         assert_eq!(numpy_sum(&a), eight + 0.1 + 0.1);
         assert_eq!(numpy_sum(&[1.0, 2.0, 3.0]), 6.0);
+    }
+
+    #[test]
+    fn sort_by_weight_orders_by_key_then_name() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let keys: Vec<(u64, u32)> = (0..5000u32)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Few distinct keys spread over every digit: many ties.
+                ((x % 7) << 50 | (x % 3) << 20 | (x % 5), i)
+            })
+            .collect();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(sort_by_weight(keys), want);
+        assert!(sort_by_weight(Vec::new()).is_empty());
+        assert_eq!(sort_by_weight(vec![(3, 1), (3, 0)]), vec![(3, 0), (3, 1)]);
     }
 
     #[test]
