@@ -7,6 +7,10 @@ scikit-image's `felzenszwalb` here, our criterion time from `cargo bench -p og-s
 felzenszwalb` run on the same folder, and the adjusted Rand index between the two partitions
 (ours read back from `og-llava segment`). Ratio = scikit-image time / ours (> 1: faster).
 
+Every photo is decoded once by Pillow and handed to both sides as PNG: JPEG decoders differ
+(the `image` crate's and Pillow's libjpeg-turbo disagree on some pixels by a level or two), and
+this compares the segmentations, not the decoders.
+
 Usage: pip install scikit-image pillow pycocotools && python3 scripts/compare_felzenszwalb.py
        [--images DIR] [--repeats N]
 """
@@ -68,7 +72,13 @@ def criterion_seconds(name, params):
 
 
 def measure(images=None, repeats=5):
-    images = os.path.abspath(images or os.path.join(ROOT, "fixtures", "felzenszwalb"))
+    with tempfile.TemporaryDirectory() as decoded:
+        for name, path in photos(images or os.path.join(ROOT, "fixtures", "felzenszwalb")).items():
+            Image.open(path).convert("RGB").save(os.path.join(decoded, f"{name}.png"))
+        return measure_folder(decoded, repeats)
+
+
+def measure_folder(images, repeats):
     env = dict(os.environ, OG_BENCH_IMAGES=images)
     subprocess.run(["cargo", "bench", "--quiet", "-p", "og-segment", "--bench", "felzenszwalb"],
                    cwd=ROOT, env=env, check=True, capture_output=True)

@@ -7,11 +7,13 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   fixtures      regenerate fixtures/ (scripts/make_*_fixtures.py;
                 needs: pip install torch transformers peft numpy pycocotools pillow safetensors
-                pyarrow pandas)
+                pyarrow pandas scikit-image)
   compare-phi   time Φ against the paper's Listing 1 in PyTorch (scripts/compare_phi.py)
   compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
   compare-llm   decode tok/s against transformers, SmolLM2-135M shape (scripts/compare_llm.py)
   compare-train training steps/s against PyTorch eager + peft, small LLaVA (scripts/compare_train.py)
+  compare-felzenszwalb  Felzenszwalb against scikit-image, speed and agreement
+                (scripts/compare_felzenszwalb.py; needs: pip install scikit-image pycocotools pillow)
   perf          every comparison above in one run (scripts/perf.py): target/perf/perf.json + perf.md
                 (needs: pip install torch transformers peft numpy pycocotools pillow)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
                 "make_llava_fixtures.py",
                 "make_train_fixtures.py",
                 "make_eval_fixtures.py",
+                "make_felzenszwalb_fixtures.py",
             ] {
                 let code = python(&root, script);
                 if code != ExitCode::SUCCESS {
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Some("compare-vit") => python(&root, "compare_vit.py"),
         Some("compare-llm") => python(&root, "compare_llm.py"),
         Some("compare-train") => python(&root, "compare_train.py"),
+        Some("compare-felzenszwalb") => python(&root, "compare_felzenszwalb.py"),
         Some("perf") => python(&root, "perf.py"),
         Some("ci") => run(Command::new(".ci/run").current_dir(&root)),
         Some("demo") => run(Command::new("cargo")

@@ -645,6 +645,7 @@ pub fn run<B: AutodiffBackend>(
                     missing_masks: og_train::MissingMasks::BadRow,
                     selection: arm.selection.clone(),
                     windows: arm.windows,
+                    felzenszwalb: None,
                     pad_to_square: false,
                     fail_on_bad_rows: true,
                     workers: 1,

@@ -25,6 +25,7 @@ use crate::rle::Rle;
 
 /// Parameters, named and defaulted as scikit-image's, plus a size limit on the input.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct FelzenszwalbConfig {
     /// Observation scale `k` (higher: fewer, larger segments).
     pub scale: f64,
@@ -32,7 +33,8 @@ pub struct FelzenszwalbConfig {
     pub sigma: f64,
     /// Components smaller than this many pixels are merged into a neighbour.
     pub min_size: usize,
-    /// Largest image accepted, in pixels (the graph takes about 60 bytes a pixel).
+    /// Largest image accepted, in pixels (segmenting takes about 130 bytes a pixel at its
+    /// peak, while the edges are sorted).
     pub max_pixels: usize,
 }
 
@@ -161,7 +163,7 @@ pub fn felzenszwalb(
     config.check(width, height, rgb.len())?;
     let image = smooth(rgb, width, height, config.sigma);
     let grid = Grid { width, height };
-    let edges = grid.sorted_edges(&image);
+    let edges = grid.sorted_edges(image);
     let mut forest = Forest::new(width * height);
     merge(&mut forest, &grid, &edges, config.scale / 255.0);
     join_small(&mut forest, &grid, &edges, config.min_size);
@@ -256,8 +258,9 @@ fn smooth(rgb: &[u8], width: usize, height: usize, sigma: f64) -> Vec<f64> {
             }
         }
     }
+    drop(image);
     // Axis 1: each row padded by reflection, then the same sum per sample.
-    let mut out = vec![0.0; image.len()];
+    let mut out = vec![0.0; down.len()];
     let mut padded = vec![0.0; 3 * (width + 2 * r)];
     for y in 0..height {
         let src = &down[y * row..(y + 1) * row];
@@ -304,7 +307,7 @@ impl Grid {
     }
 
     /// Every edge as (weight bits, name), sorted by weight, ties in edge order.
-    fn sorted_edges(&self, image: &[f64]) -> Vec<(u64, u32)> {
+    fn sorted_edges(&self, image: Vec<f64>) -> Vec<(u64, u32)> {
         let (w, h) = (self.width, self.height);
         let mut keys = Vec::with_capacity(4 * w * h);
         let mut block = |b: u32, rows: usize, cols: usize| {
@@ -324,6 +327,7 @@ impl Grid {
         block(1, h - 1, w);
         block(2, h - 1, w - 1);
         block(3, h - 1, w - 1);
+        drop(image);
         sort_by_weight(keys)
     }
 }

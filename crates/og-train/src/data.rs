@@ -220,6 +220,8 @@ pub struct Preparer {
     pub selection: og_llava::og_fusion::SelectionConfig,
     /// Sliding windows instead of masks.
     pub windows: Option<og_llava::og_fusion::Windows>,
+    /// Felzenszwalb segmentation of each image instead of the mask folder.
+    pub felzenszwalb: Option<og_llava::og_segment::FelzenszwalbConfig>,
     pub image_token_id: u32,
     /// Patches per side of the encoder grid (the plain path has grid² visual tokens).
     pub grid: usize,
@@ -243,9 +245,19 @@ impl Preparer {
                 .pixel_data(&image)
                 .map_err(|e| format!("image preprocessing: {e}"))?;
             let grid = self.grid;
-            let masks = match self.windows {
-                Some(_) => None,
-                None => self.masks_for(rel)?,
+            let masks = match (self.windows, &self.felzenszwalb) {
+                (Some(_), _) => None,
+                (None, Some(cfg)) => {
+                    let (w, h) = (image.width() as usize, image.height() as usize);
+                    let labels = og_llava::og_segment::felzenszwalb(image.as_raw(), w, h, cfg)
+                        .map_err(|e| format!("segmentation: {e}"))?;
+                    Some(
+                        labels
+                            .to_mask_set()
+                            .map_err(|e| format!("segmentation: {e}"))?,
+                    )
+                }
+                (None, None) => self.masks_for(rel)?,
             };
             let selection = match masks {
                 None => self

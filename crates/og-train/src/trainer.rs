@@ -312,6 +312,7 @@ pub fn train_parallel<B: AutodiffBackend>(
         fusion: model.connector.config().clone(),
         selection: cfg.data.selection.clone(),
         windows: cfg.data.windows,
+        felzenszwalb: cfg.data.felzenszwalb,
         image_token_id: model.image_token_id,
         grid,
         model_max_length: cfg.model_max_length,

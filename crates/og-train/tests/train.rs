@@ -6,7 +6,7 @@ mod common;
 
 use burn::backend::{Autodiff, Flex};
 use common::{config, same_checkpoint, sft, tiny_world};
-use og_train::{RunOptions, Stage, TrainError, train};
+use og_train::{RunOptions, Stage, TrainConfig, TrainError, train};
 
 type B = Autodiff<Flex<f32>>;
 
@@ -212,4 +212,60 @@ fn images_without_masks_are_bad_rows_unless_the_plain_path_is_chosen() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("absent") && e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn a_felzenszwalb_segmenter_replaces_the_mask_folder() {
+    let _one = one_run();
+    let dir = tiny_world();
+    let root = dir.path();
+    let empty = root.join("no_masks");
+    std::fs::create_dir(&empty).unwrap();
+    let run = |out: &str, extra: &[String]| {
+        // Room for a delimiter per segment.
+        let mut overrides = vec!["epochs=1".to_string(), "model_max_length=512".into()];
+        overrides.extend_from_slice(extra);
+        let cfg = config(root, Stage::Align, out, &overrides);
+        train::<B>(&cfg, &Default::default(), &RunOptions::default()).unwrap()
+    };
+    // The mask folder is empty: strict about missing masks, yet no row lacks them.
+    let segmented = run(
+        "segmented",
+        &[
+            format!("data.masks={}", empty.display()),
+            "data.missing_masks=bad_row".into(),
+            "data.felzenszwalb.scale=300".into(),
+            "data.felzenszwalb.min_size=20".into(),
+        ],
+    );
+    assert!(
+        !segmented.bad_rows.counts.contains_key("missing masks"),
+        "{:?}",
+        segmented.bad_rows
+    );
+    let plain = run(
+        "plain",
+        &[
+            format!("data.masks={}", empty.display()),
+            "data.missing_masks=plain".into(),
+        ],
+    );
+    assert_eq!(
+        segmented.examples, plain.examples,
+        "{:?}",
+        segmented.bad_rows
+    );
+    assert_ne!(
+        segmented.first_loss, plain.first_loss,
+        "the OG path was taken"
+    );
+    // Bad segmenter settings stop the run before it starts.
+    let e = TrainConfig::resolve(
+        None,
+        Some(&root.join("segmented.json")),
+        &["data.felzenszwalb.sigma=-1".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("sigma"), "{e}");
 }
