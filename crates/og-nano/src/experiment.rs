@@ -151,6 +151,8 @@ pub enum MaskSource {
     GroundTruth,
     /// Segmenter-like masks (merged, dilated, dropped).
     Noisy,
+    /// What this project's Felzenszwalb segmenter makes of each image (a partition).
+    Felzenszwalb,
 }
 
 /// One trained model of the comparison: what it sees and how its connector is configured.
@@ -227,14 +229,17 @@ impl ArmSpec {
     }
 }
 
-/// The main comparison: the LLaVA baseline, OG-LLaVA with the renderer's masks and with
-/// segmenter-like noisy masks (the paper's masks come from SAM2, not an oracle), and the blind
-/// arm.
+/// The main comparison: the LLaVA baseline, OG-LLaVA with the renderer's masks, with
+/// segmenter-like noisy masks and with this project's Felzenszwalb segmenter's masks (the
+/// paper's masks come from SAM2, not an oracle), and the blind arm.
 pub fn main_arms() -> Vec<ArmSpec> {
     vec![
         ArmSpec::llava(),
         ArmSpec::og_llava(),
         ArmSpec::variant("og-llava (noisy masks)", |a| a.masks = MaskSource::Noisy),
+        ArmSpec::variant("og-llava (felzenszwalb masks)", |a| {
+            a.masks = MaskSource::Felzenszwalb
+        }),
         ArmSpec::blind(),
     ]
 }
@@ -529,6 +534,7 @@ fn mask_dir(world: &Path, source: MaskSource) -> Option<PathBuf> {
         MaskSource::None => None,
         MaskSource::GroundTruth => Some(world.join("masks")),
         MaskSource::Noisy => Some(world.join("masks_noisy")),
+        MaskSource::Felzenszwalb => Some(world.join("masks_felzenszwalb")),
     }
 }
 
@@ -1002,8 +1008,8 @@ mod tests {
         let r =
             run::<Autodiff<Flex<f32>>>(&cfg, &main_arms(), dir.path(), &Default::default(), false)
                 .unwrap();
-        // llava, og-llava and og-llava (noisy masks) with and without masks; blind without.
-        assert_eq!(r.evaluations.len(), 7);
+        // llava and the three og-llava arms with and without masks; blind without.
+        assert_eq!(r.evaluations.len(), 9);
         assert!(r.evaluations.iter().any(|e| e.arm == "blind"));
         // The benchmark-format sets by likelihood; in the arm's own mode every task by
         // likelihood and by generation, and the training-scene fit.
@@ -1037,9 +1043,9 @@ mod tests {
             "colour",
             "colour@gen",
         ] {
-            assert_eq!(s.tasks[task].arms.len(), 4, "{task}");
+            assert_eq!(s.tasks[task].arms.len(), 5, "{task}");
         }
-        assert_eq!(r.stages.len(), 8);
+        assert_eq!(r.stages.len(), 10);
         for s in &r.stages {
             let (first, last) = (s.first_loss.unwrap(), s.last_loss.unwrap());
             assert!(s.steps >= 12 && last < first, "{s:?}");
@@ -1050,6 +1056,7 @@ mod tests {
             "llm/tokenizer.json",
             "llm/model.safetensors",
             "runs/og-llava-sft/final/og_llava.json",
+            "runs/og-llava--felzenszwalb-masks--sft/final/og_llava.json",
             "runs/llava-align/loss.svg",
             "report.html",
             "report/scene-000000.png",

@@ -72,7 +72,21 @@ pub struct WorldConfig {
     pub striped: f64,
     /// Also write segmenter-like masks: neighbouring masks merged, dilated or dropped.
     pub noisy_masks: bool,
+    /// Also write the masks this project's weight-free segmenter makes of each rendered image
+    /// ([`FELZENSZWALB`]): a partition, background included.
+    #[serde(default)]
+    pub felzenszwalb_masks: bool,
 }
+
+/// The segmenter settings of `masks_felzenszwalb/`, fixed for 64–80-pixel scenes before any
+/// run: light smoothing, the scikit-image gallery's scale, and a minimum segment a fifth of
+/// the smallest object (radius 7 pixels at 64) so that anti-aliased rims join a neighbour.
+pub const FELZENSZWALB: og_segment::FelzenszwalbConfig = og_segment::FelzenszwalbConfig {
+    scale: 100.0,
+    sigma: 0.5,
+    min_size: 30,
+    max_pixels: 1 << 20,
+};
 
 impl WorldConfig {
     /// The nano preset: small enough for the whole experiment in minutes on two cores.
@@ -87,6 +101,7 @@ impl WorldConfig {
             max_objects: 4,
             striped: 0.15,
             noisy_masks: true,
+            felzenszwalb_masks: true,
         }
     }
 
@@ -155,6 +170,18 @@ fn save_png(img: &image::RgbImage, path: &Path) -> R<()> {
 fn save_masks(masks: &[og_segment::Bitmap], path: &Path) -> R<()> {
     let set = MaskSet::from_bitmaps(masks).map_err(|e| WorldError::Invalid(e.to_string()))?;
     set.write_coco_json(path, CountsFormat::Compressed)
+        .map_err(|e| WorldError::Write {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// The Felzenszwalb masks of a rendered image ([`FELZENSZWALB`]).
+fn save_felzenszwalb(img: &image::RgbImage, path: &Path) -> R<()> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    og_segment::felzenszwalb(img.as_raw(), w, h, &FELZENSZWALB)
+        .and_then(|labels| labels.to_mask_set())
+        .and_then(|set| set.write_coco_json(path, CountsFormat::Compressed))
         .map_err(|e| WorldError::Write {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -236,6 +263,11 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
             std::fs::create_dir_all(out.join(d)).map_err(io(&out.join(d)))?;
         }
     }
+    if cfg.felzenszwalb_masks {
+        for d in ["masks_felzenszwalb/train", "masks_felzenszwalb/eval"] {
+            std::fs::create_dir_all(out.join(d)).map_err(io(&out.join(d)))?;
+        }
+    }
     let heldout = heldout_pairs(cfg.seed, cfg.heldout_pairs);
     let is_heldout = |c: Colour, s: Shape| heldout.contains(&(c, s));
     let spec = SceneSpec {
@@ -272,6 +304,12 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
             save_masks(
                 &noisy(&masks, &mut rng),
                 &out.join(format!("masks_noisy/train/{name}.json")),
+            )?;
+        }
+        if cfg.felzenszwalb_masks {
+            save_felzenszwalb(
+                &img,
+                &out.join(format!("masks_felzenszwalb/train/{name}.json")),
             )?;
         }
         let image = format!("train/{name}.png");
@@ -352,6 +390,12 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
             save_masks(
                 &noisy(&masks, &mut rng),
                 &out.join(format!("masks_noisy/eval/{name}.json")),
+            )?;
+        }
+        if cfg.felzenszwalb_masks {
+            save_felzenszwalb(
+                &img,
+                &out.join(format!("masks_felzenszwalb/eval/{name}.json")),
             )?;
         }
         let image = format!("eval/{name}.png");
@@ -461,12 +505,21 @@ mod tests {
             "images/train/000005.png",
             "masks/train/000005.json",
             "masks_noisy/eval/000003.json",
+            "masks_felzenszwalb/train/000005.json",
         ] {
             assert_eq!(
                 std::fs::read(a.path().join(f)).unwrap(),
                 std::fs::read(b.path().join(f)).unwrap(),
                 "{f}"
             );
+        }
+        // The segmenter's masks partition the image and find more than the background.
+        for split in ["train/000005", "eval/000003"] {
+            let set =
+                MaskSet::read_coco_json(a.path().join(format!("masks_felzenszwalb/{split}.json")))
+                    .unwrap();
+            assert!(set.len() >= 2, "{split}: {} masks", set.len());
+            assert_eq!(set.iter().map(|m| m.area()).sum::<u64>(), 64 * 64);
         }
         assert_eq!(s.heldout.len(), 6);
         assert_eq!(s.align_rows, 24);
