@@ -199,8 +199,15 @@ struct TokensArgs {
     #[arg(long)]
     image: PathBuf,
     /// COCO RLE JSON (SAM's output) or a folder of mask_<k>.npy files.
-    #[arg(long)]
-    masks: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "segmenter",
+        conflicts_with = "segmenter"
+    )]
+    masks: Option<PathBuf>,
+    /// Segment the image instead of reading --masks.
+    #[command(flatten)]
+    segmenter: segment::SegmenterArgs,
     #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
     phi: PhiKind,
     /// Threshold α: Listing 1's count for raster; pixels or a fraction for patch.
@@ -381,7 +388,10 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
         ));
     }
     let image = og_vision::load_rgb(&args.image)?;
-    let masks = read_masks_for(&args.masks, &args.image, image.width(), image.height())?;
+    let masks = match &args.masks {
+        Some(path) => read_masks_for(path, &args.image, image.width(), image.height())?,
+        None => args.segmenter.segment(&image)?,
+    };
     let (w, h) = (image.width() as usize, image.height() as usize);
     let size = args.grid * args.patch_size;
     let frame_cfg = FrameConfig {

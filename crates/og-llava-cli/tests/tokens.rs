@@ -88,6 +88,41 @@ fn writes_documented_tokens_json_and_overlay() {
     assert_eq!(v["masks"][1]["kept"], serde_json::json!([]));
 }
 
+/// With a segmenter instead of --masks, the groups come from the segmenter's masks.
+#[test]
+fn a_segmenter_replaces_the_mask_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tokens.json");
+    let image =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/felzenszwalb/coffee.png");
+    let o = og()
+        .args([
+            "tokens",
+            "--segmenter",
+            "felzenszwalb",
+            "--scale",
+            "300",
+            "--image",
+        ])
+        .arg(&image)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(v["masks"].as_array().unwrap().len() > 1);
+    // Neither --masks nor --segmenter: refused.
+    let o = og()
+        .args(["tokens", "--image"])
+        .arg(&image)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+}
+
 #[test]
 fn bad_inputs_fail_clearly_without_output() {
     let dir = tempfile::tempdir().unwrap();

@@ -314,13 +314,21 @@ pub fn unlearned(s: &Summary, blind: &str) -> Vec<String> {
 /// The summary as a plain-text table (accuracy %, interval, chance).
 pub fn text_table(s: &Summary) -> String {
     let arms = &s.arms;
+    // Every column as wide as the longest arm name or interval, and two spaces between.
+    let width = arms
+        .iter()
+        .map(|a| a.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(22)
+        + 2;
     let mut out = format!(
         "{:<18}{:>8}",
         format!("task ({} seeds)", s.seeds.len()),
         "chance"
     );
     for a in arms {
-        out += &format!("{:>24}", a);
+        out += &format!("{a:>width$}");
     }
     out += "\n";
     for (task, row) in &s.tasks {
@@ -328,7 +336,7 @@ pub fn text_table(s: &Summary) -> String {
         for a in arms {
             out += &match row.arms.get(a) {
                 Some(c) => format!(
-                    "{:>24}",
+                    "{:>width$}",
                     format!(
                         "{:.1} [{:.1}, {:.1}]",
                         100.0 * c.mean,
@@ -336,7 +344,7 @@ pub fn text_table(s: &Summary) -> String {
                         100.0 * c.ci95[1]
                     )
                 ),
-                None => format!("{:>24}", "-"),
+                None => format!("{:>width$}", "-"),
             };
         }
         out += "\n";
