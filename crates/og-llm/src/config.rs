@@ -147,8 +147,51 @@ impl LlamaConfig {
         if !self.head_dim.is_multiple_of(2) {
             return bad(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
-        if self.vocab_size == 0 || self.hidden_size == 0 {
-            return bad("vocab_size and hidden_size must be positive".into());
+        // Sizes are bounded before anything is allocated from them: every released Llama is
+        // far inside these limits, a corrupt or hostile config.json is not.
+        for (name, value, max) in [
+            ("vocab_size", self.vocab_size, 1 << 24),
+            ("hidden_size", self.hidden_size, 1 << 17),
+            ("intermediate_size", self.intermediate_size, 1 << 20),
+            ("num_hidden_layers", self.num_hidden_layers, 1024),
+            ("num_attention_heads", self.num_attention_heads, 1024),
+            ("head_dim", self.head_dim, 4096),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 24,
+            ),
+        ] {
+            if value == 0 || value > max {
+                return bad(format!("{name} is {value}: it must be in 1..={max}"));
+            }
+        }
+        let mut positive = vec![
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ];
+        match self.rope_scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => positive.push(("rope factor", factor)),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => positive.extend([
+                ("rope factor", factor),
+                ("rope low_freq_factor", low_freq_factor),
+                ("rope high_freq_factor", high_freq_factor),
+                (
+                    "rope original_max_position_embeddings",
+                    original_max_position_embeddings,
+                ),
+            ]),
+        }
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(format!("{name} is {v}: it must be a positive number"));
+            }
         }
         Ok(())
     }
@@ -163,6 +206,13 @@ impl LlamaConfig {
             None => root,
         };
         let bad = |m: String| LlmError::Config(m);
+        if let Some(t) = obj.get("model_type").and_then(Value::as_str)
+            && !["llama", "llava_llama"].contains(&t)
+        {
+            return Err(bad(format!(
+                "model_type {t:?} is not a Llama decoder (llama, llava_llama)"
+            )));
+        }
         let usize_of = |k: &str, default: Option<usize>| -> Result<usize> {
             match obj.get(k) {
                 Some(v) => v
@@ -326,6 +376,51 @@ impl LlamaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_numbers_are_refused_before_anything_is_built() {
+        let base = serde_json::json!({"model_type": "llama", "hidden_size": 8,
+            "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "vocab_size": 10});
+        assert!(LlamaConfig::from_hf_value(&base).is_ok());
+        for (key, value, needle) in [
+            ("rms_norm_eps", serde_json::json!(0.0), "rms_norm_eps"),
+            ("rms_norm_eps", serde_json::json!(-1e-6), "rms_norm_eps"),
+            ("rope_theta", serde_json::json!(0), "rope_theta"),
+            (
+                "num_hidden_layers",
+                serde_json::json!(1_000_000_000_000u64),
+                "num_hidden_layers",
+            ),
+            (
+                "num_hidden_layers",
+                serde_json::json!(0),
+                "num_hidden_layers",
+            ),
+            (
+                "intermediate_size",
+                serde_json::json!(0),
+                "intermediate_size",
+            ),
+            (
+                "max_position_embeddings",
+                serde_json::json!(0),
+                "max_position_embeddings",
+            ),
+            ("vocab_size", serde_json::json!(1u64 << 40), "vocab_size"),
+            ("model_type", serde_json::json!("gpt2"), "gpt2"),
+            (
+                "rope_scaling",
+                serde_json::json!({"rope_type": "linear", "factor": 0}),
+                "rope factor",
+            ),
+        ] {
+            let mut v = base.clone();
+            v[key] = value;
+            let e = LlamaConfig::from_hf_value(&v).unwrap_err().to_string();
+            assert!(e.contains(needle), "{key}: {e}");
+        }
+    }
 
     #[test]
     fn both_rope_spellings() {

@@ -311,6 +311,9 @@ impl TrainConfig {
                 return Err(format!("{name} must be at least 1"));
             }
         }
+        if self.max_steps == Some(0) {
+            return Err("max_steps must be at least 1".into());
+        }
         if self.epochs == 0 && self.max_steps.is_none() {
             return Err("epochs must be at least 1 (or give max_steps)".into());
         }

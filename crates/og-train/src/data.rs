@@ -55,6 +55,18 @@ impl BadRows {
     pub fn total(&self) -> usize {
         self.counts.values().sum()
     }
+
+    /// `3 missing image, 1 too long` (or `none`).
+    pub fn summary(&self) -> String {
+        if self.counts.is_empty() {
+            return "none".into();
+        }
+        self.counts
+            .iter()
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Parses a LLaVA conversation file. Structurally malformed rows are skipped into `bad`

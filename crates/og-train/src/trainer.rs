@@ -221,7 +221,14 @@ pub fn train_parallel<B: AutodiffBackend>(
     let config_path = out.join("config.json");
     let config_json = serde_json::to_string_pretty(cfg).expect("config serialises");
     let resume_from = if opts.resume {
-        latest_checkpoint(out)
+        let latest = latest_checkpoint(out);
+        if latest.is_none() && writer {
+            eprintln!(
+                "--resume: {} holds no checkpoint yet; starting from step 0",
+                out.display()
+            );
+        }
+        latest
     } else {
         None
     };
@@ -438,6 +445,9 @@ pub fn train_parallel<B: AutodiffBackend>(
     // only when decoded made the step estimate too high.
     'epochs: while state.step < total_steps && (cfg.max_steps.is_some() || state.epoch < cfg.epochs)
     {
+        // An epoch read from its start that yields no step would repeat forever (max_steps)
+        // or end the run untrained.
+        let (whole_epoch, steps_before) = (state.position == 0, state.step);
         let order = epoch_order(
             &preparer.rows,
             cfg.seed,
@@ -469,6 +479,17 @@ pub fn train_parallel<B: AutodiffBackend>(
                 }
             }
             if step_examples.is_empty() {
+                if whole_epoch && state.step == steps_before {
+                    return Err(TrainError::Data {
+                        path: cfg.data.json.clone(),
+                        message: format!(
+                            "epoch {} gave no training step: every row was bad or had nothing \
+                             to supervise (bad rows: {})",
+                            state.epoch + 1,
+                            state.bad_rows.summary()
+                        ),
+                    });
+                }
                 state.epoch += 1;
                 state.position = 0;
                 continue 'epochs;

@@ -269,3 +269,39 @@ fn a_felzenszwalb_segmenter_replaces_the_mask_folder() {
     .to_string();
     assert!(e.contains("sigma"), "{e}");
 }
+
+/// A dataset in which no row yields a step ends the run with the reasons, instead of looping
+/// over epochs forever (with max_steps) or writing an untrained model.
+#[test]
+fn an_epoch_without_a_step_is_an_error_not_a_hang() {
+    let _one = one_run();
+    let dir = tiny_world();
+    let root = dir.path();
+    for extra in [vec!["max_steps=3"], vec!["epochs=2"]] {
+        let mut overrides = vec!["model_max_length=2".to_string()];
+        overrides.extend(extra.iter().map(|s| s.to_string()));
+        let cfg = config(
+            root,
+            Stage::Align,
+            &format!("none-{}", extra[0]),
+            &overrides,
+        );
+        match train::<B>(&cfg, &Default::default(), &RunOptions::default()) {
+            Err(TrainError::Data { message, .. }) => {
+                assert!(
+                    message.contains("gave no training step") && message.contains("too long"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected a data error, got {:?}", other.map(|s| s.steps)),
+        }
+    }
+    let e = TrainConfig::resolve(
+        None,
+        Some(&root.join("none-max_steps=3.json")),
+        &["max_steps=0".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("max_steps must be at least 1"), "{e}");
+}

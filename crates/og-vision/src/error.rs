@@ -13,6 +13,16 @@ pub enum VisionError {
     Decode { path: PathBuf, message: String },
     #[error("image is {width}x{height}: zero-sized images have no frame")]
     ZeroSize { width: usize, height: usize },
+    #[error(
+        "image is {width}x{height}: preprocessing would make a {pixels}-pixel intermediate image \
+         (padded to square or resized), over the limit of {limit}"
+    )]
+    TooLarge {
+        width: usize,
+        height: usize,
+        pixels: u128,
+        limit: u128,
+    },
     #[error("mask is {mask_w}x{mask_h} (WxH) but the image is {image_w}x{image_h}")]
     MaskSize {
         mask_w: usize,

@@ -81,6 +81,10 @@ impl FrameConfig {
     }
 }
 
+/// The largest padded or resized image a frame may ask for (2²⁷ pixels, 384 MiB as RGB8): a
+/// photo of 11 000 × 11 000 pixels fits, a 1 × 100 000 strip padded to a square does not.
+pub const MAX_INTERMEDIATE_PIXELS: u128 = 1 << 27;
+
 /// LLaVA's padding colour: `tuple(int(x * 255) for x in image_mean)`.
 pub fn mean_color(mean: [f32; 3]) -> [u8; 3] {
     mean.map(|m| (m as f64 * 255.0) as u8)
@@ -173,6 +177,15 @@ impl Frame {
         } else {
             ((size as f64 * pw as f64 / ph as f64) as usize, size)
         };
+        let largest = (pw as u128 * ph as u128).max(rw as u128 * rh as u128);
+        if largest > MAX_INTERMEDIATE_PIXELS {
+            return Err(VisionError::TooLarge {
+                width,
+                height,
+                pixels: largest,
+                limit: MAX_INTERMEDIATE_PIXELS,
+            });
+        }
         let axis = |original, pad_before, padded, resized: usize, out: usize| Axis {
             original,
             pad_before,
@@ -428,6 +441,17 @@ impl PatchCoverage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_strip_that_would_pad_to_a_huge_square_is_refused() {
+        let e = FrameConfig::llava_1_5().frame(1, 100_000).unwrap_err();
+        assert!(matches!(e, VisionError::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains("1x100000"), "{e}");
+        // Resized without padding, the same strip would be 336 × 33.6 M pixels: refused too.
+        assert!(FrameConfig::clip_336().frame(1, 1_000_000).is_err());
+        // A large photo is fine.
+        assert!(FrameConfig::llava_1_5().frame(8000, 6000).is_ok());
+    }
 
     #[test]
     fn llava_frame_geometry() {

@@ -178,8 +178,25 @@ impl ClipVisionConfig {
     /// Checks the numbers describe a buildable tower.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(VisionError::Config(m));
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.patch_size == 0 {
-            return bad("hidden_size, num_attention_heads and patch_size must be positive".into());
+        // Bounded before anything is allocated from them (CLIP ViT-bigG is well inside).
+        for (name, value, max) in [
+            ("hidden_size", self.hidden_size, 1 << 14),
+            ("intermediate_size", self.intermediate_size, 1 << 16),
+            ("num_hidden_layers", self.num_hidden_layers, 256),
+            ("num_attention_heads", self.num_attention_heads, 256),
+            ("num_channels", self.num_channels, 16),
+            ("image_size", self.image_size, 4096),
+            ("patch_size", self.patch_size, 1024),
+        ] {
+            if value == 0 || value > max {
+                return bad(format!("{name} is {value}: it must be in 1..={max}"));
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return bad(format!(
+                "layer_norm_eps is {}: it must be a positive number",
+                self.layer_norm_eps
+            ));
         }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
@@ -290,5 +307,18 @@ mod tests {
         assert!(ClipVisionConfig::from_hf_value(&bad).is_err());
         let bad = serde_json::json!({"patch_size": 14, "vision_feature_layer": -30});
         assert!(ClipVisionConfig::from_hf_value(&bad).is_err());
+        // Numbers that would write NaN features or allocate without bound.
+        for (key, value) in [
+            ("layer_norm_eps", serde_json::json!(-1e-5)),
+            ("layer_norm_eps", serde_json::json!(0)),
+            ("num_hidden_layers", serde_json::json!(100_000)),
+            ("image_size", serde_json::json!(1u64 << 20)),
+            ("intermediate_size", serde_json::json!(0)),
+        ] {
+            let mut v = serde_json::json!({"model_type": "clip_vision_model"});
+            v[key] = value;
+            let e = ClipVisionConfig::from_hf_value(&v).unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 }
