@@ -471,6 +471,12 @@ fn device_check(
     text_hidden: usize,
     iterations: usize,
 ) -> Result<(), CliError> {
+    // The paper's widths are 3072 and 4096; 65 536 bounds the probe's buffers (~2.5 GB).
+    if !(1..=65_536).contains(&text_hidden) || iterations == 0 {
+        return Err(CliError::Usage(format!(
+            "--text-hidden must be in 1..=65536 (got {text_hidden}) and --iterations at least 1"
+        )));
+    }
     let spec = device_spec(device)?;
     eprintln!(
         "compiled backends: {}; running on {spec}",

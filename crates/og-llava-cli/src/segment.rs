@@ -21,8 +21,8 @@ pub enum SegmenterKind {
 /// A segmenter and its parameters, as flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SegmenterArgs {
-    /// The segmenter (`segment`: felzenszwalb when not given; `ask`, `eval`: segment each
-    /// image on the fly and take the OG path).
+    /// The segmenter (`segment`: felzenszwalb when not given; `ask`, `eval`, `tokens`: segment
+    /// each image on the fly, instead of reading mask files).
     #[arg(long, value_enum)]
     pub segmenter: Option<SegmenterKind>,
     /// Felzenszwalb's observation scale k: higher gives fewer, larger segments.

@@ -61,12 +61,18 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// The most data-parallel replicas one process runs (each holds a whole model).
+pub const MAX_REPLICAS: usize = 64;
+
 /// Why a device cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("unknown device {0:?}: expected ndarray, flex, wgpu[:N] or cuda[:N]")]
     Parse(String),
-    #[error("devices {0:?}: expected a count of at least 1 or a comma-separated list of devices")]
+    #[error(
+        "devices {0:?}: expected a count from 1 to {MAX_REPLICAS} or a comma-separated list of \
+         devices"
+    )]
     Count(String),
     #[error(
         "device {device} needs the `{feature}` cargo feature; rebuild with `--features {feature}`"
@@ -228,10 +234,11 @@ impl DeviceSpec {
             .collect()
     }
 
-    /// Parses `N` (that many replicas of `base`) or a comma-separated list of devices.
+    /// Parses `N` (that many replicas of `base`, at most [`MAX_REPLICAS`]) or a
+    /// comma-separated list of devices.
     pub fn parse_many(s: &str, base: DeviceSpec) -> Result<Vec<DeviceSpec>, BackendError> {
         if let Ok(n) = s.trim().parse::<usize>() {
-            if n == 0 {
+            if n == 0 || n > MAX_REPLICAS {
                 return Err(BackendError::Count(s.to_string()));
             }
             return Ok(base.replicas(n));
@@ -426,6 +433,10 @@ mod tests {
         );
         assert!(matches!(
             DeviceSpec::parse_many("0", base),
+            Err(BackendError::Count(_))
+        ));
+        assert!(matches!(
+            DeviceSpec::parse_many("100000", base),
             Err(BackendError::Count(_))
         ));
         assert!(matches!(
