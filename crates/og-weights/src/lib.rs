@@ -422,10 +422,7 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<(PathBuf, serde_json::Value
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&file).map_err(|source| WeightError::Io {
-        path: file.clone(),
-        source,
-    })?;
+    let text = read_json_text(&file)?;
     let value = serde_json::from_str(&text).map_err(|e| WeightError::Format {
         path: file.clone(),
         message: format!("malformed JSON: {e}"),
@@ -439,11 +436,34 @@ fn is_pytorch_file(path: &Path) -> bool {
         .is_some_and(|e| e == "bin" || e == "pt" || e == "pth")
 }
 
-fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index).map_err(|source| WeightError::Io {
-        path: index.to_path_buf(),
+/// The largest JSON side file read (`config.json`, a shard index): far above any real one, far
+/// below what a wrong path (a device, a weights file) would make us hold in memory.
+pub const MAX_JSON_BYTES: u64 = 64 << 20;
+
+/// A JSON side file as text, at most [`MAX_JSON_BYTES`].
+fn read_json_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let io = |source| WeightError::Io {
+        path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_JSON_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    if text.len() as u64 > MAX_JSON_BYTES {
+        return Err(WeightError::Format {
+            path: path.to_path_buf(),
+            message: format!("over {MAX_JSON_BYTES} bytes: not a configuration file"),
+        });
+    }
+    Ok(text)
+}
+
+fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
+    let text = read_json_text(index)?;
     let format = |message: String| WeightError::Format {
         path: index.to_path_buf(),
         message,
@@ -611,6 +631,18 @@ mod tests {
     use burn::backend::NdArray;
 
     type B = NdArray<f32>;
+
+    #[test]
+    fn an_endless_or_huge_config_is_refused_not_read_into_memory() {
+        let e = read_config("/dev/zero").unwrap_err().to_string();
+        assert!(
+            e.contains("/dev/zero") && e.contains("not a configuration file"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), r#"{"hidden_size": 8}"#).unwrap();
+        assert_eq!(read_config(dir.path()).unwrap().1["hidden_size"], 8);
+    }
 
     #[test]
     fn shards_dtypes_and_errors() {
