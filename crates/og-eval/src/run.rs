@@ -3,7 +3,8 @@
 //! all lines at the end.
 //!
 //! Files (a contract):
-//! - `run.json`: `{"benchmark", "protocol"}`, so a folder is never resumed under other settings.
+//! - `run.json`: `{"benchmark", "protocol", "masks"}`, so a folder is never resumed under other
+//!   settings (a `run.json` without `masks` was written by a maskless run).
 //! - `items.jsonl`: one [`Record`] per line: `{"id", "category", "gold", "prediction",
 //!   "correct"}` plus `scores` (likelihood) or `generated` (paper, circular).
 //! - `results.json`: the [`Summary`].
@@ -49,25 +50,31 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Checks (or writes) `run.json`: a folder holds one benchmark under one protocol.
-fn claim_folder(cfg: &RunConfig) -> Result<(), EvalError> {
+/// Checks (or writes) `run.json`: a folder holds one benchmark under one protocol and one
+/// mask source (`masks`: [`crate::MaskMode::describe`]).
+fn claim_folder(cfg: &RunConfig, masks: &serde_json::Value) -> Result<(), EvalError> {
     std::fs::create_dir_all(&cfg.out).map_err(io(&cfg.out))?;
     let path = cfg.out.join("run.json");
-    let want =
-        serde_json::json!({"benchmark": cfg.benchmark.name(), "protocol": cfg.protocol.name()});
+    let want = serde_json::json!({"benchmark": cfg.benchmark.name(),
+                                  "protocol": cfg.protocol.name(), "masks": masks});
     if path.is_file() {
         let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-        let have: serde_json::Value =
+        let mut have: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| EvalError::Format {
                 path: path.clone(),
                 message: format!("malformed JSON: {e}"),
             })?;
+        if let Some(o) = have.as_object_mut() {
+            o.entry("masks").or_insert_with(|| "none".into());
+        }
         if have != want {
             return Err(EvalError::Usage(format!(
-                "{} holds a run of {} (protocol {}); give another --out for {} ({})",
+                "{} holds a run of {} (protocol {}, masks {}); give another --out for {} ({}, \
+                 masks {masks})",
                 cfg.out.display(),
                 have["benchmark"],
                 have["protocol"],
+                have["masks"],
                 cfg.benchmark,
                 cfg.protocol
             )));
@@ -133,7 +140,7 @@ pub fn run_benchmark<B: Backend>(
             )));
         }
     }
-    claim_folder(cfg)?;
+    claim_folder(cfg, &ev.masks.describe())?;
     let path = cfg.out.join("items.jsonl");
     let mut done: HashMap<String, Record> = read_records(&path)?
         .into_iter()
@@ -213,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_keeps_its_benchmark_and_protocol() {
+    fn a_folder_keeps_its_benchmark_protocol_and_masks() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = RunConfig {
             benchmark: Benchmark::Mmvp,
@@ -224,10 +231,21 @@ mod tests {
             skip_bad_rows: false,
             skipped_rows: 0,
         };
-        claim_folder(&cfg).unwrap();
-        claim_folder(&cfg).unwrap();
+        let none = crate::MaskMode::None.describe();
+        claim_folder(&cfg, &none).unwrap();
+        claim_folder(&cfg, &none).unwrap();
+        let folder = crate::MaskMode::Folder("masks".into()).describe();
+        let e = claim_folder(&cfg, &folder).unwrap_err().to_string();
+        assert!(e.contains("masks") && e.contains("another --out"), "{e}");
         cfg.protocol = Protocol::Circular;
-        let e = claim_folder(&cfg).unwrap_err().to_string();
+        let e = claim_folder(&cfg, &none).unwrap_err().to_string();
         assert!(e.contains("mmvp") && e.contains("another --out"), "{e}");
+        // A run.json from before masks were recorded reads as a maskless run.
+        std::fs::write(
+            cfg.out.join("run.json"),
+            r#"{"benchmark": "mmvp", "protocol": "circular"}"#,
+        )
+        .unwrap();
+        claim_folder(&cfg, &none).unwrap();
     }
 }

@@ -128,6 +128,19 @@ pub enum MaskMode {
     Felzenszwalb(og_llava::og_segment::FelzenszwalbConfig),
 }
 
+impl MaskMode {
+    /// What `run.json` records: `"none"`, `{"folder": …}`, `{"windows": …}` or
+    /// `{"felzenszwalb": …}`.
+    pub fn describe(&self) -> serde_json::Value {
+        match self {
+            MaskMode::None => "none".into(),
+            MaskMode::Folder(dir) => serde_json::json!({ "folder": dir }),
+            MaskMode::Windows(w) => serde_json::json!({ "windows": w }),
+            MaskMode::Felzenszwalb(c) => serde_json::json!({ "felzenszwalb": c }),
+        }
+    }
+}
+
 /// Scores items with one model.
 pub struct Evaluator<'a, B: Backend> {
     pub model: &'a OgLlava<B>,
