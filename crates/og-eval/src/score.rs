@@ -235,8 +235,8 @@ impl<B: Backend> Evaluator<'_, B> {
             MaskMode::Felzenszwalb(cfg) => {
                 let (w, h) = (image.width() as usize, image.height() as usize);
                 let name = PathBuf::from(&item.image_name);
-                let m = og_llava::og_segment::felzenszwalb(image.as_raw(), w, h, cfg)
-                    .and_then(|labels| labels.to_mask_set())
+                let m = cfg
+                    .segment(image.as_raw(), w, h)
                     .map_err(|e| input_err(name.clone())(e.to_string()))?;
                 Selection::from_masks(&m, frame, &self.selection)
                     .map(Some)

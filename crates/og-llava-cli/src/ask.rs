@@ -38,6 +38,20 @@ impl ModelSource {
         )
     }
 
+    /// The model in `precision` on `device`, with the OG-path flags that live on the model
+    /// (segment-aware RoPE) applied: what `ask` and `eval` run.
+    pub fn load_for<B: Backend>(
+        &self,
+        path: &OgPathArgs,
+        precision: og_llava::Precision,
+        device: &B::Device,
+    ) -> Result<OgLlava<B>, CliError> {
+        precision.apply::<B>(std::slice::from_ref(device))?;
+        let mut model = self.load::<B>(device)?;
+        model.segment_rope = path.segment_rope;
+        Ok(model)
+    }
+
     /// The checkpoint's image processor (see [`processor_for`]).
     pub fn processor<B: Backend>(
         &self,
@@ -277,9 +291,7 @@ impl BackendTask for Ask<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
-        a.precision.apply::<B>(std::slice::from_ref(&device))?;
-        let mut model = a.source.load::<B>(&device)?;
-        model.segment_rope = a.path.segment_rope;
+        let model = a.source.load_for::<B>(&a.path, a.precision, &device)?;
         let t0 = Instant::now();
         let (image, pixel_values, frame) =
             preprocess(&model, &a.source, &a.image, a.path.frame, &device)?;

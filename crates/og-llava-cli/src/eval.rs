@@ -105,9 +105,7 @@ impl BackendTask for Eval<'_> {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
-        a.precision.apply::<B>(std::slice::from_ref(&device))?;
-        let mut model = a.source.load::<B>(&device)?;
-        model.segment_rope = a.path.segment_rope;
+        let model = a.source.load_for::<B>(&a.path, a.precision, &device)?;
         let processor = a.source.processor(&model, a.path.frame)?;
         let ev = Evaluator {
             model: &model,

@@ -179,8 +179,8 @@ fn save_masks(masks: &[og_segment::Bitmap], path: &Path) -> R<()> {
 /// The Felzenszwalb masks of a rendered image ([`FELZENSZWALB`]).
 fn save_felzenszwalb(img: &image::RgbImage, path: &Path) -> R<()> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    og_segment::felzenszwalb(img.as_raw(), w, h, &FELZENSZWALB)
-        .and_then(|labels| labels.to_mask_set())
+    FELZENSZWALB
+        .segment(img.as_raw(), w, h)
         .and_then(|set| set.write_coco_json(path, CountsFormat::Compressed))
         .map_err(|e| WorldError::Write {
             path: path.to_path_buf(),

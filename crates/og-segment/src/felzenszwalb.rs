@@ -69,6 +69,12 @@ impl FelzenszwalbConfig {
         Ok(())
     }
 
+    /// Segments a row-major RGB8 image into one mask per segment ([`felzenszwalb`], then
+    /// [`Labels::to_mask_set`]).
+    pub fn segment(&self, rgb: &[u8], width: usize, height: usize) -> Result<MaskSet> {
+        felzenszwalb(rgb, width, height, self)?.to_mask_set()
+    }
+
     fn check(&self, width: usize, height: usize, rgb_len: usize) -> Result<()> {
         self.validate()?;
         let bad = |m: String| Err(SegmentError::Invalid(m));
@@ -178,7 +184,7 @@ pub struct Felzenszwalb {
 
 impl crate::Segmenter for Felzenszwalb {
     fn segment(&mut self, rgb: &[u8], width: usize, height: usize) -> Result<MaskSet> {
-        felzenszwalb(rgb, width, height, &self.config)?.to_mask_set()
+        self.config.segment(rgb, width, height)
     }
 }
 

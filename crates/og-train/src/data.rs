@@ -261,11 +261,8 @@ impl Preparer {
                 (Some(_), _) => None,
                 (None, Some(cfg)) => {
                     let (w, h) = (image.width() as usize, image.height() as usize);
-                    let labels = og_llava::og_segment::felzenszwalb(image.as_raw(), w, h, cfg)
-                        .map_err(|e| format!("segmentation: {e}"))?;
                     Some(
-                        labels
-                            .to_mask_set()
+                        cfg.segment(image.as_raw(), w, h)
                             .map_err(|e| format!("segmentation: {e}"))?,
                     )
                 }
