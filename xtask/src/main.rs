@@ -60,6 +60,8 @@ fn main() -> ExitCode {
                 "make_train_fixtures.py",
                 "make_eval_fixtures.py",
                 "make_felzenszwalb_fixtures.py",
+                "make_torch_fixtures.py",
+                "make_fuzz_corpus.py",
             ] {
                 let code = python(&root, script);
                 if code != ExitCode::SUCCESS {

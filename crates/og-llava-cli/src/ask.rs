@@ -204,17 +204,10 @@ fn processor_for<B: Backend>(
 
 /// The base a checkpoint of ours (`og_llava.json`) builds on; `None` for other directories.
 fn ours_base(dir: &std::path::Path) -> Result<Option<og_llava::BaseModel>, CliError> {
-    let path = dir.join("og_llava.json");
-    if !path.is_file() {
+    if !dir.join("og_llava.json").is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| CliError::Usage(format!("{}: malformed JSON: {e}", path.display())))?;
-    serde_json::from_value(v["base"].clone())
-        .map(Some)
-        .map_err(|e| CliError::Usage(format!("{}: base: {e}", path.display())))
+    Ok(Some(og_llava::checkpoint_base(dir)?))
 }
 
 /// Where a model directory's tokenizer lives (its base's, for a checkpoint of ours).
@@ -264,14 +257,24 @@ fn load_model<B: Backend>(
     }
 }
 
+/// A multimodal model directory: one of ours (`og_llava.json`) or one with a `config.json`.
+pub(crate) fn require_llava_model(model: &std::path::Path) -> Result<(), CliError> {
+    if !model.join("og_llava.json").is_file() && !model.join("config.json").is_file() {
+        return Err(CliError::Usage(format!(
+            "{} holds no model: neither og_llava.json (a checkpoint of ours) nor config.json \
+             (llava-hf, original LLaVA-1.5, released OG-LLaVA)",
+            model.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The model directory and the image must exist.
 pub(crate) fn require_inputs(
     model: &std::path::Path,
     image: &std::path::Path,
 ) -> Result<(), CliError> {
-    if !model.join("og_llava.json").is_file() {
-        crate::require_model_dir(model)?;
-    }
+    require_llava_model(model)?;
     if !image.is_file() {
         return Err(CliError::Usage(format!(
             "image {} not found",
@@ -305,6 +308,13 @@ impl BackendTask for Ask<'_> {
         let selection = select(masks, &a.image, &image, &frame, a.path.phi, a.path.alpha)?;
         let phi_s = t1.elapsed().as_secs_f64();
         let tok = &self.tokenizer;
+        if a.question.contains(og_llm::IMAGE_PLACEHOLDER) {
+            return Err(CliError::Usage(format!(
+                "the question holds the literal {}, which stands for the image in prompts; ask \
+                 without it (the image goes before the question)",
+                og_llm::IMAGE_PLACEHOLDER
+            )));
+        }
         let content = format!("{}\n{}", og_llm::IMAGE_PLACEHOLDER, a.question);
         let mut ids = Vec::new();
         for seg in tok.encode_chat(&[Message::new("user", content)], true)? {

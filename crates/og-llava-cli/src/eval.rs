@@ -224,9 +224,7 @@ fn write_tables(
 }
 
 pub fn run(args: &EvalArgs) -> Result<(), CliError> {
-    if !args.source.model.join("og_llava.json").is_file() {
-        crate::require_model_dir(&args.source.model)?;
-    }
+    crate::ask::require_llava_model(&args.source.model)?;
     if !args.data.exists() {
         return Err(CliError::Usage(format!(
             "--data {}: not found",

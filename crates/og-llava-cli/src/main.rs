@@ -55,10 +55,7 @@ enum Command {
     /// Run the hub of multi-node training runs (it sums every replica's gradients, one run
     /// after another) until interrupted; nodes join with `og-llava train --nodes N
     /// --node-rank R --orchestrator HOST:PORT`.
-    Orchestrator {
-        #[arg(long, default_value_t = 3000)]
-        port: u16,
-    },
+    Orchestrator(OrchestratorArgs),
     /// Write a nano world: scenes with masks, conversations and evaluation sets.
     World(world::WorldArgs),
     /// The whole nano-world experiment: tokenizer, tiny CLIP, tiny Llama, LLaVA vs OG-LLaVA
@@ -268,6 +265,24 @@ enum CliError {
     Usage(String),
 }
 
+/// Where the hub listens and how long it waits. Every replica must present the token in
+/// `OG_HUB_TOKEN` when the hub has one (required beyond loopback).
+#[derive(clap::Args, Debug)]
+pub struct OrchestratorArgs {
+    #[arg(long, default_value_t = 3000)]
+    port: u16,
+    /// The address to listen on; anything but loopback needs `OG_HUB_TOKEN` set.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+    /// Seconds the first replica of a run waits for the others before the hub names the
+    /// missing ranks and gives up on the run.
+    #[arg(long, default_value_t = 600)]
+    gather_timeout: u64,
+    /// Seconds a round waits for each replica's gradients before naming the silent rank.
+    #[arg(long, default_value_t = 3600)]
+    round_timeout: u64,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -277,10 +292,7 @@ fn main() -> ExitCode {
         Command::Inspect(Inspect::Llava(args)) => ask::inspect(&args),
         Command::Generate(args) => llm::generate(&args),
         Command::Train(args) => train::run(&args),
-        Command::Orchestrator { port } => {
-            eprintln!("orchestrator (all-reduce hub) listening on port {port} (Ctrl-C stops it)");
-            og_train::run_orchestrator(port).map_err(CliError::from)
-        }
+        Command::Orchestrator(args) => train::orchestrator(&args),
         Command::World(args) => world::run(&args),
         Command::Nano(args) => nano::run_nano(&args),
         Command::Ask(args) => ask::ask(&args),
@@ -382,10 +394,12 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
 }
 
 fn tokens(args: &TokensArgs) -> Result<(), CliError> {
-    if args.grid == 0 || args.patch_size == 0 {
-        return Err(CliError::Usage(
-            "--grid and --patch-size must be positive".into(),
-        ));
+    let max = og_vision::clip::MAX_IMAGE_SIZE;
+    if args.grid == 0 || args.patch_size == 0 || args.grid.saturating_mul(args.patch_size) > max {
+        return Err(CliError::Usage(format!(
+            "--grid {} × --patch-size {}: the encoder input side must be 1 to {max} pixels",
+            args.grid, args.patch_size
+        )));
     }
     let image = og_vision::load_rgb(&args.image)?;
     let masks = match &args.masks {

@@ -66,6 +66,12 @@ fn collective(args: &TrainArgs) -> Result<Collective, CliError> {
     let Some(count) = args.nodes else {
         return Ok(Collective::default());
     };
+    if count == 0 || count > og_train::hub::MAX_WORLD {
+        return Err(CliError::Usage(format!(
+            "--nodes {count}: expected 1 to {}",
+            og_train::hub::MAX_WORLD
+        )));
+    }
     let hub = args.orchestrator.clone().unwrap_or_default();
     if og_train::hub::hub_address(&hub).is_none() {
         return Err(CliError::Usage(format!(
@@ -77,8 +83,37 @@ fn collective(args: &TrainArgs) -> Result<Collective, CliError> {
             count,
             rank: args.node_rank.unwrap_or_default(),
             orchestrator: hub,
+            token: hub_token(),
         }),
     })
+}
+
+/// The shared hub token from the environment, if set and not empty.
+fn hub_token() -> Option<String> {
+    std::env::var(og_train::hub::TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty())
+}
+
+/// `og-llava orchestrator`: the hub of multi-node runs, until interrupted.
+pub fn orchestrator(args: &crate::OrchestratorArgs) -> Result<(), CliError> {
+    let config = og_train::hub::HubConfig {
+        token: hub_token(),
+        gather_timeout: std::time::Duration::from_secs(args.gather_timeout),
+        round_timeout: std::time::Duration::from_secs(args.round_timeout),
+        ..Default::default()
+    };
+    eprintln!(
+        "orchestrator (all-reduce hub) listening on {}:{} ({}; Ctrl-C stops it)",
+        args.bind,
+        args.port,
+        if config.token.is_some() {
+            "replicas must present OG_HUB_TOKEN"
+        } else {
+            "no token"
+        }
+    );
+    og_train::run_orchestrator(args.bind, args.port, &config).map_err(CliError::from)
 }
 
 pub fn run(args: &TrainArgs) -> Result<(), CliError> {

@@ -2,7 +2,8 @@
 //!
 //! A directory holding
 //! - `og_llava.json`: format version, the base it builds on ([`BaseModel`]: a llava-hf
-//!   directory, or a CLIP tower and a Llama directory; paths as given), the fusion
+//!   directory, or a CLIP tower and a Llama directory; paths relative to the checkpoint, so a
+//!   run's folder can move as a whole), the fusion
 //!   configuration, segment-aware RoPE, and whether a LoRA adapter is present;
 //! - `connector.safetensors`: the connector in llava-hf names (`multi_modal_projector.*`, plus
 //!   the delimiter and learned PE when configured) — transformers can load the projector part;
@@ -72,6 +73,77 @@ impl BaseModel {
     }
 }
 
+impl BaseModel {
+    /// The same base with every path mapped by `f`.
+    fn map_paths(&self, f: impl Fn(&Path) -> PathBuf) -> BaseModel {
+        match self {
+            BaseModel::LlavaHf { path } => BaseModel::LlavaHf { path: f(path) },
+            BaseModel::Parts {
+                vision,
+                llm,
+                select_layer,
+            } => BaseModel::Parts {
+                vision: f(vision),
+                llm: f(llm),
+                select_layer: *select_layer,
+            },
+        }
+    }
+}
+
+/// `to` as a path relative to the directory `from` (lexically, after making both absolute);
+/// `to` itself where they share no root.
+fn relative_to(from: &Path, to: &Path) -> PathBuf {
+    let (Ok(a), Ok(b)) = (std::path::absolute(from), std::path::absolute(to)) else {
+        return to.to_path_buf();
+    };
+    let (a, b): (Vec<_>, Vec<_>) = (a.components().collect(), b.components().collect());
+    let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    if common == 0 {
+        return to.to_path_buf();
+    }
+    let mut out: PathBuf = std::iter::repeat_n("..", a.len() - common).collect();
+    out.extend(&b[common..]);
+    out
+}
+
+/// A base path as recorded in `dir`'s og_llava.json: relative paths are relative to the
+/// checkpoint; one that does not exist there is taken as given (relative to the working
+/// directory, as older checkpoints recorded them).
+fn resolve_in(dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let inside = dir.join(p);
+    if inside.exists() || !p.exists() {
+        inside
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// Reads a checkpoint's og_llava.json (at most 64 MiB).
+fn read_meta(dir: &Path) -> R<Value> {
+    let path = dir.join("og_llava.json");
+    let text = og_segment::read_text_bounded(&path, 64 << 20)
+        .map_err(|e| config_error(&path, e.to_string()))?;
+    let meta: Value = serde_json::from_str(&text)
+        .map_err(|e| config_error(&path, format!("malformed JSON: {e}")))?;
+    if meta.get("format").and_then(Value::as_str) != Some(FORMAT) {
+        return Err(config_error(&path, format!("not an {FORMAT} checkpoint")));
+    }
+    Ok(meta)
+}
+
+/// The base a checkpoint of ours builds on, its paths resolved against the checkpoint.
+pub fn checkpoint_base(dir: impl AsRef<Path>) -> R<BaseModel> {
+    let dir = dir.as_ref();
+    let meta = read_meta(dir)?;
+    let base: BaseModel = serde_json::from_value(meta["base"].clone())
+        .map_err(|e| config_error(&dir.join("og_llava.json"), format!("base: {e}")))?;
+    Ok(base.map_paths(|p| resolve_in(dir, p)))
+}
+
 type R<T> = std::result::Result<T, ModelError>;
 
 fn config_error(path: &Path, message: impl Into<String>) -> ModelError {
@@ -105,7 +177,7 @@ impl<B: Backend> OgLlava<B> {
             .map_err(|e| config_error(dir, e.to_string()))?;
         let meta = json!({
             "format": FORMAT,
-            "base": serde_json::to_value(base).expect("json"),
+            "base": serde_json::to_value(base.map_paths(|p| relative_to(dir, p))).expect("json"),
             "fusion": fusion,
             "segment_rope": self.segment_rope,
             "lora": lora.is_some(),
@@ -125,17 +197,10 @@ impl<B: Backend> OgLlava<B> {
     ) -> R<Self> {
         let dir = dir.as_ref();
         let path = dir.join("og_llava.json");
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| config_error(&path, e.to_string()))?;
-        let meta: Value = serde_json::from_str(&text)
-            .map_err(|e| config_error(&path, format!("malformed JSON: {e}")))?;
-        if meta.get("format").and_then(Value::as_str) != Some(FORMAT) {
-            return Err(config_error(&path, format!("not an {FORMAT} checkpoint")));
-        }
+        let meta = read_meta(dir)?;
         let base: BaseModel = match base {
             Some(b) => b.clone(),
-            None => serde_json::from_value(meta["base"].clone())
-                .map_err(|e| config_error(&path, format!("base: {e}")))?,
+            None => checkpoint_base(dir)?,
         };
         let fusion: OgFusionConfig = serde_json::from_value(meta["fusion"].clone())
             .map_err(|e| config_error(&path, format!("fusion: {e}")))?;
@@ -151,5 +216,39 @@ impl<B: Backend> OgLlava<B> {
             model.llm = model.llm.load_peft_adapter(dir.join("adapter"))?;
         }
         Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint records its base relative to itself, so the run's folder can move as a
+    /// whole; a path recorded relative to the working directory (older checkpoints) still
+    /// resolves where the checkpoint-relative one does not exist.
+    #[test]
+    fn base_paths_are_relative_to_the_checkpoint() {
+        assert_eq!(
+            relative_to(Path::new("/r/run/final"), Path::new("/r/model")),
+            PathBuf::from("../../model")
+        );
+        assert_eq!(
+            relative_to(Path::new("/r/run"), Path::new("/r/run/base")),
+            PathBuf::from("base")
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let (ckpt, model) = (
+            tmp.path().join("moved/final"),
+            tmp.path().join("moved/model"),
+        );
+        std::fs::create_dir_all(&ckpt).unwrap();
+        std::fs::create_dir_all(&model).unwrap();
+        let rel = relative_to(&ckpt, &model);
+        assert_eq!(resolve_in(&ckpt, &rel), ckpt.join("../model"));
+        assert!(resolve_in(&ckpt, &rel).is_dir());
+        // Recorded relative to the working directory: found there.
+        let cwd_relative = PathBuf::from("src");
+        assert_eq!(resolve_in(&ckpt, &cwd_relative), cwd_relative);
+        assert_eq!(resolve_in(&ckpt, &model), model);
     }
 }

@@ -7,7 +7,7 @@
 pub mod backend;
 mod checkpoint;
 
-pub use checkpoint::BaseModel;
+pub use checkpoint::{BaseModel, checkpoint_base};
 mod model;
 
 pub use model::{ImageInput, ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared};

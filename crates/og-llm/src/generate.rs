@@ -153,6 +153,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 positions.len()
             )));
         }
+        self.check_prompt_length(t)?;
         let seed = match config.sampling {
             Sampling::TopP { seed, .. } => seed,
             Sampling::Greedy => 0,
@@ -221,6 +222,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 positions.len()
             )));
         }
+        self.check_prompt_length(p)?;
         if candidates.iter().any(Vec::is_empty) {
             return Err(LlmError::Input("a candidate continuation is empty".into()));
         }

@@ -61,6 +61,7 @@ pub struct LlamaForCausalLM<B: Backend> {
     inv_freq: Vec<f32>,
     vocab_size: usize,
     hidden_size: usize,
+    max_positions: usize,
 }
 
 /// Keys and values of earlier tokens, per layer (after RoPE, before head repetition), and
@@ -144,6 +145,7 @@ impl LlamaConfig {
             lm_head: (!self.tie_word_embeddings).then(|| lin(h, self.vocab_size, false)),
             inv_freq: rope::inv_freq(self),
             vocab_size: self.vocab_size,
+            max_positions: self.max_position_embeddings,
             hidden_size: h,
         })
     }
@@ -219,6 +221,24 @@ impl<B: Backend> LlamaForCausalLM<B> {
 
     pub fn hidden_size(&self) -> usize {
         self.hidden_size
+    }
+
+    /// The context length (`max_position_embeddings`).
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// Refuses a prompt of `tokens` tokens longer than the context: beyond it the positions
+    /// were never trained, and its attention scores grow as the square of the length.
+    pub fn check_prompt_length(&self, tokens: usize) -> Result<()> {
+        if tokens > self.max_positions {
+            return Err(LlmError::Input(format!(
+                "the prompt is {tokens} tokens, longer than the model's context of {} \
+                 (max_position_embeddings)",
+                self.max_positions
+            )));
+        }
+        Ok(())
     }
 
     pub fn num_layers(&self) -> usize {

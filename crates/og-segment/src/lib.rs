@@ -27,6 +27,31 @@ pub trait Segmenter {
     fn segment(&mut self, rgb: &[u8], width: usize, height: usize) -> Result<MaskSet>;
 }
 
+/// Reads a text file of at most `max` bytes: a path that names a device or a huge file by
+/// mistake (`/dev/zero`, a weights file) is an `InvalidData` error instead of unbounded memory.
+pub fn read_text_bounded(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("over {max} bytes, more than a file of this kind holds"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })
+}
+
+/// The largest masks file read (a COCO RLE JSON list).
+pub const MAX_MASKS_JSON_BYTES: u64 = 256 << 20;
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// crash never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

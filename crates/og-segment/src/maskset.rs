@@ -75,6 +75,40 @@ enum CocoCounts {
     Uncompressed(Vec<u64>),
 }
 
+/// Names what is wrong with a record's `segmentation` in COCO's words, before serde would (its
+/// messages name this crate's internals).
+fn check_record_shape(item: &Value) -> std::result::Result<(), &'static str> {
+    let seg = item
+        .get("segmentation")
+        .ok_or("a record without \"segmentation\"")?;
+    if seg.is_array() {
+        return Err(
+            "a polygon segmentation: only RLE masks are read (convert polygons with \
+                    pycocotools' mask.frPyObjects)",
+        );
+    }
+    let counts = seg
+        .get("counts")
+        .ok_or("segmentation without \"counts\" (an RLE string or a list of run lengths)")?;
+    let list_of_counts = counts
+        .as_array()
+        .is_some_and(|c| c.iter().all(|v| v.as_u64().is_some()));
+    if !counts.is_string() && !list_of_counts {
+        return Err(
+            "segmentation.counts is neither an RLE string nor a list of non-negative \
+                    integers",
+        );
+    }
+    let size_ok = seg
+        .get("size")
+        .and_then(Value::as_array)
+        .is_some_and(|s| s.len() == 2 && s.iter().all(|v| v.as_u64().is_some()));
+    if !size_ok {
+        return Err("segmentation.size is not [height, width]");
+    }
+    Ok(())
+}
+
 /// How [`MaskSet::to_coco_json`] writes run lengths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CountsFormat {
@@ -208,6 +242,7 @@ impl MaskSet {
                 index,
                 message,
             };
+            check_record_shape(&item).map_err(|m| bad(m.into()))?;
             let rec: CocoRecord =
                 serde_json::from_value(item).map_err(|e| bad(format!("malformed record: {e}")))?;
             let [h, w] = rec.segmentation.size;
@@ -248,10 +283,13 @@ impl MaskSet {
     /// Reads a COCO RLE JSON file (see [`MaskSet::from_coco_json_str`]).
     pub fn read_coco_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| SegmentError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text =
+            crate::read_text_bounded(path, crate::MAX_MASKS_JSON_BYTES).map_err(|source| {
+                SegmentError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            })?;
         if text.trim().is_empty() {
             return Err(SegmentError::Json {
                 path: path.to_path_buf(),

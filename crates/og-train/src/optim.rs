@@ -177,6 +177,39 @@ impl<B: Backend> OptimState<B> {
     }
 }
 
+impl<B: Backend> OptimState<B> {
+    /// Checks state read from a checkpoint against the parameters it will update (`params`:
+    /// name and element count): every moment and master copy must name one of them and hold
+    /// its element count.
+    pub fn check(&self, params: &[(String, usize)]) -> std::result::Result<(), String> {
+        let sizes: BTreeMap<&str, usize> = params.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+        let tensors = self.moments.iter().flat_map(|(name, m)| {
+            [
+                ("exp_avg", name, &m.exp_avg),
+                ("exp_avg_sq", name, &m.exp_avg_sq),
+            ]
+        });
+        let masters = self.master.iter().map(|(name, t)| ("master", name, t));
+        for (kind, name, t) in tensors.chain(masters) {
+            let len = t.dims()[0];
+            match sizes.get(name.as_str()) {
+                None => {
+                    return Err(format!(
+                        "{kind}.{name}: no trainable parameter of that name"
+                    ));
+                }
+                Some(&k) if k != len => {
+                    return Err(format!(
+                        "{kind}.{name}: {len} values for a parameter of {k}"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<B: Backend> Default for OptimState<B> {
     fn default() -> Self {
         Self {

@@ -41,6 +41,8 @@ pub struct Nodes {
     pub rank: u32,
     /// The hub's address, `HOST:PORT` (or `tcp://HOST:PORT`), e.g. `10.0.0.1:3000`.
     pub orchestrator: String,
+    /// The run's shared token, when the hub asks for one ([`crate::hub::TOKEN_ENV`]).
+    pub token: Option<String>,
 }
 
 /// Where the replicas of a run live: this process's devices, and optionally other nodes.
@@ -112,6 +114,7 @@ impl<B: Backend> Session<B> {
                         &nodes.orchestrator,
                         world,
                         collective.rank_of(local, n) as u32,
+                        nodes.token.as_deref(),
                         std::time::Duration::from_secs(300),
                     )
                     .map(Mutex::new)
@@ -264,11 +267,15 @@ pub(crate) fn all_reduce<B: AutodiffBackend>(
     })
 }
 
-/// Runs the hub of multi-node runs ([`crate::hub`]) on `port` until the process is
+/// Runs the hub of multi-node runs ([`crate::hub`]) on `bind:port` until the process is
 /// interrupted (Ctrl-C): the replicas of every node connect to it and it sums their steps, one
 /// run after another. Start it once, anywhere the nodes can reach.
-pub fn run_orchestrator(port: u16) -> Result<()> {
-    crate::hub::serve(port)
+pub fn run_orchestrator(
+    bind: std::net::IpAddr,
+    port: u16,
+    config: &crate::hub::HubConfig,
+) -> Result<()> {
+    crate::hub::serve(bind, port, config)
 }
 
 #[cfg(test)]
@@ -285,6 +292,7 @@ mod tests {
                 count: 2,
                 rank,
                 orchestrator: "127.0.0.1:1".into(),
+                token: None,
             }),
         };
         assert_eq!(node(1).world(2), 4);

@@ -197,6 +197,43 @@ pub fn train<B: AutodiffBackend>(
     )
 }
 
+/// Every trainable parameter of `stage`: name and element count.
+fn param_sizes<B: Backend>(model: &mut OgLlava<B>, stage: Stage) -> Vec<(String, usize)> {
+    trainables(model, stage)
+        .iter()
+        .map(|t| {
+            let numel = match &t.param {
+                ParamMut::D1(p) => p.val().dims()[0],
+                ParamMut::D2(p) => p.val().dims().iter().product(),
+            };
+            (t.name.clone(), numel)
+        })
+        .collect()
+}
+
+/// Takes `out/.lock`: one run writes an output directory at a time. The lock is the operating
+/// system's (released when the file closes, however the process ends), so a killed run never
+/// leaves a stale one.
+fn lock_output(out: &Path) -> Result<std::fs::File> {
+    let path = out.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Invalid(format!(
+            "another run is writing to {} (it holds {}); wait for it to end or choose another \
+             output_dir",
+            out.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+    }
+}
+
 /// Trains according to `cfg` data-parallel on `devices` (one replica each; see
 /// [`crate::parallel`]), joined with other nodes when `collective` names them. A step takes
 /// `batch_size · grad_accumulation` examples per replica. With one device and no other node
@@ -218,6 +255,11 @@ pub fn train_parallel<B: AutodiffBackend>(
     let started = Instant::now();
     let out = &cfg.output_dir;
     std::fs::create_dir_all(checkpoints_dir(out)).map_err(io(out))?;
+    let _lock = if writer {
+        Some(lock_output(out)?)
+    } else {
+        None
+    };
     let config_path = out.join("config.json");
     let config_json = serde_json::to_string_pretty(cfg).expect("config serialises");
     let resume_from = if opts.resume {
@@ -281,6 +323,12 @@ pub fn train_parallel<B: AutodiffBackend>(
     let tokenizer = ChatTokenizer::from_dir(cfg.base.tokenizer_dir())?;
     let mut bad = BadRows::default();
     let rows = read_rows(&cfg.data.json, cfg.data.fail_on_bad_rows, &mut bad)?;
+    if !cfg.data.images.is_dir() && rows.iter().any(|r| !r.images.is_empty()) {
+        return Err(TrainError::Data {
+            path: cfg.data.images.clone(),
+            message: "the image folder (data.images) does not exist".into(),
+        });
+    }
     let rows =
         crate::data::check_images(rows, &cfg.data.images, cfg.data.fail_on_bad_rows, &mut bad)
             .map_err(|message| TrainError::Data {
@@ -365,6 +413,15 @@ pub fn train_parallel<B: AutodiffBackend>(
                 ),
             });
         }
+        if state.step > total_steps || state.position > n_rows {
+            return Err(TrainError::Config {
+                path,
+                message: format!(
+                    "step {} at row {}: beyond this run's {total_steps} steps of {n_rows} rows",
+                    state.step, state.position
+                ),
+            });
+        }
         load_trainables(
             &mut model,
             cfg.stage,
@@ -376,6 +433,12 @@ pub fn train_parallel<B: AutodiffBackend>(
             state.step,
             device,
         )?;
+        optim
+            .check(&param_sizes(&mut model, cfg.stage))
+            .map_err(|message| TrainError::Config {
+                path: dir.join("optimizer.safetensors"),
+                message,
+            })?;
         if writer {
             truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
         }
@@ -418,16 +481,7 @@ pub fn train_parallel<B: AutodiffBackend>(
     } else {
         None
     };
-    let params = trainables(&mut replicas[0].model, cfg.stage)
-        .iter()
-        .map(|t| {
-            let numel = match &t.param {
-                ParamMut::D1(p) => p.val().dims()[0],
-                ParamMut::D2(p) => p.val().dims().iter().product(),
-            };
-            (t.name.clone(), numel)
-        })
-        .collect();
+    let params = param_sizes(&mut replicas[0].model, cfg.stage);
     let plan = StepPlan {
         cfg,
         total_steps,
@@ -1156,4 +1210,21 @@ pub fn write_loss_svg(out: &Path) -> Result<()> {
     );
     let path = out.join("loss.svg");
     Ok(og_llava::og_segment::write_atomic(&path, svg.as_bytes())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second writer of one output directory is refused while the first holds it, and the
+    /// directory is free again once the first lets go.
+    #[test]
+    fn one_run_writes_an_output_directory_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_output(dir.path()).unwrap();
+        let e = lock_output(dir.path()).unwrap_err();
+        assert!(e.to_string().contains("another run is writing"), "{e}");
+        drop(first);
+        lock_output(dir.path()).unwrap();
+    }
 }

@@ -34,6 +34,14 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage> {
 /// Decodes an encoded image held in memory (a benchmark table's image cell, a request body)
 /// into RGB8; `name` is what errors call it.
 pub fn decode_rgb(bytes: &[u8], name: &Path) -> Result<RgbImage> {
+    if image::guess_format(bytes).ok() == Some(image::ImageFormat::Jpeg) && jpeg_truncated(bytes) {
+        return Err(VisionError::Decode {
+            path: name.to_path_buf(),
+            message: "the JPEG is truncated (no end-of-image marker after its last scan); \
+                      decoders that accept it fill the missing part with grey"
+                .into(),
+        });
+    }
     let decoded = image::load_from_memory(bytes).map_err(|e| VisionError::Decode {
         path: name.to_path_buf(),
         message: e.to_string(),
@@ -45,6 +53,18 @@ pub fn decode_rgb(bytes: &[u8], name: &Path) -> Result<RgbImage> {
         });
     }
     Ok(decoded.to_rgb8())
+}
+
+/// Whether a JPEG stops before the end-of-image marker (`FF D9`) that closes its last scan
+/// (`FF DA`), as a cut download does; Pillow refuses such files ("image file is truncated").
+/// Inside scan data a literal `FF` is stuffed as `FF 00`, so both markers are unambiguous; an
+/// embedded thumbnail's markers come before the main image's last scan.
+fn jpeg_truncated(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi < sos,
+        _ => true,
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +89,23 @@ mod tests {
         let cut = dir.join("cut.png");
         std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
         assert!(matches!(load_rgb(&cut), Err(VisionError::Decode { .. })));
+        let mut jpeg = Vec::new();
+        RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 4, y as u8 * 5, 90]))
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        assert!(decode_rgb(&jpeg, Path::new("whole.jpg")).is_ok());
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"trailing bytes after the image");
+        assert!(decode_rgb(&trailing, Path::new("trailing.jpg")).is_ok());
+        let e = decode_rgb(&jpeg[..jpeg.len() * 2 / 3], Path::new("cut.jpg")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cut.jpg: cannot decode image: the JPEG is truncated"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -4,8 +4,12 @@
 //! directory, memory-mapped; tensors are converted from f32/f16/bf16 into burn tensors on
 //! request, with errors that name the file, the tensor and the shapes involved. PyTorch files
 //! (`torch.save` of a state dict: `non_lora_trainables.bin`, `adapter_model.bin`,
-//! `pytorch_model.bin`) are read with burn-store's pickle reader, which interprets the pickle
-//! opcodes as data and never executes code from the file.
+//! `pytorch_model.bin`) are read by [`torch`]'s bounded pickle machine ([`pickle`]), which
+//! interprets the opcodes as data, never executes code from the file, bounds nesting and size,
+//! and checks every tensor view against its storage.
+
+pub mod pickle;
+mod torch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -184,44 +188,28 @@ impl Weights {
     /// Reads a PyTorch state dict written by `torch.save` (zip or legacy format; f32, f16,
     /// bf16, f64 and integer tensors). A `{"state_dict": {...}}` wrapper is looked through.
     pub fn open_pytorch(path: impl AsRef<Path>) -> Result<Self> {
-        use burn_store::pytorch::PytorchReader;
         let path = path.as_ref();
-        let format = |message: String| WeightError::Format {
+        let io = |source| WeightError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: read-only map of a file this process does not modify; see `open`.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let tensors = torch::read_state_dict(&map).map_err(|message| WeightError::Format {
             path: path.to_path_buf(),
             message,
-        };
-        if !path.is_file() {
-            return Err(WeightError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            });
-        }
-        let reader = PytorchReader::new(path)
-            .or_else(|first| {
-                PytorchReader::with_top_level_key(path, "state_dict").map_err(|_| first)
+        })?;
+        let index = tensors
+            .into_iter()
+            .map(|(name, shape, values)| {
+                let data = match values {
+                    torch::Values::Float(v) => EntryData::Float(v),
+                    torch::Values::Int(v) => EntryData::Int(v),
+                };
+                (name, Entry { shape, data })
             })
-            .map_err(|e| format(format!("not a PyTorch state dict: {e}")))?;
-        let mut index = HashMap::new();
-        for (name, snapshot) in reader.into_tensors() {
-            let shape = snapshot.shape.to_vec();
-            let data = snapshot
-                .to_data()
-                .map_err(|e| format(format!("tensor {name}: {e:?}")))?;
-            let entry = if data.dtype.is_float() {
-                EntryData::Float(
-                    data.convert::<f32>()
-                        .to_vec()
-                        .map_err(|e| format(format!("tensor {name}: {e:?}")))?,
-                )
-            } else {
-                EntryData::Int(
-                    data.convert::<i64>()
-                        .to_vec()
-                        .map_err(|e| format(format!("tensor {name}: {e:?}")))?,
-                )
-            };
-            index.insert(name, Entry { shape, data: entry });
-        }
+            .collect();
         Ok(Weights {
             origin: path.to_path_buf(),
             files: Vec::new(),
@@ -631,6 +619,53 @@ mod tests {
     use burn::backend::NdArray;
 
     type B = NdArray<f32>;
+
+    fn weights_fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/weights")
+            .join(name)
+    }
+
+    /// torch.save's zip and legacy layouts, and a `{"state_dict": …}` wrapper, read the same
+    /// values torch holds: a transposed view and an offset slice of one shared storage, f16,
+    /// bf16, f64, int64 and bool tensors, a nested dict (`scripts/make_torch_fixtures.py`).
+    #[test]
+    fn torch_files_read_views_and_dtypes_as_torch_does() {
+        let want = Weights::open(weights_fixture("views_expected.safetensors")).unwrap();
+        for file in ["views_zip.pt", "views_legacy.pt", "wrapped.pt"] {
+            let got = Weights::open_pytorch(weights_fixture(file)).unwrap();
+            assert_eq!(got.names(), want.names(), "{file}");
+            for name in want.names() {
+                if name == "ids" || name == "flags" {
+                    assert_eq!(
+                        got.i64(name).unwrap(),
+                        want.i64(name).unwrap(),
+                        "{file}: {name}"
+                    );
+                } else {
+                    assert_eq!(
+                        got.f32(name).unwrap(),
+                        want.f32(name).unwrap(),
+                        "{file}: {name}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A storage shorter than its tensor is an error naming the tensor, never zero padding.
+    #[test]
+    fn a_cut_storage_is_an_error_not_zeros() {
+        let bytes = std::fs::read(weights_fixture("views_legacy.pt")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cut = dir.path().join("cut.pt");
+        std::fs::write(&cut, &bytes[..bytes.len() - 8]).unwrap();
+        let e = Weights::open_pytorch(&cut).unwrap_err().to_string();
+        assert!(
+            e.contains("cut.pt") && e.contains("run past the end"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn an_endless_or_huge_config_is_refused_not_read_into_memory() {

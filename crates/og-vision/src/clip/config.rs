@@ -104,6 +104,9 @@ impl Default for ClipVisionConfig {
     }
 }
 
+/// The largest encoder input side, in pixels, a config may ask for.
+pub const MAX_IMAGE_SIZE: usize = 4096;
+
 impl ClipVisionConfig {
     /// CLIP ViT-L/14 at 336 px: the encoder of LLaVA-1.5 and OG-LLaVA (V = 576, F = 1024).
     pub fn vit_l_14_336() -> Self {
@@ -185,7 +188,7 @@ impl ClipVisionConfig {
             ("num_hidden_layers", self.num_hidden_layers, 256),
             ("num_attention_heads", self.num_attention_heads, 256),
             ("num_channels", self.num_channels, 16),
-            ("image_size", self.image_size, 4096),
+            ("image_size", self.image_size, MAX_IMAGE_SIZE),
             ("patch_size", self.patch_size, 1024),
         ] {
             if value == 0 || value > max {

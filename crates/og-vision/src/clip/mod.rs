@@ -5,7 +5,7 @@ mod config;
 mod load;
 mod model;
 
-pub use config::{ClipActivation, ClipVisionConfig, SelectFeature};
+pub use config::{ClipActivation, ClipVisionConfig, MAX_IMAGE_SIZE, SelectFeature};
 pub use load::VISION_PREFIXES;
 pub use model::{
     ClipAttention, ClipEncoderLayer, ClipMlp, ClipVisionEmbeddings, ClipVisionOutput,
