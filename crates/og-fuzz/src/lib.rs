@@ -18,27 +18,8 @@ mod targets;
 
 pub use targets::{TARGETS, Target};
 
-/// A small deterministic generator (SplitMix64).
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+/// The seeded generator behind every mutation (so a seed reproduces a run).
+pub use og_llava::og_llm::SplitMix64 as Rng;
 
 const INTERESTING: [u64; 12] = [
     0,
@@ -76,7 +57,7 @@ fn mutate_once(data: &mut Vec<u8>, rng: &mut Rng, dict: &[&[u8]], corpus: &[Vec<
         3 => {
             let at = rng.below(len + 1);
             let n = 1 + rng.below(16);
-            let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             data.splice(at..at, bytes);
         }
         4 if len > 1 => {
@@ -160,7 +141,7 @@ pub fn corpus_dir(target: &str) -> PathBuf {
 /// Fuzzes `target` from `seeds` with the generator seeded by `seed` until `budget` is spent.
 /// Panics are caught and reported, silently (the default hook is replaced meanwhile).
 pub fn fuzz(target: &Target, seeds: Vec<Vec<u8>>, seed: u64, budget: Budget) -> Report {
-    let mut rng = Rng::new(seed);
+    let mut rng = Rng(seed);
     let mut corpus = if seeds.is_empty() {
         vec![Vec::new()]
     } else {
@@ -241,7 +222,7 @@ mod tests {
     #[test]
     fn mutation_is_deterministic_for_a_seed() {
         let run = |seed| {
-            let mut rng = Rng::new(seed);
+            let mut rng = Rng(seed);
             let mut d = b"{\"a\": [1, 2, 3]}".to_vec();
             for _ in 0..50 {
                 mutate_once(&mut d, &mut rng, &[b"null"], &[b"xyz".to_vec()]);

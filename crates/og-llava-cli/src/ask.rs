@@ -26,16 +26,24 @@ pub struct ModelSource {
     /// non_lora_trainables.bin in --model).
     #[arg(long)]
     pub base: Option<PathBuf>,
+    /// The longest prompt accepted, in tokens (image tokens included); default: the model's
+    /// `max_position_embeddings`. Beyond the trained length RoPE extrapolates.
+    #[arg(long)]
+    pub context: Option<usize>,
 }
 
 impl ModelSource {
     pub fn load<B: Backend>(&self, device: &B::Device) -> Result<OgLlava<B>, CliError> {
-        load_model(
+        let mut model = load_model(
             &self.model,
             self.vision.as_deref(),
             self.base.as_deref(),
             device,
-        )
+        )?;
+        if let Some(n) = self.context {
+            model.llm.set_max_positions(n);
+        }
+        Ok(model)
     }
 
     /// The model in `precision` on `device`, with the OG-path flags that live on the model

@@ -24,7 +24,15 @@ fn model_dir(dir: &Path) {
 
 fn ask(model: &Path, image: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_og-llava"))
-        .args(["ask", "--max-new-tokens", "4", "--timings", "--model"])
+        .args([
+            "ask",
+            "--max-new-tokens",
+            "4",
+            "--timings",
+            "--context",
+            "512",
+            "--model",
+        ])
         .arg(model)
         .arg("--image")
         .arg(image)
@@ -83,7 +91,7 @@ fn plain_and_og_paths_answer() {
     let o = ask(dir.path(), &dir.path().join("missing.png"), &[]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("not found"));
     let o = ask(&root().join("llm"), &image, &[]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("no config.json"));
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("holds no model"));
 }
 
 /// `--segmenter` segments on the fly and answers exactly as the mask file `og-llava segment`

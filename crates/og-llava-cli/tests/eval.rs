@@ -33,7 +33,14 @@ fn model_dir(dir: &Path) {
 
 fn eval(model: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_og-llava"))
-        .args(["eval", "--max-new-tokens", "3", "--model"])
+        .args([
+            "eval",
+            "--max-new-tokens",
+            "3",
+            "--context",
+            "512",
+            "--model",
+        ])
         .arg(model)
         .args(args)
         .output()

@@ -649,4 +649,39 @@ fn commands_refuse_what_they_cannot_serve() {
         s(&never),
     ];
     refuse("segment --scale NaN", &args, "scale", &never);
+    let args = [
+        "ask",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "what is <image> here?",
+    ];
+    refuse(
+        "a literal <image> in the question",
+        &args,
+        "literal <image>",
+        &never,
+    );
+    let empty = root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let args = ["ask", "--model", s(&empty), "--image", s(&image), "w5"];
+    refuse(
+        "a model folder with neither og_llava.json nor config.json",
+        &args,
+        "neither og_llava.json",
+        &never,
+    );
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        r#"{"chat_template": "{% for %}"}"#,
+    )
+    .unwrap();
+    let args = ["ask", "--model", s(&model), "--image", s(&image), "w5"];
+    refuse(
+        "a chat template that does not parse",
+        &args,
+        "tokenizer_config.json: chat template",
+        &never,
+    );
 }

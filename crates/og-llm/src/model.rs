@@ -228,13 +228,18 @@ impl<B: Backend> LlamaForCausalLM<B> {
         self.max_positions
     }
 
+    /// Raises (or lowers) the prompt length [`Self::check_prompt_length`] accepts.
+    pub fn set_max_positions(&mut self, n: usize) {
+        self.max_positions = n;
+    }
+
     /// Refuses a prompt of `tokens` tokens longer than the context: beyond it the positions
     /// were never trained, and its attention scores grow as the square of the length.
     pub fn check_prompt_length(&self, tokens: usize) -> Result<()> {
         if tokens > self.max_positions {
             return Err(LlmError::Input(format!(
                 "the prompt is {tokens} tokens, longer than the model's context of {} \
-                 (max_position_embeddings)",
+                 (max_position_embeddings; `--context N` accepts longer prompts)",
                 self.max_positions
             )));
         }

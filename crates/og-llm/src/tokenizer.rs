@@ -19,6 +19,9 @@ use crate::error::{LlmError, Result};
 /// The image placeholder of LLaVA conversations.
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
+/// How a chat template that does not parse is reported.
+const TEMPLATE_ERROR: &str = "chat template does not parse";
+
 /// Llama-3's template (as its `tokenizer_config.json` ships it), used when none is given.
 pub const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
@@ -116,8 +119,15 @@ impl ChatTokenizer {
         } else {
             None
         };
-        Self::from_bytes(&bytes, config.as_ref())
-            .map_err(|e| LlmError::Config(format!("{}: {e}", path.display())))
+        Self::from_bytes(&bytes, config.as_ref()).map_err(|e| {
+            // The template comes from tokenizer_config.json, everything else from tokenizer.json.
+            let (file, message) = match e {
+                LlmError::Config(m) if m.starts_with(TEMPLATE_ERROR) => (&config_path, m),
+                LlmError::Config(m) => (&path, m),
+                other => (&path, other.to_string()),
+            };
+            LlmError::Config(format!("{}: {message}", file.display()))
+        })
     }
 
     /// From `tokenizer.json` bytes and an optional `tokenizer_config.json` value.
@@ -160,7 +170,7 @@ impl ChatTokenizer {
             },
         );
         env.add_template("chat", &self.template)
-            .map_err(|e| LlmError::Config(format!("chat template does not parse: {e}")))?;
+            .map_err(|e| LlmError::Config(format!("{TEMPLATE_ERROR}: {e}")))?;
         Ok(env)
     }
 

@@ -258,7 +258,7 @@ impl<'a> Machine<'a> {
                 Value::List(self.seq(items)?)
             }
             (Value::Dict(n), true) => {
-                if extra.len() % 2 != 0 {
+                if !extra.len().is_multiple_of(2) {
                     return Err("SETITEMS with an odd number of values".into());
                 }
                 let mut items = Rc::try_unwrap(n).map_or_else(|n| n.items.clone(), |n| n.items);
@@ -511,7 +511,7 @@ impl<'a> Machine<'a> {
             }
             b'd' => {
                 let items = self.pop_mark()?;
-                if items.len() % 2 != 0 {
+                if !items.len().is_multiple_of(2) {
                     return Err("DICT with an odd number of values".into());
                 }
                 let mut it = items.into_iter();
