@@ -200,6 +200,28 @@ impl Table {
 
     /// A parquet file through the row API (nested structs and lists kept).
     pub fn read_parquet(path: &Path) -> Result<Table, EvalError> {
+        // The parquet crate asserts on some malformed files instead of returning an error; such
+        // a file is reported as malformed, quietly (the hook is restored right after).
+        static QUIET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = QUIET.lock().unwrap_or_else(|e| e.into_inner());
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let read = std::panic::catch_unwind(|| Self::read_parquet_unguarded(path));
+        std::panic::set_hook(hook);
+        read.unwrap_or_else(|payload| {
+            let why = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format_err(
+                path,
+                format!("a malformed parquet file (the parquet reader failed: {why})"),
+            ))
+        })
+    }
+
+    fn read_parquet_unguarded(path: &Path) -> Result<Table, EvalError> {
         let file = std::fs::File::open(path).map_err(|source| EvalError::Io {
             path: path.to_path_buf(),
             source,

@@ -270,3 +270,20 @@ fn mcq_jsonl_takes_index_or_letter_answers() {
     assert_eq!((items[1].id.as_str(), items[1].answer), ("1", 2));
     assert!(load_image(&items[1]).is_ok());
 }
+
+/// Parquet files on which the parquet crate asserts instead of returning an error (found by
+/// `og-fuzz`): each is a typed error naming the file, no panic.
+#[test]
+fn parquet_files_the_reader_panics_on_are_errors() {
+    for (i, bench) in [Benchmark::Mme, Benchmark::MmStar, Benchmark::MmStar]
+        .into_iter()
+        .enumerate()
+    {
+        let path = fixtures().join(format!("hostile/panics-{i}.parquet"));
+        let e = read_benchmark(bench, &path, None).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("panics-{i}.parquet")) && e.contains("malformed parquet"),
+            "{e}"
+        );
+    }
+}

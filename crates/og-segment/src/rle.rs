@@ -16,14 +16,23 @@ pub struct Rle {
     counts: Vec<u32>,
 }
 
+/// The most pixels one mask may have (a 46 340² image): far beyond any real image, and a
+/// bound on what decoding a mask allocates.
+pub const MAX_MASK_PIXELS: u64 = 1 << 31;
+
 impl Rle {
     /// Builds from run lengths, checking that they cover exactly `height·width` pixels.
     pub fn from_counts(height: usize, width: usize, counts: Vec<u32>) -> Result<Self> {
-        let total: u64 = counts.iter().map(|&c| c as u64).sum();
-        if total != (height as u64) * (width as u64) {
+        let pixels = (height as u128) * (width as u128);
+        if pixels > MAX_MASK_PIXELS as u128 {
             return Err(SegmentError::CorruptRle(format!(
-                "run lengths sum to {total} but the mask is {height}x{width} = {} pixels",
-                height * width
+                "a {height}x{width} mask is over {MAX_MASK_PIXELS} pixels"
+            )));
+        }
+        let total: u64 = counts.iter().map(|&c| c as u64).sum();
+        if total as u128 != pixels {
+            return Err(SegmentError::CorruptRle(format!(
+                "run lengths sum to {total} but the mask is {height}x{width} = {pixels} pixels"
             )));
         }
         Ok(Self {
@@ -342,6 +351,18 @@ impl Bitmap {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_mask_size_beyond_the_bound_is_an_error_not_an_overflow() {
+        let e = Rle::from_counts(usize::MAX, 300, vec![1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("over 2147483648 pixels"), "{e}");
+        let e = Rle::from_compressed(1 << 40, 1 << 40, "0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pixels"), "{e}");
+    }
     use super::*;
     use proptest::prelude::*;
 
