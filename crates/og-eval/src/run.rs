@@ -45,9 +45,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvalError + '_ {
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EvalError> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    og_fs::write_atomic(path, bytes).map_err(io(path))
 }
 
 /// Checks (or writes) `run.json`: a folder holds one benchmark under one protocol and one
@@ -58,7 +56,7 @@ fn claim_folder(cfg: &RunConfig, masks: &serde_json::Value) -> Result<(), EvalEr
     let want = serde_json::json!({"benchmark": cfg.benchmark.name(),
                                   "protocol": cfg.protocol.name(), "masks": masks});
     if path.is_file() {
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let text = og_fs::read_text(&path, og_fs::MAX_CONFIG_BYTES).map_err(io(&path))?;
         let mut have: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| EvalError::Format {
                 path: path.clone(),
@@ -95,7 +93,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>, EvalError> {
     if !path.is_file() {
         return Ok(Vec::new());
     }
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = og_fs::read_text(path, og_fs::MAX_DATA_BYTES).map_err(io(path))?;
     let mut records = Vec::new();
     let mut whole = 0;
     for (n, line) in text.split_inclusive('\n').enumerate() {

@@ -452,7 +452,7 @@ fn collect_files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) -> Result<(), Ev
 }
 
 pub(crate) fn read_text(path: &Path) -> Result<String, EvalError> {
-    std::fs::read_to_string(path).map_err(|source| EvalError::Io {
+    og_fs::read_text(path, og_fs::MAX_DATA_BYTES).map_err(|source| EvalError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -125,7 +125,7 @@ fn resolve_in(dir: &Path, p: &Path) -> PathBuf {
 /// Reads a checkpoint's og_llava.json (at most 64 MiB).
 fn read_meta(dir: &Path) -> R<Value> {
     let path = dir.join("og_llava.json");
-    let text = og_segment::read_text_bounded(&path, 64 << 20)
+    let text = og_fs::read_text(&path, og_fs::MAX_CONFIG_BYTES)
         .map_err(|e| config_error(&path, e.to_string()))?;
     let meta: Value = serde_json::from_str(&text)
         .map_err(|e| config_error(&path, format!("malformed JSON: {e}")))?;

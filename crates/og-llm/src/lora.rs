@@ -375,9 +375,11 @@ impl<B: Backend> LlamaForCausalLM<B> {
     pub fn load_peft_adapter(self, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let cfg_path = dir.join("adapter_config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| LlmError::Io {
-            path: cfg_path.clone(),
-            source,
+        let text = og_fs::read_text(&cfg_path, og_fs::MAX_CONFIG_BYTES).map_err(|source| {
+            LlmError::Io {
+                path: cfg_path.clone(),
+                source,
+            }
         })?;
         let value: Value = serde_json::from_str(&text).map_err(|e| {
             LlmError::Config(format!("{}: malformed JSON: {e}", cfg_path.display()))

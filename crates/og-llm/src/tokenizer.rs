@@ -109,10 +109,13 @@ impl ChatTokenizer {
         };
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.is_file() {
-            let text = std::fs::read_to_string(&config_path).map_err(|source| LlmError::Io {
-                path: config_path.clone(),
-                source,
-            })?;
+            let text =
+                og_fs::read_text(&config_path, og_fs::MAX_CONFIG_BYTES).map_err(|source| {
+                    LlmError::Io {
+                        path: config_path.clone(),
+                        source,
+                    }
+                })?;
             Some(serde_json::from_str::<Value>(&text).map_err(|e| {
                 LlmError::Config(format!("{}: malformed JSON: {e}", config_path.display()))
             })?)

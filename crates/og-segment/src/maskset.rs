@@ -75,6 +75,10 @@ enum CocoCounts {
     Uncompressed(Vec<u64>),
 }
 
+/// The most masks one image's COCO RLE file may hold (SAM's automatic mask generator gives
+/// about a hundred; every mask costs a pass of Φ).
+pub const MAX_MASKS_PER_IMAGE: usize = 10_000;
+
 /// Names what is wrong with a record's `segmentation` in COCO's words, before serde would (its
 /// messages name this crate's internals).
 fn check_record_shape(item: &Value) -> std::result::Result<(), &'static str> {
@@ -235,6 +239,12 @@ impl MaskSet {
             },
             _ => return Err(json_err("expected a list of mask records".into())),
         };
+        if list.len() > MAX_MASKS_PER_IMAGE {
+            return Err(json_err(format!(
+                "{} mask records; at most {MAX_MASKS_PER_IMAGE} per image are read",
+                list.len()
+            )));
+        }
         let mut masks = Vec::with_capacity(list.len());
         for (index, item) in list.into_iter().enumerate() {
             let bad = |message: String| SegmentError::BadMask {
@@ -283,13 +293,12 @@ impl MaskSet {
     /// Reads a COCO RLE JSON file (see [`MaskSet::from_coco_json_str`]).
     pub fn read_coco_json(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text =
-            crate::read_text_bounded(path, crate::MAX_MASKS_JSON_BYTES).map_err(|source| {
-                SegmentError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            })?;
+        let text = og_fs::read_text(path, crate::MAX_MASKS_JSON_BYTES).map_err(|source| {
+            SegmentError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         if text.trim().is_empty() {
             return Err(SegmentError::Json {
                 path: path.to_path_buf(),

@@ -239,7 +239,7 @@ pub fn merge(base: &mut Value, over: Value) {
 
 /// Reads a TOML (`.toml`) or JSON configuration file as a JSON value.
 pub fn read_file(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(crate::error::io(path))?;
+    let text = og_fs::read_text(path, og_fs::MAX_CONFIG_BYTES).map_err(crate::error::io(path))?;
     let bad = |message: String| TrainError::Config {
         path: path.to_path_buf(),
         message,

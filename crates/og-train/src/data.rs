@@ -72,7 +72,7 @@ impl BadRows {
 /// Parses a LLaVA conversation file. Structurally malformed rows are skipped into `bad`
 /// (or fail the parse when `strict`); a file that is not a JSON array is an error.
 pub fn read_rows(path: &Path, strict: bool, bad: &mut BadRows) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path).map_err(io(path))?;
+    let text = og_fs::read_text(path, og_fs::MAX_DATA_BYTES).map_err(io(path))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| TrainError::Data {
         path: path.to_path_buf(),
         message: format!("malformed JSON: {e}"),

@@ -175,9 +175,7 @@ impl<B: Backend> OptimState<B> {
                 .collect(),
         }
     }
-}
 
-impl<B: Backend> OptimState<B> {
     /// Checks state read from a checkpoint against the parameters it will update (`params`:
     /// name and element count): every moment and master copy must name one of them and hold
     /// its element count.

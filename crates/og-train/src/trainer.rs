@@ -275,7 +275,8 @@ pub fn train_parallel<B: AutodiffBackend>(
         None
     };
     if resume_from.is_some() {
-        let saved = std::fs::read_to_string(&config_path).map_err(io(&config_path))?;
+        let saved =
+            og_fs::read_text(&config_path, og_fs::MAX_CONFIG_BYTES).map_err(io(&config_path))?;
         let saved: TrainConfig = serde_json::from_str(&saved).map_err(|e| TrainError::Config {
             path: config_path.clone(),
             message: e.to_string(),
@@ -399,7 +400,7 @@ pub fn train_parallel<B: AutodiffBackend>(
     let mut last_good: Option<PathBuf> = None;
     if let Some(dir) = &resume_from {
         let path = dir.join("state.json");
-        let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+        let text = og_fs::read_text(&path, og_fs::MAX_CONFIG_BYTES).map_err(io(&path))?;
         state = serde_json::from_str(&text).map_err(|e| TrainError::Config {
             path: path.clone(),
             message: e.to_string(),

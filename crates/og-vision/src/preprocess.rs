@@ -66,10 +66,11 @@ impl ImageProcessor {
         if !path.is_file() {
             return Ok(p);
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| VisionError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text =
+            og_fs::read_text(&path, og_fs::MAX_CONFIG_BYTES).map_err(|source| VisionError::Io {
+                path: path.clone(),
+                source,
+            })?;
         let bad = |m: String| VisionError::Config(format!("{}: {m}", path.display()));
         let v: Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON: {e}")))?;

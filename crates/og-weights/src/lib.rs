@@ -426,28 +426,14 @@ fn is_pytorch_file(path: &Path) -> bool {
 
 /// The largest JSON side file read (`config.json`, a shard index): far above any real one, far
 /// below what a wrong path (a device, a weights file) would make us hold in memory.
-pub const MAX_JSON_BYTES: u64 = 64 << 20;
+pub const MAX_JSON_BYTES: u64 = og_fs::MAX_CONFIG_BYTES;
 
 /// A JSON side file as text, at most [`MAX_JSON_BYTES`].
 fn read_json_text(path: &Path) -> Result<String> {
-    use std::io::Read;
-    let io = |source| WeightError::Io {
+    og_fs::read_text(path, MAX_JSON_BYTES).map_err(|source| WeightError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_JSON_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(io)?;
-    if text.len() as u64 > MAX_JSON_BYTES {
-        return Err(WeightError::Format {
-            path: path.to_path_buf(),
-            message: format!("over {MAX_JSON_BYTES} bytes: not a configuration file"),
-        });
-    }
-    Ok(text)
+    })
 }
 
 fn shards_of(index: &Path) -> Result<Vec<PathBuf>> {
@@ -671,7 +657,7 @@ mod tests {
     fn an_endless_or_huge_config_is_refused_not_read_into_memory() {
         let e = read_config("/dev/zero").unwrap_err().to_string();
         assert!(
-            e.contains("/dev/zero") && e.contains("not a configuration file"),
+            e.contains("/dev/zero") && e.contains("not a regular file"),
             "{e}"
         );
         let dir = tempfile::tempdir().unwrap();
