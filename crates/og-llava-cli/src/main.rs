@@ -462,7 +462,10 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
     };
     write_output(&args.out, json.as_bytes())?;
     if let (Some(path), Some(bytes)) = (&args.overlay, png) {
-        write_output(path, &bytes)?;
+        // Both outputs or neither: a failed overlay takes the token file back.
+        write_output(path, &bytes).inspect_err(|_| {
+            let _ = std::fs::remove_file(&args.out);
+        })?;
     }
     eprintln!(
         "{} masks, phi={} alpha={}: T = {} tokens over {} groups{}",
