@@ -24,3 +24,27 @@ torch.save(sd, os.path.join(out, "views_legacy.pt"), _use_new_zipfile_serializat
 torch.save({"state_dict": sd}, os.path.join(out, "wrapped.pt"))
 expected = {k: (v.float() if v.is_floating_point() else v.long()).contiguous() for k, v in sd.items()}
 save_file(expected, os.path.join(out, "views_expected.safetensors"))
+
+# The released learned positional encoding (`mm_masks_pos_encoding.seg_embed`, 301 rows) in a
+# released-layout non_lora_trainables.bin, and the connector output the released code computes
+# with it (`learnable_positional_encoding_1d`): span s (from 0) of the concatenated groups adds
+# row s of the table. No delimiter, so every token lies in a span.
+g = torch.Generator().manual_seed(7)
+f, d, grid = 4, 6, (2, 3)
+projector = torch.nn.Sequential(torch.nn.Linear(f, d), torch.nn.GELU(), torch.nn.Linear(d, d))
+with torch.no_grad():
+    for p in projector.parameters():
+        p.copy_(torch.randn(p.shape, generator=g))
+table = torch.randn(301, d, generator=g)
+trainables = {f"base_model.model.model.mm_projector.{k}": v for k, v in projector.state_dict().items()}
+trainables["base_model.model.model.mm_masks_pos_encoding.seg_embed.weight"] = table
+torch.save(trainables, os.path.join(out, "released_pe.bin"))
+features = torch.randn(1, grid[0] * grid[1], f, generator=g)
+groups = [[0, 1, 4], [2], [3, 5]]
+with torch.no_grad():
+    y = projector(torch.cat([features[0, grp] for grp in groups], 0))
+    seg_idx = torch.cat([torch.full((len(grp),), s, dtype=torch.long) for s, grp in enumerate(groups)])
+    expected = (y + table[seg_idx]).unsqueeze(0)
+save_file({"features": features, "groups": torch.tensor(sum(groups, [])),
+           "group_lengths": torch.tensor([len(grp) for grp in groups]),
+           "tokens": expected.contiguous()}, os.path.join(out, "released_pe_io.safetensors"))

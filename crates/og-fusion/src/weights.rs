@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use burn::module::Param;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use og_weights::{SaveTensor, Weights};
 
@@ -33,8 +34,13 @@ const DELIMITER: &[&str] = &[
 const SEGMENT_EMBEDDING: &[&str] = &[
     "multi_modal_projector.segment_embedding",
     "segment_embedding",
-    // The released code's learned 1-D PE (`mm_masks_pos_encoding.seg_embed`, 301 rows). Its
-    // rows are indexed by span order from 0, ours by segment id from 1 (row 0 = no segment).
+    RELEASED_SEGMENT_EMBEDDING[0],
+    RELEASED_SEGMENT_EMBEDDING[1],
+];
+/// The released code's learned 1-D PE (`mm_masks_pos_encoding.seg_embed`, 301 rows): span s of
+/// the concatenated groups (counted from 0) adds row s. Ours gives segment id s + 1 row s + 1
+/// (row 0 is "no segment" and adds nothing), so the released table loads one row down.
+const RELEASED_SEGMENT_EMBEDDING: [&str; 2] = [
     "model.mm_masks_pos_encoding.seg_embed.weight",
     "base_model.model.model.mm_masks_pos_encoding.seg_embed.weight",
 ];
@@ -84,8 +90,16 @@ impl<B: Backend> OgFusion<B> {
         if let Some(table) = &this.segment_embedding {
             let rows = table.lazy_shape().dims::<2>()[0];
             let name = w.first_of(SEGMENT_EMBEDDING)?;
-            this.segment_embedding =
-                Some(Param::from_tensor(w.tensor(name, [rows, d], &device)?));
+            let mut table = w.tensor(name, [rows, d], &device)?;
+            if RELEASED_SEGMENT_EMBEDDING.contains(&name) {
+                // Row k of ours is released row k − 1; the released table's last row (its
+                // clamp for spans beyond 300) has no segment id here.
+                table = Tensor::cat(
+                    vec![Tensor::zeros([1, d], &device), table.slice(0..rows - 1)],
+                    0,
+                );
+            }
+            this.segment_embedding = Some(Param::from_tensor(table));
         }
         Ok(this)
     }
@@ -125,6 +139,51 @@ mod tests {
     use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
     type B = NdArray<f32>;
+
+    /// A released `non_lora_trainables.bin` (torch.save) with the learned PE table gives the
+    /// connector output the released code computes: span s (from 0) adds released row s
+    /// (`scripts/make_torch_fixtures.py`).
+    #[test]
+    fn the_released_learned_pe_table_maps_spans_to_its_rows() {
+        use crate::selection::{Group, GroupSource};
+        let device = Default::default();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/weights");
+        let io = Weights::open(root.join("released_pe_io.safetensors")).unwrap();
+        let w = Weights::open_pytorch(root.join("released_pe.bin")).unwrap();
+        let m = OgFusionConfig::new(4, 6)
+            .with_positional(crate::PositionalEncoding::Learned1d { max_segments: 300 })
+            .init::<B>(&device)
+            .load_weights(&w)
+            .unwrap();
+        let (flat, _) = io.i64("groups").unwrap();
+        let (lengths, _) = io.i64("group_lengths").unwrap();
+        let mut at = 0;
+        let groups = lengths
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| {
+                let indices = flat[at..at + n as usize]
+                    .iter()
+                    .map(|&i| i as u32)
+                    .collect();
+                at += n as usize;
+                Group {
+                    source: GroupSource::Mask(k),
+                    indices,
+                }
+            })
+            .collect();
+        let sel = Selection {
+            grid: (2, 3),
+            groups,
+            per_mask: Vec::new(),
+        };
+        let x: Tensor<B, 3> = io.tensor("features", [1, 6, 4], &device).unwrap();
+        let got = m.forward(x, &[sel]).unwrap().tokens;
+        let want: Tensor<B, 3> = io.tensor("tokens", [1, 6, 6], &device).unwrap();
+        let diff: f32 = (got - want).abs().max().into_scalar();
+        assert!(diff < 1e-5, "tokens differ by {diff}");
+    }
 
     #[test]
     fn round_trip_and_original_llava_names() {
