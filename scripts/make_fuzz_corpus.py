@@ -21,6 +21,7 @@ def fixture(*parts):
 # COCO RLE JSON
 put("coco_rle_json", "coffee", fixture("examples", "coffee_masks.json"))
 put("coco_rle_json", "uncompressed", json.dumps([{"segmentation": {"size": [2, 3], "counts": [1, 4, 1]}, "predicted_iou": 0.9}]))
+put("coco_rle_json", "finding-size-overflow", json.dumps([{"segmentation": {"size": [2000000000000000000, 300], "counts": "Xob1X1P5000"}}]))
 put("coco_rle_json", "annotations", json.dumps({"annotations": [{"segmentation": {"size": [4, 4], "counts": "0:0"}}]}))
 
 # .npy masks
@@ -55,23 +56,26 @@ put("llava_rows", "rows", json.dumps([
     {"id": 2, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]},
 ]))
 
-# model configs: first byte 0 = Llama, 1 = CLIP vision
-put("model_config", "llama", b"\x00" + fixture("llm", "gqa", "config.json"))
-put("model_config", "clip", b"\x01" + fixture("vision", "clip_vision_tiny", "config.json"))
+# model configs
+put("llama_config", "gqa", fixture("llm", "gqa", "config.json"))
+put("clip_config", "clip_vision_tiny", fixture("vision", "clip_vision_tiny", "config.json"))
 
-# benchmarks: first byte picks the format (og-fuzz's FORMATS order)
-formats = [
-    ("aro", "visual_genome_relation.json"),
-    ("aro", "coco_order.parquet"),
-    ("conme", "data", "replace-att.csv"),
-    ("mmvp", "Questions.csv"),
-    ("cvbench", "test.jsonl"),
-    ("mmbench", "MMBench_DEV_EN.tsv"),
-    ("mme", "data", "test-00000-of-00002.parquet"),
-    ("mmstar", "mmstar.parquet"),
-]
-for i, parts in enumerate(formats):
-    put("benchmarks", "%d_%s" % (i, parts[-1].replace(" ", "_")), bytes([i]) + fixture("eval", *parts))
+# benchmarks: one target per format, seeded with the reader tests' fixtures
+benchmarks = {
+    "aro_json": ("aro", "visual_genome_relation.json"),
+    "aro_parquet": ("aro", "coco_order.parquet"),
+    "conme_csv": ("conme", "data", "replace-att.csv"),
+    "mmvp_csv": ("mmvp", "Questions.csv"),
+    "cvbench_jsonl": ("cvbench", "test.jsonl"),
+    "mmbench_tsv": ("mmbench", "MMBench_DEV_EN.tsv"),
+    "mme_parquet": ("mme", "data", "test-00000-of-00002.parquet"),
+    "mmstar_parquet": ("mmstar", "mmstar.parquet"),
+}
+for target, parts in benchmarks.items():
+    put(target, "fixture", fixture("eval", *parts))
+# parquet files the parquet crate once asserted on (found by og-fuzz), kept as regressions
+for i, target in enumerate(["mme_parquet", "mmstar_parquet", "mmstar_parquet"]):
+    put(target, "finding-panic-%d" % i, fixture("eval", "hostile", "panics-%d.parquet" % i))
 
 # the hub protocol: hello with the token "token", then two frames of 2 values
 hello = struct.pack("<5I", 0x4F474842, 2, 2, 1, 5) + b"token"

@@ -58,6 +58,43 @@ const JSON: &[&[u8]] = &[
     b"NaN",
 ];
 
+const CONFIG: &[&[u8]] = &[
+    b"\"hidden_size\"",
+    b"\"num_hidden_layers\"",
+    b"\"rope_scaling\"",
+    b"\"rope_theta\"",
+    b"\"rms_norm_eps\"",
+    b"\"layer_norm_eps\"",
+    b"\"image_size\"",
+    b"\"patch_size\"",
+    b"0",
+    b"-1",
+    b"1e308",
+    b"4294967297",
+];
+
+const TABLE: &[&[u8]] = &[
+    b"\t",
+    b",",
+    b"\"",
+    b"\n",
+    b"PAR1",
+    b"\"answer\"",
+    b"\"question\"",
+    b"A",
+    b"(a)",
+    b"null",
+    b"\"image\"",
+];
+
+const fn bench(name: &'static str, run: fn(&[u8], &Scratch) -> bool) -> Target {
+    Target {
+        name,
+        run,
+        dict: TABLE,
+    }
+}
+
 /// Every target, in the order `og-fuzz --target all` runs them.
 pub static TARGETS: &[Target] = &[
     Target {
@@ -131,40 +168,23 @@ pub static TARGETS: &[Target] = &[
         ],
     },
     Target {
-        name: "model_config",
-        run: model_config,
-        dict: &[
-            b"\"hidden_size\"",
-            b"\"num_hidden_layers\"",
-            b"\"rope_scaling\"",
-            b"\"rope_theta\"",
-            b"\"rms_norm_eps\"",
-            b"\"layer_norm_eps\"",
-            b"\"image_size\"",
-            b"\"patch_size\"",
-            b"0",
-            b"-1",
-            b"1e308",
-            b"4294967297",
-        ],
+        name: "llama_config",
+        run: llama_config,
+        dict: CONFIG,
     },
     Target {
-        name: "benchmarks",
-        run: benchmarks,
-        dict: &[
-            b"\t",
-            b",",
-            b"\"",
-            b"\n",
-            b"PAR1",
-            b"\"answer\"",
-            b"\"question\"",
-            b"A",
-            b"(a)",
-            b"null",
-            b"\"image\"",
-        ],
+        name: "clip_config",
+        run: clip_config,
+        dict: CONFIG,
     },
+    bench("aro_json", aro_json),
+    bench("aro_parquet", aro_parquet),
+    bench("conme_csv", conme_csv),
+    bench("mmvp_csv", mmvp_csv),
+    bench("cvbench_jsonl", cvbench_jsonl),
+    bench("mmbench_tsv", mmbench_tsv),
+    bench("mme_parquet", mme_parquet),
+    bench("mmstar_parquet", mmstar_parquet),
     Target {
         name: "hub_protocol",
         run: hub_protocol,
@@ -206,47 +226,59 @@ fn llava_rows(b: &[u8], s: &Scratch) -> bool {
     og_train::data::read_rows(&s.file("rows.json", b), false, &mut bad).is_ok()
 }
 
-/// The first byte picks the config kind (even: Llama, odd: CLIP vision), the rest is JSON.
-fn model_config(b: &[u8], _: &Scratch) -> bool {
-    let Some((&kind, json)) = b.split_first() else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(json) else {
-        return false;
-    };
-    if kind % 2 == 0 {
+fn json(b: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice(b).ok()
+}
+
+fn llama_config(b: &[u8], _: &Scratch) -> bool {
+    json(b).is_some_and(|v| {
         LlamaConfig::from_hf_value(&v)
             .and_then(|c| c.validate())
             .is_ok()
-    } else {
+    })
+}
+
+fn clip_config(b: &[u8], _: &Scratch) -> bool {
+    json(b).is_some_and(|v| {
         ClipVisionConfig::from_hf_value(&v)
             .and_then(|c| c.validate())
             .is_ok()
-    }
+    })
 }
 
-/// The benchmark formats: the first byte picks one, the rest is its file.
-const FORMATS: [(Benchmark, &str); 8] = [
-    (Benchmark::AroVgr, "visual_genome_relation.json"),
-    (Benchmark::AroCocoOrder, "coco_order.parquet"),
-    (Benchmark::Conme, "conme.csv"),
-    (Benchmark::Mmvp, "Questions.csv"),
-    (Benchmark::CvBench, "test.jsonl"),
-    (Benchmark::MmBench, "mmbench.tsv"),
-    (Benchmark::Mme, "mme.parquet"),
-    (Benchmark::MmStar, "mmstar.parquet"),
-];
-
-fn benchmarks(b: &[u8], s: &Scratch) -> bool {
-    let Some((&kind, file)) = b.split_first() else {
-        return false;
-    };
-    let (bench, name) = FORMATS[kind as usize % FORMATS.len()];
-    let path = s.file(name, file);
+/// `bytes` as the benchmark's file `name`, read as `bench` reads it; accepted when the file
+/// parses into rows (items, or rows refused one by one: images are not in the scratch folder).
+fn benchmark(bench: Benchmark, name: &str, bytes: &[u8], s: &Scratch) -> bool {
+    let path = s.file(name, bytes);
     matches!(
         og_eval::readers::read_benchmark_skipping(bench, &path, Some(Path::new(&s.0))),
-        Ok((items, _)) if !items.is_empty()
+        Ok((items, bad)) if !items.is_empty() || !bad.is_empty()
     )
+}
+
+fn aro_json(b: &[u8], s: &Scratch) -> bool {
+    benchmark(Benchmark::AroVgr, "visual_genome_relation.json", b, s)
+}
+fn aro_parquet(b: &[u8], s: &Scratch) -> bool {
+    benchmark(Benchmark::AroCocoOrder, "coco_order.parquet", b, s)
+}
+fn conme_csv(b: &[u8], s: &Scratch) -> bool {
+    benchmark(Benchmark::Conme, "conme.csv", b, s)
+}
+fn mmvp_csv(b: &[u8], s: &Scratch) -> bool {
+    benchmark(Benchmark::Mmvp, "Questions.csv", b, s)
+}
+fn cvbench_jsonl(b: &[u8], s: &Scratch) -> bool {
+    benchmark(Benchmark::CvBench, "test.jsonl", b, s)
+}
+fn mmbench_tsv(b: &[u8], s: &Scratch) -> bool {
+    benchmark(Benchmark::MmBench, "mmbench.tsv", b, s)
+}
+fn mme_parquet(b: &[u8], s: &Scratch) -> bool {
+    benchmark(Benchmark::Mme, "mme.parquet", b, s)
+}
+fn mmstar_parquet(b: &[u8], s: &Scratch) -> bool {
+    benchmark(Benchmark::MmStar, "mmstar.parquet", b, s)
 }
 
 fn hub_protocol(b: &[u8], _: &Scratch) -> bool {
