@@ -83,23 +83,34 @@ impl ChatTokenizer {
         let plain = dir.join("tokenizer.json");
         let gz = dir.join("tokenizer.json.gz");
         let (path, bytes) = if plain.is_file() {
-            let b = std::fs::read(&plain).map_err(|source| LlmError::Io {
-                path: plain.clone(),
-                source,
+            let b = og_fs::read_text(&plain, og_fs::MAX_CONFIG_BYTES).map_err(|source| {
+                LlmError::Io {
+                    path: plain.clone(),
+                    source,
+                }
             })?;
-            (plain, b)
+            (plain, b.into_bytes())
         } else if gz.is_file() {
             let file = std::fs::File::open(&gz).map_err(|source| LlmError::Io {
                 path: gz.clone(),
                 source,
             })?;
             let mut b = Vec::new();
+            // Bounded: a compressed file can expand without limit.
             flate2::read::GzDecoder::new(file)
+                .take(og_fs::MAX_CONFIG_BYTES + 1)
                 .read_to_end(&mut b)
                 .map_err(|source| LlmError::Io {
                     path: gz.clone(),
                     source,
                 })?;
+            if b.len() as u64 > og_fs::MAX_CONFIG_BYTES {
+                return Err(LlmError::Config(format!(
+                    "{}: expands to over {} bytes",
+                    gz.display(),
+                    og_fs::MAX_CONFIG_BYTES
+                )));
+            }
             (gz, b)
         } else {
             return Err(LlmError::Config(format!(
