@@ -76,6 +76,9 @@ for target, parts in benchmarks.items():
 # parquet files the parquet crate once asserted on (found by og-fuzz), kept as regressions
 for i, target in enumerate(["mme_parquet", "mmstar_parquet", "mmstar_parquet"]):
     put(target, "finding-panic-%d" % i, fixture("eval", "hostile", "panics-%d.parquet" % i))
+# a dictionary page claiming a billion values in a few bytes (the parquet crate sized its
+# dictionary by the claim and the allocation aborted the process)
+put("aro_parquet", "finding-huge-dictionary", fixture("eval", "hostile", "huge-dictionary.parquet"))
 
 # the hub protocol: hello with the token "token", then two frames of 2 values
 hello = struct.pack("<5I", 0x4F474842, 2, 2, 1, 5) + b"token"

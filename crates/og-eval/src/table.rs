@@ -228,6 +228,7 @@ impl Table {
         })?;
         let reader = SerializedFileReader::new(file)
             .map_err(|e| format_err(path, format!("not a readable parquet file: {e}")))?;
+        check_dictionary_pages(&reader, path)?;
         let columns: Vec<String> = reader
             .metadata()
             .file_metadata()
@@ -353,6 +354,62 @@ impl Table {
             _ => Err(bad("not an image (bytes, {bytes, path} or base64 text)")),
         }
     }
+}
+
+/// Dictionary entries one column chunk may hold: far above any benchmark table, far below
+/// what would exhaust memory.
+const MAX_DICTIONARY_VALUES: usize = 1 << 24;
+
+/// Refuses dictionary pages that claim more values than their bytes can hold (or more than
+/// [`MAX_DICTIONARY_VALUES`]) before the row reader sizes its dictionary by the claim: the
+/// parquet crate allocates `num_values` entries up front, so a forged count aborts the
+/// process on allocation failure instead of failing to decode. Only dictionary pages are
+/// read (data pages are skipped by their headers).
+fn check_dictionary_pages(reader: &SerializedFileReader<std::fs::File>, path: &Path) -> Result<(), EvalError> {
+    use parquet::basic::Type as Physical;
+    use parquet::column::page::Page;
+    let bad = |e: parquet::errors::ParquetError| {
+        format_err(path, format!("a malformed parquet file: {e}"))
+    };
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    for g in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(g).map_err(bad)?;
+        for c in 0..schema.num_columns() {
+            let column = schema.column(c);
+            // The fewest bits one plain-encoded value of this type takes.
+            let min_bits = match column.physical_type() {
+                Physical::BOOLEAN => 1,
+                Physical::INT32 | Physical::FLOAT | Physical::BYTE_ARRAY => 32,
+                Physical::INT64 | Physical::DOUBLE => 64,
+                Physical::INT96 => 96,
+                Physical::FIXED_LEN_BYTE_ARRAY => 8 * column.type_length().max(1) as usize,
+            };
+            let mut pages = group.get_column_page_reader(c).map_err(bad)?;
+            while let Some(meta) = pages.peek_next_page().map_err(bad)? {
+                if !meta.is_dict {
+                    pages.skip_next_page().map_err(bad)?;
+                    continue;
+                }
+                if let Some(Page::DictionaryPage { buf, num_values, .. }) =
+                    pages.get_next_page().map_err(bad)?
+                {
+                    let n = num_values as usize;
+                    if n > MAX_DICTIONARY_VALUES || n.saturating_mul(min_bits) > buf.len() * 8 {
+                        return Err(format_err(
+                            path,
+                            format!(
+                                "a malformed parquet file: column {:?} (row group {g}) has a \
+                                 dictionary page claiming {n} values in {} bytes",
+                                column.path().string(),
+                                buf.len()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn json_cell(v: &Value) -> Cell {

@@ -287,3 +287,18 @@ fn parquet_files_the_reader_panics_on_are_errors() {
         );
     }
 }
+
+/// A dictionary page claiming about a billion values in a few bytes (found by `og-fuzz`): the
+/// parquet crate would size its dictionary by the claim and abort the process on the failed
+/// allocation; it is a typed error naming the file and the column.
+#[test]
+fn a_forged_dictionary_size_is_an_error_not_an_abort() {
+    let path = fixtures().join("hostile/huge-dictionary.parquet");
+    let e = read_benchmark(Benchmark::AroCocoOrder, &path, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("huge-dictionary.parquet") && e.contains("dictionary page claiming"),
+        "{e}"
+    );
+}

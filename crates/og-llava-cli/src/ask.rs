@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use og_fusion::{Selection, SelectionConfig};
+use og_fusion::{Phi, Selection, SelectionConfig};
 use og_llava::{BackendTask, OgLlava, OgLlavaInput};
 use og_llm::{ChatTokenizer, GenerationConfig, Message, Segment};
 use og_vision::ImageProcessor;
 
-use crate::{CliError, FrameKind, PhiKind};
+use crate::{AlphaUnit, CliError, FrameKind, OrderKind, PhiKind};
 
 /// Which checkpoint to load: every layout this command line reads.
 #[derive(clap::Args)]
@@ -46,8 +46,8 @@ impl ModelSource {
         Ok(model)
     }
 
-    /// The model in `precision` on `device`, with the OG-path flags that live on the model
-    /// (segment-aware RoPE) applied: what `ask` and `eval` run.
+    /// The model in `precision` on `device`, its recorded image settings and segment-aware
+    /// RoPE overridden by the OG-path flags given: what `ask` and `eval` run.
     pub fn load_for<B: Backend>(
         &self,
         path: &OgPathArgs,
@@ -56,38 +56,97 @@ impl ModelSource {
     ) -> Result<OgLlava<B>, CliError> {
         precision.apply::<B>(std::slice::from_ref(device))?;
         let mut model = self.load::<B>(device)?;
-        model.segment_rope = path.segment_rope;
+        path.apply(&mut model);
         Ok(model)
     }
 
-    /// The checkpoint's image processor (see [`processor_for`]).
-    pub fn processor<B: Backend>(
-        &self,
-        model: &OgLlava<B>,
-        frame: FrameKind,
-    ) -> Result<ImageProcessor, CliError> {
-        processor_for(model, &self.model, self.vision.as_deref(), frame)
+    /// The checkpoint's image processor (see [`processor_for`]), padding as the model's
+    /// settings say.
+    pub fn processor<B: Backend>(&self, model: &OgLlava<B>) -> Result<ImageProcessor, CliError> {
+        processor_for(model, &self.model, self.vision.as_deref(), model_frame(model))
     }
 }
 
-/// How images become visual tokens on the OG path.
+/// How images become visual tokens on the OG path. Every flag defaults to what the model
+/// records (`og_llava.json` of a checkpoint of ours; the paper's Φ for released OG-LLaVA; our
+/// defaults otherwise); a flag given overrides it, and the run says so.
 #[derive(clap::Args)]
 pub struct OgPathArgs {
-    #[arg(long, value_enum, default_value_t = PhiKind::Patch)]
-    pub phi: PhiKind,
-    #[arg(long, default_value_t = 0.5)]
-    pub alpha: f64,
-    /// Image geometry: LLaVA-1.5's pad-to-square (default) or CLIP's resize + crop.
-    #[arg(long, value_enum, default_value_t = FrameKind::Llava)]
-    pub frame: FrameKind,
-    /// Segment-aware 1-D RoPE for the visual tokens.
+    /// Φ: the paper's raster strips or our patch grid (default: the model's).
+    #[arg(long, value_enum)]
+    pub phi: Option<PhiKind>,
+    /// Φ's threshold: Listing 1's count (raster) or pixels covered (patch).
     #[arg(long)]
+    pub alpha: Option<f64>,
+    /// The order groups are concatenated in.
+    #[arg(long, value_enum)]
+    pub order: Option<OrderKind>,
+    /// Image geometry: LLaVA-1.5's pad-to-square or CLIP's resize + crop.
+    #[arg(long, value_enum)]
+    pub frame: Option<FrameKind>,
+    /// Segment-aware 1-D RoPE for the visual tokens.
+    #[arg(long, conflicts_with = "no_segment_rope")]
     pub segment_rope: bool,
+    /// Consecutive positions for the visual tokens, whatever the model records.
+    #[arg(long)]
+    pub no_segment_rope: bool,
 }
 
 impl OgPathArgs {
-    pub fn selection(&self) -> SelectionConfig {
-        selection_config(self.phi, self.alpha)
+    /// The model's settings with the flags given applied; each override is said on stderr.
+    pub fn apply<B: Backend>(&self, model: &mut OgLlava<B>) {
+        let recorded = (model.image.clone(), model.segment_rope);
+        let selection = &mut model.image.selection;
+        selection.phi = phi_override(selection.phi, self.phi, self.alpha);
+        if let Some(order) = self.order {
+            selection.order = order.into();
+        }
+        if let Some(frame) = self.frame {
+            model.image.pad_to_square = matches!(frame, FrameKind::Llava);
+        }
+        if self.segment_rope || self.no_segment_rope {
+            model.segment_rope = self.segment_rope;
+        }
+        let said = |what: &str, now: String, was: String| {
+            if now != was {
+                eprintln!("{what}: {now} (the model records {was}; the flag overrides it)");
+            }
+        };
+        let (image, rope) = recorded;
+        let s = &model.image.selection;
+        said("Φ", format!("{:?}", s.phi), format!("{:?}", image.selection.phi));
+        said(
+            "mask order",
+            format!("{:?}", s.order),
+            format!("{:?}", image.selection.order),
+        );
+        let frame = |pad: bool| if pad { "pad to square" } else { "resize + crop" };
+        said(
+            "frame",
+            frame(model.image.pad_to_square).into(),
+            frame(image.pad_to_square).into(),
+        );
+        said(
+            "segment-aware RoPE",
+            model.segment_rope.to_string(),
+            rope.to_string(),
+        );
+    }
+}
+
+/// `recorded` with `--phi`/`--alpha` applied. `--alpha` is in pixels (patch) or Listing 1's
+/// count (raster); `--phi` alone keeps the recorded threshold when the kind stays and takes
+/// 0.5 when it changes.
+fn phi_override(recorded: Phi, kind: Option<PhiKind>, alpha: Option<f64>) -> Phi {
+    let recorded_kind = match recorded {
+        Phi::RasterStrip1d { .. } => PhiKind::Raster,
+        Phi::PatchGrid2d { .. } => PhiKind::Patch,
+    };
+    let kind = kind.unwrap_or(recorded_kind);
+    match alpha {
+        Some(alpha) => crate::phi_of(kind, alpha, AlphaUnit::Pixels),
+        None if kind == recorded_kind => recorded,
+        None => crate::phi_of(kind, 0.5, AlphaUnit::Pixels),
     }
 }
 
@@ -136,8 +195,7 @@ fn select(
     image_path: &std::path::Path,
     image: &og_vision::RgbImage,
     frame: &og_vision::Frame,
-    phi: PhiKind,
-    alpha: f64,
+    config: &SelectionConfig,
 ) -> Result<Option<Selection>, CliError> {
     let masks = match masks {
         MaskSource::None => return Ok(None),
@@ -150,11 +208,16 @@ fn select(
             masks
         }
     };
-    Ok(Some(Selection::from_masks(
-        &masks,
-        frame,
-        &selection_config(phi, alpha),
-    )?))
+    Ok(Some(Selection::from_masks(&masks, frame, config)?))
+}
+
+/// The geometry the model's settings ask for.
+fn model_frame<B: Backend>(model: &OgLlava<B>) -> FrameKind {
+    if model.image.pad_to_square {
+        FrameKind::Llava
+    } else {
+        FrameKind::Clip
+    }
 }
 
 /// The mask selection of the command line's Φ flags (α in pixels).
@@ -182,7 +245,7 @@ fn preprocess<B: Backend>(
     CliError,
 > {
     let image = og_vision::load_rgb(image_path)?;
-    let processor = source.processor(model, frame)?;
+    let processor = processor_for(model, &source.model, source.vision.as_deref(), frame)?;
     let (pixel_values, frame) = processor.pixel_values::<B>(&image, device)?;
     Ok((image, pixel_values, frame))
 }
@@ -305,7 +368,7 @@ impl BackendTask for Ask<'_> {
         let model = a.source.load_for::<B>(&a.path, a.precision, &device)?;
         let t0 = Instant::now();
         let (image, pixel_values, frame) =
-            preprocess(&model, &a.source, &a.image, a.path.frame, &device)?;
+            preprocess(&model, &a.source, &a.image, model_frame(&model), &device)?;
         let preprocess_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let masks = match (&a.masks, a.segmenter.segmenter) {
@@ -313,7 +376,7 @@ impl BackendTask for Ask<'_> {
             (Some(path), None) if !a.no_masks => MaskSource::File(path),
             _ => MaskSource::None,
         };
-        let selection = select(masks, &a.image, &image, &frame, a.path.phi, a.path.alpha)?;
+        let selection = select(masks, &a.image, &image, &frame, &model.image.selection)?;
         let phi_s = t1.elapsed().as_secs_f64();
         let tok = &self.tokenizer;
         if a.question.contains(og_llm::IMAGE_PLACEHOLDER) {
@@ -440,7 +503,8 @@ impl BackendTask for Inspect<'_> {
             .masks
             .as_deref()
             .map_or(MaskSource::None, MaskSource::File);
-        let selection = select(masks, &a.image, &image, &frame, a.phi, a.alpha)?;
+        let config = selection_config(a.phi, a.alpha);
+        let selection = select(masks, &a.image, &image, &frame, &config)?;
         let ids = match (&a.token_ids, &a.prompt, &self.tokenizer) {
             (Some(ids), _, _) => ids
                 .iter()

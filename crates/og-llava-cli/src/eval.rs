@@ -106,12 +106,12 @@ impl BackendTask for Eval<'_> {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let a = self.args;
         let model = a.source.load_for::<B>(&a.path, a.precision, &device)?;
-        let processor = a.source.processor(&model, a.path.frame)?;
+        let processor = a.source.processor(&model)?;
         let ev = Evaluator {
             model: &model,
             tokenizer: &self.tokenizer,
             processor: &processor,
-            selection: a.path.selection(),
+            selection: model.image.selection.clone(),
             masks: match (&a.masks, a.segmenter.segmenter) {
                 (_, Some(SegmenterKind::Felzenszwalb)) => {
                     MaskMode::Felzenszwalb(a.segmenter.felzenszwalb()?)

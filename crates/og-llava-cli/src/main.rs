@@ -159,7 +159,7 @@ struct InspectVisionArgs {
     device: Option<String>,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum PhiKind {
     /// The paper's Listing 1 (raster strips of the flattened original mask).
     Raster,
@@ -185,9 +185,22 @@ enum FrameKind {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum OrderKind {
+    /// Largest mask first.
     Area,
+    /// Highest segmenter score first.
     Score,
+    /// As the mask file lists them.
     Given,
+}
+
+impl From<OrderKind> for MaskOrder {
+    fn from(order: OrderKind) -> Self {
+        match order {
+            OrderKind::Area => MaskOrder::AreaDesc,
+            OrderKind::Score => MaskOrder::Score,
+            OrderKind::Given => MaskOrder::Given,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -416,11 +429,7 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
     let phi = phi_of(args.phi, args.alpha, args.alpha_unit);
     let config = SelectionConfig {
         phi,
-        order: match args.order {
-            OrderKind::Area => MaskOrder::AreaDesc,
-            OrderKind::Score => MaskOrder::Score,
-            OrderKind::Given => MaskOrder::Given,
-        },
+        order: args.order.into(),
         complement: args.complement,
         max_tokens: args.max_tokens,
         ..SelectionConfig::default()

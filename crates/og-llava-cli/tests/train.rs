@@ -213,3 +213,87 @@ fn two_nodes_train_like_one_device_with_twice_the_batch() {
         assert!(worst < 1e-4, "{n} differs by {worst}");
     }
 }
+
+/// A model trained with non-default image settings (the paper's Φ at α = 2, masks as given,
+/// a complement group, CLIP's crop) and segment-aware RoPE records them in `og_llava.json`;
+/// `ask` without flags answers exactly as with the flags that repeat training, and a flag that
+/// departs from what the model records is said.
+#[test]
+fn a_trained_model_is_asked_as_it_was_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
+    let template = serde_json::json!({"bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>",
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"});
+    std::fs::write(
+        root.join("model/tokenizer_config.json"),
+        template.to_string(),
+    )
+    .unwrap();
+    let cfg = serde_json::json!({
+        "stage": "sft",
+        "base": {"kind": "llava_hf", "path": root.join("model")},
+        "segment_rope": true,
+        "lora": {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "data": {"json": root.join("data.json"), "images": root.join("images"),
+                 "masks": root.join("masks"), "missing_masks": "plain", "workers": 1,
+                 "pad_to_square": false,
+                 "selection": {"phi": {"kind": "raster_strip1d", "alpha": 2.0}, "order": "given",
+                               "complement": true, "max_tokens": null, "max_masks": 1024}},
+        "output_dir": root.join("run"),
+        "model_max_length": 64, "epochs": 1, "batch_size": 2, "grad_accumulation": 1,
+        "lr_connector": 1e-3, "lr_lora": 1e-3, "warmup_ratio": 0.1, "weight_decay": 0.0,
+        "adam_betas": [0.9, 0.999], "adam_eps": 1e-8, "max_grad_norm": 1.0, "seed": 5,
+        "checkpoint_every": 100, "keep_checkpoints": 1, "log_every": 20,
+    });
+    let config = root.join("run.json");
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    let o = train(&config, false).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let model = root.join("run/final");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("og_llava.json")).unwrap())
+            .unwrap();
+    assert_eq!(meta["image"]["selection"]["order"], "given");
+    assert_eq!(meta["image"]["pad_to_square"], false);
+
+    let ask = |flags: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_og-llava"))
+            .args(["ask", "--max-new-tokens", "4", "--context", "512", "--model"])
+            .arg(&model)
+            .arg("--image")
+            .arg(root.join("images/0.png"))
+            .arg("--masks")
+            .arg(root.join("masks/0.json"))
+            .args(flags)
+            .arg("w5 w6")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        (String::from_utf8_lossy(&o.stdout).to_string(), err)
+    };
+    let (recorded, err) = ask(&[]);
+    assert!(!err.contains("overrides"), "{err}");
+    let repeated = [
+        "--phi",
+        "raster",
+        "--alpha",
+        "2",
+        "--order",
+        "given",
+        "--frame",
+        "clip",
+        "--segment-rope",
+    ];
+    let (flagged, err) = ask(&repeated);
+    assert!(!err.contains("overrides"), "{err}");
+    assert_eq!(recorded, flagged);
+    let (_, err) = ask(&["--no-segment-rope", "--phi", "patch"]);
+    assert!(
+        err.contains("segment-aware RoPE: false (the model records true")
+            && err.contains("Φ: PatchGrid2d"),
+        "{err}"
+    );
+}

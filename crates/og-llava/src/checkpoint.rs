@@ -4,7 +4,8 @@
 //! - `og_llava.json`: format version, the base it builds on ([`BaseModel`]: a llava-hf
 //!   directory, or a CLIP tower and a Llama directory; paths relative to the checkpoint, so a
 //!   run's folder can move as a whole), the fusion
-//!   configuration, segment-aware RoPE, and whether a LoRA adapter is present;
+//!   configuration, segment-aware RoPE, the image settings ([`ImageSettings`]: Φ, mask order,
+//!   complement, token cap, padding), and whether a LoRA adapter is present;
 //! - `connector.safetensors`: the connector in llava-hf names (`multi_modal_projector.*`, plus
 //!   the delimiter and learned PE when configured) — transformers can load the projector part;
 //! - `adapter/`: the LoRA adapter as a PEFT adapter directory (loadable by python peft on the
@@ -19,7 +20,7 @@ use og_fusion::OgFusionConfig;
 use og_llm::LoraConfig;
 use serde_json::{Value, json};
 
-use crate::model::{ModelError, OgLlava};
+use crate::model::{ImageSettings, ModelError, OgLlava};
 
 const FORMAT: &str = "og-llava/1";
 
@@ -180,6 +181,7 @@ impl<B: Backend> OgLlava<B> {
             "base": serde_json::to_value(base.map_paths(|p| relative_to(dir, p))).expect("json"),
             "fusion": fusion,
             "segment_rope": self.segment_rope,
+            "image": serde_json::to_value(&self.image).expect("json"),
             "lora": lora.is_some(),
         });
         let path = dir.join("og_llava.json");
@@ -212,6 +214,12 @@ impl<B: Backend> OgLlava<B> {
             .get("segment_rope")
             .and_then(Value::as_bool)
             .unwrap_or(false);
+        model.image = match meta.get("image") {
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| config_error(&path, format!("image: {e}")))?,
+            // Written before the settings were recorded: our defaults, as inference then used.
+            None => ImageSettings::default(),
+        };
         if meta.get("lora").and_then(Value::as_bool) == Some(true) {
             model.llm = model.llm.load_peft_adapter(dir.join("adapter"))?;
         }

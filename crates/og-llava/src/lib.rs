@@ -10,7 +10,9 @@ mod checkpoint;
 pub use checkpoint::{BaseModel, checkpoint_base};
 mod model;
 
-pub use model::{ImageInput, ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared};
+pub use model::{
+    ImageInput, ImageSettings, ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared,
+};
 pub use og_fusion;
 pub use og_llm;
 pub use og_segment;

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
-use og_fusion::{OgFusion, OgFusionConfig, Selection};
+use og_fusion::{OgFusion, OgFusionConfig, Selection, SelectionConfig};
 use og_llm::{LlamaConfig, LlamaForCausalLM, rope};
 use og_vision::clip::{ClipVisionConfig, ClipVisionTransformer};
 use og_weights::Weights;
@@ -112,6 +112,44 @@ pub struct OgLlava<B: Backend> {
     pub image_token_id: u32,
     /// Segment-aware 1-D RoPE (paper 5.4.3) instead of consecutive positions.
     pub segment_rope: bool,
+    /// How images become visual tokens for this model (as it was trained): recorded in
+    /// `og_llava.json`, read by `ask` and `eval`.
+    pub image: ImageSettings,
+}
+
+/// How an image becomes visual tokens, as a model was trained: the settings inference must
+/// repeat to see images as training did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ImageSettings {
+    /// Masks → groups of patches: Φ and its threshold, order, complement, token cap.
+    pub selection: SelectionConfig,
+    /// LLaVA-1.5's pad-to-square with the CLIP mean colour (`true`), or CLIP's resize and
+    /// centre crop.
+    pub pad_to_square: bool,
+}
+
+impl Default for ImageSettings {
+    /// Our defaults: the patch-grid Φ at half a pixel, largest mask first, LLaVA padding.
+    fn default() -> Self {
+        Self {
+            selection: SelectionConfig::default(),
+            pad_to_square: true,
+        }
+    }
+}
+
+impl ImageSettings {
+    /// What the released OG-LLaVA checkpoints were trained with: the paper's Listing 1 Φ
+    /// (raster strips, α = 0.5) on LLaVA-1.5's padded images.
+    pub fn released() -> Self {
+        Self {
+            selection: SelectionConfig {
+                phi: og_fusion::Phi::paper(),
+                ..SelectionConfig::default()
+            },
+            pad_to_square: true,
+        }
+    }
 }
 
 impl<B: Backend> OgLlava<B> {
@@ -143,6 +181,7 @@ impl<B: Backend> OgLlava<B> {
             llm: self.llm.clone().fork(device),
             image_token_id: self.image_token_id,
             segment_rope: self.segment_rope,
+            image: self.image.clone(),
         }
     }
 
@@ -259,6 +298,7 @@ impl<B: Backend> OgLlava<B> {
             device,
         )?;
         model.connector = model.connector.load_weights(&trainables)?;
+        model.image = ImageSettings::released();
         if dir.join("adapter_config.json").is_file() {
             model.llm = model.llm.load_peft_adapter(dir)?;
         }
@@ -329,6 +369,7 @@ impl<B: Backend> OgLlava<B> {
             llm,
             image_token_id,
             segment_rope: false,
+            image: ImageSettings::default(),
         })
     }
 

@@ -384,6 +384,16 @@ fn own_checkpoint_round_trip() {
         a.lora_b = burn::module::Param::from_tensor(a.lora_b.val().ones_like() * 0.05);
     }
     model.segment_rope = true;
+    model.image = og_llava::ImageSettings {
+        selection: og_llava::og_fusion::SelectionConfig {
+            phi: og_llava::og_fusion::Phi::paper(),
+            order: og_llava::og_fusion::MaskOrder::Given,
+            complement: true,
+            max_tokens: Some(7),
+            max_masks: 9,
+        },
+        pad_to_square: false,
+    };
     let pv: Tensor<B, 4> = Tensor::ones([1, 3, 30, 30], &device) * 0.3;
     let input = OgLlavaInput {
         token_ids: vec![1, 5, 63, 7],
@@ -411,6 +421,7 @@ fn own_checkpoint_round_trip() {
     }
     let back = OgLlava::<B>::load_checkpoint(dir.path(), None, &device).unwrap();
     assert!(back.segment_rope);
+    assert_eq!(back.image, model.image);
     assert_eq!(back.connector.config().delimiter, Delimiter::BeforeMask);
     let (after, _) = back.forward(&[input]).unwrap();
     let d: f32 = (before - after).abs().max().into_scalar();

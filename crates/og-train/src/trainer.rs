@@ -306,6 +306,10 @@ pub fn train_parallel<B: AutodiffBackend>(
         None => cfg.base.load(Some(cfg.fusion.to_config()), device)?,
     };
     model.segment_rope = cfg.segment_rope;
+    model.image = og_llava::ImageSettings {
+        selection: cfg.data.selection.clone(),
+        pad_to_square: cfg.data.pad_to_square,
+    };
     if let (Stage::Sft, Some(lora)) = (cfg.stage, &cfg.lora)
         && !model.llm.has_lora()
     {
