@@ -365,7 +365,10 @@ const MAX_DICTIONARY_VALUES: usize = 1 << 24;
 /// parquet crate allocates `num_values` entries up front, so a forged count aborts the
 /// process on allocation failure instead of failing to decode. Only dictionary pages are
 /// read (data pages are skipped by their headers).
-fn check_dictionary_pages(reader: &SerializedFileReader<std::fs::File>, path: &Path) -> Result<(), EvalError> {
+fn check_dictionary_pages(
+    reader: &SerializedFileReader<std::fs::File>,
+    path: &Path,
+) -> Result<(), EvalError> {
     use parquet::basic::Type as Physical;
     use parquet::column::page::Page;
     let bad = |e: parquet::errors::ParquetError| {
@@ -390,8 +393,9 @@ fn check_dictionary_pages(reader: &SerializedFileReader<std::fs::File>, path: &P
                     pages.skip_next_page().map_err(bad)?;
                     continue;
                 }
-                if let Some(Page::DictionaryPage { buf, num_values, .. }) =
-                    pages.get_next_page().map_err(bad)?
+                if let Some(Page::DictionaryPage {
+                    buf, num_values, ..
+                }) = pages.get_next_page().map_err(bad)?
                 {
                     let n = num_values as usize;
                     if n > MAX_DICTIONARY_VALUES || n.saturating_mul(min_bits) > buf.len() * 8 {

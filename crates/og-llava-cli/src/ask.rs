@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use og_fusion::{Phi, Selection, SelectionConfig};
-use og_llava::{BackendTask, OgLlava, OgLlavaInput};
+use og_llava::{BackendTask, ExternalParts, Layout, ModelPart, OgLlava, OgLlavaInput};
 use og_llm::{ChatTokenizer, GenerationConfig, Message, Segment};
 use og_vision::ImageProcessor;
 
@@ -33,13 +33,29 @@ pub struct ModelSource {
 }
 
 impl ModelSource {
+    /// The model whatever its layout ([`OgLlava::open`]), adapters merged; a part the layout
+    /// keeps elsewhere and the command line does not give is named by its flag.
     pub fn load<B: Backend>(&self, device: &B::Device) -> Result<OgLlava<B>, CliError> {
-        let mut model = load_model(
-            &self.model,
-            self.vision.as_deref(),
-            self.base.as_deref(),
-            device,
-        )?;
+        let mut model = match OgLlava::open(&self.model, self.parts(), device) {
+            Err(og_llava::ModelError::MissingParts { dir, layout, parts }) => {
+                let flags: Vec<&str> = parts
+                    .iter()
+                    .map(|p| match p {
+                        ModelPart::BaseLlm => "--base DIR (the base Llama)",
+                        ModelPart::VisionTower => {
+                            "--vision DIR (the CLIP tower its mm_vision_tower names)"
+                        }
+                    })
+                    .collect();
+                return Err(CliError::Usage(format!(
+                    "{} is {layout}: give {}",
+                    dir.display(),
+                    flags.join(" and ")
+                )));
+            }
+            other => other?,
+        };
+        model.llm = model.llm.merge_lora();
         if let Some(n) = self.context {
             model.llm.set_max_positions(n);
         }
@@ -60,10 +76,23 @@ impl ModelSource {
         Ok(model)
     }
 
+    /// The parts the command line gives from outside the model directory.
+    fn parts(&self) -> ExternalParts<'_> {
+        ExternalParts {
+            vision: self.vision.as_deref(),
+            base: self.base.as_deref(),
+        }
+    }
+
     /// The checkpoint's image processor (see [`processor_for`]), padding as the model's
     /// settings say.
     pub fn processor<B: Backend>(&self, model: &OgLlava<B>) -> Result<ImageProcessor, CliError> {
-        processor_for(model, &self.model, self.vision.as_deref(), model_frame(model))
+        processor_for(
+            model,
+            &self.model,
+            self.vision.as_deref(),
+            model_frame(model),
+        )
     }
 }
 
@@ -114,13 +143,23 @@ impl OgPathArgs {
         };
         let (image, rope) = recorded;
         let s = &model.image.selection;
-        said("Φ", format!("{:?}", s.phi), format!("{:?}", image.selection.phi));
+        said(
+            "Φ",
+            format!("{:?}", s.phi),
+            format!("{:?}", image.selection.phi),
+        );
         said(
             "mask order",
             format!("{:?}", s.order),
             format!("{:?}", image.selection.order),
         );
-        let frame = |pad: bool| if pad { "pad to square" } else { "resize + crop" };
+        let frame = |pad: bool| {
+            if pad {
+                "pad to square"
+            } else {
+                "resize + crop"
+            }
+        };
         said(
             "frame",
             frame(model.image.pad_to_square).into(),
@@ -250,8 +289,8 @@ fn preprocess<B: Backend>(
     Ok((image, pixel_values, frame))
 }
 
-/// The image processor of a model directory: its `preprocessor_config.json`, the tower's (LLaVA-1.5
-/// layouts) or the base's (a checkpoint of ours), with LLaVA padding or CLIP's crop.
+/// The image processor of a model directory: the `preprocessor_config.json` its layout points
+/// to ([`Layout::processor_dir`]), with LLaVA padding or CLIP's crop.
 fn processor_for<B: Backend>(
     model: &OgLlava<B>,
     dir: &std::path::Path,
@@ -259,84 +298,22 @@ fn processor_for<B: Backend>(
     frame: FrameKind,
 ) -> Result<ImageProcessor, CliError> {
     let size = model.vision.image_size();
-    let ours = ours_base(dir)?;
-    let dir = match (&ours, vision) {
-        (Some(base), _) => base.processor_dir(),
-        (None, Some(v)) if !dir.join("preprocessor_config.json").is_file() => v,
-        _ => dir,
-    };
     Ok(ImageProcessor::from_hf_dir(
-        dir,
+        Layout::detect(dir)?.processor_dir(dir, vision),
         size,
         size / model.vision.grid(),
         matches!(frame, FrameKind::Llava),
     )?)
 }
 
-/// The base a checkpoint of ours (`og_llava.json`) builds on; `None` for other directories.
-fn ours_base(dir: &std::path::Path) -> Result<Option<og_llava::BaseModel>, CliError> {
-    if !dir.join("og_llava.json").is_file() {
-        return Ok(None);
-    }
-    Ok(Some(og_llava::checkpoint_base(dir)?))
-}
-
 /// Where a model directory's tokenizer lives (its base's, for a checkpoint of ours).
 pub(crate) fn tokenizer_dir(dir: &std::path::Path) -> Result<std::path::PathBuf, CliError> {
-    Ok(match ours_base(dir)? {
-        Some(base) => base.tokenizer_dir().to_path_buf(),
-        None => dir.to_path_buf(),
-    })
+    Ok(Layout::detect(dir)?.tokenizer_dir(dir))
 }
 
-/// A llava-hf directory, an original LLaVA-1.5 one with its vision tower directory, a
-/// released OG-LLaVA one with its base LLM and vision tower directories, or a checkpoint of
-/// ours (`og_llava.json`, as training writes it; adapters merged).
-fn load_model<B: Backend>(
-    dir: &std::path::Path,
-    vision: Option<&std::path::Path>,
-    base: Option<&std::path::Path>,
-    device: &B::Device,
-) -> Result<OgLlava<B>, CliError> {
-    if ours_base(dir)?.is_some() {
-        let mut model = OgLlava::load_checkpoint(dir, None, device)?;
-        model.llm = model.llm.merge_lora();
-        return Ok(model);
-    }
-    let (_, config) = og_weights::read_config(dir)?;
-    if dir.join("non_lora_trainables.bin").is_file() {
-        let (Some(base), Some(vision)) = (base, vision) else {
-            return Err(CliError::Usage(format!(
-                "{} is a released OG-LLaVA checkpoint (adapter + non_lora_trainables.bin): give \
-                 --base DIR (the base Llama) and --vision DIR (the CLIP tower)",
-                dir.display()
-            )));
-        };
-        let mut model = OgLlava::load_og_llava_released(dir, base, vision, None, device)?;
-        model.llm = model.llm.merge_lora();
-        return Ok(model);
-    }
-    let hf = config.get("image_token_index").is_some() || config.get("image_token_id").is_some();
-    match (hf, vision) {
-        (true, _) => Ok(OgLlava::load_llava_hf(dir, None, device)?),
-        (false, Some(v)) => Ok(OgLlava::load_llava_original(dir, v, None, device)?),
-        (false, None) => Err(CliError::Usage(format!(
-            "{} is not a llava-hf checkpoint; for an original LLaVA-1.5 checkpoint give --vision DIR \
-             (the CLIP tower its mm_vision_tower names)",
-            dir.display()
-        ))),
-    }
-}
-
-/// A multimodal model directory: one of ours (`og_llava.json`) or one with a `config.json`.
+/// A multimodal model directory, in a layout [`Layout::detect`] knows.
 pub(crate) fn require_llava_model(model: &std::path::Path) -> Result<(), CliError> {
-    if !model.join("og_llava.json").is_file() && !model.join("config.json").is_file() {
-        return Err(CliError::Usage(format!(
-            "{} holds no model: neither og_llava.json (a checkpoint of ours) nor config.json \
-             (llava-hf, original LLaVA-1.5, released OG-LLaVA)",
-            model.display()
-        )));
-    }
+    Layout::detect(model)?;
     Ok(())
 }
 

@@ -260,7 +260,14 @@ fn a_trained_model_is_asked_as_it_was_trained() {
 
     let ask = |flags: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_og-llava"))
-            .args(["ask", "--max-new-tokens", "4", "--context", "512", "--model"])
+            .args([
+                "ask",
+                "--max-new-tokens",
+                "4",
+                "--context",
+                "512",
+                "--model",
+            ])
             .arg(&model)
             .arg("--image")
             .arg(root.join("images/0.png"))

@@ -9,6 +9,7 @@ mod checkpoint;
 
 pub use checkpoint::{BaseModel, checkpoint_base};
 mod model;
+mod open;
 
 pub use model::{
     ImageInput, ImageSettings, ModelError, ORIGINAL_IMAGE_TOKEN, OgLlava, OgLlavaInput, Prepared,
@@ -17,6 +18,7 @@ pub use og_fusion;
 pub use og_llm;
 pub use og_segment;
 pub use og_vision;
+pub use open::{ExternalParts, Layout, ModelPart};
 
 pub use backend::{
     BackendError, BackendTask, DeviceSpec, MultiDeviceTask, Precision, compiled_backends, dispatch,

@@ -38,6 +38,13 @@ pub enum ModelError {
         path: std::path::PathBuf,
         message: String,
     },
+    /// A layout that keeps parts outside its directory, opened without them.
+    #[error("{}: {layout} needs {} (kept outside it)", dir.display(), crate::open::describe(parts))]
+    MissingParts {
+        dir: std::path::PathBuf,
+        layout: &'static str,
+        parts: Vec<crate::ModelPart>,
+    },
 }
 
 type R<T> = std::result::Result<T, ModelError>;
@@ -140,11 +147,13 @@ impl Default for ImageSettings {
 
 impl ImageSettings {
     /// What the released OG-LLaVA checkpoints were trained with: the paper's Listing 1 Φ
-    /// (raster strips, α = 0.5) on LLaVA-1.5's padded images.
+    /// (raster strips, α = 0.5) over the masks in the order the mask file gives them, on
+    /// LLaVA-1.5's padded images.
     pub fn released() -> Self {
         Self {
             selection: SelectionConfig {
                 phi: og_fusion::Phi::paper(),
+                order: og_fusion::MaskOrder::Given,
                 ..SelectionConfig::default()
             },
             pad_to_square: true,

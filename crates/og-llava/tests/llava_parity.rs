@@ -339,8 +339,15 @@ fn original_llava_layout_matches() {
             }));
         }
         og_weights::save_safetensors(dir.path().join("model.safetensors"), &tensors).unwrap();
-        let model = OgLlava::<B>::load_llava_original(dir.path(), vision_dir.path(), None, &device)
-            .unwrap();
+        assert_eq!(
+            og_llava::Layout::detect(dir.path()).unwrap(),
+            og_llava::Layout::LlavaOriginal
+        );
+        let parts = og_llava::ExternalParts {
+            vision: Some(vision_dir.path()),
+            base: None,
+        };
+        let model = OgLlava::<B>::open(dir.path(), parts, &device).unwrap();
         let input = OgLlavaInput {
             token_ids: prompt.clone(),
             images: vec![og_llava::ImageInput {
@@ -419,7 +426,11 @@ fn own_checkpoint_round_trip() {
     ] {
         assert!(dir.path().join(f).is_file(), "{f}");
     }
-    let back = OgLlava::<B>::load_checkpoint(dir.path(), None, &device).unwrap();
+    assert!(matches!(
+        og_llava::Layout::detect(dir.path()).unwrap(),
+        og_llava::Layout::Ours(og_llava::BaseModel::LlavaHf { .. })
+    ));
+    let back = OgLlava::<B>::open(dir.path(), Default::default(), &device).unwrap();
     assert!(back.segment_rope);
     assert_eq!(back.image, model.image);
     assert_eq!(back.connector.config().delimiter, Delimiter::BeforeMask);
@@ -585,4 +596,64 @@ fn score_and_generate_agree_with_forward() {
     let first = logits.slice([0..1, n - 1..n]).argmax(2).into_scalar();
     assert_eq!(out[0] as i64, first);
     assert!(model.score(&prompt, &[vec![]]).is_err());
+}
+
+/// `OgLlava::open` tells the llava-hf and released OG-LLaVA layouts apart and loads each as its
+/// own loader does (same logits); a released checkpoint opened without its base and tower names
+/// both; a folder with no model says so. (Our layout and the original LLaVA-1.5 one go through
+/// `open` in `own_checkpoint_round_trip` and `original_llava_layout_matches`.)
+#[test]
+fn open_detects_every_layout() {
+    use og_llava::{ExternalParts, Layout, ModelError, ModelPart};
+
+    let device = Default::default();
+    let logits = |m: &OgLlava<B>| {
+        let pv: Tensor<B, 4> = Tensor::ones([1, 3, 30, 30], &device) * 0.2;
+        let input = OgLlavaInput {
+            token_ids: vec![1, 5, m.image_token_id, 7],
+            images: vec![og_llava::ImageInput {
+                pixel_values: pv,
+                selection: None,
+            }],
+        };
+        m.forward(&[input]).unwrap().0
+    };
+    let hf = root().join("vision/llava_tiny");
+    assert_eq!(Layout::detect(&hf).unwrap(), Layout::LlavaHf);
+    let opened = OgLlava::<B>::open(&hf, ExternalParts::default(), &device).unwrap();
+    let direct = OgLlava::<B>::load_llava_hf(&hf, None, &device).unwrap();
+    let d: f32 = (logits(&opened) - logits(&direct))
+        .abs()
+        .max()
+        .into_scalar();
+    assert_eq!(d, 0.0);
+
+    let released = root().join("llava/released");
+    let (base, vision) = (
+        root().join("llava/released_base"),
+        root().join("vision/clip_vision_tiny"),
+    );
+    assert_eq!(Layout::detect(&released).unwrap(), Layout::OgLlavaReleased);
+    let parts = ExternalParts {
+        vision: Some(&vision),
+        base: Some(&base),
+    };
+    let opened = OgLlava::<B>::open(&released, parts, &device).unwrap();
+    assert_eq!(opened.image, og_llava::ImageSettings::released());
+    let direct =
+        OgLlava::<B>::load_og_llava_released(&released, &base, &vision, None, &device).unwrap();
+    let d: f32 = (logits(&opened) - logits(&direct))
+        .abs()
+        .max()
+        .into_scalar();
+    assert_eq!(d, 0.0);
+    match OgLlava::<B>::open(&released, ExternalParts::default(), &device) {
+        Err(ModelError::MissingParts { parts, .. }) => {
+            assert_eq!(parts, vec![ModelPart::BaseLlm, ModelPart::VisionTower])
+        }
+        other => panic!("expected MissingParts, got {:?}", other.map(|_| ())),
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let e = Layout::detect(empty.path()).unwrap_err().to_string();
+    assert!(e.contains("holds no model"), "{e}");
 }
