@@ -296,7 +296,27 @@ pub struct OrchestratorArgs {
     round_timeout: u64,
 }
 
+/// Diagnostics on stderr: our `tracing` events and burn's `log` records, filtered by
+/// `RUST_LOG` (e.g. `RUST_LOG=info`, `RUST_LOG=og_train=debug,burn=info`); warnings and errors
+/// only by default. A malformed `RUST_LOG` is said and the default kept.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("RUST_LOG={spec:?} ignored: {e}");
+            EnvFilter::new("warn")
+        }),
+        _ => EnvFilter::new("warn"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
 fn main() -> ExitCode {
+    init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Tokens(args) => tokens(&args),

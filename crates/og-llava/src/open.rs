@@ -120,6 +120,7 @@ impl<B: Backend> OgLlava<B> {
     pub fn open(dir: impl AsRef<Path>, parts: ExternalParts<'_>, device: &B::Device) -> R<Self> {
         let dir = dir.as_ref();
         let layout = Layout::detect(dir)?;
+        tracing::debug!(dir = %dir.display(), layout = layout.name(), "opening");
         let missing = layout.missing(parts);
         if !missing.is_empty() {
             return Err(ModelError::MissingParts {

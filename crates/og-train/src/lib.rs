@@ -17,14 +17,15 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod hub;
+pub mod metrics;
 pub mod optim;
 pub mod parallel;
+pub mod tensorboard;
 pub mod testing;
 pub mod trainer;
 
 pub use config::{DataConfig, FusionSpec, MissingMasks, PRESETS, Precision, Stage, TrainConfig};
 pub use error::{Result, TrainError};
+pub use metrics::{Metrics, read_metrics, write_loss_svg};
 pub use parallel::{Collective, Nodes, run_orchestrator};
-pub use trainer::{
-    Metrics, RunOptions, RunSummary, latest_checkpoint, read_metrics, train, train_parallel,
-};
+pub use trainer::{RunOptions, RunSummary, latest_checkpoint, train, train_parallel};

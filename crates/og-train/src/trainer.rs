@@ -17,7 +17,6 @@
 //! one that never stopped.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +33,7 @@ use crate::autodiff;
 use crate::config::{Stage, TrainConfig};
 use crate::data::{BadRows, Example, Loader, Preparer, epoch_order, read_rows};
 use crate::error::{Result, TrainError, io};
+use crate::metrics::{Metrics, MetricsLog, write_loss_svg};
 use crate::optim::{
     AdamW, Group, OptimState, ParamMut, StepReport, accumulate, freeze_for, grads_by_name, lr_at,
     state_from_weights, state_to_host, trainables,
@@ -92,31 +92,6 @@ struct TrainState {
 
 fn one() -> usize {
     1
-}
-
-/// One metrics line.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Metrics {
-    pub step: usize,
-    pub epoch: usize,
-    pub loss: f64,
-    pub lr_connector: f64,
-    pub lr_lora: f64,
-    pub grad_norm: f64,
-    pub clip_coef: f64,
-    pub tokens: usize,
-    pub tokens_per_s: f64,
-    pub elapsed_s: f64,
-    /// Where the step's time went: waiting for the loader, forward (vision, connector, LLM,
-    /// loss), backward, optimiser (clip + AdamW).
-    #[serde(default)]
-    pub data_s: f64,
-    #[serde(default)]
-    pub forward_s: f64,
-    #[serde(default)]
-    pub backward_s: f64,
-    #[serde(default)]
-    pub optimizer_s: f64,
 }
 
 /// What one optimiser step produced.
@@ -444,24 +419,16 @@ pub fn train_parallel<B: AutodiffBackend>(
                 path: dir.join("optimizer.safetensors"),
                 message,
             })?;
-        if writer {
-            truncate_metrics(&out.join("metrics.jsonl"), state.step)?;
-        }
         last_good = Some(dir.clone());
         if opts.progress {
             eprintln!("resuming from {} (step {})", dir.display(), state.step);
         }
-    } else if writer {
-        let _ = std::fs::remove_file(out.join("metrics.jsonl"));
     }
     let mut metrics = if writer {
-        Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(out.join("metrics.jsonl"))
-                .map_err(io(out.join("metrics.jsonl")))?,
-        )
+        Some(MetricsLog::open(
+            out,
+            resume_from.is_some().then_some(state.step),
+        )?)
     } else {
         None
     };
@@ -616,8 +583,7 @@ pub fn train_parallel<B: AutodiffBackend>(
                 optimizer_s: times.optimizer,
             };
             if let Some(metrics) = metrics.as_mut() {
-                writeln!(metrics, "{}", serde_json::to_string(&m).expect("json"))
-                    .map_err(io(out.join("metrics.jsonl")))?;
+                metrics.record(&m)?;
             }
             if opts.progress
                 && writer
@@ -1116,6 +1082,7 @@ fn write_checkpoint<B: AutodiffBackend>(
     let dir = root.join(&name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    tracing::info!(step = state.step, dir = %dir.display(), "checkpoint written");
     // Keep the newest `keep_checkpoints`; drop leftovers of interrupted writes.
     let mut done: Vec<PathBuf> = std::fs::read_dir(&root)
         .map_err(io(&root))?
@@ -1140,81 +1107,6 @@ fn write_checkpoint<B: AutodiffBackend>(
     }
     write_loss_svg(&cfg.output_dir)?;
     Ok(dir)
-}
-
-/// Drops metrics lines of steps after `step` (they belong to work lost in the interruption).
-fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: String = text
-        .lines()
-        .filter(|l| serde_json::from_str::<Metrics>(l).is_ok_and(|m| m.step <= step))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    Ok(og_llava::og_segment::write_atomic(path, kept.as_bytes())?)
-}
-
-/// Reads `metrics.jsonl`.
-pub fn read_metrics(out: &Path) -> Result<Vec<Metrics>> {
-    let path = out.join("metrics.jsonl");
-    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
-    text.lines()
-        .enumerate()
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| TrainError::Data {
-                path: path.clone(),
-                message: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect()
-}
-
-/// `loss.svg`: the loss per step as a polyline with min/max labels.
-pub fn write_loss_svg(out: &Path) -> Result<()> {
-    let Ok(m) = read_metrics(out) else {
-        return Ok(());
-    };
-    let pts: Vec<(f64, f64)> = m
-        .iter()
-        .filter(|x| x.loss.is_finite())
-        .map(|x| (x.step as f64, x.loss))
-        .collect();
-    if pts.is_empty() {
-        return Ok(());
-    }
-    let (w, h, pad) = (640.0, 360.0, 40.0);
-    let xmax = pts.iter().map(|p| p.0).fold(1.0, f64::max);
-    let ymin = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min);
-    let ymax = pts.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let yspan = (ymax - ymin).max(1e-9);
-    let line: Vec<String> = pts
-        .iter()
-        .map(|(x, y)| {
-            format!(
-                "{:.1},{:.1}",
-                pad + (x / xmax) * (w - 2.0 * pad),
-                h - pad - (y - ymin) / yspan * (h - 2.0 * pad)
-            )
-        })
-        .collect();
-    let svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <line x1=\"{pad}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"#888\"/>\n\
-         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{b}\" stroke=\"#888\"/>\n\
-         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\"{pts}\"/>\n\
-         <text x=\"{pad}\" y=\"{t}\">loss {ymax:.4}</text>\n\
-         <text x=\"{pad}\" y=\"{bl}\">{ymin:.4}</text>\n\
-         <text x=\"{r}\" y=\"{bl}\" text-anchor=\"end\">step {xmax}</text>\n</svg>\n",
-        b = h - pad,
-        r = w - pad,
-        t = pad - 8.0,
-        bl = h - pad + 16.0,
-        pts = line.join(" ")
-    );
-    let path = out.join("loss.svg");
-    Ok(og_llava::og_segment::write_atomic(&path, svg.as_bytes())?)
 }
 
 #[cfg(test)]

@@ -46,10 +46,25 @@ fn two_stages_resume_exactly_and_train_only_what_they_should() {
     ] {
         assert!(root.join("align").join(f).is_file(), "{f}");
     }
-    assert_eq!(
-        og_train::read_metrics(&root.join("align")).unwrap().len(),
-        9
-    );
+    let metrics = og_train::read_metrics(&root.join("align")).unwrap();
+    assert_eq!(metrics.len(), 9);
+    // The same steps reach TensorBoard: one event file, every scalar of every step.
+    let board: Vec<_> = std::fs::read_dir(root.join("align/tensorboard"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(board.len(), 1, "{board:?}");
+    let scalars = og_train::tensorboard::read_scalars(&board[0]).unwrap();
+    assert_eq!(scalars.len(), 5 * metrics.len());
+    for m in &metrics {
+        for (tag, value) in [("loss", m.loss), ("lr/connector", m.lr_connector)] {
+            let s = scalars
+                .iter()
+                .find(|s| s.step == m.step as u64 && s.tag == tag)
+                .unwrap_or_else(|| panic!("no {tag} at step {}", m.step));
+            assert_eq!(s.value, value as f32);
+        }
+    }
     // Only the connector changed: the LLM and the tower are the base's.
     let base =
         og_llava::OgLlava::<Flex<f32>>::load_llava_hf(root.join("model"), None, &device).unwrap();
