@@ -13,6 +13,7 @@
 //! trains the small models fastest.
 
 mod autodiff;
+mod checkpoint;
 pub mod config;
 pub mod data;
 mod error;
@@ -20,12 +21,14 @@ pub mod hub;
 pub mod metrics;
 pub mod optim;
 pub mod parallel;
+mod setup;
 pub mod tensorboard;
 pub mod testing;
 pub mod trainer;
 
+pub use checkpoint::latest_checkpoint;
 pub use config::{DataConfig, FusionSpec, MissingMasks, PRESETS, Precision, Stage, TrainConfig};
 pub use error::{Result, TrainError};
 pub use metrics::{Metrics, read_metrics, write_loss_svg};
 pub use parallel::{Collective, Nodes, run_orchestrator};
-pub use trainer::{RunOptions, RunSummary, latest_checkpoint, train, train_parallel};
+pub use trainer::{RunOptions, RunSummary, train, train_parallel};

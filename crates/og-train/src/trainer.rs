@@ -18,27 +18,24 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor, TensorData};
-use og_llava::og_llm::ChatTokenizer;
-use og_llava::og_vision::ImageProcessor;
 use og_llava::{ImageInput, OgLlava, OgLlavaInput};
-use og_weights::{SaveTensor, Weights};
 use serde::{Deserialize, Serialize};
 
 use crate::autodiff;
+use crate::checkpoint::write_checkpoint;
 use crate::config::{Stage, TrainConfig};
-use crate::data::{BadRows, Example, Loader, Preparer, epoch_order, read_rows};
-use crate::error::{Result, TrainError, io};
+use crate::data::{BadRows, Example, Loader, epoch_order};
+use crate::error::{Result, TrainError};
 use crate::metrics::{Metrics, MetricsLog, write_loss_svg};
 use crate::optim::{
-    AdamW, Group, OptimState, ParamMut, StepReport, accumulate, freeze_for, grads_by_name, lr_at,
-    state_from_weights, state_to_host, trainables,
+    AdamW, Group, OptimState, ParamMut, StepReport, accumulate, grads_by_name, lr_at, trainables,
 };
 use crate::parallel::{Collective, Contribution};
+use crate::setup;
 
 /// How a run is driven (beyond its configuration).
 #[derive(Debug, Clone, Default)]
@@ -74,20 +71,20 @@ pub struct RunSummary {
 
 /// Resumable position, saved in `state.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct TrainState {
-    step: usize,
-    epoch: usize,
+pub(crate) struct TrainState {
+    pub(crate) step: usize,
+    pub(crate) epoch: usize,
     /// Next position in the epoch's order.
-    position: usize,
-    examples: usize,
-    supervised_tokens: usize,
-    first_loss: Option<f64>,
-    last_loss: Option<f64>,
-    bad_rows: BadRows,
+    pub(crate) position: usize,
+    pub(crate) examples: usize,
+    pub(crate) supervised_tokens: usize,
+    pub(crate) first_loss: Option<f64>,
+    pub(crate) last_loss: Option<f64>,
+    pub(crate) bad_rows: BadRows,
     /// Replicas the run trains on (a step consumes `batch_size · grad_accumulation · world`
     /// examples, so a run resumes only on as many).
     #[serde(default = "one")]
-    world: usize,
+    pub(crate) world: usize,
 }
 
 fn one() -> usize {
@@ -123,29 +120,6 @@ struct StepTimes {
     optimizer: f64,
 }
 
-fn checkpoints_dir(out: &Path) -> PathBuf {
-    out.join("checkpoints")
-}
-
-/// The newest complete checkpoint (`step-N` holding `state.json`); temporary directories
-/// of an interrupted write are ignored.
-pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-    let mut best: Option<(usize, PathBuf)> = None;
-    for e in std::fs::read_dir(checkpoints_dir(out)).ok()?.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        let Some(n) = name
-            .strip_prefix("step-")
-            .and_then(|n| n.parse::<usize>().ok())
-        else {
-            continue;
-        };
-        if e.path().join("state.json").is_file() && best.as_ref().is_none_or(|b| n > b.0) {
-            best = Some((n, e.path()));
-        }
-    }
-    best.map(|b| b.1)
-}
-
 /// Counts the positions `loss_sum` supervises (its rule: a flagged non-image token that is not
 /// the first of its sequence).
 fn supervised(ex: &Example, image_token: u32) -> usize {
@@ -173,7 +147,10 @@ pub fn train<B: AutodiffBackend>(
 }
 
 /// Every trainable parameter of `stage`: name and element count.
-fn param_sizes<B: Backend>(model: &mut OgLlava<B>, stage: Stage) -> Vec<(String, usize)> {
+pub(crate) fn param_sizes<B: Backend>(
+    model: &mut OgLlava<B>,
+    stage: Stage,
+) -> Vec<(String, usize)> {
     trainables(model, stage)
         .iter()
         .map(|t| {
@@ -184,29 +161,6 @@ fn param_sizes<B: Backend>(model: &mut OgLlava<B>, stage: Stage) -> Vec<(String,
             (t.name.clone(), numel)
         })
         .collect()
-}
-
-/// Takes `out/.lock`: one run writes an output directory at a time. The lock is the operating
-/// system's (released when the file closes, however the process ends), so a killed run never
-/// leaves a stale one.
-fn lock_output(out: &Path) -> Result<std::fs::File> {
-    let path = out.join(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io(&path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::Invalid(format!(
-            "another run is writing to {} (it holds {}); wait for it to end or choose another \
-             output_dir",
-            out.display(),
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
-    }
 }
 
 /// Trains according to `cfg` data-parallel on `devices` (one replica each; see
@@ -229,201 +183,28 @@ pub fn train_parallel<B: AutodiffBackend>(
     let writer = collective.writes_files();
     let started = Instant::now();
     let out = &cfg.output_dir;
-    std::fs::create_dir_all(checkpoints_dir(out)).map_err(io(out))?;
-    let _lock = if writer {
-        Some(lock_output(out)?)
-    } else {
-        None
-    };
-    let config_path = out.join("config.json");
-    let config_json = serde_json::to_string_pretty(cfg).expect("config serialises");
-    let resume_from = if opts.resume {
-        let latest = latest_checkpoint(out);
-        if latest.is_none() && writer {
-            eprintln!(
-                "--resume: {} holds no checkpoint yet; starting from step 0",
-                out.display()
-            );
-        }
-        latest
-    } else {
-        None
-    };
-    if resume_from.is_some() {
-        let saved =
-            og_fs::read_text(&config_path, og_fs::MAX_CONFIG_BYTES).map_err(io(&config_path))?;
-        let saved: TrainConfig = serde_json::from_str(&saved).map_err(|e| TrainError::Config {
-            path: config_path.clone(),
-            message: e.to_string(),
-        })?;
-        if serde_json::to_value(&saved).ok() != serde_json::to_value(cfg).ok() {
-            return Err(TrainError::Config {
-                path: config_path,
-                message: "the configuration differs from the run being resumed".into(),
-            });
-        }
-    } else {
-        if latest_checkpoint(out).is_some() && !opts.resume {
-            return Err(TrainError::Invalid(format!(
-                "{} already holds checkpoints: pass --resume to continue, or choose a new \
-                 output_dir",
-                out.display()
-            )));
-        }
-        if writer {
-            og_llava::og_segment::write_atomic(&config_path, config_json.as_bytes())?;
-        }
-    }
-
-    // The model.
-    let mut model: OgLlava<B> = match &cfg.init_from {
-        Some(dir) => OgLlava::load_checkpoint(dir, Some(&cfg.base), device)?,
-        None => cfg.base.load(Some(cfg.fusion.to_config()), device)?,
-    };
-    model.segment_rope = cfg.segment_rope;
-    model.image = og_llava::ImageSettings {
-        selection: cfg.data.selection.clone(),
-        pad_to_square: cfg.data.pad_to_square,
-    };
-    if let (Stage::Sft, Some(lora)) = (cfg.stage, &cfg.lora)
-        && !model.llm.has_lora()
-    {
-        model.llm = model.llm.with_lora(lora)?;
-    }
-    let mut model = freeze_for(model, cfg.stage);
-    // Fresh parameters (LoRA A, a new delimiter) draw their values now, from the run's seed,
-    // whatever the number of devices.
-    {
-        let _seeded = backend_rng();
-        B::seed(device, cfg.seed);
-        model.initialise();
-    }
-
-    // The data.
-    let tokenizer = ChatTokenizer::from_dir(cfg.base.tokenizer_dir())?;
+    let (_lock, resume_from) = setup::prepare_output(cfg, opts, writer)?;
+    let mut model = setup::build_model::<B>(cfg, device)?;
     let mut bad = BadRows::default();
-    let rows = read_rows(&cfg.data.json, cfg.data.fail_on_bad_rows, &mut bad)?;
-    if !cfg.data.images.is_dir() && rows.iter().any(|r| !r.images.is_empty()) {
-        return Err(TrainError::Data {
-            path: cfg.data.images.clone(),
-            message: "the image folder (data.images) does not exist".into(),
-        });
-    }
-    let rows =
-        crate::data::check_images(rows, &cfg.data.images, cfg.data.fail_on_bad_rows, &mut bad)
-            .map_err(|message| TrainError::Data {
-                path: cfg.data.json.clone(),
-                message,
-            })?;
-    if rows.is_empty() {
-        return Err(TrainError::Data {
-            path: cfg.data.json.clone(),
-            message: "no usable rows".into(),
-        });
-    }
-    if let Some(dir) = cfg.data.masks.as_ref().filter(|d| !d.is_dir()) {
-        return Err(TrainError::Data {
-            path: dir.clone(),
-            message: "the mask folder (data.masks) does not exist".into(),
-        });
-    }
-    let size = model.vision.image_size();
-    let grid = model.vision.grid();
-    let processor = ImageProcessor::from_hf_dir(
-        cfg.base.processor_dir(),
-        size,
-        size / grid,
-        cfg.data.pad_to_square,
-    )
-    .map_err(og_llava::ModelError::from)?;
-    let n_rows = rows.len();
-    let preparer = Arc::new(Preparer {
-        rows,
-        images: cfg.data.images.clone(),
-        masks: cfg.data.masks.clone(),
-        missing_masks: cfg.data.missing_masks,
-        processor,
-        tokenizer,
-        fusion: model.connector.config().clone(),
-        selection: cfg.data.selection.clone(),
-        windows: cfg.data.windows,
-        felzenszwalb: cfg.data.felzenszwalb,
-        image_token_id: model.image_token_id,
-        grid,
-        model_max_length: cfg.model_max_length,
-    });
+    let preparer = setup::build_preparer(cfg, &model, &mut bad)?;
+    let n_rows = preparer.rows.len();
     let per_step = cfg.batch_size * cfg.grad_accumulation * world;
     let total_steps = cfg
         .max_steps
         .unwrap_or(cfg.epochs * n_rows.div_ceil(per_step));
 
     // Where to start.
-    let opt = AdamW {
-        beta1: cfg.adam_betas.0,
-        beta2: cfg.adam_betas.1,
-        eps: cfg.adam_eps,
-        weight_decay: cfg.weight_decay,
+    let (mut state, optim, mut last_good) = match &resume_from {
+        Some(dir) => {
+            let sizes = (world, total_steps, n_rows);
+            let (state, optim) = setup::resume_state(dir, cfg, &mut model, sizes, device)?;
+            if opts.progress {
+                eprintln!("resuming from {} (step {})", dir.display(), state.step);
+            }
+            (state, optim, Some(dir.clone()))
+        }
+        None => (TrainState::new(bad, world), OptimState::default(), None),
     };
-    let mut state = TrainState {
-        step: 0,
-        epoch: 0,
-        position: 0,
-        examples: 0,
-        supervised_tokens: 0,
-        first_loss: None,
-        last_loss: None,
-        bad_rows: bad,
-        world,
-    };
-    let mut optim: OptimState<B::InnerBackend> = OptimState::default();
-    let mut last_good: Option<PathBuf> = None;
-    if let Some(dir) = &resume_from {
-        let path = dir.join("state.json");
-        let text = og_fs::read_text(&path, og_fs::MAX_CONFIG_BYTES).map_err(io(&path))?;
-        state = serde_json::from_str(&text).map_err(|e| TrainError::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-        if state.world != world {
-            return Err(TrainError::Config {
-                path,
-                message: format!(
-                    "the run trained on {} replica(s); resume it on as many (got {world})",
-                    state.world
-                ),
-            });
-        }
-        if state.step > total_steps || state.position > n_rows {
-            return Err(TrainError::Config {
-                path,
-                message: format!(
-                    "step {} at row {}: beyond this run's {total_steps} steps of {n_rows} rows",
-                    state.step, state.position
-                ),
-            });
-        }
-        load_trainables(
-            &mut model,
-            cfg.stage,
-            &dir.join("trainable.safetensors"),
-            device,
-        )?;
-        optim = state_from_weights(
-            &Weights::open(dir.join("optimizer.safetensors"))?,
-            state.step,
-            device,
-        )?;
-        optim
-            .check(&param_sizes(&mut model, cfg.stage))
-            .map_err(|message| TrainError::Config {
-                path: dir.join("optimizer.safetensors"),
-                message,
-            })?;
-        last_good = Some(dir.clone());
-        if opts.progress {
-            eprintln!("resuming from {} (step {})", dir.display(), state.step);
-        }
-    }
     let mut metrics = if writer {
         Some(MetricsLog::open(
             out,
@@ -453,20 +234,24 @@ pub fn train_parallel<B: AutodiffBackend>(
     } else {
         None
     };
-    let params = param_sizes(&mut replicas[0].model, cfg.stage);
     let plan = StepPlan {
         cfg,
         total_steps,
         collective,
         local_devices: devices.len(),
         world,
-        params,
+        params: param_sizes(&mut replicas[0].model, cfg.stage),
         host_dropout: opts.host_dropout,
+    };
+    let opt = AdamW {
+        beta1: cfg.adam_betas.0,
+        beta2: cfg.adam_betas.1,
+        eps: cfg.adam_eps,
+        weight_decay: cfg.weight_decay,
     };
 
     let run_start_step = state.step;
-    let mut window_tokens = 0usize;
-    let mut window_start = Instant::now();
+    let mut window = Window::new();
     // Without max_steps the run ends after `epochs` passes even if rows that turn out bad
     // only when decoded made the step estimate too high.
     'epochs: while state.step < total_steps && (cfg.max_steps.is_some() || state.epoch < cfg.epochs)
@@ -483,38 +268,11 @@ pub fn train_parallel<B: AutodiffBackend>(
         );
         let mut loader = Loader::new(preparer.clone(), order, state.position, cfg.data.workers);
         loop {
-            // Gather the examples of one optimiser step.
-            let mut step_examples: Vec<Example> = Vec::with_capacity(per_step);
             let waited = Instant::now();
-            while step_examples.len() < per_step {
-                match loader.next() {
-                    None => break,
-                    Some(Ok(ex)) => step_examples.push(ex),
-                    Some(Err((id, reason))) => {
-                        if cfg.data.fail_on_bad_rows {
-                            return Err(TrainError::Data {
-                                path: cfg.data.json.clone(),
-                                message: format!("row {id}: {reason}"),
-                            });
-                        }
-                        // Each bad row is counted once, in the first epoch.
-                        if state.epoch == 0 {
-                            state.bad_rows.add(&id, &reason);
-                        }
-                    }
-                }
-            }
+            let step_examples = gather_step(&mut loader, per_step, cfg, &mut state)?;
             if step_examples.is_empty() {
                 if whole_epoch && state.step == steps_before {
-                    return Err(TrainError::Data {
-                        path: cfg.data.json.clone(),
-                        message: format!(
-                            "epoch {} gave no training step: every row was bad or had nothing \
-                             to supervise (bad rows: {})",
-                            state.epoch + 1,
-                            state.bad_rows.summary()
-                        ),
-                    });
+                    return Err(no_step_in_epoch(cfg, &state));
                 }
                 state.epoch += 1;
                 state.position = 0;
@@ -534,81 +292,33 @@ pub fn train_parallel<B: AutodiffBackend>(
                     state.step,
                 )?,
             };
-            let Some(StepOutcome {
-                loss,
-                grad_norm,
-                clip_coef,
-                tokens,
-                times,
-            }) = report
-            else {
+            let Some(outcome) = report else {
                 // Nothing supervised in this step's examples: move on without stepping.
                 state.position = position;
                 continue;
             };
-            if !loss.is_finite() {
+            if !outcome.loss.is_finite() {
                 return Err(TrainError::NonFinite {
                     step: state.step + 1,
-                    loss,
+                    loss: outcome.loss,
                     last_good,
                 });
             }
-            state.step += 1;
-            state.position = position;
-            state.examples += step_count;
-            state.supervised_tokens += tokens;
-            state.first_loss.get_or_insert(loss);
-            state.last_loss = Some(loss);
-            window_tokens += tokens;
-            let elapsed = started.elapsed().as_secs_f64();
-            let m = Metrics {
-                step: state.step,
-                epoch: state.epoch,
-                loss,
-                lr_connector: lr_at(
-                    cfg.lr_connector,
-                    state.step - 1,
-                    total_steps,
-                    cfg.warmup_ratio,
-                ),
-                lr_lora: lr_at(cfg.lr_lora, state.step - 1, total_steps, cfg.warmup_ratio),
-                grad_norm,
-                clip_coef,
-                tokens,
-                tokens_per_s: window_tokens as f64 / window_start.elapsed().as_secs_f64().max(1e-9),
-                elapsed_s: elapsed,
-                data_s,
-                forward_s: times.forward,
-                backward_s: times.backward,
-                optimizer_s: times.optimizer,
-            };
+            state.advance(&outcome, position, step_count);
+            window.tokens += outcome.tokens;
+            let m = step_metrics(&plan, &state, &outcome, &window, started, data_s);
             if let Some(metrics) = metrics.as_mut() {
                 metrics.record(&m)?;
             }
-            if opts.progress
-                && writer
-                && (state.step.is_multiple_of(cfg.log_every) || state.step == total_steps)
-            {
-                let done = state.step - run_start_step;
-                let eta = elapsed / done.max(1) as f64 * (total_steps - state.step) as f64;
+            let last = state.step == total_steps;
+            if opts.progress && writer && (state.step.is_multiple_of(cfg.log_every) || last) {
                 eprintln!(
-                    "step {}/{} [{:>3.0}%] loss {:.4} lr {:.2e}/{:.2e} |g| {:.3} {:.0} tok/s ETA {}",
-                    state.step,
-                    total_steps,
-                    100.0 * state.step as f64 / total_steps as f64,
-                    loss,
-                    m.lr_connector,
-                    m.lr_lora,
-                    grad_norm,
-                    m.tokens_per_s,
-                    fmt_duration(eta)
+                    "{}",
+                    progress_line(&m, total_steps, state.step - run_start_step)
                 );
-                window_tokens = 0;
-                window_start = Instant::now();
+                window = Window::new();
             }
-            if writer
-                && (state.step.is_multiple_of(cfg.checkpoint_every) || state.step == total_steps)
-            {
+            if writer && (state.step.is_multiple_of(cfg.checkpoint_every) || last) {
                 let r = &mut replicas[0];
                 last_good = Some(write_checkpoint(&mut r.model, cfg, &r.optim, &state)?);
             }
@@ -637,6 +347,139 @@ pub fn train_parallel<B: AutodiffBackend>(
         );
     }
     Ok(summary(&state, total_steps, started, out))
+}
+
+impl TrainState {
+    fn new(bad_rows: BadRows, world: usize) -> Self {
+        Self {
+            step: 0,
+            epoch: 0,
+            position: 0,
+            examples: 0,
+            supervised_tokens: 0,
+            first_loss: None,
+            last_loss: None,
+            bad_rows,
+            world,
+        }
+    }
+
+    /// One optimiser step taken: `step_count` examples consumed, the epoch's order read up to
+    /// `position`.
+    fn advance(&mut self, outcome: &StepOutcome, position: usize, step_count: usize) {
+        self.step += 1;
+        self.position = position;
+        self.examples += step_count;
+        self.supervised_tokens += outcome.tokens;
+        self.first_loss.get_or_insert(outcome.loss);
+        self.last_loss = Some(outcome.loss);
+    }
+}
+
+/// Supervised tokens since the last progress line, for its tokens/s.
+struct Window {
+    tokens: usize,
+    start: Instant,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            tokens: 0,
+            start: Instant::now(),
+        }
+    }
+}
+
+/// The examples of one optimiser step (fewer at the end of the epoch, none after it). A bad
+/// row stops the run under `fail_on_bad_rows`; otherwise it is counted, once (first epoch).
+fn gather_step(
+    loader: &mut Loader,
+    per_step: usize,
+    cfg: &TrainConfig,
+    state: &mut TrainState,
+) -> Result<Vec<Example>> {
+    let mut examples = Vec::with_capacity(per_step);
+    while examples.len() < per_step {
+        match loader.next() {
+            None => break,
+            Some(Ok(ex)) => examples.push(ex),
+            Some(Err((id, reason))) => {
+                if cfg.data.fail_on_bad_rows {
+                    return Err(TrainError::Data {
+                        path: cfg.data.json.clone(),
+                        message: format!("row {id}: {reason}"),
+                    });
+                }
+                if state.epoch == 0 {
+                    state.bad_rows.add(&id, &reason);
+                }
+            }
+        }
+    }
+    Ok(examples)
+}
+
+fn no_step_in_epoch(cfg: &TrainConfig, state: &TrainState) -> TrainError {
+    TrainError::Data {
+        path: cfg.data.json.clone(),
+        message: format!(
+            "epoch {} gave no training step: every row was bad or had nothing to supervise \
+             (bad rows: {})",
+            state.epoch + 1,
+            state.bad_rows.summary()
+        ),
+    }
+}
+
+/// The metrics line of the step `state` just took.
+fn step_metrics(
+    plan: &StepPlan<'_>,
+    state: &TrainState,
+    outcome: &StepOutcome,
+    window: &Window,
+    started: Instant,
+    data_s: f64,
+) -> Metrics {
+    let (cfg, step) = (plan.cfg, state.step);
+    Metrics {
+        step,
+        epoch: state.epoch,
+        loss: outcome.loss,
+        lr_connector: lr_at(
+            cfg.lr_connector,
+            step - 1,
+            plan.total_steps,
+            cfg.warmup_ratio,
+        ),
+        lr_lora: lr_at(cfg.lr_lora, step - 1, plan.total_steps, cfg.warmup_ratio),
+        grad_norm: outcome.grad_norm,
+        clip_coef: outcome.clip_coef,
+        tokens: outcome.tokens,
+        tokens_per_s: window.tokens as f64 / window.start.elapsed().as_secs_f64().max(1e-9),
+        elapsed_s: started.elapsed().as_secs_f64(),
+        data_s,
+        forward_s: outcome.times.forward,
+        backward_s: outcome.times.backward,
+        optimizer_s: outcome.times.optimizer,
+    }
+}
+
+/// The progress line of step `m.step`; `done` steps taken by this process so far set the ETA.
+fn progress_line(m: &Metrics, total_steps: usize, done: usize) -> String {
+    let eta = m.elapsed_s / done.max(1) as f64 * (total_steps - m.step) as f64;
+    format!(
+        "step {}/{} [{:>3.0}%] loss {:.4} lr {:.2e}/{:.2e} |g| {:.3} {:.0} tok/s ETA {}",
+        m.step,
+        total_steps,
+        100.0 * m.step as f64 / total_steps as f64,
+        m.loss,
+        m.lr_connector,
+        m.lr_lora,
+        m.grad_norm,
+        m.tokens_per_s,
+        fmt_duration(eta)
+    )
 }
 
 fn summary(state: &TrainState, total_steps: usize, started: Instant, out: &Path) -> RunSummary {
@@ -737,7 +580,7 @@ impl StepPlan<'_> {
 /// Holds the backend's process-wide RNG while a run seeds it and, at the start of a run,
 /// draws its fresh parameters: another run in the same process (a test, a sweep) cannot
 /// reseed it in between.
-fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
+pub(crate) fn backend_rng() -> std::sync::MutexGuard<'static, ()> {
     static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
     RNG.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -1022,106 +865,5 @@ fn run_step_parallel<B: AutodiffBackend>(
         _ => Err(TrainError::Collective(format!(
             "{peer_failed} replica(s) on other nodes failed in this step"
         ))),
-    }
-}
-
-/// Every trainable tensor by name (burn layout), for checkpoints.
-fn trainables_to_host<B: Backend>(model: &mut OgLlava<B>, stage: Stage) -> Vec<SaveTensor> {
-    trainables(model, stage)
-        .into_iter()
-        .map(|t| match t.param {
-            ParamMut::D1(p) => SaveTensor::from_tensor(t.name, p.val()),
-            ParamMut::D2(p) => SaveTensor::from_tensor(t.name, p.val()),
-        })
-        .collect()
-}
-
-fn load_trainables<B: AutodiffBackend>(
-    model: &mut OgLlava<B>,
-    stage: Stage,
-    path: &Path,
-    device: &B::Device,
-) -> Result<()> {
-    let w = Weights::open(path)?;
-    for t in trainables(model, stage) {
-        match t.param {
-            ParamMut::D1(p) => {
-                let dims = p.val().dims();
-                let v: Tensor<B, 1> = w.tensor(&t.name, dims, device)?;
-                *p = p.clone().map(|_| v.require_grad());
-            }
-            ParamMut::D2(p) => {
-                let dims = p.val().dims();
-                let v: Tensor<B, 2> = w.tensor(&t.name, dims, device)?;
-                *p = p.clone().map(|_| v.require_grad());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes `checkpoints/step-N` atomically and prunes old ones; returns its path.
-fn write_checkpoint<B: AutodiffBackend>(
-    model: &mut OgLlava<B>,
-    cfg: &TrainConfig,
-    optim: &OptimState<B::InnerBackend>,
-    state: &TrainState,
-) -> Result<PathBuf> {
-    let root = checkpoints_dir(&cfg.output_dir);
-    let name = format!("step-{:08}", state.step);
-    let tmp = root.join(format!(".tmp-{name}"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    og_weights::save_safetensors(
-        tmp.join("trainable.safetensors"),
-        &trainables_to_host(model, cfg.stage),
-    )?;
-    og_weights::save_safetensors(tmp.join("optimizer.safetensors"), &state_to_host(optim))?;
-    let text = serde_json::to_string_pretty(state).expect("json");
-    std::fs::write(tmp.join("state.json"), text).map_err(io(tmp.join("state.json")))?;
-    let dir = root.join(&name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
-    tracing::info!(step = state.step, dir = %dir.display(), "checkpoint written");
-    // Keep the newest `keep_checkpoints`; drop leftovers of interrupted writes.
-    let mut done: Vec<PathBuf> = std::fs::read_dir(&root)
-        .map_err(io(&root))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("step-"))
-        })
-        .collect();
-    done.sort();
-    for old in done
-        .iter()
-        .take(done.len().saturating_sub(cfg.keep_checkpoints))
-    {
-        let _ = std::fs::remove_dir_all(old);
-    }
-    for e in std::fs::read_dir(&root).map_err(io(&root))?.flatten() {
-        if e.file_name().to_string_lossy().starts_with(".tmp-") {
-            let _ = std::fs::remove_dir_all(e.path());
-        }
-    }
-    write_loss_svg(&cfg.output_dir)?;
-    Ok(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A second writer of one output directory is refused while the first holds it, and the
-    /// directory is free again once the first lets go.
-    #[test]
-    fn one_run_writes_an_output_directory_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = lock_output(dir.path()).unwrap();
-        let e = lock_output(dir.path()).unwrap_err();
-        assert!(e.to_string().contains("another run is writing"), "{e}");
-        drop(first);
-        lock_output(dir.path()).unwrap();
     }
 }
