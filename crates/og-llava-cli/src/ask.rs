@@ -210,8 +210,8 @@ pub struct AskArgs {
     /// Print preprocess, ViT, Φ+connector, prefill and per-token decode times.
     #[arg(long)]
     timings: bool,
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
     /// The dtype the model computes in: f32, bf16 (cuda, flex) or auto (bf16 on GPUs with
     /// bf16 matmul units).
     #[arg(long, default_value = "f32")]
@@ -424,7 +424,7 @@ pub fn ask(args: &AskArgs) -> Result<(), CliError> {
     require_inputs(&args.source.model, &args.image)?;
     let tokenizer = ChatTokenizer::from_dir(tokenizer_dir(&args.source.model)?)?;
     og_llava::dispatch(
-        crate::device_spec(args.device.as_deref())?,
+        args.device.spec(crate::Work::Inference)?,
         Ask { args, tokenizer },
     )?
 }
@@ -459,8 +459,8 @@ pub struct InspectLlavaArgs {
     frame: FrameKind,
     #[arg(long)]
     out: PathBuf,
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
 }
 
 struct Inspect<'a> {
@@ -532,7 +532,7 @@ pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
         None => None,
     };
     og_llava::dispatch(
-        crate::device_spec(args.device.as_deref())?,
+        args.device.spec(crate::Work::Inference)?,
         Inspect { args, tokenizer },
     )?
 }

@@ -63,8 +63,8 @@ pub struct EvalArgs {
     /// Generation budget per answer (default: the benchmark's).
     #[arg(long)]
     max_new_tokens: Option<usize>,
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
     #[arg(long, default_value = "f32")]
     precision: og_llava::Precision,
 }
@@ -241,7 +241,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         }
     }
     og_llava::dispatch(
-        crate::device_spec(args.device.as_deref())?,
+        args.device.spec(crate::Work::Inference)?,
         Eval {
             args,
             tokenizer,

@@ -37,7 +37,7 @@ impl BackendTask for Inspect<'_> {
 
 pub fn inspect(args: &InspectLlmArgs) -> Result<(), CliError> {
     crate::require_model_dir(&args.model)?;
-    og_llava::dispatch(crate::device_spec(args.device.as_deref())?, Inspect(args))?
+    og_llava::dispatch(args.device.spec(crate::Work::Inference)?, Inspect(args))?
 }
 
 /// Stop tokens: the config's EOS ids, the tokenizer's EOS and Llama-3's `<|eot_id|>`.
@@ -125,7 +125,7 @@ pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     crate::require_model_dir(&args.model)?;
     let tokenizer = ChatTokenizer::from_dir(&args.model)?;
     og_llava::dispatch(
-        crate::device_spec(args.device.as_deref())?,
+        args.device.spec(crate::Work::Inference)?,
         Generate { args, tokenizer },
     )?
 }

@@ -63,9 +63,8 @@ enum Command {
     Nano(nano::NanoArgs),
     /// Run the connector at paper size on a backend: proves the backend works, times it.
     DeviceCheck {
-        /// ndarray | flex | wgpu[:N] | cuda[:N] (default: the measured-fastest CPU backend)
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        device: DeviceArgs,
         /// LLM width D (3072: Llama-3.2-3B, 4096: Llama-3.1-8B)
         #[arg(long, default_value_t = 3072)]
         text_hidden: usize,
@@ -101,8 +100,8 @@ struct InspectLlmArgs {
     /// A PEFT LoRA adapter directory to apply.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -127,8 +126,8 @@ struct GenerateArgs {
     /// A PEFT LoRA adapter directory to apply.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// The dtype the model computes in: f32, bf16 (cuda, flex) or auto (bf16 on GPUs with
     /// bf16 matmul units).
     #[arg(long, default_value = "f32")]
@@ -154,9 +153,8 @@ struct InspectVisionArgs {
     /// Pad to square with the mean colour first (LLaVA-1.5's expand2square).
     #[arg(long)]
     pad: bool,
-    /// ndarray | flex | wgpu[:N] | cuda[:N]
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -335,7 +333,7 @@ fn main() -> ExitCode {
             device,
             text_hidden,
             iterations,
-        } => device_check(device.as_deref(), text_hidden, iterations),
+        } => device_check(&device, text_hidden, iterations),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -388,12 +386,34 @@ pub(crate) fn save_logits<B: burn::tensor::backend::Backend>(
     Ok(())
 }
 
-/// `--device`, or the measured default.
-pub(crate) fn device_spec(device: Option<&str>) -> Result<DeviceSpec, CliError> {
-    Ok(match device {
-        Some(s) => s.parse::<DeviceSpec>()?,
-        None => DeviceSpec::default(),
-    })
+/// The device a command runs on: `--device ndarray | flex | wgpu[:N] | cuda[:N]`.
+///
+/// Without it, the default follows the work ([`Work`]): training (`train`, `nano`) runs on
+/// NdArray, which trains the small models these commands usually see faster than Flex on the
+/// CPU (docs/backends.md); everything else runs on the measured-fastest CPU backend for
+/// inference, [`og_llava::backend::DEFAULT_DEVICE`] (Flex), or the first backend compiled in.
+#[derive(clap::Args, Clone, Default)]
+pub(crate) struct DeviceArgs {
+    /// ndarray | flex | wgpu[:N] | cuda[:N] (default: ndarray for training, flex otherwise).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// What a command does with its device, which sets the default one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Work {
+    Training,
+    Inference,
+}
+
+impl DeviceArgs {
+    pub(crate) fn spec(&self, work: Work) -> Result<DeviceSpec, CliError> {
+        Ok(match (&self.device, work) {
+            (Some(s), _) => s.parse::<DeviceSpec>()?,
+            (None, Work::Training) if cfg!(feature = "ndarray") => DeviceSpec::NdArray,
+            (None, _) => DeviceSpec::default(),
+        })
+    }
 }
 
 /// A `save_pretrained` directory must hold `config.json`.
@@ -513,7 +533,7 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
 }
 
 fn device_check(
-    device: Option<&str>,
+    device: &DeviceArgs,
     text_hidden: usize,
     iterations: usize,
 ) -> Result<(), CliError> {
@@ -523,7 +543,7 @@ fn device_check(
             "--text-hidden must be in 1..=65536 (got {text_hidden}) and --iterations at least 1"
         )));
     }
-    let spec = device_spec(device)?;
+    let spec = device.spec(Work::Inference)?;
     eprintln!(
         "compiled backends: {}; running on {spec}",
         og_llava::compiled_backends().join(", ")
@@ -604,7 +624,7 @@ fn inspect_vision(args: &InspectVisionArgs) -> Result<(), CliError> {
     )?;
     let image = og_vision::load_rgb(&args.image)?;
     og_llava::dispatch(
-        device_spec(args.device.as_deref())?,
+        args.device.spec(Work::Inference)?,
         InspectVision {
             args,
             image,

@@ -53,10 +53,8 @@ pub struct NanoArgs {
     /// Train and evaluate only these arms (comma-separated names, e.g. `llava,blind`).
     #[arg(long, value_delimiter = ',')]
     arms: Vec<String>,
-    /// ndarray | flex | wgpu[:N] | cuda[:N] (default ndarray: on the CPU it trains these small
-    /// models faster than Flex, whose broadcasting element-wise ops take a strided slow path).
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
     /// Run exactly one seed into --out itself (what each process of a multi-seed run does).
     #[arg(long, hide = true)]
     single: bool,
@@ -120,7 +118,7 @@ fn run_one(
         arms.retain(|a| args.arms.contains(&a.name));
     }
     og_llava::dispatch(
-        crate::device_spec(Some(args.device.as_deref().unwrap_or("ndarray")))?,
+        args.device.spec(crate::Work::Training)?,
         Nano {
             cfg,
             arms,
@@ -176,7 +174,7 @@ fn run_many(args: &NanoArgs, seeds: &[u64], jobs: usize) -> Result<(), CliError>
                         if !args.arms.is_empty() {
                             cmd.args(["--arms", &args.arms.join(",")]);
                         }
-                        if let Some(d) = &args.device {
+                        if let Some(d) = &args.device.device {
                             cmd.args(["--device", d]);
                         }
                         cmd.status()

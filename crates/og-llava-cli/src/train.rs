@@ -23,12 +23,8 @@ pub struct TrainArgs {
     /// Continue from the newest complete checkpoint in the output directory.
     #[arg(long)]
     resume: bool,
-    /// ndarray | flex | wgpu[:N] | cuda[:N] (default ndarray: on the CPU it trains these small
-    /// models faster than Flex, whose broadcasting element-wise ops take a strided slow path —
-    /// measured 99 s vs 163 s for the nano experiment, 108 vs 149 ms per step in
-    /// `cargo xtask compare-train`).
-    #[arg(long)]
-    device: Option<String>,
+    #[command(flatten)]
+    device: crate::DeviceArgs,
     /// Data-parallel replicas: a count (that many devices of `--device`'s kind: `cuda` → cuda:0,
     /// cuda:1, …; on the CPU backends each replica gets its own threads) or a list
     /// (`cuda:0,cuda:2`). `batch_size` is per replica; gradients are summed with burn's
@@ -122,7 +118,7 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
             "give --config FILE and/or --preset NAME (see `og-llava train --help`)".into(),
         ));
     }
-    let base = crate::device_spec(Some(args.device.as_deref().unwrap_or("ndarray")))?;
+    let base = args.device.spec(crate::Work::Training)?;
     let devices = DeviceSpec::parse_many(&args.devices, base)?;
     let collective = collective(args)?;
     let cfg = TrainConfig::resolve(
