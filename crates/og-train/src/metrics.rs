@@ -45,8 +45,8 @@ pub(crate) struct MetricsLog {
 impl MetricsLog {
     /// Opens `out/metrics.jsonl` and a new event file in `out/tensorboard/`. A fresh run
     /// (`resumed_at` None) starts both from nothing; a resumed one drops the lines of steps
-    /// after its checkpoint (work lost in the interruption). TensorBoard drops those steps of
-    /// the earlier event file itself when the new file steps back.
+    /// after its checkpoint (work lost in the interruption); its new event file starts with a
+    /// restart mark, so TensorBoard drops those steps of the earlier files.
     pub(crate) fn open(out: &Path, resumed_at: Option<usize>) -> Result<Self> {
         let path = out.join("metrics.jsonl");
         let board = out.join("tensorboard");
@@ -62,7 +62,12 @@ impl MetricsLog {
             .append(true)
             .open(&path)
             .map_err(io(&path))?;
-        let events = EventWriter::create(&board).map_err(io(&board))?;
+        let mut events = EventWriter::create(&board).map_err(io(&board))?;
+        if let Some(step) = resumed_at {
+            events
+                .session_start(step as u64 + 1)
+                .map_err(io(events.path()))?;
+        }
         Ok(Self {
             path,
             jsonl,

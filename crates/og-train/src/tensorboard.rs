@@ -4,8 +4,9 @@
 //! A file `events.out.tfevents.<unix seconds>.<host>.<pid>` is a TFRecord stream: per record a
 //! little-endian u64 length, its masked CRC-32C, the bytes, their masked CRC-32C. Each record
 //! is an `Event` protocol buffer (`tensorflow/core/util/event.proto`): the first carries
-//! `file_version = "brain.Event:2"` (which lets TensorBoard drop the steps a resumed run
-//! recomputes), the others a `Summary` of `simple_value` scalars. The encoder is written here
+//! `file_version = "brain.Event:2"`, a resumed run's next a `SessionLog` START at its first
+//! step (TensorBoard then drops the steps the run recomputes from earlier files), the others
+//! a `Summary` of `simple_value` scalars. The encoder is written here
 //! from those definitions (a few fields, no protobuf dependency); [`read_scalars`] decodes
 //! what it writes.
 
@@ -72,10 +73,7 @@ impl EventWriter {
     /// One event at `step` holding every `(tag, value)` of `scalars`; written through (a
     /// reader sees it at once).
     pub fn scalars(&mut self, step: u64, scalars: &[(&str, f64)]) -> std::io::Result<()> {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs_f64();
+        let wall = wall_time();
         let mut summary = Vec::new();
         for (tag, value) in scalars {
             let mut v = Vec::new();
@@ -93,6 +91,21 @@ impl EventWriter {
         self.file.flush()
     }
 
+    /// Marks a restart at `step` (a `SessionLog` START event): TensorBoard then drops what
+    /// earlier files hold at `step` and after, the steps a resumed run recomputes.
+    pub fn session_start(&mut self, step: u64) -> std::io::Result<()> {
+        let mut log = Vec::new();
+        put_varint(&mut log, 1 << 3);
+        put_varint(&mut log, 1); // SessionLog.START
+        let mut event = Vec::new();
+        put_double(&mut event, 1, wall_time());
+        put_varint(&mut event, 2 << 3);
+        put_varint(&mut event, step);
+        put_bytes(&mut event, 7, &log);
+        self.record(&event)?;
+        self.file.flush()
+    }
+
     fn record(&mut self, data: &[u8]) -> std::io::Result<()> {
         let len = (data.len() as u64).to_le_bytes();
         self.file.write_all(&len)?;
@@ -100,6 +113,13 @@ impl EventWriter {
         self.file.write_all(data)?;
         self.file.write_all(&masked_crc(data).to_le_bytes())
     }
+}
+
+fn wall_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 /// One scalar read back from an event file.
@@ -312,6 +332,7 @@ mod tests {
         let mut w = EventWriter::create(dir.path()).unwrap();
         w.scalars(1, &[("train/loss", 2.5), ("train/lr/lora", 1e-4)])
             .unwrap();
+        w.session_start(300).unwrap();
         w.scalars(300, &[("train/loss", -0.125)]).unwrap();
         let path = w.path().to_path_buf();
         drop(w);
@@ -332,6 +353,6 @@ mod tests {
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let e = read_scalars(&path).unwrap_err();
-        assert!(e.contains("record 2") && e.contains("checksum"), "{e}");
+        assert!(e.contains("record 3") && e.contains("checksum"), "{e}");
     }
 }
