@@ -7,17 +7,21 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
-use og_eval::{Benchmark, Evaluator, Item, MaskMode, Results};
+use og_eval::{Benchmark, Results};
 use og_llava::og_fusion::{Delimiter, SelectionConfig, Windows};
-use og_llava::og_llm::{ChatTokenizer, LlamaConfig, LoraConfig, Message};
+use og_llava::og_llm::{ChatTokenizer, LoraConfig};
 use og_llava::og_vision::ImageProcessor;
 use og_llava::og_vision::clip::ClipVisionConfig;
 use og_llava::{BaseModel, OgLlava};
 use og_train::{DataConfig, FusionSpec, RunOptions, Stage, TrainConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::pretrain::{PretrainConfig, PretrainReport, pretrain_clip, pretrain_llm, save_vision};
-use crate::world::{WorldConfig, WorldSummary, generate};
+pub use crate::base::{Base, prepare_base};
+use crate::evaluate::{
+    BLANK, EvalSets, chance_levels, evaluate_arm, read_eval, write_blank_images,
+};
+use crate::pretrain::{PretrainConfig, PretrainReport};
+use crate::world::{WorldConfig, WorldSummary};
 
 /// Failures of the experiment, naming the step.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +30,9 @@ pub enum ExperimentError {
     Step { step: &'static str, message: String },
 }
 
-fn step_err<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> ExperimentError {
+pub(crate) fn step_err<E: std::fmt::Display>(
+    step: &'static str,
+) -> impl FnOnce(E) -> ExperimentError {
     move |e| ExperimentError::Step {
         step,
         message: e.to_string(),
@@ -350,186 +356,13 @@ pub struct ExperimentReport {
     pub seconds: f64,
 }
 
-fn say(progress: bool, msg: &str) {
+pub(crate) fn say(progress: bool, msg: &str) {
     if progress {
         eprintln!("== {msg}");
     }
 }
 
-/// Steps 1–4, shared by every arm: the world, the tokenizer, the frozen tiny CLIP and the
-/// pre-trained tiny Llama. Reused from `out` when `base.json` there records the same
-/// configuration.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Base {
-    pub config: ExperimentConfig,
-    pub world: WorldSummary,
-    pub vocab_size: usize,
-    pub clip: PretrainReport,
-    pub lm: PretrainReport,
-}
-
-/// What steps 1–4 depend on (stage budgets and evaluation options do not matter to them).
-fn base_key(cfg: &ExperimentConfig) -> serde_json::Value {
-    serde_json::json!({
-        "world": cfg.world, "vision": cfg.vision, "llm_hidden": cfg.llm_hidden,
-        "llm_layers": cfg.llm_layers, "clip": cfg.clip, "lm": cfg.lm, "seed": cfg.seed,
-    })
-}
-
-/// Builds (or reuses) the [`Base`] in `out`.
-pub fn prepare_base<B: AutodiffBackend>(
-    cfg: &ExperimentConfig,
-    out: &Path,
-    device: &B::Device,
-    progress: bool,
-) -> Result<Base, ExperimentError> {
-    let marker = out.join("base.json");
-    if let Ok(text) = std::fs::read_to_string(&marker)
-        && let Ok(base) = serde_json::from_str::<Base>(&text)
-        && base_key(&base.config) == base_key(cfg)
-        && out.join("clip/model.safetensors").is_file()
-        && out.join("llm/model.safetensors").is_file()
-        && out.join("world/scenes.jsonl").is_file()
-        && out.join("world/eval/tasks.jsonl").is_file()
-    {
-        say(
-            progress,
-            "steps 1-4 reused (world, tokenizer, tiny CLIP, tiny Llama)",
-        );
-        return Ok(base);
-    }
-    let world_dir = out.join("world");
-    say(progress, "1/6 world");
-    let world = generate(&cfg.world, &world_dir).map_err(step_err("world"))?;
-
-    say(progress, "2/6 tokenizer");
-    let text =
-        std::fs::read_to_string(world_dir.join("text.txt")).map_err(step_err("tokenizer"))?;
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    // The evaluation texts' words (questions, options, the generation prompts), so no
-    // evaluation prompt holds an unknown word (only the vocabulary is learned from them).
-    for it in read_eval(&world_dir)? {
-        let order: Vec<usize> = (0..it.options.len()).collect();
-        lines.push(og_eval::protocol::paper_prompt(&it, &order));
-        lines.push(it.question.clone());
-        lines.extend(it.options.iter().cloned());
-    }
-    let llm_dir = out.join("llm");
-    let vocab =
-        crate::tokenizer::train_tokenizer(&lines, &llm_dir).map_err(step_err("tokenizer"))?;
-    let tok = ChatTokenizer::from_dir(&llm_dir).map_err(step_err("tokenizer"))?;
-    let (bos, eos) = (tok.bos_id(), tok.eos_id());
-    let wrap = |ids: Vec<u32>| -> Vec<u32> { bos.into_iter().chain(ids).chain(eos).collect() };
-
-    say(progress, "3/6 tiny CLIP (contrastive pre-training)");
-    let llm_cfg = LlamaConfig {
-        vocab_size: vocab,
-        hidden_size: cfg.llm_hidden,
-        intermediate_size: cfg.llm_hidden * 8 / 3,
-        num_hidden_layers: cfg.llm_layers,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: cfg.llm_hidden / 4,
-        tie_word_embeddings: true,
-        bos_token_id: bos,
-        eos_token_ids: eos.into_iter().collect(),
-        max_position_embeddings: 1024,
-        ..LlamaConfig::tiny()
-    };
-    let processor = ImageProcessor::from_hf_dir(
-        out.join("none"),
-        cfg.vision.image_size,
-        cfg.vision.patch_size,
-        false,
-    )
-    .map_err(step_err("clip"))?;
-    let captions_text =
-        std::fs::read_to_string(world_dir.join("captions.jsonl")).map_err(step_err("clip"))?;
-    let mut pixels = Vec::new();
-    let mut captions = Vec::new();
-    for line in captions_text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).map_err(step_err("clip"))?;
-        let (Some(img), Some(cap)) = (v["image"].as_str(), v["caption"].as_str()) else {
-            continue;
-        };
-        let image = og_llava::og_vision::load_rgb(world_dir.join("images").join(img))
-            .map_err(step_err("clip"))?;
-        let (data, _) = processor.pixel_data(&image).map_err(step_err("clip"))?;
-        pixels.push(
-            data.to_vec::<f32>()
-                .map_err(|e| step_err("clip")(format!("{e:?}")))?,
-        );
-        captions.push(wrap(tok.encode(cap, false).map_err(step_err("clip"))?));
-    }
-    let text_tower = LlamaConfig {
-        num_hidden_layers: 1,
-        ..llm_cfg.clone()
-    };
-    let (clip, clip_report) = pretrain_clip::<B>(
-        &pixels,
-        &captions,
-        &cfg.vision,
-        &text_tower,
-        cfg.vision.hidden_size,
-        &cfg.clip,
-        device,
-    )
-    .map_err(step_err("clip"))?;
-    save_vision(&clip, &cfg.vision, &out.join("clip")).map_err(step_err("clip"))?;
-    drop(clip);
-
-    say(progress, "4/6 tiny Llama (language-model pre-training)");
-    let mut sequences: Vec<Vec<u32>> = Vec::new();
-    for l in text.lines() {
-        sequences.push(wrap(tok.encode(l, false).map_err(step_err("llm"))?));
-    }
-    // The chat layout too (text-only turns), so stage 2 starts from a model that knows it.
-    let sft: Vec<serde_json::Value> = serde_json::from_str(
-        &std::fs::read_to_string(world_dir.join("sft.json")).map_err(step_err("llm"))?,
-    )
-    .map_err(step_err("llm"))?;
-    for row in &sft {
-        let msgs: Vec<Message> = row["conversations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                let role = if t["from"] == "human" {
-                    "user"
-                } else {
-                    "assistant"
-                };
-                Message::new(
-                    role,
-                    t["value"].as_str().unwrap_or("").replace("<image>\n", ""),
-                )
-            })
-            .collect();
-        let rendered = tok.render(&msgs, false).map_err(step_err("llm"))?;
-        sequences.push(tok.encode(&rendered, false).map_err(step_err("llm"))?);
-    }
-    let (llm, lm_report) =
-        pretrain_llm::<B>(&sequences, &llm_cfg, &cfg.lm, device).map_err(step_err("llm"))?;
-    llm.save_pretrained(&llm_dir, &llm_cfg)
-        .map_err(step_err("llm"))?;
-    let base = Base {
-        config: cfg.clone(),
-        world,
-        vocab_size: vocab,
-        clip: clip_report,
-        lm: lm_report,
-    };
-    og_segment::write_atomic(
-        &marker,
-        serde_json::to_string_pretty(&base)
-            .expect("json")
-            .as_bytes(),
-    )
-    .map_err(step_err("report"))?;
-    Ok(base)
-}
-
-fn mask_dir(world: &Path, source: MaskSource) -> Option<PathBuf> {
+pub(crate) fn mask_dir(world: &Path, source: MaskSource) -> Option<PathBuf> {
     match source {
         MaskSource::None => None,
         MaskSource::GroundTruth => Some(world.join("masks")),
@@ -579,27 +412,7 @@ pub fn run<B: AutodiffBackend>(
         false,
     )
     .map_err(step_err("evaluation"))?;
-    say(
-        progress,
-        "probe: linear classifiers on the frozen patch features",
-    );
-    let probe =
-        crate::probe::probe::<B::InnerBackend>(&world_dir, &clip_dir, &eval_processor, device)
-            .map_err(step_err("probe"))?;
-    let probed: Vec<String> = probe
-        .iter()
-        .map(|(k, p)| {
-            format!(
-                "{k} {:.1} (chance {:.1})",
-                100.0 * p.test_accuracy,
-                100.0 * p.chance
-            )
-        })
-        .collect();
-    say(
-        progress,
-        &format!("probe, test accuracy %: {}", probed.join(", ")),
-    );
+    let probe = run_probe::<B>(&world_dir, &clip_dir, &eval_processor, device, progress)?;
     let mut stages = Vec::new();
     let mut evaluations = Vec::new();
     for (n, arm) in arms.iter().enumerate() {
@@ -612,96 +425,13 @@ pub fn run<B: AutodiffBackend>(
                 arm.name
             ),
         );
-        let slug = arm.slug();
-        let masks = mask_dir(&world_dir, arm.masks);
-        let mut prev: Option<PathBuf> = None;
-        for (stage, json, epochs, lr) in [
-            (Stage::Align, "align.json", cfg.align_epochs, cfg.lr_align),
-            (Stage::Sft, "sft.json", cfg.sft_epochs, cfg.lr_sft),
-        ] {
-            let name = match stage {
-                Stage::Align => "align",
-                Stage::Sft => "sft",
-            };
-            let run_dir = out.join("runs").join(format!("{slug}-{name}"));
-            let _ = std::fs::remove_dir_all(&run_dir);
-            let tc = TrainConfig {
-                stage,
-                base: base.clone(),
-                init_from: prev.clone(),
-                fusion: arm.fusion.clone(),
-                segment_rope: arm.segment_rope,
-                lora: (stage == Stage::Sft).then(|| LoraConfig {
-                    r: cfg.lora_r,
-                    alpha: 2.0 * cfg.lora_r as f64,
-                    dropout: 0.05,
-                    target_modules: og_llava::og_llm::LORA_TARGETS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect(),
-                }),
-                data: DataConfig {
-                    json: world_dir.join(json),
-                    images: if arm.blind {
-                        world_dir.join(BLANK).join("images")
-                    } else {
-                        world_dir.join("images")
-                    },
-                    masks: masks.clone(),
-                    missing_masks: og_train::MissingMasks::BadRow,
-                    selection: arm.selection.clone(),
-                    windows: arm.windows,
-                    felzenszwalb: None,
-                    pad_to_square: false,
-                    fail_on_bad_rows: true,
-                    workers: 1,
-                    group_by_length: false,
-                },
-                output_dir: run_dir.clone(),
-                model_max_length: 512,
-                epochs,
-                max_steps: None,
-                batch_size: cfg.batch_size,
-                grad_accumulation: 1,
-                lr_connector: lr,
-                lr_lora: lr,
-                warmup_ratio: if stage == Stage::Align { 0.03 } else { 0.06 },
-                weight_decay: 0.0,
-                adam_betas: (0.9, 0.999),
-                adam_eps: 1e-8,
-                max_grad_norm: Some(0.3),
-                seed: cfg.seed,
-                checkpoint_every: 1_000_000,
-                keep_checkpoints: 1,
-                log_every: 50,
-                precision: og_train::Precision::F32,
-            };
-            let s = og_train::train::<B>(
-                &tc,
-                device,
-                &RunOptions {
-                    progress,
-                    ..Default::default()
-                },
-            )
-            .map_err(step_err("training"))?;
-            stages.push(StageResult {
-                arm: arm.name.clone(),
-                stage: name.to_string(),
-                first_loss: s.first_loss,
-                last_loss: s.last_loss,
-                steps: s.steps,
-                seconds: s.seconds,
-            });
-            prev = Some(run_dir.join("final"));
-        }
+        let trained = train_arm::<B>(cfg, arm, &base, out, device, progress, &mut stages)?;
         say(
             progress,
             &format!("6/6 [{}/{}] {}: evaluation", n + 1, arms.len(), arm.name),
         );
         let mut model: OgLlava<B::InnerBackend> =
-            OgLlava::load_checkpoint(prev.expect("two stages ran"), None, device)
-                .map_err(step_err("evaluation"))?;
+            OgLlava::load_checkpoint(trained, None, device).map_err(step_err("evaluation"))?;
         model.llm = model.llm.merge_lora();
         let sets = EvalSets {
             world: &world_dir,
@@ -762,162 +492,141 @@ pub fn run<B: AutodiffBackend>(
     Ok(report)
 }
 
-/// Where the blind arm's grey images live, mirroring the world's image folders.
-const BLANK: &str = "blank";
-
-/// A uniform grey copy of every image of the world (`blank/images/…`, `blank/eval/mmvp/…`),
-/// written once.
-fn write_blank_images(world: &Path) -> Result<(), String> {
-    for dir in ["images/train", "images/eval", "eval/mmvp"] {
-        let (from, to) = (world.join(dir), world.join(BLANK).join(dir));
-        std::fs::create_dir_all(&to).map_err(|e| format!("{}: {e}", to.display()))?;
-        let entries = std::fs::read_dir(&from).map_err(|e| format!("{}: {e}", from.display()))?;
-        for e in entries.flatten() {
-            let path = e.path();
-            let target = to.join(e.file_name());
-            if path.extension().and_then(|x| x.to_str()) != Some("png") || target.is_file() {
-                continue;
-            }
-            let (w, h) =
-                image::image_dimensions(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128]))
-                .save(&target)
-                .map_err(|e| format!("{}: {e}", target.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// The items with their images swapped for the grey copies.
-fn blind_items(items: &[Item], world: &Path) -> Vec<Item> {
-    items
-        .iter()
-        .cloned()
-        .map(|mut item| {
-            if let og_eval::ImageSource::File(p) = &item.image
-                && let Ok(rel) = p.strip_prefix(world)
-            {
-                item.image = og_eval::ImageSource::File(world.join(BLANK).join(rel));
-            }
-            item
-        })
-        .collect()
-}
-
-/// Chance accuracy per result key: the mean of 1 / options over its items.
-fn chance_levels(items: &[Item]) -> std::collections::BTreeMap<String, f64> {
-    let mut sums: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
-    for item in items {
-        let e = sums.entry(og_eval::score::result_key(item)).or_default();
-        e.0 += 1.0 / item.options.len().max(1) as f64;
-        e.1 += 1;
-    }
-    sums.into_iter()
-        .map(|(k, (s, n))| (k, s / n as f64))
-        .collect()
-}
-
-/// What one arm is evaluated on.
-struct EvalSets<'a> {
-    world: &'a Path,
-    benchmarks: &'a [Item],
-    tasks: &'a [Item],
-    fit: &'a [Item],
-}
-
-/// One arm in one inference mode: the benchmark-format sets by likelihood; in the arm's own
-/// mode also the task sets (likelihood, and greedy generation when `generation`) and the fit
-/// set.
-#[allow(clippy::too_many_arguments)]
-fn evaluate_arm<B: burn::tensor::backend::Backend>(
-    model: &OgLlava<B>,
-    tok: &ChatTokenizer,
+/// The linear probe of the frozen tiny CLIP, said as it is measured.
+fn run_probe<B: AutodiffBackend>(
+    world_dir: &Path,
+    clip_dir: &Path,
     processor: &ImageProcessor,
-    arm: &ArmSpec,
-    sets: &EvalSets<'_>,
-    with_masks: bool,
-    own_mode: bool,
-    generation: bool,
     device: &B::Device,
-) -> Result<ArmResult, og_eval::EvalError> {
-    // Masks at inference: the arm's own kind (ground truth for the baseline).
-    let source = match arm.masks {
-        MaskSource::None => MaskSource::GroundTruth,
-        m => m,
-    };
-    let evaluator = |masks: Option<PathBuf>| Evaluator {
-        model,
-        tokenizer: tok,
-        processor,
-        selection: arm.selection.clone(),
-        masks: match (with_masks, arm.windows, masks) {
-            (false, _, _) => MaskMode::None,
-            (true, Some(w), _) => MaskMode::Windows(w),
-            (true, None, Some(dir)) => MaskMode::Folder(dir),
-            (true, None, None) => MaskMode::None,
-        },
-        stop_ids: tok.eos_id().into_iter().collect(),
-        device: device.clone(),
-    };
-    let see = |items: &[Item]| -> Vec<Item> {
-        if arm.blind {
-            blind_items(items, sets.world)
-        } else {
-            items.to_vec()
-        }
-    };
-    let mut results = Results::default();
-    for (items, masks) in eval_sets(sets.world, sets.benchmarks, source) {
-        results.extend(evaluator(masks).evaluate(&see(&items), |_, _| {})?);
-    }
-    let (mut tasks, mut fit) = (None, None);
-    if own_mode {
-        let ev = evaluator(mask_dir(sets.world, source));
-        let items = see(sets.tasks);
-        let mut t = ev.evaluate(&items, |_, _| {})?;
-        if generation {
-            t.extend(ev.evaluate_generation(&items, og_eval::Protocol::Paper)?);
-        }
-        tasks = Some(t);
-        fit = Some(ev.evaluate(&see(sets.fit), |_, _| {})?);
-    }
-    Ok(ArmResult {
-        arm: arm.name.clone(),
-        masks_at_inference: with_masks,
-        results,
-        tasks,
-        fit,
-    })
-}
-
-/// Every evaluation item of a world (ARO files and MMVP).
-fn read_eval(world: &Path) -> Result<Vec<Item>, ExperimentError> {
-    let images = world.join("images");
-    let mut v = Vec::new();
-    for (bench, file) in [
-        (Benchmark::AroVgr, "eval/vg_relation.json"),
-        (Benchmark::AroVga, "eval/vg_attribution.json"),
-        (Benchmark::AroCocoOrder, "eval/coco_order.json"),
-        (Benchmark::Mmvp, "eval/mmvp"),
-    ] {
-        v.extend(
-            og_eval::read_benchmark(bench, &world.join(file), Some(&images))
-                .map_err(step_err("evaluation"))?,
-        );
-    }
-    Ok(v)
-}
-
-/// Items grouped by where their masks live (MMVP has ground-truth masks only).
-fn eval_sets(world: &Path, items: &[Item], masks: MaskSource) -> Vec<(Vec<Item>, Option<PathBuf>)> {
-    let (mmvp, aro): (Vec<Item>, Vec<Item>) = items
+    progress: bool,
+) -> Result<std::collections::BTreeMap<String, crate::probe::ProbeResult>, ExperimentError> {
+    say(
+        progress,
+        "probe: linear classifiers on the frozen patch features",
+    );
+    let probe = crate::probe::probe::<B::InnerBackend>(world_dir, clip_dir, processor, device)
+        .map_err(step_err("probe"))?;
+    let probed: Vec<String> = probe
         .iter()
-        .cloned()
-        .partition(|i| i.bench == Benchmark::Mmvp);
-    vec![
-        (aro, mask_dir(world, masks)),
-        (mmvp, Some(world.join("eval/mmvp"))),
-    ]
+        .map(|(k, p)| {
+            format!(
+                "{k} {:.1} (chance {:.1})",
+                100.0 * p.test_accuracy,
+                100.0 * p.chance
+            )
+        })
+        .collect();
+    say(
+        progress,
+        &format!("probe, test accuracy %: {}", probed.join(", ")),
+    );
+    Ok(probe)
+}
+
+/// Trains `arm`'s two stages (alignment, then LoRA SFT from its result), recording each in
+/// `stages`; returns the trained model's folder.
+fn train_arm<B: AutodiffBackend>(
+    cfg: &ExperimentConfig,
+    arm: &ArmSpec,
+    base: &BaseModel,
+    out: &Path,
+    device: &B::Device,
+    progress: bool,
+    stages: &mut Vec<StageResult>,
+) -> Result<PathBuf, ExperimentError> {
+    let mut prev: Option<PathBuf> = None;
+    for stage in [Stage::Align, Stage::Sft] {
+        let name = match stage {
+            Stage::Align => "align",
+            Stage::Sft => "sft",
+        };
+        let run_dir = out.join("runs").join(format!("{}-{name}", arm.slug()));
+        let _ = std::fs::remove_dir_all(&run_dir);
+        let tc = stage_config(cfg, arm, base, &out.join("world"), stage, prev, &run_dir);
+        let options = RunOptions {
+            progress,
+            ..Default::default()
+        };
+        let s = og_train::train::<B>(&tc, device, &options).map_err(step_err("training"))?;
+        stages.push(StageResult {
+            arm: arm.name.clone(),
+            stage: name.to_string(),
+            first_loss: s.first_loss,
+            last_loss: s.last_loss,
+            steps: s.steps,
+            seconds: s.seconds,
+        });
+        prev = Some(run_dir.join("final"));
+    }
+    Ok(prev.expect("two stages ran"))
+}
+
+/// The training configuration of one stage of `arm`: the experiment's budgets and rates, the
+/// arm's connector, masks and selection; `init_from` the previous stage's model.
+fn stage_config(
+    cfg: &ExperimentConfig,
+    arm: &ArmSpec,
+    base: &BaseModel,
+    world_dir: &Path,
+    stage: Stage,
+    init_from: Option<PathBuf>,
+    run_dir: &Path,
+) -> TrainConfig {
+    let (json, epochs, lr) = match stage {
+        Stage::Align => ("align.json", cfg.align_epochs, cfg.lr_align),
+        Stage::Sft => ("sft.json", cfg.sft_epochs, cfg.lr_sft),
+    };
+    TrainConfig {
+        stage,
+        base: base.clone(),
+        init_from,
+        fusion: arm.fusion.clone(),
+        segment_rope: arm.segment_rope,
+        lora: (stage == Stage::Sft).then(|| LoraConfig {
+            r: cfg.lora_r,
+            alpha: 2.0 * cfg.lora_r as f64,
+            dropout: 0.05,
+            target_modules: og_llava::og_llm::LORA_TARGETS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }),
+        data: DataConfig {
+            json: world_dir.join(json),
+            images: if arm.blind {
+                world_dir.join(BLANK).join("images")
+            } else {
+                world_dir.join("images")
+            },
+            masks: mask_dir(world_dir, arm.masks),
+            missing_masks: og_train::MissingMasks::BadRow,
+            selection: arm.selection.clone(),
+            windows: arm.windows,
+            felzenszwalb: None,
+            pad_to_square: false,
+            fail_on_bad_rows: true,
+            workers: 1,
+            group_by_length: false,
+        },
+        output_dir: run_dir.to_path_buf(),
+        model_max_length: 512,
+        epochs,
+        max_steps: None,
+        batch_size: cfg.batch_size,
+        grad_accumulation: 1,
+        lr_connector: lr,
+        lr_lora: lr,
+        warmup_ratio: if stage == Stage::Align { 0.03 } else { 0.06 },
+        weight_decay: 0.0,
+        adam_betas: (0.9, 0.999),
+        adam_eps: 1e-8,
+        max_grad_norm: Some(0.3),
+        seed: cfg.seed,
+        checkpoint_every: 1_000_000,
+        keep_checkpoints: 1,
+        log_every: 50,
+        precision: og_train::Precision::F32,
+    }
 }
 
 /// Columns of the results table: (benchmark, split, header).

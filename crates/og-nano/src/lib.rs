@@ -12,6 +12,8 @@
 //!
 //! Everything is deterministic by seed (SplitMix64 throughout).
 
+mod base;
+mod evaluate;
 pub mod experiment;
 pub mod pretrain;
 pub mod probe;
