@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::module::Param;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use og_weights::{SaveTensor, Weights};
+use og_weights::{ParamMut, SaveTensor, Weights};
 
 use crate::connector::OgFusion;
 use crate::error::FusionError;
@@ -104,6 +104,36 @@ impl<B: Backend> OgFusion<B> {
         Ok(this)
     }
 
+    /// The connector's name table: every parameter under its llava-hf name (the names
+    /// [`OgFusion::save_safetensors`] writes), in a fixed order — MLP weights, MLP biases,
+    /// delimiter, learned PE. Training, its checkpoints and its optimiser state go by it.
+    pub fn named_params_mut(&mut self) -> Vec<(String, ParamMut<'_, B>)> {
+        let p = "multi_modal_projector";
+        let mut v = vec![
+            (
+                format!("{p}.linear_1.weight"),
+                ParamMut::D2(&mut self.linear_1.weight),
+            ),
+            (
+                format!("{p}.linear_2.weight"),
+                ParamMut::D2(&mut self.linear_2.weight),
+            ),
+        ];
+        if let Some(b) = self.linear_1.bias.as_mut() {
+            v.push((format!("{p}.linear_1.bias"), ParamMut::D1(b)));
+        }
+        if let Some(b) = self.linear_2.bias.as_mut() {
+            v.push((format!("{p}.linear_2.bias"), ParamMut::D1(b)));
+        }
+        if let Some(d) = self.delimiter.as_mut() {
+            v.push((DELIMITER[0].to_string(), ParamMut::D1(d)));
+        }
+        if let Some(t) = self.segment_embedding.as_mut() {
+            v.push((SEGMENT_EMBEDDING[0].to_string(), ParamMut::D2(t)));
+        }
+        v
+    }
+
     /// Saves the connector in llava-hf naming (`multi_modal_projector.linear_1.weight` as
     /// `[out, in]` f32, …), atomically.
     pub fn save_safetensors(&self, path: impl AsRef<Path>) -> R<()> {
@@ -115,16 +145,10 @@ impl<B: Backend> OgFusion<B> {
             tensors.extend(SaveTensor::linear(prefix, lin));
         }
         if let Some(t) = &self.delimiter {
-            tensors.push(SaveTensor::from_tensor(
-                "multi_modal_projector.delimiter",
-                t.val(),
-            ));
+            tensors.push(SaveTensor::from_tensor(DELIMITER[0], t.val()));
         }
         if let Some(t) = &self.segment_embedding {
-            tensors.push(SaveTensor::from_tensor(
-                "multi_modal_projector.segment_embedding",
-                t.val(),
-            ));
+            tensors.push(SaveTensor::from_tensor(SEGMENT_EMBEDDING[0], t.val()));
         }
         Ok(og_weights::save_safetensors(path, &tensors)?)
     }
@@ -275,5 +299,31 @@ mod tests {
         );
         std::fs::write(&p2, b"garbage").unwrap();
         assert!(cfg.init::<B>(&device).load_safetensors(&p2).is_err());
+    }
+
+    /// The name table and the file agree: `save_safetensors` writes exactly the names
+    /// `named_params_mut` gives training, for every optional part present.
+    #[test]
+    fn the_name_table_is_what_is_saved() {
+        let device = Default::default();
+        let mut m = OgFusionConfig::new(4, 6)
+            .with_delimiter(Delimiter::BeforeMask)
+            .with_positional(crate::PositionalEncoding::Learned1d { max_segments: 3 })
+            .init::<B>(&device);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.safetensors");
+        m.save_safetensors(&p).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let mut saved: Vec<String> = SafeTensors::deserialize(&bytes)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        saved.sort();
+        let mut table: Vec<String> = m.named_params_mut().into_iter().map(|(n, _)| n).collect();
+        table.sort();
+        assert_eq!(saved, table);
+        assert_eq!(table.len(), 6);
     }
 }

@@ -13,7 +13,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use og_weights::{SaveTensor, Weights};
+use og_weights::{ParamMut, SaveTensor, Weights};
 use serde_json::{Value, json};
 
 use crate::error::{LlmError, Result};
@@ -443,6 +443,26 @@ impl<B: Backend> LlamaForCausalLM<B> {
         Ok(model)
     }
 
+    /// The adapters' name table: every LoRA A and B under its PEFT name
+    /// (`base_model.model.{projection}.lora_A.weight`, the names [`Self::save_peft_adapter`]
+    /// writes), layer by layer. Ours are stored transposed (`[in, r]`, `[r, out]`).
+    pub fn lora_params_mut(&mut self) -> Vec<(String, ParamMut<'_, B>)> {
+        let mut v = Vec::new();
+        for (name, proj) in self.projections() {
+            if let Some(l) = proj.lora.as_mut() {
+                v.push((
+                    format!("base_model.model.{name}.lora_A.weight"),
+                    ParamMut::D2(&mut l.lora_a),
+                ));
+                v.push((
+                    format!("base_model.model.{name}.lora_B.weight"),
+                    ParamMut::D2(&mut l.lora_b),
+                ));
+            }
+        }
+        v
+    }
+
     /// Writes the adapters as a PEFT adapter directory (created if needed).
     pub fn save_peft_adapter(
         &mut self,
@@ -455,19 +475,14 @@ impl<B: Backend> LlamaForCausalLM<B> {
             path: dir.to_path_buf(),
             source,
         })?;
-        let mut tensors = Vec::new();
-        for (name, proj) in self.projections() {
-            if let Some(l) = &proj.lora {
-                tensors.push(SaveTensor::from_tensor(
-                    format!("base_model.model.{name}.lora_A.weight"),
-                    l.lora_a.val().transpose(),
-                ));
-                tensors.push(SaveTensor::from_tensor(
-                    format!("base_model.model.{name}.lora_B.weight"),
-                    l.lora_b.val().transpose(),
-                ));
-            }
-        }
+        let tensors: Vec<SaveTensor> = self
+            .lora_params_mut()
+            .into_iter()
+            .filter_map(|(name, p)| match p {
+                ParamMut::D2(p) => Some(SaveTensor::from_tensor(name, p.val().transpose())),
+                ParamMut::D1(_) => None,
+            })
+            .collect();
         if tensors.is_empty() {
             return Err(LlmError::Config(
                 "the model has no LoRA adapters to save".into(),

@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::Param;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{DType, ElementConversion, Tensor, TensorData};
 use og_llava::OgLlava;
@@ -22,11 +21,7 @@ pub enum Group {
     Lora,
 }
 
-/// A trainable parameter of rank 1 or 2.
-pub enum ParamMut<'a, B: Backend> {
-    D1(&'a mut Param<Tensor<B, 1>>),
-    D2(&'a mut Param<Tensor<B, 2>>),
-}
+pub use og_weights::ParamMut;
 
 /// A trainable parameter, its name and its group.
 pub struct Trainable<'a, B: Backend> {
@@ -39,63 +34,28 @@ pub struct Trainable<'a, B: Backend> {
 /// learned PE) in both stages, plus every LoRA A and B in SFT. The vision tower and every base
 /// weight of the LLM are frozen by [`freeze_for`] and never listed.
 pub fn trainables<B: Backend>(model: &mut OgLlava<B>, stage: Stage) -> Vec<Trainable<'_, B>> {
-    let c = &mut model.connector;
-    let p = "multi_modal_projector";
-    let mut v = vec![
-        Trainable {
-            name: format!("{p}.linear_1.weight"),
+    let mut v: Vec<Trainable<'_, B>> = model
+        .connector
+        .named_params_mut()
+        .into_iter()
+        .map(|(name, param)| Trainable {
+            name,
             group: Group::Connector,
-            param: ParamMut::D2(&mut c.linear_1.weight),
-        },
-        Trainable {
-            name: format!("{p}.linear_2.weight"),
-            group: Group::Connector,
-            param: ParamMut::D2(&mut c.linear_2.weight),
-        },
-    ];
-    if let Some(b) = c.linear_1.bias.as_mut() {
-        v.push(Trainable {
-            name: format!("{p}.linear_1.bias"),
-            group: Group::Connector,
-            param: ParamMut::D1(b),
-        });
-    }
-    if let Some(b) = c.linear_2.bias.as_mut() {
-        v.push(Trainable {
-            name: format!("{p}.linear_2.bias"),
-            group: Group::Connector,
-            param: ParamMut::D1(b),
-        });
-    }
-    if let Some(d) = c.delimiter.as_mut() {
-        v.push(Trainable {
-            name: format!("{p}.delimiter"),
-            group: Group::Connector,
-            param: ParamMut::D1(d),
-        });
-    }
-    if let Some(t) = c.segment_embedding.as_mut() {
-        v.push(Trainable {
-            name: format!("{p}.segment_embedding"),
-            group: Group::Connector,
-            param: ParamMut::D2(t),
-        });
-    }
+            param,
+        })
+        .collect();
     if stage == Stage::Sft {
-        for (name, proj) in model.llm.projections() {
-            if let Some(l) = proj.lora.as_mut() {
-                v.push(Trainable {
-                    name: format!("base_model.model.{name}.lora_A.weight"),
+        v.extend(
+            model
+                .llm
+                .lora_params_mut()
+                .into_iter()
+                .map(|(name, param)| Trainable {
+                    name,
                     group: Group::Lora,
-                    param: ParamMut::D2(&mut l.lora_a),
-                });
-                v.push(Trainable {
-                    name: format!("base_model.model.{name}.lora_B.weight"),
-                    group: Group::Lora,
-                    param: ParamMut::D2(&mut l.lora_b),
-                });
-            }
-        }
+                    param,
+                }),
+        );
     }
     v
 }
@@ -431,6 +391,7 @@ pub fn state_from_weights<B: Backend>(
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, NdArray};
+    use burn::module::Param;
 
     type I = NdArray<f32>;
     type A = Autodiff<I>;

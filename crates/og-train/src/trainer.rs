@@ -32,7 +32,7 @@ use crate::data::{BadRows, Example, Loader, epoch_order};
 use crate::error::{Result, TrainError};
 use crate::metrics::{Metrics, MetricsLog, write_loss_svg};
 use crate::optim::{
-    AdamW, Group, OptimState, ParamMut, StepReport, accumulate, grads_by_name, lr_at, trainables,
+    AdamW, Group, OptimState, StepReport, accumulate, grads_by_name, lr_at, trainables,
 };
 use crate::parallel::{Collective, Contribution};
 use crate::setup;
@@ -153,13 +153,7 @@ pub(crate) fn param_sizes<B: Backend>(
 ) -> Vec<(String, usize)> {
     trainables(model, stage)
         .iter()
-        .map(|t| {
-            let numel = match &t.param {
-                ParamMut::D1(p) => p.val().dims()[0],
-                ParamMut::D2(p) => p.val().dims().iter().product(),
-            };
-            (t.name.clone(), numel)
-        })
+        .map(|t| (t.name.clone(), t.param.numel()))
         .collect()
 }
 

@@ -20,6 +20,23 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+/// A mutable reference to one parameter of rank 1 or 2: what a module's name table hands out
+/// (`(name, ParamMut)` pairs) to whoever loads, saves or trains it by name.
+pub enum ParamMut<'a, B: Backend> {
+    D1(&'a mut Param<Tensor<B, 1>>),
+    D2(&'a mut Param<Tensor<B, 2>>),
+}
+
+impl<B: Backend> ParamMut<'_, B> {
+    /// Elements in the parameter.
+    pub fn numel(&self) -> usize {
+        match self {
+            ParamMut::D1(p) => p.val().dims()[0],
+            ParamMut::D2(p) => p.val().dims().iter().product(),
+        }
+    }
+}
+
 /// Every failure of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum WeightError {
