@@ -34,7 +34,63 @@ pub struct Row {
     pub messages: Vec<Message>,
 }
 
-/// Rows skipped, by reason (with up to 5 ids each).
+/// Why a row is left out: the closed set of kinds [`BadRows`] counts by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRowKind {
+    MalformedRow,
+    MalformedTurn,
+    MissingImage,
+    CorruptImage,
+    ImagePreprocessing,
+    Segmentation,
+    BadWindows,
+    MissingMasks,
+    MasksOfAnotherSize,
+    BadMasks,
+    TooLong,
+}
+
+impl BadRowKind {
+    /// The kind in words: the key of [`BadRows::counts`] (and of `state.json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BadRowKind::MalformedRow => "malformed row",
+            BadRowKind::MalformedTurn => "malformed turn",
+            BadRowKind::MissingImage => "missing image",
+            BadRowKind::CorruptImage => "corrupt image",
+            BadRowKind::ImagePreprocessing => "image preprocessing",
+            BadRowKind::Segmentation => "segmentation",
+            BadRowKind::BadWindows => "bad windows",
+            BadRowKind::MissingMasks => "missing masks",
+            BadRowKind::MasksOfAnotherSize => "masks of another size",
+            BadRowKind::BadMasks => "bad masks",
+            BadRowKind::TooLong => "too long",
+        }
+    }
+
+    /// This kind with what exactly was wrong.
+    pub fn because(self, detail: impl std::fmt::Display) -> BadRow {
+        BadRow {
+            kind: self,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// Why one row is left out: its kind and the particulars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    pub kind: BadRowKind,
+    pub detail: String,
+}
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind.name(), self.detail)
+    }
+}
+
+/// Rows skipped, by kind (with up to 5 ids each).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BadRows {
     pub counts: BTreeMap<String, usize>,
@@ -42,9 +98,8 @@ pub struct BadRows {
 }
 
 impl BadRows {
-    pub fn add(&mut self, id: &str, reason: &str) {
-        // Group by the reason's kind (text before the first colon).
-        let kind = reason.split(':').next().unwrap_or(reason).to_string();
+    pub fn add(&mut self, id: &str, reason: &BadRow) {
+        let kind = reason.kind.name().to_string();
         *self.counts.entry(kind.clone()).or_default() += 1;
         let ex = self.examples.entry(kind).or_default();
         if ex.len() < 5 {
@@ -99,13 +154,13 @@ pub fn read_rows(path: &Path, strict: bool, bad: &mut BadRows) -> Result<Vec<Row
     Ok(rows)
 }
 
-fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row, (String, String)> {
+fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row, (String, BadRow)> {
     let id = match item.get("id") {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(serde_json::Value::Number(n)) => n.to_string(),
         _ => format!("#{index}"),
     };
-    let fail = |m: String| (id.clone(), m);
+    let fail = |m: BadRow| (id.clone(), m);
     let images: Vec<PathBuf> = match item.get("image") {
         None | Some(serde_json::Value::Null) => Vec::new(),
         Some(serde_json::Value::String(s)) => vec![PathBuf::from(s)],
@@ -113,36 +168,46 @@ fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row,
             .iter()
             .map(|v| v.as_str().map(PathBuf::from))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| fail("malformed row: \"image\" list holds a non-path".into()))?,
-        Some(_) => return Err(fail("malformed row: \"image\" is not a path".into())),
+            .ok_or_else(|| {
+                fail(BadRowKind::MalformedRow.because("\"image\" list holds a non-path"))
+            })?,
+        Some(_) => {
+            return Err(fail(
+                BadRowKind::MalformedRow.because("\"image\" is not a path"),
+            ));
+        }
     };
     let turns = item
         .get("conversations")
         .and_then(serde_json::Value::as_array)
-        .ok_or_else(|| fail("malformed row: no \"conversations\" array".into()))?;
+        .ok_or_else(|| fail(BadRowKind::MalformedRow.because("no \"conversations\" array")))?;
     let mut messages = Vec::with_capacity(turns.len());
     for (k, t) in turns.iter().enumerate() {
         let from = t.get("from").and_then(serde_json::Value::as_str);
         let value = t.get("value").and_then(serde_json::Value::as_str);
         let (Some(from), Some(value)) = (from, value) else {
-            return Err(fail(format!(
-                "malformed turn: turn {k} needs \"from\" and \"value\" strings"
-            )));
+            return Err(fail(
+                BadRowKind::MalformedTurn
+                    .because(format!("turn {k} needs \"from\" and \"value\" strings")),
+            ));
         };
         let role = match from {
             "human" | "user" => "user",
             "gpt" | "assistant" => "assistant",
             "system" => "system",
             other => {
-                return Err(fail(format!(
-                    "malformed turn: unknown role {other:?} in turn {k}"
-                )));
+                return Err(fail(
+                    BadRowKind::MalformedTurn
+                        .because(format!("unknown role {other:?} in turn {k}")),
+                ));
             }
         };
         messages.push(Message::new(role, value));
     }
     if !messages.iter().any(|m| m.role == "assistant") {
-        return Err(fail("malformed row: no gpt turn to learn from".into()));
+        return Err(fail(
+            BadRowKind::MalformedRow.because("no gpt turn to learn from"),
+        ));
     }
     let placeholders: usize = messages
         .iter()
@@ -159,13 +224,16 @@ fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row,
             if let Some(m) = messages.iter_mut().find(|m| m.role == "user") {
                 m.content = format!("<image>\n{}", m.content);
             } else {
-                return Err(fail("malformed row: an image but no human turn".into()));
+                return Err(fail(
+                    BadRowKind::MalformedRow.because("an image but no human turn"),
+                ));
             }
         }
         (n, p) => {
-            return Err(fail(format!(
-                "malformed row: {p} <image> placeholder(s) for {n} image(s)"
-            )));
+            return Err(fail(
+                BadRowKind::MalformedRow
+                    .because(format!("{p} <image> placeholder(s) for {n} image(s)")),
+            ));
         }
     }
     Ok(Row {
@@ -189,14 +257,14 @@ pub fn check_images(
         let reason = row.images.iter().find_map(|rel| {
             let path = images.join(rel);
             if !path.is_file() {
-                return Some(format!("missing image: {}", path.display()));
+                return Some(BadRowKind::MissingImage.because(path.display()));
             }
             image::ImageReader::open(&path)
                 .and_then(|r| r.with_guessed_format())
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()))
                 .err()
-                .map(|e| format!("corrupt image: {}: {e}", path.display()))
+                .map(|e| BadRowKind::CorruptImage.because(format!("{}: {e}", path.display())))
         });
         match reason {
             Some(reason) if strict => return Err(format!("row {}: {reason}", row.id)),
@@ -242,20 +310,21 @@ pub struct Preparer {
 
 impl Preparer {
     /// The example of row `index`, or the reason it is bad.
-    pub fn prepare(&self, index: usize) -> std::result::Result<Example, String> {
+    pub fn prepare(&self, index: usize) -> std::result::Result<Example, BadRow> {
         let row = &self.rows[index];
         let mut images = Vec::with_capacity(row.images.len());
         let mut visual = Vec::with_capacity(row.images.len());
         for rel in &row.images {
             let path = self.images.join(rel);
             if !path.is_file() {
-                return Err(format!("missing image: {}", path.display()));
+                return Err(BadRowKind::MissingImage.because(path.display()));
             }
-            let image = og_vision::load_rgb(&path).map_err(|e| format!("corrupt image: {e}"))?;
+            let image =
+                og_vision::load_rgb(&path).map_err(|e| BadRowKind::CorruptImage.because(e))?;
             let (pixels, frame) = self
                 .processor
                 .pixel_data(&image)
-                .map_err(|e| format!("image preprocessing: {e}"))?;
+                .map_err(|e| BadRowKind::ImagePreprocessing.because(e))?;
             let grid = self.grid;
             let masks = match (self.windows, &self.felzenszwalb) {
                 (Some(_), _) => None,
@@ -263,7 +332,7 @@ impl Preparer {
                     let (w, h) = (image.width() as usize, image.height() as usize);
                     Some(
                         cfg.segment(image.as_raw(), w, h)
-                            .map_err(|e| format!("segmentation: {e}"))?,
+                            .map_err(|e| BadRowKind::Segmentation.because(e))?,
                     )
                 }
                 (None, None) => self.masks_for(rel)?,
@@ -273,13 +342,13 @@ impl Preparer {
                     .windows
                     .map(|w| Selection::from_windows((grid, grid), w))
                     .transpose()
-                    .map_err(|e| format!("bad windows: {e}"))?,
+                    .map_err(|e| BadRowKind::BadWindows.because(e))?,
                 Some(m) => {
                     m.expect_size(image.width() as usize, image.height() as usize)
-                        .map_err(|e| format!("masks of another size: {e}"))?;
+                        .map_err(|e| BadRowKind::MasksOfAnotherSize.because(e))?;
                     Some(
                         Selection::from_masks(&m, &frame, &self.selection)
-                            .map_err(|e| format!("bad masks: {e}"))?,
+                            .map_err(|e| BadRowKind::BadMasks.because(e))?,
                     )
                 }
             };
@@ -292,9 +361,11 @@ impl Preparer {
         let tokens = self
             .tokenizer
             .encode_chat_for_training(&row.messages, self.image_token_id)
-            .map_err(|e| format!("malformed turn: {e}"))?
+            .map_err(|e| BadRowKind::MalformedTurn.because(e))?
             .truncated(self.model_max_length, self.image_token_id, &visual)
-            .ok_or_else(|| "too long: nothing supervised fits in model_max_length".to_string())?;
+            .ok_or_else(|| {
+                BadRowKind::TooLong.because("nothing supervised fits in model_max_length")
+            })?;
         // Images cut away by truncation leave the example.
         let kept = tokens
             .ids
@@ -316,7 +387,7 @@ impl Preparer {
         })
     }
 
-    fn masks_for(&self, rel: &Path) -> std::result::Result<Option<MaskSet>, String> {
+    fn masks_for(&self, rel: &Path) -> std::result::Result<Option<MaskSet>, BadRow> {
         let Some(dir) = &self.masks else {
             return Ok(None);
         };
@@ -325,20 +396,20 @@ impl Preparer {
         if json.is_file() {
             return MaskSet::read_coco_json(&json)
                 .map(Some)
-                .map_err(|e| format!("bad masks: {e}"));
+                .map_err(|e| BadRowKind::BadMasks.because(e));
         }
         if stem.is_dir() {
             return og_llava::og_segment::npy::read_npy_folder(&stem)
                 .map(Some)
-                .map_err(|e| format!("bad masks: {e}"));
+                .map_err(|e| BadRowKind::BadMasks.because(e));
         }
         match self.missing_masks {
             crate::config::MissingMasks::Plain => Ok(None),
-            crate::config::MissingMasks::BadRow => Err(format!(
-                "missing masks: {} (nor a folder {})",
+            crate::config::MissingMasks::BadRow => Err(BadRowKind::MissingMasks.because(format!(
+                "{} (nor a folder {})",
                 json.display(),
                 stem.display()
-            )),
+            ))),
         }
     }
 }
@@ -379,7 +450,7 @@ pub fn epoch_order(
 }
 
 /// A prepared example, or (row id, reason) for a bad row.
-pub type Prepared = std::result::Result<Example, (String, String)>;
+pub type Prepared = std::result::Result<Example, (String, BadRow)>;
 
 /// Prepares `order[start..]` on `workers` threads and yields the results in order (bad rows
 /// as `Err((index, id, reason))`). At most `workers × 4` examples are prepared ahead.
