@@ -23,4 +23,6 @@ pub use metrics::{Share, Summary, summarize, wilson};
 pub use protocol::Protocol;
 pub use readers::{CAPTION_PROMPT, read_benchmark};
 pub use run::{RunConfig, run_benchmark};
-pub use score::{Accuracy, EvalError, Evaluator, MaskMode, Record, Results};
+pub use score::{
+    Accuracy, EvalError, Evaluator, MaskMode, Record, Results, generation_key, result_key,
+};

@@ -74,6 +74,12 @@ pub fn result_key(item: &Item) -> String {
     }
 }
 
+/// The key generation results of `key` count under (`<key>@gen`), beside the likelihood
+/// results under `key` itself.
+pub fn generation_key(key: &str) -> String {
+    format!("{key}@gen")
+}
+
 impl Results {
     fn add(&mut self, key: String, item: &Item, ok: bool) {
         self.outcomes.entry(key.clone()).or_default().push(ok);
@@ -442,7 +448,7 @@ impl<B: Backend> Evaluator<'_, B> {
         let mut r = Results::default();
         for item in items {
             let rec = self.answer(item, protocol, None)?;
-            r.add(format!("{}@gen", result_key(item)), item, rec.correct);
+            r.add(generation_key(&result_key(item)), item, rec.correct);
         }
         Ok(r)
     }

@@ -463,7 +463,7 @@ pub fn run<B: AutodiffBackend>(
     let mut chance = std::collections::BTreeMap::new();
     for items in [&eval_items, &task_items] {
         for (key, c) in chance_levels(items) {
-            chance.insert(format!("{key}@gen"), c);
+            chance.insert(og_eval::generation_key(&key), c);
             chance.insert(key, c);
         }
     }
