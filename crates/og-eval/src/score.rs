@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use og_llava::og_fusion::{Selection, SelectionConfig};
-use og_llava::og_llm::{ChatTokenizer, Message, Segment};
+use og_llava::og_llm::{ChatTokenizer, Message, Role, Segment};
 use og_llava::og_segment::MaskSet;
 use og_llava::og_vision::{ImageProcessor, RgbImage};
 use og_llava::{ImageInput, OgLlava, OgLlavaInput};
@@ -213,7 +213,7 @@ impl<B: Backend> Evaluator<'_, B> {
         let mut ids = Vec::new();
         for seg in self
             .tokenizer
-            .encode_chat(&[Message::new("user", content)], true)?
+            .encode_chat(&[Message::new(Role::User, content)], true)?
         {
             match seg {
                 Segment::Text(t) => ids.extend(t),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::tensor::backend::Backend;
 use og_llava::BackendTask;
-use og_llm::{ChatTokenizer, GenerationConfig, LlamaForCausalLM, Message, Sampling};
+use og_llm::{ChatTokenizer, GenerationConfig, LlamaForCausalLM, Message, Role, Sampling};
 
 use crate::{CliError, GenerateArgs, InspectLlmArgs};
 
@@ -95,7 +95,7 @@ impl BackendTask for Generate<'_> {
             ids.extend(tok.encode(&a.prompt, false)?);
             ids
         } else {
-            let text = tok.render(&[Message::new("user", a.prompt.clone())], true)?;
+            let text = tok.render(&[Message::new(Role::User, a.prompt.clone())], true)?;
             tok.encode(&text, false)?
         };
         let eos = eos_ids(&a.model, tok)?;

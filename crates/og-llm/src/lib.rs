@@ -26,5 +26,5 @@ pub use model::{
     KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
 };
 pub use tokenizer::{
-    ChatTokenizer, IMAGE_PLACEHOLDER, LLAMA3_TEMPLATE, Message, Segment, TrainingTokens,
+    ChatTokenizer, IMAGE_PLACEHOLDER, LLAMA3_TEMPLATE, Message, Role, Segment, TrainingTokens,
 };

@@ -25,17 +25,44 @@ const TEMPLATE_ERROR: &str = "chat template does not parse";
 /// Llama-3's template (as its `tokenizer_config.json` ships it), used when none is given.
 pub const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
+/// Who speaks a chat turn: the roles chat templates know (`role` in their `messages`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    /// The model's turns: what training supervises.
+    Assistant,
+}
+
+impl Role {
+    /// The role as chat templates spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One chat turn.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
-    pub role: String,
+    pub role: Role,
     pub content: String,
 }
 
 impl Message {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self {
-            role: role.into(),
+            role,
             content: content.into(),
         }
     }
@@ -357,7 +384,7 @@ impl ChatTokenizer {
                     ))
                 })?;
             let mut end = start + content.len();
-            if m.role == "assistant" || m.role == "gpt" {
+            if m.role == Role::Assistant {
                 let rest = &text[end..];
                 if let Some(t) = std::iter::once(self.eos_token.as_str())
                     .chain(END_OF_TURN.iter().copied())
@@ -432,7 +459,7 @@ mod tests {
             "{{ bos_token }}{% for m in messages %}{{ m['content'].strip() }} {% endfor %}"});
         let t = ChatTokenizer::from_bytes(&tiny(), Some(&cfg)).unwrap();
         let msgs = [Message::new(
-            "user",
+            Role::User,
             "  <|begin_of_text|>hello <image> world <image>",
         )];
         let segs = t.encode_chat(&msgs, false).unwrap();
@@ -467,10 +494,10 @@ mod tests {
         let t = ChatTokenizer::from_dir(dir).unwrap();
         let image = 128_256; // outside the vocabulary, as llava-hf's added <image>
         let msgs = [
-            Message::new("user", "<image>\nWhat colour is the ball?"),
-            Message::new("assistant", "Red."),
-            Message::new("user", "And the cube?"),
-            Message::new("gpt", "Blue, mostly."),
+            Message::new(Role::User, "<image>\nWhat colour is the ball?"),
+            Message::new(Role::Assistant, "Red."),
+            Message::new(Role::User, "And the cube?"),
+            Message::new(Role::Assistant, "Blue, mostly."),
         ];
         let tt = t.encode_chat_for_training(&msgs, image).unwrap();
         assert_eq!(tt.ids.len(), tt.trainable.len());

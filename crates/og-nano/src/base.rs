@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::AutodiffBackend;
-use og_llava::og_llm::{ChatTokenizer, LlamaConfig, Message};
+use og_llava::og_llm::{ChatTokenizer, LlamaConfig, Message, Role};
 use og_llava::og_vision::ImageProcessor;
 use serde::{Deserialize, Serialize};
 
@@ -153,9 +153,9 @@ pub fn prepare_base<B: AutodiffBackend>(
             .flatten()
             .map(|t| {
                 let role = if t["from"] == "human" {
-                    "user"
+                    Role::User
                 } else {
-                    "assistant"
+                    Role::Assistant
                 };
                 Message::new(
                     role,

@@ -89,7 +89,7 @@ pub fn train_tokenizer(lines: &[String], dir: &Path) -> Result<usize, WorldError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use og_llava::og_llm::{ChatTokenizer, Message};
+    use og_llava::og_llm::{ChatTokenizer, Message, Role};
 
     #[test]
     fn trained_tokenizer_encodes_the_world_without_unknowns() {
@@ -108,8 +108,8 @@ mod tests {
             .unwrap();
         assert!(!ids.contains(&0), "no unknown words: {ids:?}");
         let msgs = [
-            Message::new("user", "<image>\nwhat colour is the circle?"),
-            Message::new("assistant", "red."),
+            Message::new(Role::User, "<image>\nwhat colour is the circle?"),
+            Message::new(Role::Assistant, "red."),
         ];
         let tt = t.encode_chat_for_training(&msgs, image).unwrap();
         assert!(!tt.ids.contains(&0));

@@ -19,7 +19,7 @@ use std::sync::mpsc;
 
 use burn::tensor::TensorData;
 use og_llava::og_fusion::{OgFusionConfig, Selection};
-use og_llava::og_llm::{ChatTokenizer, Message, TrainingTokens};
+use og_llava::og_llm::{ChatTokenizer, Message, Role, TrainingTokens};
 use og_llava::og_segment::MaskSet;
 use og_llava::og_vision::{self, ImageProcessor};
 
@@ -192,9 +192,9 @@ fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row,
             ));
         };
         let role = match from {
-            "human" | "user" => "user",
-            "gpt" | "assistant" => "assistant",
-            "system" => "system",
+            "human" | "user" => Role::User,
+            "gpt" | "assistant" => Role::Assistant,
+            "system" => Role::System,
             other => {
                 return Err(fail(
                     BadRowKind::MalformedTurn
@@ -204,7 +204,7 @@ fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row,
         };
         messages.push(Message::new(role, value));
     }
-    if !messages.iter().any(|m| m.role == "assistant") {
+    if !messages.iter().any(|m| m.role == Role::Assistant) {
         return Err(fail(
             BadRowKind::MalformedRow.because("no gpt turn to learn from"),
         ));
@@ -221,7 +221,7 @@ fn parse_row(item: &serde_json::Value, index: usize) -> std::result::Result<Row,
         (n, p) if n == p => {}
         (1, 0) => {
             // LLaVA puts the image first in the first human turn.
-            if let Some(m) = messages.iter_mut().find(|m| m.role == "user") {
+            if let Some(m) = messages.iter_mut().find(|m| m.role == Role::User) {
                 m.content = format!("<image>\n{}", m.content);
             } else {
                 return Err(fail(
@@ -592,7 +592,7 @@ mod tests {
             .map(|i| Row {
                 id: i.to_string(),
                 images: Vec::new(),
-                messages: vec![Message::new("assistant", "x".repeat(i))],
+                messages: vec![Message::new(Role::Assistant, "x".repeat(i))],
             })
             .collect();
         let a = epoch_order(&rows, 1, 0, 4, false);
