@@ -208,19 +208,7 @@ pub fn train_parallel<B: AutodiffBackend>(
         None
     };
 
-    // One replica per device; the others are forks of the first (same weights and moments).
-    let mut replicas = vec![Replica {
-        model,
-        optim,
-        device: device.clone(),
-    }];
-    for d in &devices[1..] {
-        replicas.push(Replica {
-            model: replicas[0].model.fork(d),
-            optim: replicas[0].optim.to_device(d),
-            device: d.clone(),
-        });
-    }
+    let mut replicas = replicate(model, optim, devices);
     let session = if world > 1 {
         Some(crate::parallel::Session::<B::InnerBackend>::start(
             devices, collective,
@@ -326,12 +314,44 @@ pub fn train_parallel<B: AutodiffBackend>(
     }
     drop(session);
     if writer {
-        replicas[0]
-            .model
-            .save_checkpoint(out.join("final"), &cfg.base, cfg.lora.as_ref())?;
-        write_loss_svg(out)?;
+        finish(&mut replicas[0].model, cfg, &state, opts.progress)?;
     }
-    if opts.progress && writer {
+    Ok(summary(&state, total_steps, started, out))
+}
+
+/// One replica per device: the model and optimiser state on the first, forks on the others
+/// (same weights and moments).
+fn replicate<B: AutodiffBackend>(
+    model: OgLlava<B>,
+    optim: OptimState<B::InnerBackend>,
+    devices: &[B::Device],
+) -> Vec<Replica<B>> {
+    let mut replicas = vec![Replica {
+        model,
+        optim,
+        device: devices[0].clone(),
+    }];
+    for d in &devices[1..] {
+        replicas.push(Replica {
+            model: replicas[0].model.fork(d),
+            optim: replicas[0].optim.to_device(d),
+            device: d.clone(),
+        });
+    }
+    replicas
+}
+
+/// Writes the trained model to `final/` and the loss curve, and says so.
+fn finish<B: AutodiffBackend>(
+    model: &mut OgLlava<B>,
+    cfg: &TrainConfig,
+    state: &TrainState,
+    progress: bool,
+) -> Result<()> {
+    let out = &cfg.output_dir;
+    model.save_checkpoint(out.join("final"), &cfg.base, cfg.lora.as_ref())?;
+    write_loss_svg(out)?;
+    if progress {
         eprintln!(
             "done: {} steps, {} examples, {} rows skipped; model in {}",
             state.step,
@@ -340,7 +360,7 @@ pub fn train_parallel<B: AutodiffBackend>(
             out.join("final").display()
         );
     }
-    Ok(summary(&state, total_steps, started, out))
+    Ok(())
 }
 
 impl TrainState {
