@@ -1,10 +1,17 @@
-//! Reading user files without trusting them, and writing outputs whole.
+//! The low-level pieces every crate shares: reading user files without trusting them, writing
+//! outputs whole, and seeded random streams.
 //!
 //! - [`read_text`]: a text file of at most a given size, refused before reading when the path
 //!   is not a regular file (`/dev/zero`, a FIFO) or is larger than the bound, so a wrong path
 //!   costs an error message, never unbounded memory.
 //! - [`write_atomic`]: a temporary file in the same folder and a rename, so a crash never
 //!   leaves a half-written file under the final name.
+//! - [`SplitMix64`]: the one seeded generator (LoRA dropout streams, data orders, the nano
+//!   world, the fuzzer), the same on every platform and version.
+
+mod rng;
+
+pub use rng::SplitMix64;
 
 use std::io::{Error, ErrorKind, Read};
 use std::path::Path;

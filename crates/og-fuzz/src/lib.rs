@@ -19,7 +19,7 @@ mod targets;
 pub use targets::{TARGETS, Target};
 
 /// The seeded generator behind every mutation (so a seed reproduces a run).
-pub use og_llava::og_llm::SplitMix64 as Rng;
+pub use og_fs::SplitMix64 as Rng;
 
 const INTERESTING: [u64; 12] = [
     0,

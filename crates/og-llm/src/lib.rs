@@ -19,12 +19,11 @@ pub use config::{LlamaConfig, RopeScaling};
 pub use error::{LlmError, Result};
 pub use generate::{GenerationConfig, Sampling, Score};
 pub use load::{DECODER_PREFIXES, HEAD_NAMES};
-pub use lora::{
-    LORA_TARGETS, LoraAdapter, LoraConfig, LoraLinear, SplitMix64, with_dropout_stream,
-};
+pub use lora::{LORA_TARGETS, LoraAdapter, LoraConfig, LoraLinear, with_dropout_stream};
 pub use model::{
     KvCache, LlamaAttention, LlamaDecoderLayer, LlamaForCausalLM, LlamaMlp, LlamaModel,
 };
+pub use og_fs::SplitMix64;
 pub use tokenizer::{
     ChatTokenizer, IMAGE_PLACEHOLDER, LLAMA3_TEMPLATE, Message, Role, Segment, TrainingTokens,
 };

@@ -13,6 +13,7 @@ use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use og_fs::SplitMix64;
 use og_weights::{ParamMut, SaveTensor, Weights};
 use serde_json::{Value, json};
 
@@ -261,26 +262,6 @@ pub fn with_dropout_stream<R>(seed: u64, f: impl FnOnce() -> R) -> R {
     }
     let _restore = Restore(DROPOUT_STREAM.replace(Some(seed)));
     f()
-}
-
-/// SplitMix64 (Steele et al.): a tiny, fully specified generator, so seeded draws (dropout
-/// streams, data orders) are the same on every platform and version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
 }
 
 /// Inverted dropout of `x` with a mask from this thread's stream (`None` without a stream): an

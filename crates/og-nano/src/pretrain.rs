@@ -12,9 +12,9 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, ElementConversion, Int, Tensor, TensorData};
+use og_fs::SplitMix64;
 use og_llava::og_llm::{LlamaConfig, LlamaForCausalLM};
 use og_llava::og_vision::clip::{ClipVisionConfig, ClipVisionTransformer};
-use og_train::data::SplitMix64;
 use og_train::optim::lr_at;
 
 /// Optimisation of a pre-training step.

@@ -2,8 +2,8 @@
 //! rendered with 4×4 supersampling (anti-aliased edges) together with their visible instance
 //! masks (a pixel belongs to an object when most of its sub-samples show it).
 
+use og_fs::SplitMix64;
 use og_segment::Bitmap;
-use og_train::data::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 macro_rules! named_enum {

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use og_train::data::SplitMix64;
+use og_fs::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::{ArmResult, ExperimentReport};

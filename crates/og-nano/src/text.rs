@@ -1,7 +1,7 @@
 //! The world's language: captions, question–answer conversations, and evaluation items in the
 //! formats of the real benchmarks (ARO's VG-Relation / VG-Attribution / COCO-Order, MMVP).
 
-use og_train::data::SplitMix64;
+use og_fs::SplitMix64;
 use serde::{Deserialize, Serialize};
 
 use crate::scene::{Colour, Object, Relation, Scene, Shape, Size};

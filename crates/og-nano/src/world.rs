@@ -25,8 +25,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use og_fs::SplitMix64;
 use og_segment::{CountsFormat, MaskSet};
-use og_train::data::SplitMix64;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

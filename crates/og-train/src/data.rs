@@ -415,7 +415,7 @@ impl Preparer {
 }
 
 /// The seeded generator behind row orders (and the nano world).
-pub use og_llava::og_llm::SplitMix64;
+pub use og_fs::SplitMix64;
 
 /// The order of rows in `epoch`: a Fisher–Yates shuffle seeded by (seed, epoch); with
 /// `group_by_length`, windows of `batch × 50` rows are sorted by a length estimate (longest
