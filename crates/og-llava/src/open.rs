@@ -70,6 +70,16 @@ impl Layout {
         })
     }
 
+    /// The layout in words, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Layout::Ours(_) => "a checkpoint of ours",
+            Layout::OgLlavaReleased => "a released OG-LLaVA checkpoint",
+            Layout::LlavaHf => "a llava-hf checkpoint",
+            Layout::LlavaOriginal => "an original LLaVA-1.5 checkpoint",
+        }
+    }
+
     /// The parts this layout needs from outside `dir` that `parts` does not give.
     pub fn missing(&self, parts: ExternalParts<'_>) -> Vec<ModelPart> {
         let mut missing = Vec::new();
@@ -142,18 +152,6 @@ impl<B: Backend> OgLlava<B> {
             Layout::LlavaOriginal => {
                 OgLlava::load_llava_original(dir, parts.vision.expect("checked"), None, device)
             }
-        }
-    }
-}
-
-impl Layout {
-    /// The layout in words, for messages.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Layout::Ours(_) => "a checkpoint of ours",
-            Layout::OgLlavaReleased => "a released OG-LLaVA checkpoint",
-            Layout::LlavaHf => "a llava-hf checkpoint",
-            Layout::LlavaOriginal => "an original LLaVA-1.5 checkpoint",
         }
     }
 }

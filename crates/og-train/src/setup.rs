@@ -129,7 +129,7 @@ pub(crate) fn build_model<B: AutodiffBackend>(
 }
 
 /// The data: rows read and checked (bad ones counted in `bad`), folders checked, and what turns
-/// a row into an example for `model`.
+/// a row into an example for `model` (images framed and grouped as `model.image` records).
 pub(crate) fn build_preparer<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: &OgLlava<B>,
@@ -166,7 +166,7 @@ pub(crate) fn build_preparer<B: AutodiffBackend>(
         cfg.base.processor_dir(),
         size,
         size / grid,
-        cfg.data.pad_to_square,
+        model.image.pad_to_square,
     )
     .map_err(og_llava::ModelError::from)?;
     Ok(Arc::new(Preparer {
@@ -177,7 +177,7 @@ pub(crate) fn build_preparer<B: AutodiffBackend>(
         processor,
         tokenizer,
         fusion: model.connector.config().clone(),
-        selection: cfg.data.selection.clone(),
+        selection: model.image.selection.clone(),
         windows: cfg.data.windows,
         felzenszwalb: cfg.data.felzenszwalb,
         image_token_id: model.image_token_id,
