@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{LlmError, Result};
@@ -196,131 +197,19 @@ impl LlamaConfig {
         Ok(())
     }
 
-    /// From a `config.json` value: a Llama config or a Llava config's `text_config`.
+    /// From a `config.json` value: a Llama config or a Llava config's `text_config` (read
+    /// through the [`HfLlamaConfig`] mirror, then validated).
     pub fn from_hf_value(value: &Value) -> Result<Self> {
-        let root = value
-            .as_object()
-            .ok_or_else(|| LlmError::Config("config.json is not a JSON object".into()))?;
-        let obj = match root.get("text_config").and_then(Value::as_object) {
-            Some(t) => t,
-            None => root,
-        };
-        let bad = |m: String| LlmError::Config(m);
-        if let Some(t) = obj.get("model_type").and_then(Value::as_str)
-            && !["llama", "llava_llama"].contains(&t)
-        {
-            return Err(bad(format!(
-                "model_type {t:?} is not a Llama decoder (llama, llava_llama)"
-            )));
+        if !value.is_object() {
+            return Err(LlmError::Config("config.json is not a JSON object".into()));
         }
-        let usize_of = |k: &str, default: Option<usize>| -> Result<usize> {
-            match obj.get(k) {
-                Some(v) => v
-                    .as_u64()
-                    .map(|n| n as usize)
-                    .ok_or_else(|| bad(format!("{k} is {v}, expected a non-negative integer"))),
-                None => default.ok_or_else(|| bad(format!("missing {k}"))),
-            }
-        };
-        let f64_of = |o: &serde_json::Map<String, Value>, k: &str, default: f64| -> Result<f64> {
-            match o.get(k) {
-                Some(v) => v
-                    .as_f64()
-                    .ok_or_else(|| bad(format!("{k} is {v}, expected a number"))),
-                None => Ok(default),
-            }
-        };
-        let bool_of =
-            |k: &str, default: bool| obj.get(k).and_then(Value::as_bool).unwrap_or(default);
-        let hidden = usize_of("hidden_size", Some(4096))?;
-        let heads = usize_of("num_attention_heads", Some(32))?;
-        if heads == 0 {
-            return Err(bad("num_attention_heads is 0".into()));
+        let text = value.get("text_config").filter(|t| t.is_object());
+        let mut hf: HfLlamaConfig =
+            og_weights::mirror(text.unwrap_or(value)).map_err(LlmError::Config)?;
+        if text.is_some() && hf.tie_word_embeddings.is_none() {
+            hf.tie_word_embeddings = value.get("tie_word_embeddings").and_then(Value::as_bool);
         }
-        let head_dim = match obj.get("head_dim") {
-            Some(Value::Null) | None => hidden / heads,
-            Some(_) => usize_of("head_dim", None)?,
-        };
-        // Rope: newer `rope_parameters` (holding rope_theta) or older rope_theta + rope_scaling.
-        let empty = serde_json::Map::new();
-        let (rope, theta) = match obj.get("rope_parameters").and_then(Value::as_object) {
-            Some(p) => (p, f64_of(p, "rope_theta", 10_000.0)?),
-            None => (
-                obj.get("rope_scaling")
-                    .and_then(Value::as_object)
-                    .unwrap_or(&empty),
-                f64_of(obj, "rope_theta", 10_000.0)?,
-            ),
-        };
-        let kind = rope
-            .get("rope_type")
-            .or_else(|| rope.get("type"))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        let max_pos = usize_of("max_position_embeddings", Some(2048))?;
-        let rope_scaling = match kind {
-            "default" => RopeScaling::Default,
-            "linear" => RopeScaling::Linear {
-                factor: f64_of(rope, "factor", 1.0)?,
-            },
-            "llama3" => RopeScaling::Llama3 {
-                factor: f64_of(rope, "factor", 8.0)?,
-                low_freq_factor: f64_of(rope, "low_freq_factor", 1.0)?,
-                high_freq_factor: f64_of(rope, "high_freq_factor", 4.0)?,
-                original_max_position_embeddings: f64_of(
-                    rope,
-                    "original_max_position_embeddings",
-                    8192.0,
-                )?,
-            },
-            other => {
-                return Err(bad(format!(
-                    "rope type {other:?} is not supported (default, linear, llama3)"
-                )));
-            }
-        };
-        let ids = |v: Option<&Value>| -> Vec<u32> {
-            match v {
-                Some(Value::Number(n)) => n.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .filter_map(|x| x.as_u64().map(|n| n as u32))
-                    .collect(),
-                _ => Vec::new(),
-            }
-        };
-        if let Some(act) = obj.get("hidden_act").and_then(Value::as_str)
-            && act != "silu"
-        {
-            return Err(bad(format!("hidden_act {act:?} is not supported (silu)")));
-        }
-        let cfg = Self {
-            vocab_size: usize_of("vocab_size", Some(32_000))?,
-            hidden_size: hidden,
-            intermediate_size: usize_of("intermediate_size", Some(11_008))?,
-            num_hidden_layers: usize_of("num_hidden_layers", Some(32))?,
-            num_attention_heads: heads,
-            num_key_value_heads: match obj.get("num_key_value_heads") {
-                Some(Value::Null) | None => heads,
-                Some(_) => usize_of("num_key_value_heads", None)?,
-            },
-            head_dim,
-            rms_norm_eps: f64_of(obj, "rms_norm_eps", 1e-6)?,
-            rope_theta: theta,
-            rope_scaling,
-            max_position_embeddings: max_pos,
-            attention_bias: bool_of("attention_bias", false),
-            mlp_bias: bool_of("mlp_bias", false),
-            tie_word_embeddings: obj
-                .get("tie_word_embeddings")
-                .or_else(|| root.get("tie_word_embeddings"))
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            bos_token_id: ids(obj.get("bos_token_id")).first().copied(),
-            eos_token_ids: ids(obj.get("eos_token_id")),
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        Self::try_from(hf)
     }
 
     /// transformers' `config.json` for this configuration (newer `rope_parameters` spelling
@@ -373,6 +262,150 @@ impl LlamaConfig {
     }
 }
 
+/// transformers' `LlamaConfig` as `config.json` spells it: every field optional (absent ones
+/// take transformers' defaults in the [`TryFrom`] into [`LlamaConfig`]), RoPE in either
+/// spelling. Fields that do not concern the decoder are ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct HfLlamaConfig {
+    pub model_type: Option<String>,
+    pub vocab_size: Option<usize>,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub hidden_act: Option<String>,
+    pub rms_norm_eps: Option<f64>,
+    pub rope_theta: Option<f64>,
+    /// Older spelling: scaling here, θ beside it.
+    pub rope_scaling: Option<HfRope>,
+    /// Newer spelling: scaling and θ together.
+    pub rope_parameters: Option<HfRope>,
+    pub max_position_embeddings: Option<usize>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
+    pub tie_word_embeddings: Option<bool>,
+    pub bos_token_id: Option<TokenIds>,
+    pub eos_token_id: Option<TokenIds>,
+}
+
+/// `rope_scaling` / `rope_parameters`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct HfRope {
+    pub rope_type: Option<String>,
+    /// The oldest spelling of `rope_type`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub rope_theta: Option<f64>,
+    pub factor: Option<f64>,
+    pub low_freq_factor: Option<f64>,
+    pub high_freq_factor: Option<f64>,
+    pub original_max_position_embeddings: Option<f64>,
+}
+
+/// A token id or a list of them (`eos_token_id` is either).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    fn into_vec(self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![id],
+            TokenIds::Many(ids) => ids,
+        }
+    }
+}
+
+impl TryFrom<HfRope> for RopeScaling {
+    type Error = LlmError;
+
+    fn try_from(rope: HfRope) -> Result<Self> {
+        let kind = rope.rope_type.or(rope.kind);
+        Ok(match kind.as_deref().unwrap_or("default") {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: rope.factor.unwrap_or(1.0),
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: rope.factor.unwrap_or(8.0),
+                low_freq_factor: rope.low_freq_factor.unwrap_or(1.0),
+                high_freq_factor: rope.high_freq_factor.unwrap_or(4.0),
+                original_max_position_embeddings: rope
+                    .original_max_position_embeddings
+                    .unwrap_or(8192.0),
+            },
+            other => {
+                return Err(LlmError::Config(format!(
+                    "rope type {other:?} is not supported (default, linear, llama3)"
+                )));
+            }
+        })
+    }
+}
+
+impl TryFrom<HfLlamaConfig> for LlamaConfig {
+    type Error = LlmError;
+
+    /// transformers' defaults for absent fields, then [`LlamaConfig::validate`].
+    fn try_from(hf: HfLlamaConfig) -> Result<Self> {
+        let bad = |m: String| Err(LlmError::Config(m));
+        if let Some(t) = &hf.model_type
+            && !["llama", "llava_llama"].contains(&t.as_str())
+        {
+            return bad(format!(
+                "model_type {t:?} is not a Llama decoder (llama, llava_llama)"
+            ));
+        }
+        if let Some(act) = &hf.hidden_act
+            && act != "silu"
+        {
+            return bad(format!("hidden_act {act:?} is not supported (silu)"));
+        }
+        let hidden = hf.hidden_size.unwrap_or(4096);
+        let heads = hf.num_attention_heads.unwrap_or(32);
+        if heads == 0 {
+            return bad("num_attention_heads is 0".into());
+        }
+        // θ sits inside `rope_parameters` (newer) or beside `rope_scaling` (older).
+        let (rope, rope_theta) = match hf.rope_parameters {
+            Some(p) => (p.clone(), p.rope_theta.unwrap_or(10_000.0)),
+            None => (
+                hf.rope_scaling.unwrap_or_default(),
+                hf.rope_theta.unwrap_or(10_000.0),
+            ),
+        };
+        let cfg = Self {
+            vocab_size: hf.vocab_size.unwrap_or(32_000),
+            hidden_size: hidden,
+            intermediate_size: hf.intermediate_size.unwrap_or(11_008),
+            num_hidden_layers: hf.num_hidden_layers.unwrap_or(32),
+            num_attention_heads: heads,
+            num_key_value_heads: hf.num_key_value_heads.unwrap_or(heads),
+            head_dim: hf.head_dim.unwrap_or(hidden / heads),
+            rms_norm_eps: hf.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling: RopeScaling::try_from(rope)?,
+            max_position_embeddings: hf.max_position_embeddings.unwrap_or(2048),
+            attention_bias: hf.attention_bias.unwrap_or(false),
+            mlp_bias: hf.mlp_bias.unwrap_or(false),
+            tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
+            bos_token_id: hf
+                .bos_token_id
+                .and_then(|ids| ids.into_vec().first().copied()),
+            eos_token_ids: hf.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,6 +453,34 @@ mod tests {
             let e = LlamaConfig::from_hf_value(&v).unwrap_err().to_string();
             assert!(e.contains(needle), "{key}: {e}");
         }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_field() {
+        for (json, needle) in [
+            (
+                serde_json::json!({"hidden_size": "big", "num_attention_heads": 2}),
+                "hidden_size",
+            ),
+            (
+                serde_json::json!({"hidden_size": 8, "num_attention_heads": 2, "vocab_size": -3}),
+                "vocab_size",
+            ),
+            (
+                serde_json::json!({"hidden_size": 8, "num_attention_heads": 2,
+                    "rope_parameters": {"rope_type": "linear", "factor": "2"}}),
+                "rope_parameters.factor",
+            ),
+            (
+                serde_json::json!({"model_type": "llava", "text_config": {"hidden_size": 8,
+                    "num_attention_heads": 2, "eos_token_id": "</s>"}}),
+                "eos_token_id",
+            ),
+        ] {
+            let e = LlamaConfig::from_hf_value(&json).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        assert!(LlamaConfig::from_hf_value(&serde_json::json!([1])).is_err());
     }
 
     #[test]

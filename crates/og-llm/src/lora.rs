@@ -75,72 +75,14 @@ impl LoraConfig {
         Ok(())
     }
 
-    /// Reads PEFT's `adapter_config.json`.
+    /// Reads PEFT's `adapter_config.json` (through the [`PeftAdapterConfig`] mirror).
     pub fn from_peft_json(value: &Value) -> Result<Self> {
         let bad = |m: String| LlmError::Config(format!("adapter_config.json: {m}"));
-        if let Some(t) = value.get("peft_type").and_then(Value::as_str)
-            && t != "LORA"
-        {
-            return Err(bad(format!("peft_type {t} is not LORA")));
-        }
-        for (flag, what) in [
-            ("use_rslora", "rsLoRA"),
-            ("use_dora", "DoRA"),
-            ("fan_in_fan_out", "fan_in_fan_out"),
-            ("lora_bias", "LoRA bias"),
-        ] {
-            if value.get(flag).and_then(Value::as_bool) == Some(true) {
-                return Err(bad(format!("{what} adapters are not supported")));
-            }
-        }
-        for pattern in ["rank_pattern", "alpha_pattern"] {
-            if value
-                .get(pattern)
-                .and_then(Value::as_object)
-                .is_some_and(|o| !o.is_empty())
-            {
-                return Err(bad(format!("per-module {pattern} is not supported")));
-            }
-        }
-        if let Some(b) = value.get("bias").and_then(Value::as_str)
-            && b != "none"
-        {
-            return Err(bad(format!("bias = {b:?} is not supported (none)")));
-        }
-        let r = value
-            .get("r")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("missing r".into()))? as usize;
-        let alpha = value
-            .get("lora_alpha")
-            .and_then(Value::as_f64)
-            .unwrap_or(8.0);
-        let dropout = value
-            .get("lora_dropout")
-            .and_then(Value::as_f64)
-            .unwrap_or(0.0);
-        let target_modules = match value.get("target_modules") {
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
-            Some(Value::String(s)) if s == "all-linear" => {
-                LORA_TARGETS.iter().map(|s| s.to_string()).collect()
-            }
-            other => {
-                return Err(bad(format!(
-                    "target_modules {other:?} is not a list of projection names"
-                )));
-            }
-        };
-        let cfg = Self {
-            r,
-            alpha,
-            dropout,
-            target_modules,
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        let peft: PeftAdapterConfig = og_weights::mirror(value).map_err(bad)?;
+        Self::try_from(peft).map_err(|e| match e {
+            LlmError::Config(m) => bad(m),
+            other => other,
+        })
     }
 
     /// PEFT's `adapter_config.json` for this configuration.
@@ -499,6 +441,92 @@ impl<B: Backend> LlamaForCausalLM<B> {
             *proj = proj.clone().merge();
         }
         self
+    }
+}
+
+/// PEFT's `adapter_config.json` as it spells it (fields LoRA inference does not need are
+/// ignored). Features this implementation does not have are refused in the [`TryFrom`] into
+/// [`LoraConfig`], never silently dropped.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct PeftAdapterConfig {
+    pub peft_type: Option<String>,
+    pub r: Option<usize>,
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: Option<f64>,
+    pub target_modules: Option<TargetModules>,
+    pub bias: Option<String>,
+    pub use_rslora: Option<bool>,
+    pub use_dora: Option<bool>,
+    pub fan_in_fan_out: Option<bool>,
+    pub lora_bias: Option<bool>,
+    pub rank_pattern: Option<serde_json::Map<String, Value>>,
+    pub alpha_pattern: Option<serde_json::Map<String, Value>>,
+}
+
+/// `target_modules`: projection names, or PEFT's `"all-linear"`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    Names(Vec<String>),
+    Keyword(String),
+}
+
+impl TryFrom<PeftAdapterConfig> for LoraConfig {
+    type Error = LlmError;
+
+    fn try_from(peft: PeftAdapterConfig) -> Result<Self> {
+        let bad = |m: String| Err(LlmError::Config(m));
+        if let Some(t) = &peft.peft_type
+            && t != "LORA"
+        {
+            return bad(format!("peft_type {t} is not LORA"));
+        }
+        for (flag, what) in [
+            (peft.use_rslora, "rsLoRA"),
+            (peft.use_dora, "DoRA"),
+            (peft.fan_in_fan_out, "fan_in_fan_out"),
+            (peft.lora_bias, "LoRA bias"),
+        ] {
+            if flag == Some(true) {
+                return bad(format!("{what} adapters are not supported"));
+            }
+        }
+        for (name, pattern) in [
+            ("rank_pattern", &peft.rank_pattern),
+            ("alpha_pattern", &peft.alpha_pattern),
+        ] {
+            if pattern.as_ref().is_some_and(|p| !p.is_empty()) {
+                return bad(format!("per-module {name} is not supported"));
+            }
+        }
+        if let Some(b) = &peft.bias
+            && b != "none"
+        {
+            return bad(format!("bias = {b:?} is not supported (none)"));
+        }
+        let Some(r) = peft.r else {
+            return bad("missing r".into());
+        };
+        let target_modules = match peft.target_modules {
+            Some(TargetModules::Names(names)) => names,
+            Some(TargetModules::Keyword(k)) if k == "all-linear" => {
+                LORA_TARGETS.iter().map(|s| s.to_string()).collect()
+            }
+            other => {
+                return bad(format!(
+                    "target_modules {other:?} is not a list of projection names"
+                ));
+            }
+        };
+        let cfg = Self {
+            r,
+            alpha: peft.lora_alpha.unwrap_or(8.0),
+            dropout: peft.lora_dropout.unwrap_or(0.0),
+            target_modules,
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 

@@ -129,6 +129,18 @@ fn unsupported_adapters_are_errors() {
             r#"{"peft_type": "LORA", "r": 4, "target_modules": ["q_proj"], "rank_pattern": {"q_proj": 8}}"#,
             "rank_pattern",
         ),
+        (
+            r#"{"peft_type": "LORA", "r": 4.5, "target_modules": ["q_proj"]}"#,
+            "r: invalid type",
+        ),
+        (
+            r#"{"peft_type": "LORA", "r": 4, "target_modules": "q_proj"}"#,
+            "target_modules",
+        ),
+        (
+            r#"{"peft_type": "LORA", "target_modules": ["q_proj"]}"#,
+            "missing r",
+        ),
     ] {
         let e = LoraConfig::from_peft_json(&serde_json::from_str(json).unwrap()).unwrap_err();
         assert!(e.to_string().contains(needle), "{e}");

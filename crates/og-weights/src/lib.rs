@@ -435,6 +435,22 @@ pub fn read_config(path: impl AsRef<Path>) -> Result<(PathBuf, serde_json::Value
     Ok((file, value))
 }
 
+/// A JSON value read into `T`, a mirror struct of a file users bring (`config.json`,
+/// `adapter_config.json`): a value of the wrong type is an error naming its field
+/// (`rope_parameters.factor: invalid type: string "x", expected f64`).
+pub fn mirror<T: serde::de::DeserializeOwned>(
+    value: &serde_json::Value,
+) -> std::result::Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
 /// `.bin`, `.pt`, `.pth`: PyTorch's `torch.save` files.
 fn is_pytorch_file(path: &Path) -> bool {
     path.extension()

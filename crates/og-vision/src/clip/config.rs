@@ -104,6 +104,25 @@ impl Default for ClipVisionConfig {
     }
 }
 
+/// The parts of a `config.json` that say where the vision config is and which features LLaVA
+/// selects: llava-hf's `vision_feature_layer` / `vision_feature_select_strategy`, original
+/// LLaVA's `mm_vision_select_layer` / `mm_vision_select_feature` (the llava-hf names win when
+/// both are present). The vision config itself mirrors into [`ClipVisionConfig`] directly.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct HfClipFile {
+    pub model_type: Option<String>,
+    /// A bare `CLIPVisionConfig` has one.
+    pub patch_size: Option<Value>,
+    pub vision_config: Option<Value>,
+    /// The spelling of older `CLIPConfig`s.
+    pub vision_config_dict: Option<Value>,
+    pub vision_feature_layer: Option<i64>,
+    pub mm_vision_select_layer: Option<i64>,
+    pub vision_feature_select_strategy: Option<SelectFeature>,
+    pub mm_vision_select_feature: Option<SelectFeature>,
+}
+
 /// The largest encoder input side, in pixels, a config may ask for.
 pub const MAX_IMAGE_SIZE: usize = 4096;
 
@@ -217,24 +236,19 @@ impl ClipVisionConfig {
     }
 
     /// Reads the vision config from an HF `config.json` value: a bare `CLIPVisionConfig`, or
-    /// `vision_config` (or the older `vision_config_dict`) inside `CLIPConfig`/`LlavaConfig`.
-    /// LLaVA's `vision_feature_layer` / `vision_feature_select_strategy` (llava-hf) or
-    /// `mm_vision_select_layer` / `mm_vision_select_feature` (original LLaVA) set the selection.
+    /// `vision_config` (or the older `vision_config_dict`) inside `CLIPConfig`/`LlavaConfig`
+    /// (read through the [`HfClipFile`] mirror, then validated).
     pub fn from_hf_value(value: &Value) -> Result<Self> {
-        let obj = value
-            .as_object()
-            .ok_or_else(|| VisionError::Config("config.json is not a JSON object".into()))?;
-        let nested = obj
-            .get("vision_config")
-            .filter(|v| v.is_object())
-            .or_else(|| obj.get("vision_config_dict").filter(|v| v.is_object()));
-        let is_vision = obj
-            .get("model_type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t == "clip_vision_model")
-            || obj.contains_key("patch_size");
-        let source = match nested {
-            Some(v) => v.clone(),
+        if !value.is_object() {
+            return Err(VisionError::Config(
+                "config.json is not a JSON object".into(),
+            ));
+        }
+        let file: HfClipFile = og_weights::mirror(value).map_err(VisionError::Config)?;
+        let is_vision =
+            file.model_type.as_deref() == Some("clip_vision_model") || file.patch_size.is_some();
+        let source = match file.vision_config.or(file.vision_config_dict) {
+            Some(nested) => nested,
             None if is_vision => value.clone(),
             None => {
                 return Err(VisionError::Config(
@@ -242,23 +256,17 @@ impl ClipVisionConfig {
                 ));
             }
         };
-        let mut cfg: ClipVisionConfig = serde_json::from_value(source)
+        let mut cfg: ClipVisionConfig = og_weights::mirror(&source)
             .map_err(|e| VisionError::Config(format!("vision config: {e}")))?;
         // The selection lives on the outer (LLaVA) config.
-        let layer = obj
-            .get("vision_feature_layer")
-            .or_else(|| obj.get("mm_vision_select_layer"));
-        if let Some(l) = layer {
-            cfg.select_layer = l.as_i64().ok_or_else(|| {
-                VisionError::Config(format!("vision_feature_layer {l} is not one integer"))
-            })?;
+        if let Some(layer) = file.vision_feature_layer.or(file.mm_vision_select_layer) {
+            cfg.select_layer = layer;
         }
-        let feature = obj
-            .get("vision_feature_select_strategy")
-            .or_else(|| obj.get("mm_vision_select_feature"));
-        if let Some(f) = feature {
-            cfg.select_feature = serde_json::from_value(f.clone())
-                .map_err(|e| VisionError::Config(format!("vision feature strategy {f}: {e}")))?;
+        if let Some(feature) = file
+            .vision_feature_select_strategy
+            .or(file.mm_vision_select_feature)
+        {
+            cfg.select_feature = feature;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -275,6 +283,29 @@ impl ClipVisionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_by_its_field() {
+        for (json, needle) in [
+            (
+                serde_json::json!({"vision_config": {"hidden_size": "wide"}}),
+                "hidden_size",
+            ),
+            (
+                serde_json::json!({"vision_config": {}, "vision_feature_layer": [-2, -1]}),
+                "vision_feature_layer",
+            ),
+            (
+                serde_json::json!({"patch_size": 14, "mm_vision_select_feature": "mean"}),
+                "mm_vision_select_feature",
+            ),
+        ] {
+            let e = ClipVisionConfig::from_hf_value(&json)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+    }
 
     #[test]
     fn spellings_and_defaults() {
