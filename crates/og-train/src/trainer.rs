@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -28,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::autodiff;
 use crate::checkpoint::write_checkpoint;
 use crate::config::{Stage, TrainConfig};
-use crate::data::{BadRows, Example, Loader, epoch_order};
+use crate::data::{BadRows, Example, Loader, Preparer, epoch_order};
 use crate::error::{Result, TrainError};
 use crate::metrics::{Metrics, MetricsLog, write_loss_svg};
 use crate::optim::{
@@ -187,26 +188,11 @@ pub fn train_parallel<B: AutodiffBackend>(
         .max_steps
         .unwrap_or(cfg.epochs * n_rows.div_ceil(per_step));
 
-    // Where to start.
-    let (mut state, optim, mut last_good) = match &resume_from {
-        Some(dir) => {
-            let sizes = (world, total_steps, n_rows);
-            let (state, optim) = setup::resume_state(dir, cfg, &mut model, sizes, device)?;
-            if opts.progress {
-                eprintln!("resuming from {} (step {})", dir.display(), state.step);
-            }
-            (state, optim, Some(dir.clone()))
-        }
-        None => (TrainState::new(bad, world), OptimState::default(), None),
-    };
-    let mut metrics = if writer {
-        Some(MetricsLog::open(
-            out,
-            resume_from.is_some().then_some(state.step),
-        )?)
-    } else {
-        None
-    };
+    let sizes = (world, total_steps, n_rows);
+    let (mut state, optim, last_good) =
+        start_state(cfg, opts, &resume_from, &mut model, sizes, bad, device)?;
+    let resumed = resume_from.is_some();
+    let mut book = Bookkeeping::open(cfg, opts, writer, resumed, &state, last_good, started)?;
 
     let mut replicas = replicate(model, optim, devices);
     let session = if world > 1 {
@@ -224,92 +210,29 @@ pub fn train_parallel<B: AutodiffBackend>(
         world,
         params: param_sizes(&mut replicas[0].model, cfg.stage),
         host_dropout: opts.host_dropout,
-    };
-    let opt = AdamW {
-        beta1: cfg.adam_betas.0,
-        beta2: cfg.adam_betas.1,
-        eps: cfg.adam_eps,
-        weight_decay: cfg.weight_decay,
+        opt: AdamW {
+            beta1: cfg.adam_betas.0,
+            beta2: cfg.adam_betas.1,
+            eps: cfg.adam_eps,
+            weight_decay: cfg.weight_decay,
+        },
     };
 
-    let run_start_step = state.step;
-    let mut window = Window::new();
     // Without max_steps the run ends after `epochs` passes even if rows that turn out bad
     // only when decoded made the step estimate too high.
-    'epochs: while state.step < total_steps && (cfg.max_steps.is_some() || state.epoch < cfg.epochs)
-    {
-        // An epoch read from its start that yields no step would repeat forever (max_steps)
-        // or end the run untrained.
-        let (whole_epoch, steps_before) = (state.position == 0, state.step);
-        let order = epoch_order(
-            &preparer.rows,
-            cfg.seed,
-            state.epoch,
-            cfg.batch_size,
-            cfg.data.group_by_length,
-        );
-        let mut loader = Loader::new(preparer.clone(), order, state.position, cfg.data.workers);
-        loop {
-            let waited = Instant::now();
-            let step_examples = gather_step(&mut loader, per_step, cfg, &mut state)?;
-            if step_examples.is_empty() {
-                if whole_epoch && state.step == steps_before {
-                    return Err(no_step_in_epoch(cfg, &state));
-                }
-                state.epoch += 1;
-                state.position = 0;
-                continue 'epochs;
-            }
-            let position = loader.position();
-            let step_count = step_examples.len();
-            let data_s = waited.elapsed().as_secs_f64();
-            let report = match &session {
-                None => run_step(&plan, &opt, &mut replicas[0], step_examples, state.step)?,
-                Some(session) => run_step_parallel(
-                    &plan,
-                    &opt,
-                    &mut replicas,
-                    session,
-                    step_examples,
-                    state.step,
-                )?,
-            };
-            let Some(outcome) = report else {
-                // Nothing supervised in this step's examples: move on without stepping.
-                state.position = position;
-                continue;
-            };
-            if !outcome.loss.is_finite() {
-                return Err(TrainError::NonFinite {
-                    step: state.step + 1,
-                    loss: outcome.loss,
-                    last_good,
-                });
-            }
-            state.advance(&outcome, position, step_count);
-            window.tokens += outcome.tokens;
-            let m = step_metrics(&plan, &state, &outcome, &window, started, data_s);
-            if let Some(metrics) = metrics.as_mut() {
-                metrics.record(&m)?;
-            }
-            let last = state.step == total_steps;
-            if opts.progress && writer && (state.step.is_multiple_of(cfg.log_every) || last) {
-                eprintln!(
-                    "{}",
-                    progress_line(&m, total_steps, state.step - run_start_step)
-                );
-                window = Window::new();
-            }
-            if writer && (state.step.is_multiple_of(cfg.checkpoint_every) || last) {
-                let r = &mut replicas[0];
-                last_good = Some(write_checkpoint(&mut r.model, cfg, &r.optim, &state)?);
-            }
-            if opts.stop_after.is_some_and(|s| state.step >= s) {
-                return Ok(summary(&state, total_steps, started, out));
-            }
-            if state.step >= total_steps {
-                break 'epochs;
-            }
+    while state.step < total_steps && (cfg.max_steps.is_some() || state.epoch < cfg.epochs) {
+        let session = session.as_ref();
+        match run_epoch(
+            &plan,
+            &mut replicas,
+            session,
+            &preparer,
+            &mut state,
+            &mut book,
+        )? {
+            EpochEnd::Exhausted => {}
+            EpochEnd::Done => break,
+            EpochEnd::Stopped => return Ok(summary(&state, total_steps, started, out)),
         }
     }
     drop(session);
@@ -317,6 +240,179 @@ pub fn train_parallel<B: AutodiffBackend>(
         finish(&mut replicas[0].model, cfg, &state, opts.progress)?;
     }
     Ok(summary(&state, total_steps, started, out))
+}
+
+/// How an epoch's loop ended.
+enum EpochEnd {
+    /// Its rows are used up: the next epoch starts.
+    Exhausted,
+    /// The run's last step was taken.
+    Done,
+    /// [`RunOptions::stop_after`] was reached.
+    Stopped,
+}
+
+/// Steps through the rest of `state`'s epoch (from its data position) until the epoch's rows
+/// are used up or the run ends.
+fn run_epoch<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    replicas: &mut [Replica<B>],
+    session: Option<&crate::parallel::Session<B::InnerBackend>>,
+    preparer: &Arc<Preparer>,
+    state: &mut TrainState,
+    book: &mut Bookkeeping,
+) -> Result<EpochEnd> {
+    let cfg = plan.cfg;
+    let per_step = cfg.batch_size * cfg.grad_accumulation * plan.world;
+    // An epoch read from its start that yields no step would repeat forever (max_steps) or
+    // end the run untrained.
+    let (whole_epoch, steps_before) = (state.position == 0, state.step);
+    let order = epoch_order(
+        &preparer.rows,
+        cfg.seed,
+        state.epoch,
+        cfg.batch_size,
+        cfg.data.group_by_length,
+    );
+    let mut loader = Loader::new(preparer.clone(), order, state.position, cfg.data.workers);
+    loop {
+        let waited = Instant::now();
+        let step_examples = gather_step(&mut loader, per_step, cfg, state)?;
+        if step_examples.is_empty() {
+            if whole_epoch && state.step == steps_before {
+                return Err(no_step_in_epoch(cfg, state));
+            }
+            state.epoch += 1;
+            state.position = 0;
+            return Ok(EpochEnd::Exhausted);
+        }
+        let position = loader.position();
+        let step_count = step_examples.len();
+        let data_s = waited.elapsed().as_secs_f64();
+        let report = match session {
+            None => run_step(plan, &mut replicas[0], step_examples, state.step)?,
+            Some(session) => run_step_parallel(plan, replicas, session, step_examples, state.step)?,
+        };
+        let Some(outcome) = report else {
+            // Nothing supervised in this step's examples: move on without stepping.
+            state.position = position;
+            continue;
+        };
+        if !outcome.loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: state.step + 1,
+                loss: outcome.loss,
+                last_good: book.last_good.clone(),
+            });
+        }
+        state.advance(&outcome, position, step_count);
+        book.after_step(plan, state, &outcome, data_s, &mut replicas[0])?;
+        if book.stop_after.is_some_and(|s| state.step >= s) {
+            return Ok(EpochEnd::Stopped);
+        }
+        if state.step >= plan.total_steps {
+            return Ok(EpochEnd::Done);
+        }
+    }
+}
+
+/// Where a run starts: a fresh state, or the checkpoint `resume_from` names (its state,
+/// optimiser moments and path, the model's weights loaded from it). `sizes`: (world, total
+/// steps, rows), which a resumed run must match.
+fn start_state<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    resume_from: &Option<PathBuf>,
+    model: &mut OgLlava<B>,
+    sizes: (usize, usize, usize),
+    bad: BadRows,
+    device: &B::Device,
+) -> Result<(TrainState, OptimState<B::InnerBackend>, Option<PathBuf>)> {
+    match resume_from {
+        Some(dir) => {
+            let (state, optim) = setup::resume_state(dir, cfg, model, sizes, device)?;
+            if opts.progress {
+                eprintln!("resuming from {} (step {})", dir.display(), state.step);
+            }
+            Ok((state, optim, Some(dir.clone())))
+        }
+        None => Ok((TrainState::new(bad, sizes.0), OptimState::default(), None)),
+    }
+}
+
+/// What a run does after each step on the process that writes files: the metrics record
+/// (`metrics.jsonl`, TensorBoard), the progress line, checkpoints.
+struct Bookkeeping {
+    metrics: Option<MetricsLog>,
+    /// Supervised tokens since the last progress line.
+    window: Window,
+    /// The newest checkpoint written (or resumed from).
+    last_good: Option<PathBuf>,
+    started: Instant,
+    /// The step this process started at (the ETA counts only its own steps).
+    run_start_step: usize,
+    writer: bool,
+    progress: bool,
+    /// [`RunOptions::stop_after`].
+    stop_after: Option<usize>,
+}
+
+impl Bookkeeping {
+    /// Opens the metrics files when this process writes files (appending after `state`'s
+    /// step when the run was `resumed`).
+    fn open(
+        cfg: &TrainConfig,
+        opts: &RunOptions,
+        writer: bool,
+        resumed: bool,
+        state: &TrainState,
+        last_good: Option<PathBuf>,
+        started: Instant,
+    ) -> Result<Self> {
+        let metrics = if writer {
+            let resumed_at = resumed.then_some(state.step);
+            Some(MetricsLog::open(&cfg.output_dir, resumed_at)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            metrics,
+            window: Window::new(),
+            last_good,
+            started,
+            run_start_step: state.step,
+            writer,
+            progress: opts.progress,
+            stop_after: opts.stop_after,
+        })
+    }
+
+    fn after_step<B: AutodiffBackend>(
+        &mut self,
+        plan: &StepPlan<'_>,
+        state: &TrainState,
+        outcome: &StepOutcome,
+        data_s: f64,
+        replica: &mut Replica<B>,
+    ) -> Result<()> {
+        let cfg = plan.cfg;
+        self.window.tokens += outcome.tokens;
+        let m = step_metrics(plan, state, outcome, &self.window, self.started, data_s);
+        if let Some(metrics) = self.metrics.as_mut() {
+            metrics.record(&m)?;
+        }
+        let last = state.step == plan.total_steps;
+        if self.progress && self.writer && (state.step.is_multiple_of(cfg.log_every) || last) {
+            let done = state.step - self.run_start_step;
+            eprintln!("{}", progress_line(&m, plan.total_steps, done));
+            self.window = Window::new();
+        }
+        if self.writer && (state.step.is_multiple_of(cfg.checkpoint_every) || last) {
+            let dir = write_checkpoint(&mut replica.model, cfg, &replica.optim, state)?;
+            self.last_good = Some(dir);
+        }
+        Ok(())
+    }
 }
 
 /// One replica per device: the model and optimiser state on the first, forks on the others
@@ -543,6 +639,7 @@ struct StepPlan<'a> {
     params: Vec<(String, usize)>,
     /// LoRA dropout masks from a host stream per micro-batch ([`RunOptions::host_dropout`]).
     host_dropout: bool,
+    opt: AdamW,
 }
 
 /// What every replica of a step shares: the step's supervised tokens and, with
@@ -675,14 +772,13 @@ type Grads<B> = BTreeMap<String, Tensor<<B as AutodiffBackend>::InnerBackend, 1>
 /// Clip + AdamW on `replica` with the step's gradients.
 fn optimizer_step<B: AutodiffBackend>(
     plan: &StepPlan<'_>,
-    opt: &AdamW,
     replica: &mut Replica<B>,
     grads: Grads<B>,
     step: usize,
 ) -> StepReport {
     let _building = autodiff::building();
     let params = trainables(&mut replica.model, plan.cfg.stage);
-    opt.step::<B>(
+    plan.opt.step::<B>(
         params,
         grads,
         &mut replica.optim,
@@ -708,7 +804,6 @@ fn micro_batches(examples: Vec<Example>, batch_size: usize) -> Vec<(usize, Vec<E
 /// supervised.
 fn run_step<B: AutodiffBackend>(
     plan: &StepPlan<'_>,
-    opt: &AdamW,
     replica: &mut Replica<B>,
     examples: Vec<Example>,
     step: usize,
@@ -734,7 +829,7 @@ fn run_step<B: AutodiffBackend>(
         return Ok(Some(StepOutcome::non_finite(loss, total, times)));
     }
     let t2 = Instant::now();
-    let report = optimizer_step(plan, opt, replica, grads, step);
+    let report = optimizer_step(plan, replica, grads, step);
     times.optimizer = t2.elapsed().as_secs_f64();
     Ok(Some(StepOutcome {
         loss,
@@ -751,18 +846,13 @@ fn run_step<B: AutodiffBackend>(
 /// same AdamW step. The outcome (timings included) is replica 0's.
 fn run_step_parallel<B: AutodiffBackend>(
     plan: &StepPlan<'_>,
-    opt: &AdamW,
     replicas: &mut [Replica<B>],
     session: &crate::parallel::Session<B::InnerBackend>,
     examples: Vec<Example>,
     step: usize,
 ) -> Result<Option<StepOutcome>> {
     let image = replicas[0].model.image_token_id;
-    let Some(StepStart {
-        total,
-        host_dropout,
-    }) = plan.begin::<B>(&examples, image, step, &replicas[0].device)
-    else {
+    let Some(start) = plan.begin::<B>(&examples, image, step, &replicas[0].device) else {
         return Ok(None);
     };
     let mut shares: Vec<Vec<(usize, Vec<Example>)>> =
@@ -772,89 +862,14 @@ fn run_step_parallel<B: AutodiffBackend>(
             shares[local].push((m, batch));
         }
     }
-    let params = &plan.params;
+    let start = &start;
     let results: Vec<ReplicaResult> = std::thread::scope(|s| {
         let handles: Vec<_> = replicas
             .iter_mut()
             .zip(shares)
             .enumerate()
             .map(|(local, (replica, share))| {
-                s.spawn(move || {
-                    // A replica that fails (or panics) still joins the all-reduce, flagged, so
-                    // the others do not wait for it forever.
-                    let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        forward_backward(
-                            &mut replica.model,
-                            plan.cfg.stage,
-                            share,
-                            total,
-                            host_dropout,
-                            &replica.device,
-                        )
-                    }))
-                    .unwrap_or_else(|p| {
-                        Err(TrainError::Collective(format!(
-                            "replica {local} panicked: {}",
-                            p.downcast_ref::<String>()
-                                .map(String::as_str)
-                                .or(p.downcast_ref::<&str>().copied())
-                                .unwrap_or("(no message)")
-                        )))
-                    });
-                    let (contribution, own_err, mut times) = match own {
-                        Ok((loss, grads, times)) => (
-                            Contribution::<B> {
-                                loss,
-                                failed: false,
-                                grads,
-                            },
-                            None,
-                            times,
-                        ),
-                        Err(e) => (
-                            Contribution::<B> {
-                                loss: 0.0,
-                                failed: true,
-                                grads: BTreeMap::new(),
-                            },
-                            Some(e),
-                            StepTimes::default(),
-                        ),
-                    };
-                    let t2 = Instant::now();
-                    let reduced = match crate::parallel::all_reduce::<B>(
-                        session,
-                        local,
-                        params,
-                        contribution,
-                        &replica.device,
-                    ) {
-                        Ok(r) => r,
-                        Err(e) => return ReplicaResult::Own(Err(e)),
-                    };
-                    if let Some(e) = own_err {
-                        return ReplicaResult::Own(Err(e));
-                    }
-                    if reduced.failed > 0 {
-                        return ReplicaResult::PeerFailed(reduced.failed);
-                    }
-                    if !reduced.loss.is_finite() {
-                        return ReplicaResult::Own(Ok(Some(StepOutcome::non_finite(
-                            reduced.loss,
-                            total,
-                            times,
-                        ))));
-                    }
-                    let report = optimizer_step(plan, opt, replica, reduced.grads, step);
-                    times.optimizer = t2.elapsed().as_secs_f64();
-                    ReplicaResult::Own(Ok(Some(StepOutcome {
-                        loss: reduced.loss,
-                        grad_norm: report.grad_norm,
-                        clip_coef: report.clip_coef,
-                        tokens: total,
-                        times,
-                    })))
-                })
+                s.spawn(move || replica_step(plan, session, local, replica, share, start, step))
             })
             .collect();
         handles
@@ -862,7 +877,110 @@ fn run_step_parallel<B: AutodiffBackend>(
             .map(|h| h.join().expect("replica threads catch their panics"))
             .collect()
     });
-    // A failing replica's own error comes first; the others only know that one failed.
+    first_outcome(results)
+}
+
+/// One replica's part of a parallel step, on its own thread: forward and backward on its
+/// `share`, the all-reduce, the AdamW step.
+fn replica_step<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    session: &crate::parallel::Session<B::InnerBackend>,
+    local: usize,
+    replica: &mut Replica<B>,
+    share: Vec<(usize, Vec<Example>)>,
+    start: &StepStart,
+    step: usize,
+) -> ReplicaResult {
+    let (contribution, own_err, mut times) = contribute(plan, local, replica, share, start);
+    let t2 = Instant::now();
+    let reduced = match crate::parallel::all_reduce::<B>(
+        session,
+        local,
+        &plan.params,
+        contribution,
+        &replica.device,
+    ) {
+        Ok(r) => r,
+        Err(e) => return ReplicaResult::Own(Err(e)),
+    };
+    if let Some(e) = own_err {
+        return ReplicaResult::Own(Err(e));
+    }
+    if reduced.failed > 0 {
+        return ReplicaResult::PeerFailed(reduced.failed);
+    }
+    if !reduced.loss.is_finite() {
+        return ReplicaResult::Own(Ok(Some(StepOutcome::non_finite(
+            reduced.loss,
+            start.total,
+            times,
+        ))));
+    }
+    let report = optimizer_step(plan, replica, reduced.grads, step);
+    times.optimizer = t2.elapsed().as_secs_f64();
+    ReplicaResult::Own(Ok(Some(StepOutcome {
+        loss: reduced.loss,
+        grad_norm: report.grad_norm,
+        clip_coef: report.clip_coef,
+        tokens: start.total,
+        times,
+    })))
+}
+
+/// A replica's forward and backward as its all-reduce contribution. A replica that fails (or
+/// panics) still contributes, flagged, so the others do not wait for it forever; its error
+/// comes back beside the contribution.
+fn contribute<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    local: usize,
+    replica: &mut Replica<B>,
+    share: Vec<(usize, Vec<Example>)>,
+    start: &StepStart,
+) -> (Contribution<B>, Option<TrainError>, StepTimes) {
+    let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        forward_backward(
+            &mut replica.model,
+            plan.cfg.stage,
+            share,
+            start.total,
+            start.host_dropout,
+            &replica.device,
+        )
+    }))
+    .unwrap_or_else(|p| {
+        Err(TrainError::Collective(format!(
+            "replica {local} panicked: {}",
+            p.downcast_ref::<String>()
+                .map(String::as_str)
+                .or(p.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)")
+        )))
+    });
+    match own {
+        Ok((loss, grads, times)) => (
+            Contribution::<B> {
+                loss,
+                failed: false,
+                grads,
+            },
+            None,
+            times,
+        ),
+        Err(e) => (
+            Contribution::<B> {
+                loss: 0.0,
+                failed: true,
+                grads: BTreeMap::new(),
+            },
+            Some(e),
+            StepTimes::default(),
+        ),
+    }
+}
+
+/// The step's outcome from every replica's result: a failing replica's own error first (the
+/// others only know that one failed), else replica 0's outcome.
+fn first_outcome(results: Vec<ReplicaResult>) -> Result<Option<StepOutcome>> {
     let mut first = None;
     let mut peer_failed = 0;
     for r in results {
