@@ -249,98 +249,221 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
     if cfg.image_size < 32 {
         return Err(WorldError::Invalid("image_size must be at least 32".into()));
     }
-    for d in [
+    create_dirs(cfg, out)?;
+    let heldout = heldout_pairs(cfg.seed, cfg.heldout_pairs);
+    let mut world = Generator {
+        cfg,
+        out,
+        heldout: heldout.clone(),
+        spec: SceneSpec {
+            size: cfg.image_size,
+            min_objects: cfg.min_objects,
+            max_objects: cfg.max_objects,
+            striped: cfg.striped,
+        },
+        rng: SplitMix64(cfg.seed),
+        // Task items draw from their own stream, so the training data does not depend on them.
+        task_rng: SplitMix64(cfg.seed ^ 0x7a5c_17e4_0000_u64),
+        scenes: Vec::new(),
+    };
+    let train = world.training_scenes()?;
+    let eval = world.evaluation_scenes()?;
+    write_json(&out.join("align.json"), &train.align)?;
+    write_json(&out.join("sft.json"), &train.sft)?;
+    write_json(&out.join("eval/vg_relation.json"), &eval.relation)?;
+    write_json(&out.join("eval/vg_attribution.json"), &eval.attribution)?;
+    write_json(&out.join("eval/coco_order.json"), &eval.order)?;
+    write_jsonl(&out.join("eval/tasks.jsonl"), &eval.tasks)?;
+    write_jsonl(&out.join("scenes.jsonl"), &world.scenes)?;
+    write_jsonl(&out.join("eval/tasks_fit.jsonl"), &train.fit)?;
+    write_lines(&out.join("eval/mmvp/Questions.csv"), &eval.mmvp)?;
+    write_lines(&out.join("text.txt"), &train.text_lines)?;
+    let summary = WorldSummary {
+        config: cfg.clone(),
+        heldout,
+        align_rows: train.align.len(),
+        sft_rows: train.sft.len(),
+        eval_relation: eval.relation.len(),
+        eval_attribution: eval.attribution.len(),
+        eval_order: eval.order.len(),
+        eval_mmvp_pairs: eval.mmvp_images / 2,
+        eval_tasks: eval.tasks.len(),
+        fit_tasks: train.fit.len(),
+    };
+    write_json(&out.join("world.json"), &summary)?;
+    Ok(summary)
+}
+
+/// The output folders `cfg` writes into.
+fn create_dirs(cfg: &WorldConfig, out: &Path) -> R<()> {
+    let mut dirs = vec![
         "images/train",
         "images/eval",
         "masks/train",
         "masks/eval",
         "eval/mmvp",
-    ] {
-        std::fs::create_dir_all(out.join(d)).map_err(io(&out.join(d)))?;
-    }
+    ];
     if cfg.noisy_masks {
-        for d in ["masks_noisy/train", "masks_noisy/eval"] {
-            std::fs::create_dir_all(out.join(d)).map_err(io(&out.join(d)))?;
-        }
+        dirs.extend(["masks_noisy/train", "masks_noisy/eval"]);
     }
     if cfg.felzenszwalb_masks {
-        for d in ["masks_felzenszwalb/train", "masks_felzenszwalb/eval"] {
-            std::fs::create_dir_all(out.join(d)).map_err(io(&out.join(d)))?;
-        }
+        dirs.extend(["masks_felzenszwalb/train", "masks_felzenszwalb/eval"]);
     }
-    let heldout = heldout_pairs(cfg.seed, cfg.heldout_pairs);
-    let is_heldout = |c: Colour, s: Shape| heldout.contains(&(c, s));
-    let spec = SceneSpec {
-        size: cfg.image_size,
-        min_objects: cfg.min_objects,
-        max_objects: cfg.max_objects,
-        striped: cfg.striped,
-    };
-    let mut rng = SplitMix64(cfg.seed);
-    let mut text_lines = Vec::new();
-    let mut align = Vec::new();
-    let mut sft = Vec::new();
-    let text_path = out.join("captions.jsonl");
-    let mut scenes = Vec::new();
-    let mut captions =
-        std::io::BufWriter::new(std::fs::File::create(&text_path).map_err(io(&text_path))?);
-    let seen_only = |c: Colour, s: Shape| !is_heldout(c, s);
-    let objects = cfg.min_objects..=cfg.max_objects;
-    // Task items draw from their own stream, so the training data does not depend on them.
-    let mut task_rng = SplitMix64(cfg.seed ^ 0x7a5c_17e4_0000_u64);
-    let fit_scenes = (cfg.eval_scenes / 4).max(1).min(cfg.train_scenes);
-    let (mut fit, mut tasks) = (Vec::new(), Vec::new());
-    for k in 0..cfg.train_scenes {
-        let scene = loop {
-            if let Some(s) = Scene::sample(&spec, &mut rng, &seen_only) {
-                break s;
-            }
-        };
-        let name = format!("{k:06}");
+    for d in dirs {
+        std::fs::create_dir_all(out.join(d)).map_err(io(&out.join(d)))?;
+    }
+    Ok(())
+}
+
+/// `lines`, each ended by a newline, written atomically.
+fn write_lines(path: &Path, lines: &[String]) -> R<()> {
+    og_segment::write_atomic(path, (lines.join("\n") + "\n").as_bytes()).map_err(|e| {
+        WorldError::Write {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
+    })
+}
+
+/// What generation shares between its training and evaluation scenes: one scene stream
+/// (`rng`, whose draws fix every scene, caption and conversation), the task items' own stream,
+/// and every scene's record for `scenes.jsonl`.
+struct Generator<'a> {
+    cfg: &'a WorldConfig,
+    out: &'a Path,
+    heldout: Vec<(Colour, Shape)>,
+    spec: SceneSpec,
+    rng: SplitMix64,
+    task_rng: SplitMix64,
+    scenes: Vec<serde_json::Value>,
+}
+
+/// The training scenes' texts.
+struct TrainingTexts {
+    text_lines: Vec<String>,
+    align: Vec<serde_json::Value>,
+    sft: Vec<serde_json::Value>,
+    fit: Vec<serde_json::Value>,
+}
+
+/// The evaluation scenes' sets.
+struct EvaluationSets {
+    relation: Vec<serde_json::Value>,
+    attribution: Vec<serde_json::Value>,
+    order: Vec<serde_json::Value>,
+    tasks: Vec<serde_json::Value>,
+    /// MMVP's `Questions.csv`, header first.
+    mmvp: Vec<String>,
+    mmvp_images: usize,
+}
+
+impl Generator<'_> {
+    fn is_heldout(&self, c: Colour, s: Shape) -> bool {
+        self.heldout.contains(&(c, s))
+    }
+
+    /// Renders `scene` as `{split}/{name}` and writes its image and every mask set the world
+    /// keeps (the noisy ones draw from the scene stream); records the scene.
+    fn save_scene(&mut self, scene: &Scene, split: &str, name: &str) -> R<String> {
         let (img, masks) = scene.render();
-        save_png(&img, &out.join(format!("images/train/{name}.png")))?;
-        save_masks(&masks, &out.join(format!("masks/train/{name}.json")))?;
-        if cfg.noisy_masks {
+        let out = self.out;
+        save_png(&img, &out.join(format!("images/{split}/{name}.png")))?;
+        save_masks(&masks, &out.join(format!("masks/{split}/{name}.json")))?;
+        if self.cfg.noisy_masks {
             save_masks(
-                &noisy(&masks, &mut rng),
-                &out.join(format!("masks_noisy/train/{name}.json")),
+                &noisy(&masks, &mut self.rng),
+                &out.join(format!("masks_noisy/{split}/{name}.json")),
             )?;
         }
-        if cfg.felzenszwalb_masks {
+        if self.cfg.felzenszwalb_masks {
             save_felzenszwalb(
                 &img,
-                &out.join(format!("masks_felzenszwalb/train/{name}.json")),
+                &out.join(format!("masks_felzenszwalb/{split}/{name}.json")),
             )?;
         }
-        let image = format!("train/{name}.png");
-        scenes.push(json!({"image": image, "objects": scene.objects}));
-        let cap = text::caption(&scene, &mut rng);
-        writeln!(captions, "{}", json!({"image": image, "caption": cap}))
-            .map_err(io(&text_path))?;
-        text_lines.push(cap.clone());
-        align.push(
-            json!({"id": format!("align-{name}"), "image": image, "conversations": [
-            {"from": "human", "value": "<image>\ndescribe the image."},
-            {"from": "gpt", "value": cap}]}),
-        );
+        let image = format!("{split}/{name}.png");
+        self.scenes
+            .push(json!({"image": image, "objects": scene.objects}));
+        Ok(image)
+    }
+
+    /// Training scenes (no held-out pair): images, masks, `captions.jsonl`, and the texts of
+    /// stage 1, stage 2 and the fit tasks.
+    fn training_scenes(&mut self) -> R<TrainingTexts> {
+        let cfg = self.cfg;
+        let text_path = self.out.join("captions.jsonl");
+        let mut captions =
+            std::io::BufWriter::new(std::fs::File::create(&text_path).map_err(io(&text_path))?);
+        let fit_scenes = (cfg.eval_scenes / 4).max(1).min(cfg.train_scenes);
+        let mut texts = TrainingTexts {
+            text_lines: Vec::new(),
+            align: Vec::new(),
+            sft: Vec::new(),
+            fit: Vec::new(),
+        };
+        for k in 0..cfg.train_scenes {
+            let heldout = self.heldout.clone();
+            let seen_only = |c: Colour, s: Shape| !heldout.contains(&(c, s));
+            let scene = loop {
+                if let Some(s) = Scene::sample(&self.spec, &mut self.rng, &seen_only) {
+                    break s;
+                }
+            };
+            let name = format!("{k:06}");
+            let image = self.save_scene(&scene, "train", &name)?;
+            let cap = text::caption(&scene, &mut self.rng);
+            writeln!(captions, "{}", json!({"image": image, "caption": cap}))
+                .map_err(io(&text_path))?;
+            texts.text_lines.push(cap.clone());
+            texts.align.push(
+                json!({"id": format!("align-{name}"), "image": image, "conversations": [
+                {"from": "human", "value": "<image>\ndescribe the image."},
+                {"from": "gpt", "value": cap}]}),
+            );
+            let conv = self.conversation(&scene, &cap, &mut texts.text_lines);
+            if k < fit_scenes {
+                let mut absent = |r: &mut SplitMix64| seen_pair(&heldout, r);
+                texts.fit.extend(text::task_items(
+                    &scene,
+                    &image,
+                    &format!("fit-{name}"),
+                    cfg.min_objects..=cfg.max_objects,
+                    &mut self.task_rng,
+                    &mut absent,
+                ));
+            }
+            texts
+                .sft
+                .push(json!({"id": format!("sft-{name}"), "image": image, "conversations": conv}));
+        }
+        captions.flush().map_err(io(&text_path))?;
+        Ok(texts)
+    }
+
+    /// One SFT conversation about `scene` (1–3 questions, sometimes after a caption request;
+    /// a share as multiple choice), its turns' texts added to `text_lines`.
+    fn conversation(
+        &mut self,
+        scene: &Scene,
+        cap: &str,
+        text_lines: &mut Vec<String>,
+    ) -> Vec<serde_json::Value> {
+        let heldout = self.heldout.clone();
+        let objects = self.cfg.min_objects..=self.cfg.max_objects;
+        let rng = &mut self.rng;
         let turns = 1 + rng.below(3);
         let mut conv = Vec::new();
-        let mut absent = |r: &mut SplitMix64| loop {
-            let (c, s) = (Colour::ALL[r.below(8)], Shape::ALL[r.below(5)]);
-            if !is_heldout(c, s) {
-                break (c, s);
-            }
-        };
+        let mut absent = |r: &mut SplitMix64| seen_pair(&heldout, r);
         // LLaVA's SFT mix: some conversations start with a caption request.
         if rng.below(4) == 0 {
             conv.push(json!({"from": "human", "value": "describe the image."}));
             conv.push(json!({"from": "gpt", "value": cap}));
         }
         for _ in 0..turns {
-            let (task, q, a) = text::question(&scene, &mut rng, &mut absent);
+            let (task, q, a) = text::question(scene, rng, &mut absent);
             // A share of the questions as multiple choice with option letters.
             let (q, a) = if rng.below(4) == 0 {
-                text::multiple_choice(task, &q, &a, objects.clone(), &mut rng)
+                text::multiple_choice(task, &q, &a, objects.clone(), rng)
             } else {
                 (q, a)
             };
@@ -350,132 +473,104 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
         }
         conv[0]["value"] =
             format!("<image>\n{}", conv[0]["value"].as_str().unwrap_or_default()).into();
-        if k < fit_scenes {
-            fit.extend(text::task_items(
-                &scene,
-                &image,
-                &format!("fit-{name}"),
-                objects.clone(),
-                &mut task_rng,
-                &mut absent,
-            ));
-        }
-        sft.push(json!({"id": format!("sft-{name}"), "image": image, "conversations": conv}));
+        conv
     }
-    captions.flush().map_err(io(&text_path))?;
-    drop(captions);
 
-    // Evaluation scenes: half contain a held-out pair, half none.
-    let mut relation = Vec::new();
-    let mut attribution = Vec::new();
-    let mut order = Vec::new();
-    let mut mmvp = vec!["Index,Question,Options,Correct Answer".to_string()];
-    let mut mmvp_index = 0;
-    for k in 0..cfg.eval_scenes {
-        let want_heldout = k % 2 == 1 && !heldout.is_empty();
-        let scene = loop {
-            if let Some(s) = Scene::sample(&spec, &mut rng, &|_, _| true) {
-                let has = s.objects.iter().any(|o| is_heldout(o.colour, o.shape));
-                if has == want_heldout {
-                    break s;
-                }
-            }
+    /// Evaluation scenes, half with a held-out pair and half without: the task items and
+    /// the ARO- and MMVP-format sets.
+    fn evaluation_scenes(&mut self) -> R<EvaluationSets> {
+        let mut sets = EvaluationSets {
+            relation: Vec::new(),
+            attribution: Vec::new(),
+            order: Vec::new(),
+            tasks: Vec::new(),
+            mmvp: vec!["Index,Question,Options,Correct Answer".to_string()],
+            mmvp_images: 0,
         };
-        let split = if want_heldout { "heldout" } else { "seen" };
-        let name = format!("{k:06}");
-        let (img, masks) = scene.render();
-        save_png(&img, &out.join(format!("images/eval/{name}.png")))?;
-        save_masks(&masks, &out.join(format!("masks/eval/{name}.json")))?;
-        if cfg.noisy_masks {
-            save_masks(
-                &noisy(&masks, &mut rng),
-                &out.join(format!("masks_noisy/eval/{name}.json")),
-            )?;
+        for k in 0..self.cfg.eval_scenes {
+            let want_heldout = k % 2 == 1 && !self.heldout.is_empty();
+            let scene = loop {
+                if let Some(s) = Scene::sample(&self.spec, &mut self.rng, &|_, _| true) {
+                    let has = s.objects.iter().any(|o| self.is_heldout(o.colour, o.shape));
+                    if has == want_heldout {
+                        break s;
+                    }
+                }
+            };
+            let split = if want_heldout { "heldout" } else { "seen" };
+            let name = format!("{k:06}");
+            let image = self.save_scene(&scene, "eval", &name)?;
+            self.evaluation_items(&scene, &image, &name, split, &mut sets)?;
         }
-        if cfg.felzenszwalb_masks {
-            save_felzenszwalb(
-                &img,
-                &out.join(format!("masks_felzenszwalb/eval/{name}.json")),
-            )?;
-        }
-        let image = format!("eval/{name}.png");
-        scenes.push(json!({"image": image, "objects": scene.objects}));
+        Ok(sets)
+    }
+
+    /// Every evaluation set's items of one scene, marked with its `split`.
+    fn evaluation_items(
+        &mut self,
+        scene: &Scene,
+        image: &str,
+        name: &str,
+        split: &str,
+        sets: &mut EvaluationSets,
+    ) -> R<()> {
         let mut any_pair = |r: &mut SplitMix64| (Colour::ALL[r.below(8)], Shape::ALL[r.below(5)]);
         for mut item in text::task_items(
-            &scene,
-            &image,
+            scene,
+            image,
             &format!("eval-{name}"),
-            objects.clone(),
-            &mut task_rng,
+            self.cfg.min_objects..=self.cfg.max_objects,
+            &mut self.task_rng,
             &mut any_pair,
         ) {
             item["split"] = split.into();
-            tasks.push(item);
+            sets.tasks.push(item);
         }
-        if let Some(item) = text::relation_item(&scene, &image, &mut rng) {
-            let mut v = serde_json::to_value(item).expect("json");
+        let marked = |item: serde_json::Value| {
+            let mut v = item;
             v["split"] = split.into();
-            relation.push(v);
+            v
+        };
+        let rng = &mut self.rng;
+        if let Some(item) = text::relation_item(scene, image, rng) {
+            sets.relation
+                .push(marked(serde_json::to_value(item).expect("json")));
         }
-        if let Some(item) = text::attribution_item(&scene, &image, &mut rng) {
-            let mut v = serde_json::to_value(item).expect("json");
-            v["split"] = split.into();
-            attribution.push(v);
+        if let Some(item) = text::attribution_item(scene, image, rng) {
+            sets.attribution
+                .push(marked(serde_json::to_value(item).expect("json")));
         }
-        let mut v = serde_json::to_value(text::order_item(&scene, &image, &mut rng)).expect("json");
-        v["split"] = split.into();
-        order.push(v);
-        if let Some(pair) = text::mmvp_pair(&scene, &mut rng) {
-            let mirror = text::mirrored(&scene);
-            for (variant, answer) in [(&scene, pair.answers[0]), (&mirror, pair.answers[1])] {
-                mmvp_index += 1;
+        let order = text::order_item(scene, image, rng);
+        sets.order
+            .push(marked(serde_json::to_value(order).expect("json")));
+        if let Some(pair) = text::mmvp_pair(scene, rng) {
+            let mirror = text::mirrored(scene);
+            for (variant, answer) in [(scene, pair.answers[0]), (&mirror, pair.answers[1])] {
+                sets.mmvp_images += 1;
+                let index = sets.mmvp_images;
                 let (img, masks) = variant.render();
-                save_png(&img, &out.join(format!("eval/mmvp/{mmvp_index}.png")))?;
-                save_masks(&masks, &out.join(format!("eval/mmvp/{mmvp_index}.json")))?;
+                save_png(&img, &self.out.join(format!("eval/mmvp/{index}.png")))?;
+                save_masks(&masks, &self.out.join(format!("eval/mmvp/{index}.json")))?;
                 let letter = ["(a)", "(b)"][answer];
-                mmvp.push(format!(
-                    "{mmvp_index},\"{}\",\"(a) {} (b) {}\",{letter}",
+                sets.mmvp.push(format!(
+                    "{index},\"{}\",\"(a) {} (b) {}\",{letter}",
                     pair.question, pair.options[0], pair.options[1]
                 ));
             }
         }
+        Ok(())
     }
-    write_json(&out.join("align.json"), &align)?;
-    write_json(&out.join("sft.json"), &sft)?;
-    write_json(&out.join("eval/vg_relation.json"), &relation)?;
-    write_json(&out.join("eval/vg_attribution.json"), &attribution)?;
-    write_json(&out.join("eval/coco_order.json"), &order)?;
-    write_jsonl(&out.join("eval/tasks.jsonl"), &tasks)?;
-    write_jsonl(&out.join("scenes.jsonl"), &scenes)?;
-    write_jsonl(&out.join("eval/tasks_fit.jsonl"), &fit)?;
-    let csv = out.join("eval/mmvp/Questions.csv");
-    og_segment::write_atomic(&csv, (mmvp.join("\n") + "\n").as_bytes()).map_err(|e| {
-        WorldError::Write {
-            path: csv.clone(),
-            message: e.to_string(),
+}
+
+/// A (colour, shape) pair drawn until it is not held out (for "no" answers to existence
+/// questions on training scenes).
+fn seen_pair(heldout: &[(Colour, Shape)], r: &mut SplitMix64) -> (Colour, Shape) {
+    loop {
+        let (c, s) = (Colour::ALL[r.below(8)], Shape::ALL[r.below(5)]);
+        if !heldout.contains(&(c, s)) {
+            break (c, s);
         }
-    })?;
-    let txt = out.join("text.txt");
-    og_segment::write_atomic(&txt, (text_lines.join("\n") + "\n").as_bytes()).map_err(|e| {
-        WorldError::Write {
-            path: txt.clone(),
-            message: e.to_string(),
-        }
-    })?;
-    let summary = WorldSummary {
-        config: cfg.clone(),
-        heldout,
-        align_rows: align.len(),
-        sft_rows: sft.len(),
-        eval_relation: relation.len(),
-        eval_attribution: attribution.len(),
-        eval_order: order.len(),
-        eval_mmvp_pairs: mmvp_index / 2,
-        eval_tasks: tasks.len(),
-        fit_tasks: fit.len(),
-    };
-    write_json(&out.join("world.json"), &summary)?;
-    Ok(summary)
+    }
 }
 
 #[cfg(test)]
