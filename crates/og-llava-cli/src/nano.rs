@@ -16,11 +16,11 @@ use crate::CliError;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum NanoPreset {
-    /// Four arms, three seeds: under 10 minutes on two CPU cores.
+    /// The main comparison (five arms, three seeds; its time is in the README).
     Nano,
-    /// Stronger numbers: 4000 scenes of 80 px, longer training (about a quarter of an hour).
+    /// Stronger numbers: 4000 scenes of 80 px, longer training.
     Small,
-    /// Every step, tiny: seconds (a wiring check).
+    /// Every step, tiny (a wiring check).
     Smoke,
 }
 

@@ -2,6 +2,7 @@
 //! CLIP and the pre-trained tiny Llama, reused from the output folder when it holds them for
 //! the same configuration.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -11,7 +12,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::evaluate::read_eval;
 use crate::experiment::{ExperimentConfig, ExperimentError, say, step_err};
-use crate::pretrain::{PretrainReport, pretrain_clip, pretrain_llm, save_vision};
+use crate::pretrain::{
+    ClipData, ObjectTarget, PretrainReport, pretrain_clip, pretrain_llm, save_vision,
+};
+use crate::probe::{object_cells, read_scenes};
+use crate::scene::Object;
 use crate::world::{WorldSummary, generate};
 
 /// Steps 1–4, shared by every arm: the world, the tokenizer, the frozen tiny CLIP and the
@@ -30,7 +35,8 @@ pub struct Base {
 pub(crate) fn base_key(cfg: &ExperimentConfig) -> serde_json::Value {
     serde_json::json!({
         "world": cfg.world, "vision": cfg.vision, "llm_hidden": cfg.llm_hidden,
-        "llm_layers": cfg.llm_layers, "clip": cfg.clip, "lm": cfg.lm, "seed": cfg.seed,
+        "llm_layers": cfg.llm_layers, "clip": cfg.clip, "clip_objects": cfg.clip_objects,
+        "lm": cfg.lm, "seed": cfg.seed,
     })
 }
 
@@ -41,15 +47,7 @@ pub fn prepare_base<B: AutodiffBackend>(
     device: &B::Device,
     progress: bool,
 ) -> Result<Base, ExperimentError> {
-    let marker = out.join("base.json");
-    if let Ok(text) = std::fs::read_to_string(&marker)
-        && let Ok(base) = serde_json::from_str::<Base>(&text)
-        && base_key(&base.config) == base_key(cfg)
-        && out.join("clip/model.safetensors").is_file()
-        && out.join("llm/model.safetensors").is_file()
-        && out.join("world/scenes.jsonl").is_file()
-        && out.join("world/eval/tasks.jsonl").is_file()
-    {
+    if let Some(base) = reusable(cfg, out) {
         say(
             progress,
             "steps 1-4 reused (world, tokenizer, tiny CLIP, tiny Llama)",
@@ -61,26 +59,96 @@ pub fn prepare_base<B: AutodiffBackend>(
     let world = generate(&cfg.world, &world_dir).map_err(step_err("world"))?;
 
     say(progress, "2/6 tokenizer");
+    let llm_dir = out.join("llm");
+    let (vocab, tok) = train_world_tokenizer(&world_dir, &llm_dir)?;
+    let llm_cfg = llm_config(cfg, vocab, &tok);
+
+    say(
+        progress,
+        "3/6 tiny CLIP (contrastive pre-training, object objective if set)",
+    );
+    let examples = clip_examples(cfg, out, &tok)?;
+    let text_tower = LlamaConfig {
+        num_hidden_layers: 1,
+        ..llm_cfg.clone()
+    };
+    let (clip, clip_report) = pretrain_clip::<B>(
+        &examples.data(),
+        &cfg.vision,
+        &text_tower,
+        cfg.vision.hidden_size,
+        &cfg.clip_objects,
+        &cfg.clip,
+        device,
+    )
+    .map_err(step_err("clip"))?;
+    save_vision(&clip, &cfg.vision, &out.join("clip")).map_err(step_err("clip"))?;
+    drop(clip);
+
+    say(progress, "4/6 tiny Llama (language-model pre-training)");
+    let sequences = lm_sequences(&world_dir, &tok)?;
+    let (llm, lm_report) =
+        pretrain_llm::<B>(&sequences, &llm_cfg, &cfg.lm, device).map_err(step_err("llm"))?;
+    llm.save_pretrained(&llm_dir, &llm_cfg)
+        .map_err(step_err("llm"))?;
+    let base = Base {
+        config: cfg.clone(),
+        world,
+        vocab_size: vocab,
+        clip: clip_report,
+        lm: lm_report,
+    };
+    og_segment::write_atomic(
+        &out.join("base.json"),
+        serde_json::to_string_pretty(&base)
+            .expect("json")
+            .as_bytes(),
+    )
+    .map_err(step_err("report"))?;
+    Ok(base)
+}
+
+/// The [`Base`] in `out` when `base.json` there records the same configuration and its
+/// files are all there.
+fn reusable(cfg: &ExperimentConfig, out: &Path) -> Option<Base> {
+    let text = std::fs::read_to_string(out.join("base.json")).ok()?;
+    let base = serde_json::from_str::<Base>(&text).ok()?;
+    let complete = [
+        "clip/model.safetensors",
+        "llm/model.safetensors",
+        "world/scenes.jsonl",
+        "world/eval/tasks.jsonl",
+    ]
+    .iter()
+    .all(|f| out.join(f).is_file());
+    (base_key(&base.config) == base_key(cfg) && complete).then_some(base)
+}
+
+/// Trains the world's tokenizer into `llm_dir` on its text and the evaluation texts' words
+/// (questions, options, the generation prompts), so no evaluation prompt holds an unknown
+/// word (only the vocabulary is learned from them). Returns its size and the tokenizer.
+fn train_world_tokenizer(
+    world_dir: &Path,
+    llm_dir: &Path,
+) -> Result<(usize, ChatTokenizer), ExperimentError> {
     let text =
         std::fs::read_to_string(world_dir.join("text.txt")).map_err(step_err("tokenizer"))?;
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    // The evaluation texts' words (questions, options, the generation prompts), so no
-    // evaluation prompt holds an unknown word (only the vocabulary is learned from them).
-    for it in read_eval(&world_dir)? {
+    for it in read_eval(world_dir)? {
         let order: Vec<usize> = (0..it.options.len()).collect();
         lines.push(og_eval::protocol::paper_prompt(&it, &order));
         lines.push(it.question.clone());
         lines.extend(it.options.iter().cloned());
     }
-    let llm_dir = out.join("llm");
     let vocab =
-        crate::tokenizer::train_tokenizer(&lines, &llm_dir).map_err(step_err("tokenizer"))?;
-    let tok = ChatTokenizer::from_dir(&llm_dir).map_err(step_err("tokenizer"))?;
-    let (bos, eos) = (tok.bos_id(), tok.eos_id());
-    let wrap = |ids: Vec<u32>| -> Vec<u32> { bos.into_iter().chain(ids).chain(eos).collect() };
+        crate::tokenizer::train_tokenizer(&lines, llm_dir).map_err(step_err("tokenizer"))?;
+    let tok = ChatTokenizer::from_dir(llm_dir).map_err(step_err("tokenizer"))?;
+    Ok((vocab, tok))
+}
 
-    say(progress, "3/6 tiny CLIP (contrastive pre-training)");
-    let llm_cfg = LlamaConfig {
+/// The tiny Llama of `cfg` over the trained tokenizer.
+fn llm_config(cfg: &ExperimentConfig, vocab: usize, tok: &ChatTokenizer) -> LlamaConfig {
+    LlamaConfig {
         vocab_size: vocab,
         hidden_size: cfg.llm_hidden,
         intermediate_size: cfg.llm_hidden * 8 / 3,
@@ -89,11 +157,47 @@ pub fn prepare_base<B: AutodiffBackend>(
         num_key_value_heads: 2,
         head_dim: cfg.llm_hidden / 4,
         tie_word_embeddings: true,
-        bos_token_id: bos,
-        eos_token_ids: eos.into_iter().collect(),
+        bos_token_id: tok.bos_id(),
+        eos_token_ids: tok.eos_id().into_iter().collect(),
         max_position_embeddings: 1024,
         ..LlamaConfig::tiny()
-    };
+    }
+}
+
+/// `ids` between the tokenizer's BOS and EOS.
+fn wrap(tok: &ChatTokenizer, ids: Vec<u32>) -> Vec<u32> {
+    tok.bos_id()
+        .into_iter()
+        .chain(ids)
+        .chain(tok.eos_id())
+        .collect()
+}
+
+/// CLIP pre-training's examples, owned (see [`ClipData`]).
+struct ClipExamples {
+    pixels: Vec<Vec<f32>>,
+    captions: Vec<Vec<u32>>,
+    objects: Vec<Vec<ObjectTarget>>,
+}
+
+impl ClipExamples {
+    fn data(&self) -> ClipData<'_> {
+        ClipData {
+            pixels: &self.pixels,
+            captions: &self.captions,
+            objects: &self.objects,
+        }
+    }
+}
+
+/// CLIP pre-training's examples from `captions.jsonl`: pixel values, caption ids and (with
+/// an active object objective) each image's object targets.
+fn clip_examples(
+    cfg: &ExperimentConfig,
+    out: &Path,
+    tok: &ChatTokenizer,
+) -> Result<ClipExamples, ExperimentError> {
+    let world_dir = out.join("world");
     let processor = ImageProcessor::from_hf_dir(
         out.join("none"),
         cfg.vision.image_size,
@@ -103,8 +207,15 @@ pub fn prepare_base<B: AutodiffBackend>(
     .map_err(step_err("clip"))?;
     let captions_text =
         std::fs::read_to_string(world_dir.join("captions.jsonl")).map_err(step_err("clip"))?;
-    let mut pixels = Vec::new();
-    let mut captions = Vec::new();
+    let scenes: HashMap<String, Vec<Object>> = if cfg.clip_objects.is_active() {
+        read_scenes(&world_dir)
+            .map_err(step_err("clip"))?
+            .into_iter()
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    let (mut pixels, mut captions, mut objects) = (Vec::new(), Vec::new(), Vec::new());
     for line in captions_text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).map_err(step_err("clip"))?;
         let (Some(img), Some(cap)) = (v["image"].as_str(), v["caption"].as_str()) else {
@@ -117,31 +228,32 @@ pub fn prepare_base<B: AutodiffBackend>(
             data.to_vec::<f32>()
                 .map_err(|e| step_err("clip")(format!("{e:?}")))?,
         );
-        captions.push(wrap(tok.encode(cap, false).map_err(step_err("clip"))?));
+        captions.push(wrap(tok, tok.encode(cap, false).map_err(step_err("clip"))?));
+        if cfg.clip_objects.is_active() {
+            let scene = scenes
+                .get(img)
+                .ok_or_else(|| step_err("clip")(format!("{img} is not in scenes.jsonl")))?;
+            objects.push(
+                object_targets(&world_dir, img, scene, &image, cfg).map_err(step_err("clip"))?,
+            );
+        }
     }
-    let text_tower = LlamaConfig {
-        num_hidden_layers: 1,
-        ..llm_cfg.clone()
-    };
-    let (clip, clip_report) = pretrain_clip::<B>(
-        &pixels,
-        &captions,
-        &cfg.vision,
-        &text_tower,
-        cfg.vision.hidden_size,
-        &cfg.clip,
-        device,
-    )
-    .map_err(step_err("clip"))?;
-    save_vision(&clip, &cfg.vision, &out.join("clip")).map_err(step_err("clip"))?;
-    drop(clip);
+    Ok(ClipExamples {
+        pixels,
+        captions,
+        objects,
+    })
+}
 
-    say(progress, "4/6 tiny Llama (language-model pre-training)");
+/// The language model's pre-training sequences: every sentence of the world's text, and the
+/// SFT conversations in the chat layout with their images left out (so stage 2 starts from a
+/// model that knows the layout).
+fn lm_sequences(world_dir: &Path, tok: &ChatTokenizer) -> Result<Vec<Vec<u32>>, ExperimentError> {
+    let text = std::fs::read_to_string(world_dir.join("text.txt")).map_err(step_err("llm"))?;
     let mut sequences: Vec<Vec<u32>> = Vec::new();
     for l in text.lines() {
-        sequences.push(wrap(tok.encode(l, false).map_err(step_err("llm"))?));
+        sequences.push(wrap(tok, tok.encode(l, false).map_err(step_err("llm"))?));
     }
-    // The chat layout too (text-only turns), so stage 2 starts from a model that knows it.
     let sft: Vec<serde_json::Value> = serde_json::from_str(
         &std::fs::read_to_string(world_dir.join("sft.json")).map_err(step_err("llm"))?,
     )
@@ -166,23 +278,41 @@ pub fn prepare_base<B: AutodiffBackend>(
         let rendered = tok.render(&msgs, false).map_err(step_err("llm"))?;
         sequences.push(tok.encode(&rendered, false).map_err(step_err("llm"))?);
     }
-    let (llm, lm_report) =
-        pretrain_llm::<B>(&sequences, &llm_cfg, &cfg.lm, device).map_err(step_err("llm"))?;
-    llm.save_pretrained(&llm_dir, &llm_cfg)
-        .map_err(step_err("llm"))?;
-    let base = Base {
-        config: cfg.clone(),
-        world,
-        vocab_size: vocab,
-        clip: clip_report,
-        lm: lm_report,
-    };
-    og_segment::write_atomic(
-        &marker,
-        serde_json::to_string_pretty(&base)
-            .expect("json")
-            .as_bytes(),
-    )
-    .map_err(step_err("report"))?;
-    Ok(base)
+    Ok(sequences)
+}
+
+/// The object objective's targets for one image: each object's cells (from its ground-truth
+/// mask, in scene order) and its class for each of the objective's attributes.
+fn object_targets(
+    world: &Path,
+    image_name: &str,
+    objects: &[Object],
+    image: &image::RgbImage,
+    cfg: &ExperimentConfig,
+) -> Result<Vec<ObjectTarget>, String> {
+    let path = world.join("masks").join(image_name).with_extension("json");
+    let masks = og_llava::og_segment::MaskSet::read_coco_json(&path).map_err(|e| e.to_string())?;
+    if masks.len() != objects.len() {
+        return Err(format!(
+            "{}: {} masks for {} objects",
+            path.display(),
+            masks.len(),
+            objects.len()
+        ));
+    }
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    Ok(masks
+        .masks()
+        .iter()
+        .zip(objects)
+        .map(|(mask, object)| ObjectTarget {
+            cells: object_cells(&mask.rle.to_bitmap(), w, h, cfg.vision.grid()),
+            labels: cfg
+                .clip_objects
+                .attributes
+                .iter()
+                .map(|a| a.label(object, w as f32))
+                .collect(),
+        })
+        .collect())
 }

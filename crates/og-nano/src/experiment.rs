@@ -20,7 +20,8 @@ pub use crate::base::{Base, prepare_base};
 use crate::evaluate::{
     BLANK, EvalSets, chance_levels, evaluate_arm, read_eval, write_blank_images,
 };
-use crate::pretrain::{PretrainConfig, PretrainReport};
+use crate::pretrain::{ObjectObjective, PretrainConfig, PretrainReport};
+use crate::probe::Attribute;
 use crate::world::{WorldConfig, WorldSummary};
 
 /// Failures of the experiment, naming the step.
@@ -48,6 +49,9 @@ pub struct ExperimentConfig {
     pub llm_hidden: usize,
     pub llm_layers: usize,
     pub clip: PretrainConfig,
+    /// The tiny CLIP's object objective beside its contrastive loss (none when absent).
+    #[serde(default)]
+    pub clip_objects: ObjectObjective,
     pub lm: PretrainConfig,
     /// Stage 1 / stage 2: epochs, batch, learning rates.
     pub align_epochs: usize,
@@ -85,6 +89,13 @@ impl ExperimentConfig {
                 warmup_ratio: 0.05,
                 seed,
                 log_every: 50,
+            },
+            // Measured: contrastive pre-training alone leaves shape and size at the probe's
+            // chance level (captions are told apart by colour), and with them every question
+            // that names an object by its shape.
+            clip_objects: ObjectObjective {
+                attributes: vec![Attribute::Shape, Attribute::Size],
+                weight: 1.0,
             },
             lm: PretrainConfig {
                 steps: 300,
@@ -385,17 +396,9 @@ pub fn run<B: AutodiffBackend>(
     let (clip_dir, llm_dir) = (out.join("clip"), out.join("llm"));
     let tok = ChatTokenizer::from_dir(&llm_dir).map_err(step_err("tokenizer"))?;
     let eval_items = read_eval(&world_dir)?;
-    let read_tasks = |file: &str| {
-        og_eval::read_benchmark(
-            Benchmark::Mcq,
-            &world_dir.join(file),
-            Some(&world_dir.join("images")),
-        )
-        .map_err(step_err("evaluation"))
-    };
     let (task_items, fit_items) = (
-        read_tasks("eval/tasks.jsonl")?,
-        read_tasks("eval/tasks_fit.jsonl")?,
+        read_tasks(&world_dir, "eval/tasks.jsonl")?,
+        read_tasks(&world_dir, "eval/tasks_fit.jsonl")?,
     );
     if arms.iter().any(|a| a.blind) {
         write_blank_images(&world_dir).map_err(step_err("world"))?;
@@ -430,43 +433,17 @@ pub fn run<B: AutodiffBackend>(
             progress,
             &format!("6/6 [{}/{}] {}: evaluation", n + 1, arms.len(), arm.name),
         );
-        let mut model: OgLlava<B::InnerBackend> =
-            OgLlava::load_checkpoint(trained, None, device).map_err(step_err("evaluation"))?;
-        model.llm = model.llm.merge_lora();
         let sets = EvalSets {
             world: &world_dir,
             benchmarks: &eval_items,
             tasks: &task_items,
             fit: &fit_items,
         };
-        for with_masks in [false, true] {
-            if arm.blind && with_masks {
-                continue;
-            }
-            let own_mode = with_masks == arm.uses_masks();
-            evaluations.push(
-                evaluate_arm(
-                    &model,
-                    &tok,
-                    &eval_processor,
-                    arm,
-                    &sets,
-                    with_masks,
-                    own_mode,
-                    cfg.generation_eval,
-                    device,
-                )
-                .map_err(step_err("evaluation"))?,
-            );
-        }
+        let results =
+            evaluate_trained::<B>(cfg, arm, &trained, &tok, &eval_processor, &sets, device)?;
+        evaluations.extend(results);
     }
-    let mut chance = std::collections::BTreeMap::new();
-    for items in [&eval_items, &task_items] {
-        for (key, c) in chance_levels(items) {
-            chance.insert(og_eval::generation_key(&key), c);
-            chance.insert(key, c);
-        }
-    }
+    let chance = chance_table(&[&eval_items, &task_items]);
     let report = ExperimentReport {
         config: cfg.clone(),
         arms: arms.to_vec(),
@@ -490,6 +467,64 @@ pub fn run<B: AutodiffBackend>(
     .map_err(step_err("report"))?;
     crate::report::write_html(&report, out)?;
     Ok(report)
+}
+
+/// The trained arm in `trained` (adapters merged) evaluated without and, unless it is blind,
+/// with masks.
+fn evaluate_trained<B: AutodiffBackend>(
+    cfg: &ExperimentConfig,
+    arm: &ArmSpec,
+    trained: &Path,
+    tok: &ChatTokenizer,
+    processor: &ImageProcessor,
+    sets: &EvalSets<'_>,
+    device: &B::Device,
+) -> Result<Vec<ArmResult>, ExperimentError> {
+    let mut model: OgLlava<B::InnerBackend> =
+        OgLlava::load_checkpoint(trained, None, device).map_err(step_err("evaluation"))?;
+    model.llm = model.llm.merge_lora();
+    let mut out = Vec::new();
+    for with_masks in [false, true] {
+        if arm.blind && with_masks {
+            continue;
+        }
+        let own_mode = with_masks == arm.uses_masks();
+        let result = evaluate_arm(
+            &model,
+            tok,
+            processor,
+            arm,
+            sets,
+            with_masks,
+            own_mode,
+            cfg.generation_eval,
+            device,
+        );
+        out.push(result.map_err(step_err("evaluation"))?);
+    }
+    Ok(out)
+}
+
+/// The SFT question kinds of the world's `file` (og-eval's `mcq` layout).
+fn read_tasks(world_dir: &Path, file: &str) -> Result<Vec<og_eval::Item>, ExperimentError> {
+    og_eval::read_benchmark(
+        Benchmark::Mcq,
+        &world_dir.join(file),
+        Some(&world_dir.join("images")),
+    )
+    .map_err(step_err("evaluation"))
+}
+
+/// Chance accuracy of every result key of `sets`, likelihood and generation alike.
+fn chance_table(sets: &[&[og_eval::Item]]) -> std::collections::BTreeMap<String, f64> {
+    let mut chance = std::collections::BTreeMap::new();
+    for items in sets {
+        for (key, c) in chance_levels(items) {
+            chance.insert(og_eval::generation_key(&key), c);
+            chance.insert(key, c);
+        }
+    }
+    chance
 }
 
 /// The linear probe of the frozen tiny CLIP, said as it is measured.

@@ -33,19 +33,86 @@ const RIDGE: f64 = 1.0;
 /// Training scenes the probe is fit on, at most.
 const FIT_SCENES: usize = 300;
 
-type Attribute = (&'static str, usize, fn(&Object, f32) -> usize);
+/// An object attribute a probe reads (and the tiny CLIP's object objective may teach).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Attribute {
+    Colour,
+    Shape,
+    Size,
+    /// Which third of the image's width holds the object's centre.
+    Column,
+    /// Which third of the image's height holds the object's centre.
+    Row,
+}
 
-const ATTRIBUTES: [Attribute; 5] = [
-    ("colour", 8, |o, _| {
-        Colour::ALL.iter().position(|c| *c == o.colour).unwrap_or(0)
-    }),
-    ("shape", 5, |o, _| {
-        Shape::ALL.iter().position(|s| *s == o.shape).unwrap_or(0)
-    }),
-    ("size", 2, |o, _| usize::from(o.size == Size::Large)),
-    ("column", 3, |o, n| ((3.0 * o.cx / n) as usize).min(2)),
-    ("row", 3, |o, n| ((3.0 * o.cy / n) as usize).min(2)),
-];
+impl Attribute {
+    pub const ALL: [Attribute; 5] = [
+        Attribute::Colour,
+        Attribute::Shape,
+        Attribute::Size,
+        Attribute::Column,
+        Attribute::Row,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Attribute::Colour => "colour",
+            Attribute::Shape => "shape",
+            Attribute::Size => "size",
+            Attribute::Column => "column",
+            Attribute::Row => "row",
+        }
+    }
+
+    pub fn classes(self) -> usize {
+        match self {
+            Attribute::Colour => Colour::ALL.len(),
+            Attribute::Shape => Shape::ALL.len(),
+            Attribute::Size => 2,
+            Attribute::Column | Attribute::Row => 3,
+        }
+    }
+
+    /// The class of `o` in an image `side` pixels wide.
+    pub fn label(self, o: &Object, side: f32) -> usize {
+        let third = |v: f32| ((3.0 * v / side) as usize).min(2);
+        match self {
+            Attribute::Colour => Colour::ALL.iter().position(|c| *c == o.colour).unwrap_or(0),
+            Attribute::Shape => Shape::ALL.iter().position(|s| *s == o.shape).unwrap_or(0),
+            Attribute::Size => usize::from(o.size == Size::Large),
+            Attribute::Column => third(o.cx),
+            Attribute::Row => third(o.cy),
+        }
+    }
+}
+
+/// The patch cells (row-major over a `grid × grid` patch grid of a `w × h` image) that stand
+/// for an object: those its mask covers for at least a quarter, or the most covered ones when
+/// none is (small objects). Empty for an empty mask.
+pub fn object_cells(
+    mask: &og_llava::og_segment::Bitmap,
+    w: usize,
+    h: usize,
+    grid: usize,
+) -> Vec<usize> {
+    let (cw, ch) = (w / grid, h / grid);
+    let mut cover = vec![0usize; grid * grid];
+    for y in 0..h.min(ch * grid) {
+        for x in 0..w.min(cw * grid) {
+            if mask.get(y, x) {
+                cover[(y / ch) * grid + x / cw] += 1;
+            }
+        }
+    }
+    let best = cover.iter().copied().max().unwrap_or(0);
+    if best == 0 {
+        return Vec::new();
+    }
+    (0..cover.len())
+        .filter(|&c| 4 * cover[c] >= cw * ch || cover[c] == best)
+        .collect()
+}
 
 /// Solves `a x = b` for symmetric positive-definite `a` (n × n, row-major) by Cholesky, for
 /// every column of `b` (n × m).
@@ -180,25 +247,14 @@ fn object_features<B: Backend>(
         let masks = MaskSet::read_coco_json(world.join("masks").join(image).with_extension("json"))
             .map_err(|e| e.to_string())?;
         let (w, h) = (img.width() as usize, img.height() as usize);
-        let (cw, ch) = (w / grid, h / grid);
         for (mask, object) in masks.masks().iter().zip(objects) {
-            let bitmap = mask.rle.to_bitmap();
-            let mut cover = vec![0usize; grid * grid];
-            for y in 0..h.min(ch * grid) {
-                for x in 0..w.min(cw * grid) {
-                    if bitmap.get(y, x) {
-                        cover[(y / ch) * grid + x / cw] += 1;
-                    }
-                }
-            }
-            let best = cover.iter().copied().max().unwrap_or(0);
-            if best == 0 {
-                continue;
-            }
-            let cells: Vec<usize> = (0..cover.len())
-                .filter(|&c| 4 * cover[c] >= cw * ch || cover[c] == best)
+            let cells: Vec<usize> = object_cells(&mask.rle.to_bitmap(), w, h, grid)
+                .into_iter()
                 .filter(|&c| c < v)
                 .collect();
+            if cells.is_empty() {
+                continue;
+            }
             let mut mean = vec![0.0f64; f];
             for &c in &cells {
                 for (m, x) in mean.iter_mut().zip(&values[c * f..(c + 1) * f]) {
@@ -211,7 +267,7 @@ fn object_features<B: Backend>(
     Ok(out)
 }
 
-fn read_scenes(world: &Path) -> Result<Vec<(String, Vec<Object>)>, String> {
+pub(crate) fn read_scenes(world: &Path) -> Result<Vec<(String, Vec<Object>)>, String> {
     let path = world.join("scenes.jsonl");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     text.lines()
@@ -252,10 +308,11 @@ pub fn probe<B: Backend>(
         return Err("no objects to probe".into());
     }
     let mut out = BTreeMap::new();
-    for (name, classes, label) in ATTRIBUTES {
+    for attribute in Attribute::ALL {
+        let (name, classes) = (attribute.name(), attribute.classes());
         let split = |set: &[(Vec<f64>, Object, f32)]| -> (Vec<Vec<f64>>, Vec<usize>) {
             set.iter()
-                .map(|(x, o, n)| (x.clone(), label(o, *n)))
+                .map(|(x, o, n)| (x.clone(), attribute.label(o, *n)))
                 .unzip()
         };
         let ((xf, yf), (xh, yh)) = (split(&fit), split(&held));

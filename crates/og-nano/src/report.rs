@@ -225,10 +225,26 @@ pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, Expe
         }
     }
     let (c0, c1) = report.clip.first_last(10);
+    let objective = if report.config.clip_objects.is_active() {
+        let names: Vec<&str> = report
+            .config
+            .clip_objects
+            .attributes
+            .iter()
+            .map(|a| a.name())
+            .collect();
+        format!(
+            " (contrastive + {} × object objective: {})",
+            report.config.clip_objects.weight,
+            names.join(", ")
+        )
+    } else {
+        " (contrastive)".to_string()
+    };
     let (l0, l1) = report.lm.first_last(10);
     let _ = write!(
         html,
-        "<p>Tiny CLIP contrastive loss {c0:.3} → {c1:.3} ({} steps, {:.0} s); tiny Llama LM loss {l0:.3} → {l1:.3} ({} steps, {:.0} s).</p>",
+        "<p>Tiny CLIP loss{objective} {c0:.3} → {c1:.3} ({} steps, {:.0} s); tiny Llama LM loss {l0:.3} → {l1:.3} ({} steps, {:.0} s).</p>",
         report.clip.steps, report.clip.seconds, report.lm.steps, report.lm.seconds
     );
     html += "</body></html>\n";
@@ -355,12 +371,14 @@ pub fn write_summary_html(
     );
     html += "<h2>Linear probe of the frozen tiny CLIP</h2><p>Ridge classifiers on each object's \
              mean patch feature (the layer the connector reads), fit on training scenes, scored on \
-             evaluation scenes; chance: the majority class.</p><table><tr><th style=\"text-align:left\">\
+             evaluation scenes; chance: the majority class. <i>taught</i>: the CLIP's object \
+             objective supervised the attribute in pre-training (on training scenes).</p><table><tr><th style=\"text-align:left\">\
              attribute</th><th>chance %</th><th>train %</th><th>test %</th><th>seeds</th></tr>";
     for (k, p) in &summary.probe {
+        let taught = if p.taught { " <i>taught</i>" } else { "" };
         let _ = write!(
             html,
-            "<tr><td style=\"text-align:left\">{k}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
+            "<tr><td style=\"text-align:left\">{k}{taught}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td></tr>",
             100.0 * p.chance,
             100.0 * p.train,
             100.0 * p.test,

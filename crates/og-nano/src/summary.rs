@@ -74,6 +74,11 @@ pub struct ProbeRow {
     /// Mean test accuracy over seeds, and each seed's.
     pub test: f64,
     pub seeds: Vec<f64>,
+    /// The tiny CLIP's object objective supervised this attribute in pre-training (its test
+    /// accuracy then says the objective generalised to held-out scenes, not that contrastive
+    /// learning found it).
+    #[serde(default)]
+    pub taught: bool,
 }
 
 fn probe_rows(reports: &[ExperimentReport]) -> BTreeMap<String, ProbeRow> {
@@ -86,11 +91,20 @@ fn probe_rows(reports: &[ExperimentReport]) -> BTreeMap<String, ProbeRow> {
     rows.into_iter()
         .map(|(k, ps)| {
             let seeds: Vec<f64> = ps.iter().map(|p| p.test_accuracy).collect();
+            let taught = reports.iter().any(|r| {
+                r.config.clip_objects.is_active()
+                    && r.config
+                        .clip_objects
+                        .attributes
+                        .iter()
+                        .any(|a| a.name() == k)
+            });
             let row = ProbeRow {
                 chance: mean(&ps.iter().map(|p| p.chance).collect::<Vec<_>>()),
                 train: mean(&ps.iter().map(|p| p.train_accuracy).collect::<Vec<_>>()),
                 test: mean(&seeds),
                 seeds,
+                taught,
             };
             (k, row)
         })
@@ -356,7 +370,12 @@ pub fn text_table(s: &Summary) -> String {
         );
         for (k, p) in &s.probe {
             out += &format!(
-                "{k:<18}{:>8.1}{:>10.1}{:>10.1}\n",
+                "{:<18}{:>8.1}{:>10.1}{:>10.1}\n",
+                if p.taught {
+                    format!("{k} (taught)")
+                } else {
+                    k.clone()
+                },
                 100.0 * p.chance,
                 100.0 * p.train,
                 100.0 * p.test

@@ -46,12 +46,18 @@ fn check_dir_on<B: Backend>(name: &str, dir: &std::path::Path) {
         let d = max_diff(h, want);
         assert!(d < 1e-4, "{name}: hidden state {i} differs by {d}");
     }
-    let want: Tensor<B, 3> = io.tensor("features", [2, 25, 32], &device).unwrap();
-    let d = max_diff(model.features(pv.clone()).unwrap(), want);
+    let want_features: Tensor<B, 3> = io.tensor("features", [2, 25, 32], &device).unwrap();
+    let d = max_diff(model.features(pv.clone()).unwrap(), want_features.clone());
     assert!(d < 1e-4, "{name}: features differ by {d}");
-    let want: Tensor<B, 2> = io.tensor("pooler_output", [2, 32], &device).unwrap();
-    let d = max_diff(model.pooled(pv).unwrap(), want);
+    let want_pooled: Tensor<B, 2> = io.tensor("pooler_output", [2, 32], &device).unwrap();
+    let d = max_diff(model.pooled(pv.clone()).unwrap(), want_pooled.clone());
     assert!(d < 1e-4, "{name}: pooled output differs by {d}");
+    let (features, pooled) = model.features_and_pooled(pv).unwrap();
+    let d = max_diff(features, want_features).max(max_diff(pooled, want_pooled));
+    assert!(
+        d < 1e-4,
+        "{name}: one-pass features and pooled output differ by {d}"
+    );
 }
 
 #[test]

@@ -284,8 +284,38 @@ impl<B: Backend> ClipVisionTransformer<B> {
     pub fn pooled(&self, pixel_values: Tensor<B, 4>) -> Result<Tensor<B, 2>> {
         let out = self.forward_hidden_states(pixel_values, self.layers.len())?;
         let last = out.hidden_states.into_iter().next_back().expect("states");
+        Ok(self.pool_cls(last))
+    }
+
+    /// [`Self::features`] and [`Self::pooled`] from one forward pass (a training objective
+    /// that reads both).
+    ///
+    /// # Shapes
+    /// `[batch, 3, S, S]` → (`[batch, V, F]` or `[batch, 1 + V, F]`, `[batch, F]`)
+    pub fn features_and_pooled(
+        &self,
+        pixel_values: Tensor<B, 4>,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 2>)> {
+        let mut states = self
+            .forward_hidden_states(pixel_values, self.layers.len())?
+            .hidden_states;
+        let last = states.pop().expect("states");
+        let x = match states.into_iter().nth(self.selected_hidden_state) {
+            Some(x) => x,
+            None => last.clone(),
+        };
+        let features = if self.keep_cls {
+            x
+        } else {
+            let [b, n, _] = x.dims();
+            x.slice([0..b, 1..n])
+        };
+        Ok((features, self.pool_cls(last)))
+    }
+
+    fn pool_cls(&self, last: Tensor<B, 3>) -> Tensor<B, 2> {
         let b = last.dims()[0];
         let cls = last.slice([0..b, 0..1]).reshape([b, self.hidden_size]);
-        Ok(self.post_layernorm.forward(cls))
+        self.post_layernorm.forward(cls)
     }
 }
