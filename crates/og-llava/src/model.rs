@@ -110,6 +110,42 @@ pub struct Prepared<B: Backend> {
     pub connector_s: f64,
 }
 
+/// A batch's images through the tower and the connector.
+struct EncodedImages<B: Backend> {
+    /// The connector's output over every image of the batch (none without images).
+    fused: Option<og_fusion::FusionOutput<B>>,
+    /// `first[i]`: the index of prompt i's first image among the batch's images.
+    first: Vec<usize>,
+    vision_s: f64,
+    connector_s: f64,
+}
+
+/// One prompt with its images spliced in: `[T, D]` embeddings, each position's segment id
+/// (0 for text; distinct across the prompt's images), and its [`Prepared::image_spans`].
+struct SplicedRow<B: Backend> {
+    embeds: Tensor<B, 2>,
+    segments: Vec<u32>,
+    spans: Vec<(usize, usize, usize)>,
+}
+
+/// The runs of `image_token` in `ids` as `(start, end)`: each run is one image.
+fn image_runs(ids: &[u32], image_token: u32) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut j = 0;
+    while j < ids.len() {
+        if ids[j] == image_token {
+            let start = j;
+            while j < ids.len() && ids[j] == image_token {
+                j += 1;
+            }
+            runs.push((start, j));
+        } else {
+            j += 1;
+        }
+    }
+    runs
+}
+
 /// OG-LLaVA.
 #[derive(Debug)]
 pub struct OgLlava<B: Backend> {
@@ -387,114 +423,132 @@ impl<B: Backend> OgLlava<B> {
         if inputs.is_empty() {
             return Err(ModelError::Input("empty batch".into()));
         }
+        let encoded = self.encode_images(inputs)?;
+        let rows = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| self.splice(i, input, &encoded))
+            .collect::<R<Vec<_>>>()?;
+        Ok(self.pad_rows(rows, &encoded))
+    }
+
+    /// Every image of the batch through the tower and the connector at once.
+    fn encode_images(&self, inputs: &[OgLlavaInput<B>]) -> R<EncodedImages<B>> {
         let grid = self.vision.grid();
-        // Encode every image of the batch at once; `first[i]` is the index of prompt i's first.
         let mut first = Vec::with_capacity(inputs.len());
         let mut all: Vec<&ImageInput<B>> = Vec::new();
         for input in inputs {
             first.push(all.len());
             all.extend(input.images.iter());
         }
-        let (mut vision_s, mut connector_s) = (0.0, 0.0);
-        let fused = if all.is_empty() {
-            None
-        } else {
-            let t0 = std::time::Instant::now();
-            let pixels = all.iter().map(|im| im.pixel_values.clone()).collect();
-            let features = self.vision.features(Tensor::cat(pixels, 0))?;
-            vision_s = t0.elapsed().as_secs_f64();
-            let t1 = std::time::Instant::now();
-            let selections: Vec<Selection> = all
-                .iter()
-                .map(|im| {
-                    im.selection
-                        .clone()
-                        .unwrap_or_else(|| Selection::full_grid((grid, grid)))
-                })
-                .collect();
-            let out = self.connector.forward(features, &selections)?;
-            connector_s = t1.elapsed().as_secs_f64();
-            Some(out)
-        };
-        let device = self.llm.model.embed_tokens.weight.device();
-        let mut rows: Vec<(Tensor<B, 2>, Vec<u32>)> = Vec::with_capacity(inputs.len());
-        let mut image_spans = Vec::with_capacity(inputs.len());
-        for (i, input) in inputs.iter().enumerate() {
-            let ids = &input.token_ids;
-            if ids.is_empty() {
-                return Err(ModelError::Input(format!("prompt {i} is empty")));
-            }
-            // Runs of image tokens: each run is one image.
-            let runs: Vec<(usize, usize)> = {
-                let mut v = Vec::new();
-                let mut j = 0;
-                while j < ids.len() {
-                    if ids[j] == self.image_token_id {
-                        let s = j;
-                        while j < ids.len() && ids[j] == self.image_token_id {
-                            j += 1;
-                        }
-                        v.push((s, j));
-                    } else {
-                        j += 1;
-                    }
-                }
-                v
-            };
-            if runs.len() != input.images.len() {
-                return Err(ModelError::Input(format!(
-                    "prompt {i} has {} image placeholder(s) for {} image(s)",
-                    runs.len(),
-                    input.images.len()
-                )));
-            }
-            // Image tokens are replaced by the OGVT below; embed them as id 0 (the original
-            // LLaVA marker is outside the vocabulary).
-            let embeddable: Vec<u32> = ids
-                .iter()
-                .map(|&t| if t == self.image_token_id { 0 } else { t })
-                .collect();
-            let text = self.llm.embed(&[embeddable])?.squeeze_dim::<2>(0);
-            let d = text.dims()[1];
-            let mut parts = Vec::new();
-            let mut segments = Vec::new();
-            let mut spans = Vec::with_capacity(runs.len());
-            let mut at = 0;
-            // Segment ids stay distinct across the images of one prompt.
-            let mut segment_base = 0u32;
-            for (r, &(s, e)) in runs.iter().enumerate() {
-                let out = fused.as_ref().expect("an image was encoded");
-                let k = first[i] + r;
-                let t = out.lengths[k];
-                if s > at {
-                    parts.push(text.clone().slice(at..s));
-                    segments.extend(vec![0u32; s - at]);
-                }
-                parts.push(out.tokens.clone().slice([k..k + 1, 0..t]).reshape([t, d]));
-                let layout = &out.layouts[k].segment_ids;
-                segments.extend(
-                    layout
-                        .iter()
-                        .map(|&g| if g == 0 { 0 } else { g + segment_base }),
-                );
-                segment_base += layout.iter().copied().max().unwrap_or(0);
-                spans.push((s, t, e - s));
-                at = e;
-            }
-            if at < ids.len() {
-                parts.push(text.slice(at..ids.len()));
-                segments.extend(vec![0u32; ids.len() - at]);
-            }
-            image_spans.push(spans);
-            rows.push((Tensor::cat(parts, 0), segments));
+        if all.is_empty() {
+            return Ok(EncodedImages {
+                fused: None,
+                first,
+                vision_s: 0.0,
+                connector_s: 0.0,
+            });
         }
-        let lengths: Vec<usize> = rows.iter().map(|r| r.1.len()).collect();
+        let t0 = std::time::Instant::now();
+        let pixels = all.iter().map(|im| im.pixel_values.clone()).collect();
+        let features = self.vision.features(Tensor::cat(pixels, 0))?;
+        let vision_s = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
+        let selections: Vec<Selection> = all
+            .iter()
+            .map(|im| {
+                im.selection
+                    .clone()
+                    .unwrap_or_else(|| Selection::full_grid((grid, grid)))
+            })
+            .collect();
+        let fused = self.connector.forward(features, &selections)?;
+        Ok(EncodedImages {
+            fused: Some(fused),
+            first,
+            vision_s,
+            connector_s: t1.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Prompt `i`'s embeddings with each run of image tokens replaced by its image's OGVT.
+    fn splice(
+        &self,
+        i: usize,
+        input: &OgLlavaInput<B>,
+        encoded: &EncodedImages<B>,
+    ) -> R<SplicedRow<B>> {
+        let ids = &input.token_ids;
+        if ids.is_empty() {
+            return Err(ModelError::Input(format!("prompt {i} is empty")));
+        }
+        let runs = image_runs(ids, self.image_token_id);
+        if runs.len() != input.images.len() {
+            return Err(ModelError::Input(format!(
+                "prompt {i} has {} image placeholder(s) for {} image(s)",
+                runs.len(),
+                input.images.len()
+            )));
+        }
+        // Image tokens are replaced by the OGVT below; embed them as id 0 (the original
+        // LLaVA marker is outside the vocabulary).
+        let embeddable: Vec<u32> = ids
+            .iter()
+            .map(|&t| if t == self.image_token_id { 0 } else { t })
+            .collect();
+        let text = self.llm.embed(&[embeddable])?.squeeze_dim::<2>(0);
+        let d = text.dims()[1];
+        let mut parts = Vec::new();
+        let mut segments = Vec::new();
+        let mut spans = Vec::with_capacity(runs.len());
+        let mut at = 0;
+        // Segment ids stay distinct across the images of one prompt.
+        let mut segment_base = 0u32;
+        for (r, &(s, e)) in runs.iter().enumerate() {
+            let out = encoded.fused.as_ref().expect("an image was encoded");
+            let k = encoded.first[i] + r;
+            let t = out.lengths[k];
+            if s > at {
+                parts.push(text.clone().slice(at..s));
+                segments.extend(vec![0u32; s - at]);
+            }
+            parts.push(out.tokens.clone().slice([k..k + 1, 0..t]).reshape([t, d]));
+            let layout = &out.layouts[k].segment_ids;
+            segments.extend(
+                layout
+                    .iter()
+                    .map(|&g| if g == 0 { 0 } else { g + segment_base }),
+            );
+            segment_base += layout.iter().copied().max().unwrap_or(0);
+            spans.push((s, t, e - s));
+            at = e;
+        }
+        if at < ids.len() {
+            parts.push(text.slice(at..ids.len()));
+            segments.extend(vec![0u32; ids.len() - at]);
+        }
+        Ok(SplicedRow {
+            embeds: Tensor::cat(parts, 0),
+            segments,
+            spans,
+        })
+    }
+
+    /// The batch the LLM receives: `rows` right-padded to the longest (zero embeddings),
+    /// the padding mask, positions (segment-aware with [`Self::segment_rope`], continued
+    /// through the padding) and the real lengths.
+    fn pad_rows(&self, rows: Vec<SplicedRow<B>>, encoded: &EncodedImages<B>) -> Prepared<B> {
+        let device = self.llm.model.embed_tokens.weight.device();
+        let lengths: Vec<usize> = rows.iter().map(|r| r.segments.len()).collect();
         let t_max = *lengths.iter().max().expect("non-empty batch");
         let d = self.llm.hidden_size();
         let mut padded = Vec::with_capacity(rows.len());
         let mut positions = Vec::with_capacity(rows.len());
         let mut padding = Vec::with_capacity(rows.len() * t_max);
-        for (emb, segments) in rows {
+        let mut image_spans = Vec::with_capacity(rows.len());
+        for row in rows {
+            let (emb, segments) = (row.embeds, row.segments);
+            image_spans.push(row.spans);
             let n = segments.len();
             let emb = if n < t_max {
                 Tensor::cat(vec![emb, Tensor::zeros([t_max - n, d], &device)], 0)
@@ -513,15 +567,15 @@ impl<B: Backend> OgLlava<B> {
             padding.extend((0..t_max).map(|j| j >= n));
         }
         let b = padded.len();
-        Ok(Prepared {
+        Prepared {
             embeds: Tensor::cat(padded, 0),
             padding: Tensor::from_data(TensorData::new(padding, [b, t_max]), &device),
             positions,
             lengths,
             image_spans,
-            vision_s,
-            connector_s,
-        })
+            vision_s: encoded.vision_s,
+            connector_s: encoded.connector_s,
+        }
     }
 
     /// The causal-LM loss of a batch, LLaVA's way: position q predicts the token at q+1, and
