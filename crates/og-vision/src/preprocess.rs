@@ -74,79 +74,8 @@ impl ImageProcessor {
         let bad = |m: String| VisionError::Config(format!("{}: {m}", path.display()));
         let v: Value =
             serde_json::from_str(&text).map_err(|e| bad(format!("malformed JSON: {e}")))?;
-        let triple = |key: &str, default: [f32; 3]| -> Result<[f32; 3]> {
-            match v.get(key) {
-                None => Ok(default),
-                Some(Value::Array(a)) if a.len() == 3 => {
-                    let mut out = [0f32; 3];
-                    for (o, x) in out.iter_mut().zip(a) {
-                        *o = x.as_f64().ok_or_else(|| bad(format!("{key} holds {x}")))? as f32;
-                    }
-                    Ok(out)
-                }
-                Some(x) => Err(bad(format!("{key} is {x}, expected three numbers"))),
-            }
-        };
-        p.image_mean = triple("image_mean", CLIP_MEAN)?;
-        p.image_std = triple("image_std", CLIP_STD)?;
-        if p.image_std.iter().any(|&s| s <= 0.0) {
-            return Err(bad("image_std must be positive".into()));
-        }
-        p.frame.pad_color = mean_color(p.image_mean);
-        // `size`: {"shortest_edge": n} (newer) or a bare integer (older).
-        match v.get("size") {
-            Some(Value::Number(n)) => p.frame.shortest_edge = n.as_u64().unwrap_or(0) as usize,
-            Some(Value::Object(o)) => {
-                if let Some(n) = o.get("shortest_edge").and_then(Value::as_u64) {
-                    p.frame.shortest_edge = n as usize;
-                } else {
-                    return Err(bad(format!("size {o:?} has no shortest_edge")));
-                }
-            }
-            _ => {}
-        }
-        let center_crop = v
-            .get("do_center_crop")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        match v.get("crop_size") {
-            Some(Value::Number(n)) => {
-                let n = n.as_u64().unwrap_or(0) as usize;
-                (p.frame.crop_height, p.frame.crop_width) = (n, n);
-            }
-            Some(Value::Object(o)) => {
-                let get = |k: &str| o.get(k).and_then(Value::as_u64).map(|n| n as usize);
-                match (get("height"), get("width")) {
-                    (Some(h), Some(w)) => (p.frame.crop_height, p.frame.crop_width) = (h, w),
-                    _ => return Err(bad(format!("crop_size {o:?} needs height and width"))),
-                }
-            }
-            _ => {}
-        }
-        if !center_crop {
-            return Err(bad(
-                "do_center_crop = false is not supported (the encoder needs a square input)".into(),
-            ));
-        }
-        if let Some(r) = v.get("rescale_factor").and_then(Value::as_f64) {
-            p.rescale_factor = r as f32;
-        }
-        if v.get("do_rescale").and_then(Value::as_bool) == Some(false) {
-            p.rescale_factor = 1.0;
-        }
-        p.do_normalize = v
-            .get("do_normalize")
-            .and_then(Value::as_bool)
-            .unwrap_or(true);
-        if let Some(r) = v
-            .get("resample")
-            .and_then(Value::as_u64)
-            .filter(|&r| r != 3)
-        {
-            return Err(bad(format!(
-                "resample = {r} is not supported (only 3, bicubic, as CLIP uses)"
-            )));
-        }
+        let hf: HfPreprocessorConfig = og_weights::mirror(&v).map_err(bad)?;
+        hf.apply(&mut p).map_err(bad)?;
         Ok(p)
     }
 
@@ -184,6 +113,82 @@ impl ImageProcessor {
     }
 }
 
+/// transformers' `CLIPImageProcessor` as `preprocessor_config.json` spells it (the fields
+/// that change what the encoder sees; others are ignored).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct HfPreprocessorConfig {
+    pub image_mean: Option<[f32; 3]>,
+    pub image_std: Option<[f32; 3]>,
+    pub size: Option<HfSize>,
+    pub crop_size: Option<HfCropSize>,
+    pub do_center_crop: Option<bool>,
+    pub rescale_factor: Option<f32>,
+    pub do_rescale: Option<bool>,
+    pub do_normalize: Option<bool>,
+    pub resample: Option<u64>,
+}
+
+/// `size`: `{"shortest_edge": n}` (newer) or a bare integer (older).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum HfSize {
+    Edge(usize),
+    ShortestEdge { shortest_edge: usize },
+}
+
+/// `crop_size`: `{"height": h, "width": w}` (newer) or a bare integer (older).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum HfCropSize {
+    Side(usize),
+    HeightWidth { height: usize, width: usize },
+}
+
+impl HfPreprocessorConfig {
+    /// Overrides `p`'s settings with the file's; a setting this pipeline cannot follow
+    /// (another resampling filter, no centre crop, a non-positive std) is an error.
+    fn apply(self, p: &mut ImageProcessor) -> std::result::Result<(), String> {
+        p.image_mean = self.image_mean.unwrap_or(CLIP_MEAN);
+        p.image_std = self.image_std.unwrap_or(CLIP_STD);
+        if p.image_std.iter().any(|&s| s <= 0.0) {
+            return Err("image_std must be positive".into());
+        }
+        p.frame.pad_color = mean_color(p.image_mean);
+        match self.size {
+            Some(HfSize::Edge(n) | HfSize::ShortestEdge { shortest_edge: n }) => {
+                p.frame.shortest_edge = n;
+            }
+            None => {}
+        }
+        match self.crop_size {
+            Some(HfCropSize::Side(n)) => (p.frame.crop_height, p.frame.crop_width) = (n, n),
+            Some(HfCropSize::HeightWidth { height, width }) => {
+                (p.frame.crop_height, p.frame.crop_width) = (height, width);
+            }
+            None => {}
+        }
+        if self.do_center_crop == Some(false) {
+            return Err(
+                "do_center_crop = false is not supported (the encoder needs a square input)".into(),
+            );
+        }
+        if let Some(r) = self.rescale_factor {
+            p.rescale_factor = r;
+        }
+        if self.do_rescale == Some(false) {
+            p.rescale_factor = 1.0;
+        }
+        p.do_normalize = self.do_normalize.unwrap_or(true);
+        if let Some(r) = self.resample.filter(|&r| r != 3) {
+            return Err(format!(
+                "resample = {r} is not supported (only 3, bicubic, as CLIP uses)"
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +221,18 @@ mod tests {
         )
         .unwrap();
         assert!(ImageProcessor::from_hf_dir(dir.path(), 336, 14, false).is_err());
+        for (json, needle) in [
+            (r#"{"image_mean": [0.5, 0.5]}"#, "image_mean"),
+            (r#"{"size": {"longest_edge": 224}}"#, "size"),
+            (r#"{"crop_size": {"height": 224}}"#, "crop_size"),
+            (r#"{"image_std": [0.5, 0.0, 0.5]}"#, "image_std"),
+        ] {
+            std::fs::write(dir.path().join("preprocessor_config.json"), json).unwrap();
+            let e = ImageProcessor::from_hf_dir(dir.path(), 336, 14, false)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
         let none = tempfile::tempdir().unwrap();
         assert_eq!(
             ImageProcessor::from_hf_dir(none.path(), 336, 14, false).unwrap(),
