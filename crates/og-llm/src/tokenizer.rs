@@ -21,6 +21,8 @@ pub const IMAGE_PLACEHOLDER: &str = "<image>";
 
 /// How a chat template that does not parse is reported.
 const TEMPLATE_ERROR: &str = "chat template does not parse";
+/// The start of errors about `tokenizer_config.json`'s chat settings.
+const SETTINGS_ERROR: &str = "chat settings";
 
 /// Llama-3's template (as its `tokenizer_config.json` ships it), used when none is given.
 pub const LLAMA3_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
@@ -94,11 +96,43 @@ impl std::fmt::Debug for ChatTokenizer {
     }
 }
 
-fn token_string(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
-        _ => None,
+/// The chat settings of `tokenizer_config.json` as transformers writes them (other fields
+/// are ignored).
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct HfTokenizerConfig {
+    pub chat_template: Option<ChatTemplates>,
+    pub bos_token: Option<TokenSpec>,
+    pub eos_token: Option<TokenSpec>,
+}
+
+/// `chat_template`: one template, or a list of named ones.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ChatTemplates {
+    One(String),
+    Named(Vec<NamedTemplate>),
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NamedTemplate {
+    pub name: String,
+    pub template: String,
+}
+
+/// A special token: its text, or an `AddedToken` object holding it as `content`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TokenSpec {
+    Text(String),
+    Added { content: String },
+}
+
+impl TokenSpec {
+    fn into_text(self) -> String {
+        match self {
+            TokenSpec::Text(s) | TokenSpec::Added { content: s } => s,
+        }
     }
 }
 
@@ -163,7 +197,11 @@ impl ChatTokenizer {
         Self::from_bytes(&bytes, config.as_ref()).map_err(|e| {
             // The template comes from tokenizer_config.json, everything else from tokenizer.json.
             let (file, message) = match e {
-                LlmError::Config(m) if m.starts_with(TEMPLATE_ERROR) => (&config_path, m),
+                LlmError::Config(m)
+                    if m.starts_with(TEMPLATE_ERROR) || m.starts_with(SETTINGS_ERROR) =>
+                {
+                    (&config_path, m)
+                }
                 LlmError::Config(m) => (&path, m),
                 other => (&path, other.to_string()),
             };
@@ -175,20 +213,28 @@ impl ChatTokenizer {
     pub fn from_bytes(tokenizer_json: &[u8], config: Option<&Value>) -> Result<Self> {
         let tokenizer = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| LlmError::Config(format!("not a usable tokenizer.json: {e}")))?;
-        let template = match config.and_then(|c| c.get("chat_template")) {
-            Some(Value::String(s)) => s.clone(),
-            // A list of named templates: take "default".
-            Some(Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template").and_then(Value::as_str))
-                .map(str::to_string)
-                .unwrap_or_else(|| LLAMA3_TEMPLATE.to_string()),
-            _ => LLAMA3_TEMPLATE.to_string(),
+        let settings: HfTokenizerConfig = match config {
+            Some(v) => og_weights::mirror(v)
+                .map_err(|e| LlmError::Config(format!("{SETTINGS_ERROR}: {e}")))?,
+            None => HfTokenizerConfig::default(),
         };
-        let bos_token = token_string(config.and_then(|c| c.get("bos_token")))
+        let template = match settings.chat_template {
+            Some(ChatTemplates::One(s)) => s,
+            // A list of named templates: take "default".
+            Some(ChatTemplates::Named(list)) => list
+                .into_iter()
+                .find(|t| t.name == "default")
+                .map(|t| t.template)
+                .unwrap_or_else(|| LLAMA3_TEMPLATE.to_string()),
+            None => LLAMA3_TEMPLATE.to_string(),
+        };
+        let bos_token = settings
+            .bos_token
+            .map(TokenSpec::into_text)
             .unwrap_or_else(|| "<|begin_of_text|>".into());
-        let eos_token = token_string(config.and_then(|c| c.get("eos_token")))
+        let eos_token = settings
+            .eos_token
+            .map(TokenSpec::into_text)
             .unwrap_or_else(|| "<|end_of_text|>".into());
         let t = Self {
             tokenizer,
@@ -484,6 +530,14 @@ mod tests {
                 .contains("no system role")
         );
         assert!(ChatTokenizer::from_bytes(b"{}", None).is_err());
+        // Special tokens as text or AddedToken objects; anything else named.
+        let added = serde_json::json!({"bos_token": {"content": "<s>", "lstrip": false},
+            "eos_token": "</s>", "chat_template": [{"name": "default", "template": "{{ 1 }}"}]});
+        let t = ChatTokenizer::from_bytes(&tiny(), Some(&added)).unwrap();
+        assert_eq!((t.bos_token.as_str(), t.eos_token.as_str()), ("<s>", "</s>"));
+        let wrong = serde_json::json!({"bos_token": 5});
+        let e = ChatTokenizer::from_bytes(&tiny(), Some(&wrong)).unwrap_err();
+        assert!(e.to_string().contains("bos_token"), "{e}");
     }
 
     #[test]
