@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use og_fusion::OgFusionConfig;
 use og_llm::LoraConfig;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::model::{ImageSettings, ModelError, OgLlava};
 
@@ -123,26 +123,42 @@ fn resolve_in(dir: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// `og_llava.json`: what a checkpoint of ours is and how to rebuild it. Fields added after the
+/// first checkpoints were written default to what inference then used.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CheckpointMeta {
+    /// Always [`FORMAT`].
+    format: String,
+    /// Paths relative to the checkpoint.
+    base: BaseModel,
+    fusion: OgFusionConfig,
+    #[serde(default)]
+    segment_rope: bool,
+    #[serde(default)]
+    image: ImageSettings,
+    /// The language model carries PEFT adapters in `adapter/`.
+    #[serde(default)]
+    lora: bool,
+}
+
 /// Reads a checkpoint's og_llava.json (at most 64 MiB).
-fn read_meta(dir: &Path) -> R<Value> {
+fn read_meta(dir: &Path) -> R<CheckpointMeta> {
     let path = dir.join("og_llava.json");
     let text = og_fs::read_text(&path, og_fs::MAX_CONFIG_BYTES)
         .map_err(|e| config_error(&path, e.to_string()))?;
-    let meta: Value = serde_json::from_str(&text)
+    let value: Value = serde_json::from_str(&text)
         .map_err(|e| config_error(&path, format!("malformed JSON: {e}")))?;
-    if meta.get("format").and_then(Value::as_str) != Some(FORMAT) {
+    if value.get("format").and_then(Value::as_str) != Some(FORMAT) {
         return Err(config_error(&path, format!("not an {FORMAT} checkpoint")));
     }
-    Ok(meta)
+    og_weights::mirror(&value).map_err(|e| config_error(&path, e))
 }
 
 /// The base a checkpoint of ours builds on, its paths resolved against the checkpoint.
 pub fn checkpoint_base(dir: impl AsRef<Path>) -> R<BaseModel> {
     let dir = dir.as_ref();
     let meta = read_meta(dir)?;
-    let base: BaseModel = serde_json::from_value(meta["base"].clone())
-        .map_err(|e| config_error(&dir.join("og_llava.json"), format!("base: {e}")))?;
-    Ok(base.map_paths(|p| resolve_in(dir, p)))
+    Ok(meta.base.map_paths(|p| resolve_in(dir, p)))
 }
 
 type R<T> = std::result::Result<T, ModelError>;
@@ -174,16 +190,14 @@ impl<B: Backend> OgLlava<B> {
                 &base.tokenizer_dir().display().to_string(),
             )?;
         }
-        let fusion = serde_json::to_value(self.connector.config())
-            .map_err(|e| config_error(dir, e.to_string()))?;
-        let meta = json!({
-            "format": FORMAT,
-            "base": serde_json::to_value(base.map_paths(|p| relative_to(dir, p))).expect("json"),
-            "fusion": fusion,
-            "segment_rope": self.segment_rope,
-            "image": serde_json::to_value(&self.image).expect("json"),
-            "lora": lora.is_some(),
-        });
+        let meta = CheckpointMeta {
+            format: FORMAT.into(),
+            base: base.map_paths(|p| relative_to(dir, p)),
+            fusion: self.connector.config().clone(),
+            segment_rope: self.segment_rope,
+            image: self.image.clone(),
+            lora: lora.is_some(),
+        };
         let path = dir.join("og_llava.json");
         let text = serde_json::to_string_pretty(&meta).expect("json");
         og_segment::write_atomic(&path, text.as_bytes())
@@ -198,29 +212,18 @@ impl<B: Backend> OgLlava<B> {
         device: &B::Device,
     ) -> R<Self> {
         let dir = dir.as_ref();
-        let path = dir.join("og_llava.json");
         let meta = read_meta(dir)?;
         let base: BaseModel = match base {
             Some(b) => b.clone(),
-            None => checkpoint_base(dir)?,
+            None => meta.base.map_paths(|p| resolve_in(dir, p)),
         };
-        let fusion: OgFusionConfig = serde_json::from_value(meta["fusion"].clone())
-            .map_err(|e| config_error(&path, format!("fusion: {e}")))?;
-        let mut model = base.load(Some(fusion), device)?;
+        let mut model = base.load(Some(meta.fusion), device)?;
         model.connector = model
             .connector
             .load_safetensors(dir.join("connector.safetensors"))?;
-        model.segment_rope = meta
-            .get("segment_rope")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        model.image = match meta.get("image") {
-            Some(v) => serde_json::from_value(v.clone())
-                .map_err(|e| config_error(&path, format!("image: {e}")))?,
-            // Written before the settings were recorded: our defaults, as inference then used.
-            None => ImageSettings::default(),
-        };
-        if meta.get("lora").and_then(Value::as_bool) == Some(true) {
+        model.segment_rope = meta.segment_rope;
+        model.image = meta.image;
+        if meta.lora {
             model.llm = model.llm.load_peft_adapter(dir.join("adapter"))?;
         }
         Ok(model)
