@@ -534,7 +534,10 @@ mod tests {
         let added = serde_json::json!({"bos_token": {"content": "<s>", "lstrip": false},
             "eos_token": "</s>", "chat_template": [{"name": "default", "template": "{{ 1 }}"}]});
         let t = ChatTokenizer::from_bytes(&tiny(), Some(&added)).unwrap();
-        assert_eq!((t.bos_token.as_str(), t.eos_token.as_str()), ("<s>", "</s>"));
+        assert_eq!(
+            (t.bos_token.as_str(), t.eos_token.as_str()),
+            ("<s>", "</s>")
+        );
         let wrong = serde_json::json!({"bos_token": 5});
         let e = ChatTokenizer::from_bytes(&tiny(), Some(&wrong)).unwrap_err();
         assert!(e.to_string().contains("bos_token"), "{e}");
