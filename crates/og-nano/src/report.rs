@@ -143,22 +143,7 @@ fn bar_chart(report: &ExperimentReport, bench: &str, split: &str, title: &str) -
 
 /// Writes `report.html` (and its scene pictures under `report/`) into `out`.
 pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, ExperimentError> {
-    let dir = out.join("report");
-    std::fs::create_dir_all(&dir).map_err(err)?;
-    let world = out.join("world");
-    let patch = report.config.vision.patch_size;
-    let mut scenes = String::new();
-    for k in 0..6 {
-        let name = format!("{k:06}");
-        let img = world.join(format!("images/train/{name}.png"));
-        let masks = world.join(format!("masks/train/{name}.json"));
-        if !img.is_file() || !masks.is_file() {
-            continue;
-        }
-        let file = format!("report/scene-{name}.png");
-        overlay(&img, &masks, patch, &out.join(&file))?;
-        let _ = write!(scenes, "<img src=\"{file}\" width=\"256\">");
-    }
+    let scenes = sample_scenes(report, out)?;
     let mut html = String::from(
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>OG-LLaVA nano world</title>\
          <style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse}\
@@ -198,8 +183,42 @@ pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, Expe
              variants; “+m”: masks given at inference.</p><h2>Sample scenes</h2>\
              <p>Mask outlines and the encoder cells each mask keeps (tinted, patch-aligned Φ).</p>";
     html += &scenes;
-    html += "<h2>Training</h2><table><tr><th>arm</th><th>stage</th><th>steps</th><th>first loss</th>\
-             <th>last loss</th><th>seconds</th></tr>";
+    html += &training_section(report, out);
+    html += "</body></html>\n";
+    let path = out.join("report.html");
+    og_segment::write_atomic(&path, html.as_bytes()).map_err(err)?;
+    Ok(path)
+}
+
+/// The first training scenes with their masks and kept cells drawn over them, written under
+/// `report/`; their `<img>` tags.
+fn sample_scenes(report: &ExperimentReport, out: &Path) -> Result<String, ExperimentError> {
+    let dir = out.join("report");
+    std::fs::create_dir_all(&dir).map_err(err)?;
+    let world = out.join("world");
+    let patch = report.config.vision.patch_size;
+    let mut scenes = String::new();
+    for k in 0..6 {
+        let name = format!("{k:06}");
+        let img = world.join(format!("images/train/{name}.png"));
+        let masks = world.join(format!("masks/train/{name}.json"));
+        if !img.is_file() || !masks.is_file() {
+            continue;
+        }
+        let file = format!("report/scene-{name}.png");
+        overlay(&img, &masks, patch, &out.join(&file))?;
+        let _ = write!(scenes, "<img src=\"{file}\" width=\"256\">");
+    }
+    Ok(scenes)
+}
+
+/// The training section: every stage's steps and losses, stage 2's loss curves, and the
+/// pre-trainings' losses.
+fn training_section(report: &ExperimentReport, out: &Path) -> String {
+    let mut html = String::from(
+        "<h2>Training</h2><table><tr><th>arm</th><th>stage</th><th>steps</th><th>first loss</th>\
+         <th>last loss</th><th>seconds</th></tr>",
+    );
     for s in &report.stages {
         let _ = write!(
             html,
@@ -225,17 +244,12 @@ pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, Expe
         }
     }
     let (c0, c1) = report.clip.first_last(10);
-    let objective = if report.config.clip_objects.is_active() {
-        let names: Vec<&str> = report
-            .config
-            .clip_objects
-            .attributes
-            .iter()
-            .map(|a| a.name())
-            .collect();
+    let objective = &report.config.clip_objects;
+    let objective = if objective.is_active() {
+        let names: Vec<&str> = objective.attributes.iter().map(|a| a.name()).collect();
         format!(
             " (contrastive + {} × object objective: {})",
-            report.config.clip_objects.weight,
+            objective.weight,
             names.join(", ")
         )
     } else {
@@ -247,10 +261,7 @@ pub fn write_html(report: &ExperimentReport, out: &Path) -> Result<PathBuf, Expe
         "<p>Tiny CLIP loss{objective} {c0:.3} → {c1:.3} ({} steps, {:.0} s); tiny Llama LM loss {l0:.3} → {l1:.3} ({} steps, {:.0} s).</p>",
         report.clip.steps, report.clip.seconds, report.lm.steps, report.lm.seconds
     );
-    html += "</body></html>\n";
-    let path = out.join("report.html");
-    og_segment::write_atomic(&path, html.as_bytes()).map_err(err)?;
-    Ok(path)
+    html
 }
 
 /// An inline SVG of one cell: the interval as a whisker, the mean as a dot, chance as a red
