@@ -159,9 +159,9 @@ pub fn pretrain_llm<B: AutodiffBackend>(
 /// layer the connector reads, over the cells [`crate::probe::object_cells`] picks — classified
 /// by a linear head into each attribute's classes; the attributes' cross-entropies, summed and
 /// times `weight`, are added to the contrastive loss. Captions name shapes and sizes, but a
-/// batch's images are told apart by their colours alone, so contrastive pre-training at this
-/// scale leaves shape and size out of the patch features (the probe measures it); this
-/// objective puts them in, as detection-style supervision does for region features. Empty
+/// batch's images can be told apart by their colours alone, and contrastive pre-training at
+/// this scale leaves shape and size out of the patch features (the probe measures it); this
+/// objective supervises them directly, as detection-style training does for region features. Empty
 /// `attributes` (the default): contrastive only.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectObjective {
@@ -293,8 +293,9 @@ impl<B: Backend> TinyClip<B> {
         }
         let mut pool = vec![0f32; n * b * v];
         for (k, (i, o)) in targets.iter().enumerate() {
-            for &c in o.cells.iter().filter(|&&c| c < v) {
-                pool[k * b * v + i * v + c] = 1.0 / o.cells.len() as f32;
+            let cells: Vec<usize> = o.cells.iter().copied().filter(|&c| c < v).collect();
+            for &c in &cells {
+                pool[k * b * v + i * v + c] = 1.0 / cells.len() as f32;
             }
         }
         let pool = Tensor::<B, 2>::from_data(TensorData::new(pool, [n, b * v]), device);
