@@ -446,6 +446,44 @@ fn write_output(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     })
 }
 
+/// The `tokens` overlay as PNG bytes: the framed image with each mask's outline and kept
+/// cells, one panel per Φ with `--compare`.
+fn overlay_png(
+    args: &TokensArgs,
+    path: &Path,
+    image: &image::RgbImage,
+    frame: &og_vision::Frame,
+    masks: &MaskSet,
+    config: &SelectionConfig,
+    selection: &Selection,
+) -> Result<Vec<u8>, CliError> {
+    let base = frame.apply_image(image)?;
+    let mut panels = Vec::new();
+    if args.compare {
+        for kind in [PhiKind::Raster, PhiKind::Patch] {
+            let cfg = SelectionConfig {
+                phi: phi_of(kind, args.alpha, args.alpha_unit),
+                ..config.clone()
+            };
+            let sel = Selection::from_masks(masks, frame, &cfg)?;
+            panels.push(overlay::panel(&base, frame, masks, &sel));
+        }
+    } else {
+        panels.push(overlay::panel(&base, frame, masks, selection));
+    }
+    let img = overlay::side_by_side(&panels);
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(|e| CliError::Output {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Ok(bytes)
+}
+
 fn tokens(args: &TokensArgs) -> Result<(), CliError> {
     let max = og_vision::clip::MAX_IMAGE_SIZE;
     if args.grid == 0 || args.patch_size == 0 || args.grid.saturating_mul(args.patch_size) > max {
@@ -480,33 +518,9 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
 
     // Render the overlay before writing anything, so a failure leaves no partial output.
     let png = match &args.overlay {
-        Some(_) => {
-            let base = frame.apply_image(&image)?;
-            let mut panels = Vec::new();
-            if args.compare {
-                for kind in [PhiKind::Raster, PhiKind::Patch] {
-                    let cfg = SelectionConfig {
-                        phi: phi_of(kind, args.alpha, args.alpha_unit),
-                        ..config.clone()
-                    };
-                    let sel = Selection::from_masks(&masks, &frame, &cfg)?;
-                    panels.push(overlay::panel(&base, &frame, &masks, &sel));
-                }
-            } else {
-                panels.push(overlay::panel(&base, &frame, &masks, &selection));
-            }
-            let img = overlay::side_by_side(&panels);
-            let mut bytes = Vec::new();
-            img.write_to(
-                &mut std::io::Cursor::new(&mut bytes),
-                image::ImageFormat::Png,
-            )
-            .map_err(|e| CliError::Output {
-                path: args.overlay.clone().unwrap_or_default(),
-                message: e.to_string(),
-            })?;
-            Some(bytes)
-        }
+        Some(path) => Some(overlay_png(
+            args, path, &image, &frame, &masks, &config, &selection,
+        )?),
         None => None,
     };
     write_output(&args.out, json.as_bytes())?;
