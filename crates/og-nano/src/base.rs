@@ -60,7 +60,9 @@ pub fn prepare_base<B: AutodiffBackend>(
 
     say(progress, "2/6 tokenizer");
     let llm_dir = out.join("llm");
-    let (vocab, tok) = train_world_tokenizer(&world_dir, &llm_dir)?;
+    let text =
+        std::fs::read_to_string(world_dir.join("text.txt")).map_err(step_err("tokenizer"))?;
+    let (vocab, tok) = train_world_tokenizer(&world_dir, &text, &llm_dir)?;
     let llm_cfg = llm_config(cfg, vocab, &tok);
 
     say(
@@ -86,7 +88,7 @@ pub fn prepare_base<B: AutodiffBackend>(
     drop(clip);
 
     say(progress, "4/6 tiny Llama (language-model pre-training)");
-    let sequences = lm_sequences(&world_dir, &tok)?;
+    let sequences = lm_sequences(&world_dir, &text, &tok)?;
     let (llm, lm_report) =
         pretrain_llm::<B>(&sequences, &llm_cfg, &cfg.lm, device).map_err(step_err("llm"))?;
     llm.save_pretrained(&llm_dir, &llm_cfg)
@@ -124,15 +126,14 @@ fn reusable(cfg: &ExperimentConfig, out: &Path) -> Option<Base> {
     (base_key(&base.config) == base_key(cfg) && complete).then_some(base)
 }
 
-/// Trains the world's tokenizer into `llm_dir` on its text and the evaluation texts' words
+/// Trains the world's tokenizer into `llm_dir` on its `text` and the evaluation texts' words
 /// (questions, options, the generation prompts), so no evaluation prompt holds an unknown
 /// word (only the vocabulary is learned from them). Returns its size and the tokenizer.
 fn train_world_tokenizer(
     world_dir: &Path,
+    text: &str,
     llm_dir: &Path,
 ) -> Result<(usize, ChatTokenizer), ExperimentError> {
-    let text =
-        std::fs::read_to_string(world_dir.join("text.txt")).map_err(step_err("tokenizer"))?;
     let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
     for it in read_eval(world_dir)? {
         let order: Vec<usize> = (0..it.options.len()).collect();
@@ -245,11 +246,14 @@ fn clip_examples(
     })
 }
 
-/// The language model's pre-training sequences: every sentence of the world's text, and the
+/// The language model's pre-training sequences: every sentence of the world's `text`, and the
 /// SFT conversations in the chat layout with their images left out (so stage 2 starts from a
 /// model that knows the layout).
-fn lm_sequences(world_dir: &Path, tok: &ChatTokenizer) -> Result<Vec<Vec<u32>>, ExperimentError> {
-    let text = std::fs::read_to_string(world_dir.join("text.txt")).map_err(step_err("llm"))?;
+fn lm_sequences(
+    world_dir: &Path,
+    text: &str,
+    tok: &ChatTokenizer,
+) -> Result<Vec<Vec<u32>>, ExperimentError> {
     let mut sequences: Vec<Vec<u32>> = Vec::new();
     for l in text.lines() {
         sequences.push(wrap(tok, tok.encode(l, false).map_err(step_err("llm"))?));

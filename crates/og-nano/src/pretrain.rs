@@ -234,7 +234,8 @@ impl<B: Backend> TinyClip<B> {
     }
 
     /// The symmetric contrastive loss of a batch of matching (image, caption) pairs, plus the
-    /// [`ObjectObjective`] over `objects` (each image's objects) when the model has its head.
+    /// [`ObjectObjective`] over `objects` (each image's objects) when the model has its head
+    /// (built for an active objective).
     pub fn loss(
         &self,
         pixels: Tensor<B, 4>,
@@ -249,12 +250,12 @@ impl<B: Backend> TinyClip<B> {
             .map_err(|e| og_llava::og_llm::LlmError::Input(e.to_string()))?;
         let contrastive = self.contrastive(img, captions, device)?;
         Ok(match &self.object_head {
-            Some(head) if objective.is_active() => {
+            Some(head) => {
                 contrastive
                     + self.object_loss(head, features, objects, objective, device)?
                         * objective.weight
             }
-            _ => contrastive,
+            None => contrastive,
         })
     }
 

@@ -402,8 +402,7 @@ impl Generator<'_> {
             fit: Vec::new(),
         };
         for k in 0..cfg.train_scenes {
-            let heldout = self.heldout.clone();
-            let seen_only = |c: Colour, s: Shape| !heldout.contains(&(c, s));
+            let seen_only = |c: Colour, s: Shape| !self.heldout.contains(&(c, s));
             let scene = loop {
                 if let Some(s) = Scene::sample(&self.spec, &mut self.rng, &seen_only) {
                     break s;
@@ -422,7 +421,7 @@ impl Generator<'_> {
             );
             let conv = self.conversation(&scene, &cap, &mut texts.text_lines);
             if k < fit_scenes {
-                let mut absent = |r: &mut SplitMix64| seen_pair(&heldout, r);
+                let mut absent = |r: &mut SplitMix64| seen_pair(&self.heldout, r);
                 texts.fit.extend(text::task_items(
                     &scene,
                     &image,
@@ -448,12 +447,12 @@ impl Generator<'_> {
         cap: &str,
         text_lines: &mut Vec<String>,
     ) -> Vec<serde_json::Value> {
-        let heldout = self.heldout.clone();
+        let heldout = &self.heldout;
         let objects = self.cfg.min_objects..=self.cfg.max_objects;
         let rng = &mut self.rng;
         let turns = 1 + rng.below(3);
         let mut conv = Vec::new();
-        let mut absent = |r: &mut SplitMix64| seen_pair(&heldout, r);
+        let mut absent = |r: &mut SplitMix64| seen_pair(heldout, r);
         // LLaVA's SFT mix: some conversations start with a caption request.
         if rng.below(4) == 0 {
             conv.push(json!({"from": "human", "value": "describe the image."}));
