@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::Linear;
+use burn::nn::conv::{Conv2d, ConvTranspose2d};
+use burn::nn::{LayerNorm, Linear};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -404,6 +405,58 @@ impl Weights {
             let bias = self.tensor(&format!("{name}.bias"), [d_out], &device)?;
             lin.bias = Some(Param::from_tensor(bias));
         }
+        Ok(())
+    }
+
+    /// Loads `{name}.weight` and `{name}.bias` into a burn `LayerNorm` (its width read from
+    /// the module).
+    pub fn load_layer_norm<B: Backend>(&self, name: &str, ln: &mut LayerNorm<B>) -> Result<()> {
+        let [d] = ln.gamma.lazy_shape().dims::<1>();
+        let device = ln.gamma.lazy_device();
+        ln.gamma = Param::from_tensor(self.tensor(&format!("{name}.weight"), [d], &device)?);
+        if ln.beta.is_some() {
+            ln.beta = Some(Param::from_tensor(self.tensor(
+                &format!("{name}.bias"),
+                [d],
+                &device,
+            )?));
+        }
+        Ok(())
+    }
+
+    /// Loads `{name}.weight` (PyTorch's `[out, in/groups, kh, kw]`, burn's layout too) and,
+    /// when the layer has one, `{name}.bias` into a burn `Conv2d`.
+    pub fn load_conv2d<B: Backend>(&self, name: &str, conv: &mut Conv2d<B>) -> Result<()> {
+        self.load_param(&format!("{name}.weight"), &mut conv.weight)?;
+        if let Some(bias) = &mut conv.bias {
+            self.load_param(&format!("{name}.bias"), bias)?;
+        }
+        Ok(())
+    }
+
+    /// Loads `{name}.weight` (PyTorch's `[in, out/groups, kh, kw]`, burn's layout too) and,
+    /// when the layer has one, `{name}.bias` into a burn `ConvTranspose2d`.
+    pub fn load_conv_transpose2d<B: Backend>(
+        &self,
+        name: &str,
+        conv: &mut ConvTranspose2d<B>,
+    ) -> Result<()> {
+        self.load_param(&format!("{name}.weight"), &mut conv.weight)?;
+        if let Some(bias) = &mut conv.bias {
+            self.load_param(&format!("{name}.bias"), bias)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces a parameter by the tensor `name`, which must have the parameter's shape.
+    pub fn load_param<B: Backend, const D: usize>(
+        &self,
+        name: &str,
+        param: &mut Param<Tensor<B, D>>,
+    ) -> Result<()> {
+        let shape = param.lazy_shape().dims::<D>();
+        let device = param.lazy_device();
+        *param = Param::from_tensor(self.tensor(name, shape, &device)?);
         Ok(())
     }
 

@@ -26,18 +26,6 @@ pub const VISION_PREFIXES: &[&str] = &[
 
 const PROBE: &str = "embeddings.patch_embedding.weight";
 
-fn layer_norm<B: Backend>(w: &Weights, name: &str, ln: &mut LayerNorm<B>) -> Result<()> {
-    let [d] = ln.gamma.lazy_shape().dims::<1>();
-    let device = ln.gamma.lazy_device();
-    ln.gamma = Param::from_tensor(w.tensor(&format!("{name}.weight"), [d], &device)?);
-    ln.beta = Some(Param::from_tensor(w.tensor(
-        &format!("{name}.bias"),
-        [d],
-        &device,
-    )?));
-    Ok(())
-}
-
 impl<B: Backend> ClipVisionTransformer<B> {
     /// Loads weights from an opened checkpoint; the layout is detected (see
     /// [`VISION_PREFIXES`]). Text towers, projectors and language models are ignored.
@@ -68,7 +56,7 @@ impl<B: Backend> ClipVisionTransformer<B> {
             pos,
             &device,
         )?);
-        layer_norm(w, &format!("{p}pre_layrnorm"), &mut self.pre_layrnorm)?;
+        w.load_layer_norm(&format!("{p}pre_layrnorm"), &mut self.pre_layrnorm)?;
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let l = format!("{p}encoder.layers.{i}");
             let a = &mut layer.self_attn;
@@ -76,12 +64,12 @@ impl<B: Backend> ClipVisionTransformer<B> {
             w.load_linear(&format!("{l}.self_attn.k_proj"), &mut a.k_proj)?;
             w.load_linear(&format!("{l}.self_attn.v_proj"), &mut a.v_proj)?;
             w.load_linear(&format!("{l}.self_attn.out_proj"), &mut a.out_proj)?;
-            layer_norm(w, &format!("{l}.layer_norm1"), &mut layer.layer_norm1)?;
+            w.load_layer_norm(&format!("{l}.layer_norm1"), &mut layer.layer_norm1)?;
             w.load_linear(&format!("{l}.mlp.fc1"), &mut layer.mlp.fc1)?;
             w.load_linear(&format!("{l}.mlp.fc2"), &mut layer.mlp.fc2)?;
-            layer_norm(w, &format!("{l}.layer_norm2"), &mut layer.layer_norm2)?;
+            w.load_layer_norm(&format!("{l}.layer_norm2"), &mut layer.layer_norm2)?;
         }
-        layer_norm(w, &format!("{p}post_layernorm"), &mut self.post_layernorm)?;
+        w.load_layer_norm(&format!("{p}post_layernorm"), &mut self.post_layernorm)?;
         // A checkpoint with more layers than the config is a mismatch worth reporting.
         let extra = format!("{p}encoder.layers.{}.layer_norm1.weight", self.num_layers());
         if w.contains(&extra) {

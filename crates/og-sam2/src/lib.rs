@@ -1,0 +1,24 @@
+//! SAM 2 (Ravi et al. 2024, "SAM 2: Segment Anything in Images and Videos") for images, in
+//! Burn, generic over the backend.
+//!
+//! - [`Sam2Config`]: transformers' `Sam2Config` read from `config.json` (every Hiera variant:
+//!   tiny, small, base-plus, large).
+//! - [`Sam2Model`]: the Hiera image encoder with its FPN neck, the prompt encoder (points,
+//!   boxes, mask logits) and the mask decoder (multimask output, IoU and object-score heads,
+//!   dynamic multimask selection by stability), loading transformers' `Sam2Model`
+//!   checkpoints. Parameter names are transformers'.
+//!
+//! The video memory (memory encoder/attention, object pointers) is not part of the image model.
+
+pub mod config;
+pub mod decoder;
+mod error;
+pub mod hiera;
+mod model;
+pub mod prompt;
+
+pub use config::{HieraConfig, MaskDecoderConfig, NeckConfig, PromptEncoderConfig, Sam2Config};
+pub use decoder::MaskPrediction;
+pub use error::{Result, Sam2Error};
+pub use model::{ImageEmbeddings, Sam2Model};
+pub use prompt::{Points, Prompts, label};
