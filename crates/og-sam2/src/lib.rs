@@ -14,11 +14,14 @@ pub mod config;
 pub mod decoder;
 mod error;
 pub mod hiera;
+mod load;
 mod model;
+pub mod preprocess;
 pub mod prompt;
 
 pub use config::{HieraConfig, MaskDecoderConfig, NeckConfig, PromptEncoderConfig, Sam2Config};
 pub use decoder::MaskPrediction;
 pub use error::{Result, Sam2Error};
+pub use load::Layout;
 pub use model::{ImageEmbeddings, Sam2Model};
 pub use prompt::{Points, Prompts, label};

@@ -60,7 +60,7 @@ fn prompts<B: Backend>(io: &Weights, case: &str, device: &B::Device) -> Prompts<
 
 fn check<B: Backend>(name: &str) {
     let device = Default::default();
-    let mut model = Sam2Model::<B>::load_hf(fixtures().join(name), &device).unwrap();
+    let mut model = Sam2Model::<B>::open(fixtures().join(name), &device).unwrap();
     let io = Weights::open(fixtures().join(format!("{name}_io.safetensors"))).unwrap();
     let pixels: Tensor<B, 4> = tensor(&io, "pixel_values", &device);
 
@@ -144,7 +144,7 @@ fn hiera_large_shape_equals_transformers() {
 fn bad_prompts_and_images_are_typed_errors() {
     type B = NdArray<f32>;
     let device = Default::default();
-    let model = Sam2Model::<B>::load_hf(fixtures().join("hiera_t"), &device).unwrap();
+    let model = Sam2Model::<B>::open(fixtures().join("hiera_t"), &device).unwrap();
     let wrong = Tensor::<B, 4>::zeros([1, 3, 32, 64], &device);
     assert!(matches!(
         model.image_embeddings(wrong),
@@ -205,7 +205,7 @@ fn missing_and_misshaped_tensors_are_named() {
         })
         .collect();
     og_weights::save_safetensors(dir.path().join("model.safetensors"), &tensors).unwrap();
-    let e = Sam2Model::<B>::load_hf(dir.path(), &Default::default()).unwrap_err();
+    let e = Sam2Model::<B>::open(dir.path(), &Default::default()).unwrap_err();
     assert!(
         e.to_string().contains("mask_decoder.iou_token.weight"),
         "{e}"
