@@ -10,6 +10,7 @@
 //!
 //! The video memory (memory encoder/attention, object pointers) is not part of the image model.
 
+pub mod amg;
 pub mod config;
 pub mod decoder;
 mod error;
@@ -19,6 +20,7 @@ mod model;
 pub mod preprocess;
 pub mod prompt;
 
+pub use amg::{AmgConfig, GeneratedMask, Sam2Segmenter};
 pub use config::{HieraConfig, MaskDecoderConfig, NeckConfig, PromptEncoderConfig, Sam2Config};
 pub use decoder::MaskPrediction;
 pub use error::{Result, Sam2Error};

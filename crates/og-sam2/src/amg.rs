@@ -1,0 +1,503 @@
+//! SAM 2's automatic mask generator, as the `sam2` package's `SAM2AutomaticMaskGenerator`
+//! (the segmenter of the released OG-LLaVA pipeline): a grid of single-point prompts over the
+//! image (and over crops of it), three masks per point, filtered by predicted IoU and by
+//! stability (the IoU of the mask thresholded at ±offset), binarised at the image's resolution,
+//! de-duplicated by box non-maximum suppression, run-length encoded.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use og_segment::{Bitmap, Mask, MaskSet, Rle, Segmenter};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, Sam2Error};
+use crate::model::Sam2Model;
+use crate::preprocess::{check_rgb, pixel_values, upsample_bilinear};
+use crate::prompt::{Points, Prompts, label};
+
+/// The generator's settings. Defaults are the released OG-LLaVA configuration (32×32 points,
+/// predicted IoU > 0.9, stability ≥ 0.95, box NMS 0.7, no crops); the `sam2` package's own
+/// defaults differ only in `pred_iou_thresh` (0.8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmgConfig {
+    /// Points along each side of the grid (of the whole image; crops of layer `i` use
+    /// `points_per_side / crop_n_points_downscale_factor^i`).
+    pub points_per_side: usize,
+    /// Points decoded together (memory against speed; the masks do not depend on it).
+    pub points_per_batch: usize,
+    /// Keep masks whose predicted IoU is above this.
+    pub pred_iou_thresh: f32,
+    /// Keep masks whose stability score is at least this.
+    pub stability_score_thresh: f32,
+    /// The ± shift of the logit threshold the stability score compares.
+    pub stability_score_offset: f32,
+    /// Logit threshold of a mask pixel.
+    pub mask_threshold: f32,
+    /// IoU above which box NMS drops the lower-scored mask (within a crop).
+    pub box_nms_thresh: f32,
+    /// Crop layers (layer `i` has `(2^i)²` overlapping crops, each segmented on its own).
+    pub crop_n_layers: usize,
+    /// Box NMS across crops (masks of smaller crops preferred, as the package does).
+    pub crop_nms_thresh: f32,
+    /// Overlap of neighbouring crops, as a fraction of the image's short side.
+    pub crop_overlap_ratio: f64,
+    /// Grid thinning per crop layer.
+    pub crop_n_points_downscale_factor: usize,
+    /// Three masks per point (else one).
+    pub multimask_output: bool,
+}
+
+impl Default for AmgConfig {
+    fn default() -> Self {
+        Self {
+            points_per_side: 32,
+            points_per_batch: 64,
+            pred_iou_thresh: 0.9,
+            stability_score_thresh: 0.95,
+            stability_score_offset: 1.0,
+            mask_threshold: 0.0,
+            box_nms_thresh: 0.7,
+            crop_n_layers: 0,
+            crop_nms_thresh: 0.7,
+            crop_overlap_ratio: 512.0 / 1500.0,
+            crop_n_points_downscale_factor: 1,
+            multimask_output: true,
+        }
+    }
+}
+
+/// One mask the generator keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedMask {
+    /// At the image's resolution.
+    pub rle: Rle,
+    /// `[x0, y0, x1, y1]`, inclusive pixel extremes (all 0 for an empty mask).
+    pub bbox: [u32; 4],
+    pub predicted_iou: f32,
+    pub stability_score: f32,
+    /// The point prompt, in image pixels.
+    pub point: [f32; 2],
+    /// `[x0, y0, x1, y1)` of the crop it was found in.
+    pub crop_box: [usize; 4],
+}
+
+/// A mask between filtering and NMS, in crop coordinates until uncropped.
+struct Candidate {
+    bitmap: Bitmap,
+    bbox: [u32; 4],
+    iou: f32,
+    stability: f32,
+    point: [f32; 2],
+}
+
+impl AmgConfig {
+    fn check(&self) -> Result<()> {
+        let bad = |what: &str| Err(Sam2Error::Input(format!("mask generator: {what}")));
+        if self.points_per_side == 0 || self.points_per_batch == 0 {
+            return bad("points_per_side and points_per_batch must be at least 1");
+        }
+        if self.crop_n_points_downscale_factor == 0 {
+            return bad("crop_n_points_downscale_factor must be at least 1");
+        }
+        let finite = [
+            self.pred_iou_thresh,
+            self.stability_score_thresh,
+            self.stability_score_offset,
+            self.mask_threshold,
+            self.box_nms_thresh,
+            self.crop_nms_thresh,
+        ];
+        if finite.iter().any(|v| !v.is_finite()) || !self.crop_overlap_ratio.is_finite() {
+            return bad("thresholds must be finite numbers");
+        }
+        if self.crop_n_layers > 4 {
+            return bad("at most 4 crop layers (layer 4 already has 256 crops)");
+        }
+        Ok(())
+    }
+
+    /// The normalised `(x, y)` grid of `n × n` cell centres, row by row.
+    fn point_grid(n: usize) -> Vec<[f64; 2]> {
+        let offset = 1.0 / (2 * n) as f64;
+        let side: Vec<f64> = if n == 1 {
+            vec![offset]
+        } else {
+            let step = (1.0 - 2.0 * offset) / (n - 1) as f64;
+            (0..n)
+                .map(|i| {
+                    if i == n - 1 {
+                        1.0 - offset
+                    } else {
+                        offset + i as f64 * step
+                    }
+                })
+                .collect()
+        };
+        side.iter()
+            .flat_map(|&y| side.iter().map(move |&x| [x, y]))
+            .collect()
+    }
+
+    /// The crops of every layer, `[x0, y0, x1, y1)`, with their layer; layer 0 is the image.
+    pub fn crop_boxes(&self, width: usize, height: usize) -> Vec<([usize; 4], usize)> {
+        let mut boxes = vec![([0, 0, width, height], 0)];
+        let short = width.min(height) as f64;
+        let crop_len = |len: usize, n: usize, overlap: usize| {
+            ((overlap * (n - 1) + len) as f64 / n as f64).ceil() as usize
+        };
+        for layer in 0..self.crop_n_layers {
+            let n = 1usize << (layer + 1);
+            let overlap = (self.crop_overlap_ratio * short * (2.0 / n as f64)) as usize;
+            let (cw, ch) = (crop_len(width, n, overlap), crop_len(height, n, overlap));
+            for i in 0..n {
+                for j in 0..n {
+                    let (x0, y0) = ((cw - overlap) * i, (ch - overlap) * j);
+                    let b = [x0, y0, (x0 + cw).min(width), (y0 + ch).min(height)];
+                    boxes.push((b, layer + 1));
+                }
+            }
+        }
+        boxes
+    }
+
+    /// Segments a row-major RGB8 image into every mask that passes the filters, best first
+    /// within each crop.
+    pub fn generate<B: Backend>(
+        &self,
+        model: &Sam2Model<B>,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<GeneratedMask>> {
+        self.check()?;
+        check_rgb(rgb, width, height)?;
+        let crops = self.crop_boxes(width, height);
+        let mut kept: Vec<GeneratedMask> = Vec::new();
+        for &(crop, layer) in &crops {
+            kept.extend(self.process_crop(model, rgb, (width, height), crop, layer)?);
+        }
+        if crops.len() > 1 {
+            // Across crops the package prefers masks from smaller crops (score 1/area).
+            let scores: Vec<f32> = kept
+                .iter()
+                .map(|m| {
+                    let [x0, y0, x1, y1] = m.crop_box;
+                    1.0 / ((x1 - x0) * (y1 - y0)) as f32
+                })
+                .collect();
+            let boxes: Vec<[u32; 4]> = kept.iter().map(|m| m.bbox).collect();
+            let order = nms(&boxes, &scores, self.crop_nms_thresh);
+            let mut slots: Vec<Option<GeneratedMask>> = kept.into_iter().map(Some).collect();
+            kept = order.into_iter().filter_map(|i| slots[i].take()).collect();
+        }
+        Ok(kept)
+    }
+
+    fn process_crop<B: Backend>(
+        &self,
+        model: &Sam2Model<B>,
+        rgb: &[u8],
+        (width, height): (usize, usize),
+        crop: [usize; 4],
+        layer: usize,
+    ) -> Result<Vec<GeneratedMask>> {
+        let [x0, y0, x1, y1] = crop;
+        let (cw, ch) = (x1 - x0, y1 - y0);
+        let cropped: Vec<u8> = if [cw, ch] == [width, height] {
+            rgb.to_vec()
+        } else {
+            (y0..y1)
+                .flat_map(|y| {
+                    rgb[3 * (y * width + x0)..3 * (y * width + x1)]
+                        .iter()
+                        .copied()
+                })
+                .collect()
+        };
+        let device = model.no_memory_embedding.device();
+        let pixels = pixel_values::<B>(&cropped, cw, ch, model.image_size(), &device)?;
+        let images = model.image_embeddings(pixels)?;
+        let n = self.points_per_side / self.crop_n_points_downscale_factor.pow(layer as u32);
+        let points: Vec<[f32; 2]> = Self::point_grid(n.max(1))
+            .into_iter()
+            .map(|[x, y]| [(x * cw as f64) as f32, (y * ch as f64) as f32])
+            .collect();
+        let mut candidates = Vec::new();
+        for batch in points.chunks(self.points_per_batch) {
+            candidates.extend(self.process_batch(
+                model,
+                &images,
+                batch,
+                (cw, ch),
+                crop,
+                (width, height),
+            )?);
+        }
+        let boxes: Vec<[u32; 4]> = candidates.iter().map(|c| c.bbox).collect();
+        let scores: Vec<f32> = candidates.iter().map(|c| c.iou).collect();
+        let order = nms(&boxes, &scores, self.box_nms_thresh);
+        let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+        Ok(order
+            .into_iter()
+            .filter_map(|i| slots[i].take())
+            .map(|c| {
+                let off = [x0 as u32, y0 as u32, x0 as u32, y0 as u32];
+                GeneratedMask {
+                    rle: Rle::from_bitmap(&uncrop(&c.bitmap, crop, width, height)),
+                    bbox: std::array::from_fn(|i| c.bbox[i] + off[i]),
+                    predicted_iou: c.iou,
+                    stability_score: c.stability,
+                    point: [c.point[0] + x0 as f32, c.point[1] + y0 as f32],
+                    crop_box: crop,
+                }
+            })
+            .collect())
+    }
+
+    /// Decodes one batch of points and keeps the masks that pass the filters.
+    fn process_batch<B: Backend>(
+        &self,
+        model: &Sam2Model<B>,
+        images: &crate::model::ImageEmbeddings<B>,
+        points: &[[f32; 2]],
+        (cw, ch): (usize, usize),
+        crop: [usize; 4],
+        (width, height): (usize, usize),
+    ) -> Result<Vec<Candidate>> {
+        let [sh, sw] = model.image_size();
+        let coords: Vec<f32> = points
+            .iter()
+            .flat_map(|p| [p[0] / cw as f32 * sw as f32, p[1] / ch as f32 * sh as f32])
+            .collect();
+        let device = model.no_memory_embedding.device();
+        let prompts = Prompts {
+            points: Some(Points {
+                coords: Tensor::from_data(
+                    TensorData::new(coords, [1, points.len(), 1, 2]),
+                    &device,
+                ),
+                labels: vec![label::FOREGROUND; points.len()],
+            }),
+            ..Default::default()
+        };
+        let out = model.predict(images, &prompts, self.multimask_output)?;
+        let [_, p, k, lh, lw] = out.masks.dims();
+        let logits = to_vec(out.masks)?;
+        let ious = to_vec(out.iou_scores)?;
+        let mut kept = Vec::new();
+        for i in 0..p * k {
+            let iou = ious[i];
+            if self.pred_iou_thresh > 0.0 && iou <= self.pred_iou_thresh {
+                continue;
+            }
+            let full =
+                upsample_bilinear(&logits[i * lh * lw..(i + 1) * lh * lw], (lh, lw), (ch, cw));
+            let hi = self.mask_threshold + self.stability_score_offset;
+            let lo = self.mask_threshold - self.stability_score_offset;
+            let inter = full.iter().filter(|&&v| v > hi).count();
+            let union = full.iter().filter(|&&v| v > lo).count();
+            // 0/0 is NaN in the package, which no threshold keeps.
+            let stability = if union == 0 {
+                f32::NAN
+            } else {
+                inter as f32 / union as f32
+            };
+            let stable = stability >= self.stability_score_thresh;
+            if self.stability_score_thresh > 0.0 && !stable {
+                continue;
+            }
+            let bitmap = Bitmap::from_fn(ch, cw, |y, x| full[y * cw + x] > self.mask_threshold);
+            let bbox = mask_box(&bitmap);
+            if near_crop_edge(bbox, crop, width, height) {
+                continue;
+            }
+            kept.push(Candidate {
+                bitmap,
+                bbox,
+                iou,
+                stability,
+                point: points[i / k],
+            });
+        }
+        Ok(kept)
+    }
+}
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec()
+        .map_err(|e| Sam2Error::Input(format!("reading mask logits: {e:?}")))
+}
+
+/// `[x0, y0, x1, y1]` of the set pixels (inclusive), zeros when none.
+fn mask_box(b: &Bitmap) -> [u32; 4] {
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..b.height() {
+        for x in 0..b.width() {
+            if b.get(y, x) {
+                x0 = x0.min(x);
+                y0 = y0.min(y);
+                x1 = x1.max(x);
+                y1 = y1.max(y);
+            }
+        }
+    }
+    if x0 == usize::MAX {
+        [0; 4]
+    } else {
+        [x0 as u32, y0 as u32, x1 as u32, y1 as u32]
+    }
+}
+
+/// Whether a box (crop coordinates) touches a crop edge that is not an image edge (within 20
+/// pixels): such a mask is likely cut off by the crop.
+fn near_crop_edge(bbox: [u32; 4], crop: [usize; 4], width: usize, height: usize) -> bool {
+    let off = [crop[0], crop[1], crop[0], crop[1]];
+    let image = [0, 0, width, height];
+    (0..4).any(|i| {
+        let v = (bbox[i] as usize + off[i]) as f32;
+        let near = |edge: usize| (v - edge as f32).abs() <= 20.0;
+        near(crop[i]) && !near(image[i])
+    })
+}
+
+/// A crop's mask placed in the whole image.
+fn uncrop(b: &Bitmap, crop: [usize; 4], width: usize, height: usize) -> Bitmap {
+    if crop == [0, 0, width, height] {
+        return b.clone();
+    }
+    Bitmap::from_fn(height, width, |y, x| {
+        (crop[1]..crop[3]).contains(&y)
+            && (crop[0]..crop[2]).contains(&x)
+            && b.get(y - crop[1], x - crop[0])
+    })
+}
+
+/// Greedy non-maximum suppression (torchvision's `nms`): indices by descending score, each
+/// dropped when its IoU with a kept box exceeds `threshold`.
+pub fn nms(boxes: &[[u32; 4]], scores: &[f32], threshold: f32) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..boxes.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let area = |b: &[u32; 4]| (b[2] as f32 - b[0] as f32) * (b[3] as f32 - b[1] as f32);
+    let mut keep: Vec<usize> = Vec::new();
+    for &i in &order {
+        let bi = &boxes[i];
+        let suppressed = keep.iter().any(|&j| {
+            let bj = &boxes[j];
+            let w = (bi[2].min(bj[2]) as f32 - bi[0].max(bj[0]) as f32).max(0.0);
+            let h = (bi[3].min(bj[3]) as f32 - bi[1].max(bj[1]) as f32).max(0.0);
+            let inter = w * h;
+            inter / (area(bi) + area(bj) - inter) > threshold
+        });
+        if !suppressed {
+            keep.push(i);
+        }
+    }
+    keep
+}
+
+/// SAM 2's automatic mask generator as a [`Segmenter`].
+pub struct Sam2Segmenter<B: Backend> {
+    pub model: Sam2Model<B>,
+    pub config: AmgConfig,
+}
+
+impl<B: Backend> Sam2Segmenter<B> {
+    /// The generator's masks as a [`MaskSet`] (scores, stability, point and crop kept as the
+    /// package writes them).
+    pub fn mask_set(&self, rgb: &[u8], width: usize, height: usize) -> Result<Option<MaskSet>> {
+        let masks = self.config.generate(&self.model, rgb, width, height)?;
+        if masks.is_empty() {
+            return Ok(None);
+        }
+        let masks = masks
+            .into_iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let mut m = Mask::new(g.rle);
+                m.score = Some(g.predicted_iou);
+                m.stability = Some(g.stability_score);
+                m.source_index = i;
+                m.extra.insert(
+                    "point_coords".into(),
+                    serde_json::json!([[g.point[0], g.point[1]]]),
+                );
+                let [x0, y0, x1, y1] = g.crop_box;
+                m.extra.insert(
+                    "crop_box".into(),
+                    serde_json::json!([x0, y0, x1 - x0, y1 - y0]),
+                );
+                m
+            })
+            .collect();
+        MaskSet::new(masks)
+            .map(Some)
+            .map_err(|e| Sam2Error::Input(format!("mask generator: {e}")))
+    }
+}
+
+impl<B: Backend> Segmenter for Sam2Segmenter<B> {
+    fn segment(&mut self, rgb: &[u8], width: usize, height: usize) -> og_segment::Result<MaskSet> {
+        match self.mask_set(rgb, width, height) {
+            Ok(Some(set)) => Ok(set),
+            Ok(None) => Err(og_segment::SegmentError::NoMasks {
+                context: "SAM 2 (every mask was below the predicted-IoU or stability threshold)"
+                    .into(),
+            }),
+            Err(e) => Err(og_segment::SegmentError::Invalid(e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_grid_is_cell_centres_row_by_row() {
+        let g = AmgConfig::point_grid(2);
+        assert_eq!(
+            g,
+            vec![[0.25, 0.25], [0.75, 0.25], [0.25, 0.75], [0.75, 0.75]]
+        );
+        assert_eq!(AmgConfig::point_grid(1), vec![[0.5, 0.5]]);
+    }
+
+    #[test]
+    fn crop_boxes_follow_the_package() {
+        // generate_crop_boxes((300, 451), 1, 512 / 1500) in the sam2 package.
+        let c = AmgConfig {
+            crop_n_layers: 1,
+            ..AmgConfig::default()
+        };
+        let boxes: Vec<_> = c.crop_boxes(451, 300).into_iter().map(|b| b.0).collect();
+        assert_eq!(
+            boxes,
+            vec![
+                [0, 0, 451, 300],
+                [0, 0, 277, 201],
+                [0, 99, 277, 300],
+                [175, 0, 451, 201],
+                [175, 99, 451, 300]
+            ]
+        );
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_overlapping_boxes() {
+        let boxes = [[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]];
+        assert_eq!(nms(&boxes, &[0.5, 0.9, 0.1], 0.7), vec![1, 2]);
+        assert_eq!(nms(&boxes, &[0.5, 0.9, 0.1], 1.0), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn boxes_of_masks_and_crop_edges() {
+        let b = Bitmap::from_fn(5, 6, |y, x| (1..=3).contains(&y) && (2..=4).contains(&x));
+        assert_eq!(mask_box(&b), [2, 1, 4, 3]);
+        assert_eq!(mask_box(&Bitmap::new(3, 3)), [0; 4]);
+        // A crop's right edge inside the image cuts the mask; an image edge does not.
+        assert!(near_crop_edge([0, 0, 100, 50], [0, 0, 110, 300], 451, 300));
+        assert!(!near_crop_edge([0, 0, 100, 50], [0, 0, 451, 300], 451, 300));
+    }
+}
