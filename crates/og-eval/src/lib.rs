@@ -24,5 +24,5 @@ pub use protocol::Protocol;
 pub use readers::{CAPTION_PROMPT, read_benchmark};
 pub use run::{RunConfig, run_benchmark};
 pub use score::{
-    Accuracy, EvalError, Evaluator, MaskMode, Record, Results, generation_key, result_key,
+    Accuracy, EvalError, Evaluator, MaskMode, OnTheFly, Record, Results, generation_key, result_key,
 };

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
 use og_llava::og_fusion::{Selection, SelectionConfig};
 use og_llava::og_llm::{ChatTokenizer, Message, Role, Segment};
-use og_llava::og_segment::MaskSet;
+use og_llava::og_segment::{MaskSet, Segmenter};
 use og_llava::og_vision::{ImageProcessor, RgbImage};
 use og_llava::{ImageInput, OgLlava, OgLlavaInput};
 
@@ -132,17 +133,34 @@ pub enum MaskMode {
     Windows(og_llava::og_fusion::Windows),
     /// Each image (after any crop the benchmark makes) segmented on the fly.
     Felzenszwalb(og_llava::og_segment::FelzenszwalbConfig),
+    /// Each image (after any crop) segmented on the fly by a segmenter built elsewhere
+    /// (SAM 2's automatic mask generator); an image it finds no mask in is an error naming it.
+    Segmenter(OnTheFly),
+}
+
+/// A segmenter the items of a run share, and what `run.json` records about it.
+#[derive(Clone)]
+pub struct OnTheFly {
+    pub segmenter: Arc<Mutex<Box<dyn Segmenter + Send>>>,
+    pub description: serde_json::Value,
+}
+
+impl std::fmt::Debug for OnTheFly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "OnTheFly({})", self.description)
+    }
 }
 
 impl MaskMode {
-    /// What `run.json` records: `"none"`, `{"folder": …}`, `{"windows": …}` or
-    /// `{"felzenszwalb": …}`.
+    /// What `run.json` records: `"none"`, `{"folder": …}`, `{"windows": …}`,
+    /// `{"felzenszwalb": …}` or `{"segmenter": …}`.
     pub fn describe(&self) -> serde_json::Value {
         match self {
             MaskMode::None => "none".into(),
             MaskMode::Folder(dir) => serde_json::json!({ "folder": dir }),
             MaskMode::Windows(w) => serde_json::json!({ "windows": w }),
             MaskMode::Felzenszwalb(c) => serde_json::json!({ "felzenszwalb": c }),
+            MaskMode::Segmenter(s) => serde_json::json!({ "segmenter": s.description }),
         }
     }
 }
@@ -242,6 +260,19 @@ impl<B: Backend> Evaluator<'_, B> {
                 let (w, h) = (image.width() as usize, image.height() as usize);
                 let name = PathBuf::from(&item.image_name);
                 let m = cfg
+                    .segment(image.as_raw(), w, h)
+                    .map_err(|e| input_err(name.clone())(e.to_string()))?;
+                Selection::from_masks(&m, frame, &self.selection)
+                    .map(Some)
+                    .map_err(|e| input_err(name)(e.to_string()))
+            }
+            MaskMode::Segmenter(s) => {
+                let (w, h) = (image.width() as usize, image.height() as usize);
+                let name = PathBuf::from(&item.image_name);
+                let m = s
+                    .segmenter
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
                     .segment(image.as_raw(), w, h)
                     .map_err(|e| input_err(name.clone())(e.to_string()))?;
                 Selection::from_masks(&m, frame, &self.selection)

@@ -225,7 +225,7 @@ enum MaskSource<'a> {
     /// The plain path.
     None,
     File(&'a Path),
-    Segmenter(&'a crate::segment::SegmenterArgs),
+    Segmenter(&'a crate::segment::SegmenterArgs, og_llava::DeviceSpec),
 }
 
 /// The image's groups (the OG path), or `None` (the plain path).
@@ -241,8 +241,8 @@ fn select(
         MaskSource::File(path) => {
             crate::read_masks_for(path, image_path, image.width(), image.height())?
         }
-        MaskSource::Segmenter(seg) => {
-            let masks = seg.segment(image)?;
+        MaskSource::Segmenter(seg, device) => {
+            let masks = seg.segment(image, device)?;
             eprintln!("{} masks from {:?}", masks.len(), seg.kind());
             masks
         }
@@ -349,7 +349,9 @@ impl BackendTask for Ask<'_> {
         let preprocess_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let masks = match (&a.masks, a.segmenter.segmenter) {
-            (_, Some(_)) => MaskSource::Segmenter(&a.segmenter),
+            (_, Some(_)) => {
+                MaskSource::Segmenter(&a.segmenter, a.device.spec(crate::Work::Inference)?)
+            }
             (Some(path), None) if !a.no_masks => MaskSource::File(path),
             _ => MaskSource::None,
         };

@@ -116,6 +116,12 @@ impl BackendTask for Eval<'_> {
                 (_, Some(SegmenterKind::Felzenszwalb)) => {
                     MaskMode::Felzenszwalb(a.segmenter.felzenszwalb()?)
                 }
+                (_, Some(SegmenterKind::Sam2)) => MaskMode::Segmenter(og_eval::OnTheFly {
+                    segmenter: std::sync::Arc::new(std::sync::Mutex::new(
+                        a.segmenter.build(a.device.spec(crate::Work::Inference)?)?,
+                    )),
+                    description: a.segmenter.describe_sam2(),
+                }),
                 (Some(dir), None) => MaskMode::Folder(dir.clone()),
                 (None, None) => MaskMode::None,
             },

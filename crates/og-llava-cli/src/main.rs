@@ -257,6 +257,8 @@ enum CliError {
     #[error(transparent)]
     Segment(#[from] og_segment::SegmentError),
     #[error(transparent)]
+    Sam2(#[from] og_sam2::Sam2Error),
+    #[error(transparent)]
     Fusion(#[from] og_fusion::FusionError),
     #[error(transparent)]
     Backend(#[from] og_llava::BackendError),
@@ -495,7 +497,9 @@ fn tokens(args: &TokensArgs) -> Result<(), CliError> {
     let image = og_vision::load_rgb(&args.image)?;
     let masks = match &args.masks {
         Some(path) => read_masks_for(path, &args.image, image.width(), image.height())?,
-        None => args.segmenter.segment(&image)?,
+        None => args
+            .segmenter
+            .segment(&image, og_llava::DeviceSpec::default())?,
     };
     let (w, h) = (image.width() as usize, image.height() as usize);
     let size = args.grid * args.patch_size;

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use og_llava::{BackendTask, DeviceSpec, dispatch};
+use og_sam2::{AmgConfig, Sam2Model, Sam2Segmenter};
 use og_segment::{CountsFormat, Felzenszwalb, FelzenszwalbConfig, MaskSet, Segmenter};
 
-use crate::CliError;
 use crate::progress::Progress;
+use crate::{CliError, DeviceArgs, Work};
 
 /// The segmenters this build can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -16,6 +18,9 @@ pub enum SegmenterKind {
     /// Felzenszwalb–Huttenlocher graph segmentation (scikit-image's `felzenszwalb`): no
     /// weights; a partition of the image.
     Felzenszwalb,
+    /// SAM 2's automatic mask generator (the masks the paper trains with): weights from
+    /// --sam, a transformers `Sam2Model` folder or an original `sam2.1_hiera_*.pt`.
+    Sam2,
 }
 
 /// A segmenter and its parameters, as flags.
@@ -37,6 +42,67 @@ pub struct SegmenterArgs {
     /// The largest image segmented, in pixels.
     #[arg(long, default_value_t = FelzenszwalbConfig::default().max_pixels)]
     pub max_pixels: usize,
+    /// SAM 2 weights: a transformers `Sam2Model` folder, or an original `.pt` checkpoint (its
+    /// model from a `config.json` beside it, else the released model its shapes match).
+    #[arg(long)]
+    pub sam: Option<PathBuf>,
+    #[command(flatten)]
+    pub amg: AmgArgs,
+}
+
+/// The automatic mask generator's settings (defaults: the released OG-LLaVA configuration).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AmgArgs {
+    /// SAM 2: points along each side of the prompt grid.
+    #[arg(long, default_value_t = AmgConfig::default().points_per_side)]
+    pub points_per_side: usize,
+    /// SAM 2: point prompts decoded together (memory against speed; masks do not change).
+    #[arg(long, default_value_t = AmgConfig::default().points_per_batch)]
+    pub points_per_batch: usize,
+    /// SAM 2: keep masks whose predicted IoU is above this.
+    #[arg(long, default_value_t = AmgConfig::default().pred_iou_thresh)]
+    pub pred_iou_thresh: f32,
+    /// SAM 2: keep masks whose stability score is at least this.
+    #[arg(long, default_value_t = AmgConfig::default().stability_score_thresh)]
+    pub stability_score_thresh: f32,
+    /// SAM 2: box NMS threshold between masks.
+    #[arg(long, default_value_t = AmgConfig::default().box_nms_thresh)]
+    pub box_nms_thresh: f32,
+    /// SAM 2: crop layers (layer i segments (2^i)² overlapping crops too).
+    #[arg(long, default_value_t = AmgConfig::default().crop_n_layers)]
+    pub crop_n_layers: usize,
+}
+
+impl AmgArgs {
+    fn config(&self) -> AmgConfig {
+        AmgConfig {
+            points_per_side: self.points_per_side,
+            points_per_batch: self.points_per_batch,
+            pred_iou_thresh: self.pred_iou_thresh,
+            stability_score_thresh: self.stability_score_thresh,
+            box_nms_thresh: self.box_nms_thresh,
+            crop_n_layers: self.crop_n_layers,
+            ..AmgConfig::default()
+        }
+    }
+}
+
+/// Loads SAM 2 on the chosen backend.
+struct LoadSam2<'a> {
+    weights: &'a Path,
+    config: AmgConfig,
+}
+
+impl BackendTask for LoadSam2<'_> {
+    type Output = Result<Box<dyn Segmenter + Send>, CliError>;
+
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Self::Output {
+        let model = Sam2Model::<B>::open(self.weights, &device)?;
+        Ok(Box::new(Sam2Segmenter {
+            model,
+            config: self.config,
+        }))
+    }
 }
 
 impl SegmenterArgs {
@@ -54,13 +120,29 @@ impl SegmenterArgs {
         Ok(config)
     }
 
-    /// The segmenter, its parameters checked.
-    pub fn build(&self) -> Result<Box<dyn Segmenter + Send>, CliError> {
+    /// The segmenter, its parameters checked (SAM 2 loaded on `device`).
+    pub fn build(&self, device: DeviceSpec) -> Result<Box<dyn Segmenter + Send>, CliError> {
         match self.kind() {
             SegmenterKind::Felzenszwalb => Ok(Box::new(Felzenszwalb {
                 config: self.felzenszwalb()?,
             })),
+            SegmenterKind::Sam2 => {
+                let weights = self.sam.as_deref().ok_or_else(|| {
+                    CliError::Usage(
+                        "--segmenter sam2 needs --sam: a transformers Sam2Model folder or an \
+                         original sam2.1_hiera_*.pt checkpoint"
+                            .into(),
+                    )
+                })?;
+                let config = self.amg.config();
+                dispatch(device, LoadSam2 { weights, config })?
+            }
         }
+    }
+
+    /// What an evaluation records about SAM 2: its weights and generator settings.
+    pub fn describe_sam2(&self) -> serde_json::Value {
+        serde_json::json!({ "sam2": { "weights": self.sam, "generator": self.amg.config() } })
     }
 
     /// The segmenter these flags choose.
@@ -69,9 +151,13 @@ impl SegmenterArgs {
     }
 
     /// Segments one decoded image.
-    pub fn segment(&self, image: &og_vision::RgbImage) -> Result<MaskSet, CliError> {
+    pub fn segment(
+        &self,
+        image: &og_vision::RgbImage,
+        device: DeviceSpec,
+    ) -> Result<MaskSet, CliError> {
         let (w, h) = (image.width() as usize, image.height() as usize);
-        Ok(self.build()?.segment(image.as_raw(), w, h)?)
+        Ok(self.build(device)?.segment(image.as_raw(), w, h)?)
     }
 }
 
@@ -88,7 +174,11 @@ pub struct SegmentArgs {
     out: PathBuf,
     #[command(flatten)]
     segmenter: SegmenterArgs,
-    /// Images segmented at once (default: every core).
+    /// Where SAM 2 runs.
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Images segmented at once (default: every core for Felzenszwalb, one for SAM 2, whose
+    /// tensor operations use every core).
     #[arg(long)]
     jobs: Option<usize>,
     /// Segment again images whose mask file exists (default: they are skipped, so an
@@ -100,11 +190,12 @@ pub struct SegmentArgs {
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
 pub fn run(a: &SegmentArgs) -> Result<(), CliError> {
-    a.segmenter.build()?;
+    let device = a.device.spec(Work::Inference)?;
     match (&a.image, &a.images) {
         (Some(image), _) => {
+            let mut segmenter = a.segmenter.build(device)?;
             let t = std::time::Instant::now();
-            let n = segment_file(image, &a.out, &a.segmenter)?;
+            let n = segment_file(image, &a.out, segmenter.as_mut())?;
             eprintln!(
                 "{n} masks for {} in {:.2} s -> {}",
                 image.display(),
@@ -113,18 +204,22 @@ pub fn run(a: &SegmentArgs) -> Result<(), CliError> {
             );
             Ok(())
         }
-        (None, Some(dir)) => segment_folder(dir, a),
+        (None, Some(dir)) => segment_folder(dir, a, device),
         (None, None) => Err(CliError::Usage("give --image or --images".into())),
     }
 }
 
 /// Segments `image` into the mask file `out` (written whole or not at all); returns the count.
-fn segment_file(image: &Path, out: &Path, seg: &SegmenterArgs) -> Result<usize, CliError> {
+fn segment_file(
+    image: &Path,
+    out: &Path,
+    seg: &mut (dyn Segmenter + Send),
+) -> Result<usize, CliError> {
     let rgb = og_vision::load_rgb(image)?;
-    let masks = seg.segment(&rgb).map_err(|e| match e {
-        CliError::Segment(e) => CliError::Usage(format!("{}: {e}", image.display())),
-        e => e,
-    })?;
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let masks = seg
+        .segment(rgb.as_raw(), w, h)
+        .map_err(|e| CliError::Usage(format!("{}: {e}", image.display())))?;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| CliError::Output {
             path: parent.to_path_buf(),
@@ -161,7 +256,7 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>, CliError> {
     Ok(found)
 }
 
-fn segment_folder(dir: &Path, a: &SegmentArgs) -> Result<(), CliError> {
+fn segment_folder(dir: &Path, a: &SegmentArgs, device: DeviceSpec) -> Result<(), CliError> {
     if !dir.is_dir() {
         return Err(CliError::Usage(format!(
             "{} is not a folder",
@@ -188,10 +283,18 @@ fn segment_folder(dir: &Path, a: &SegmentArgs) -> Result<(), CliError> {
             all.len()
         );
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let jobs = a
         .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .unwrap_or(match a.segmenter.kind() {
+            SegmenterKind::Felzenszwalb => cores,
+            SegmenterKind::Sam2 => 1,
+        })
         .clamp(1, todo.len().max(1));
+    // One segmenter per job (a SAM 2 model each), built before any image is touched.
+    let segmenters = (0..jobs)
+        .map(|_| a.segmenter.build(device).map(Mutex::new))
+        .collect::<Result<Vec<_>, _>>()?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(skipped);
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -199,10 +302,11 @@ fn segment_folder(dir: &Path, a: &SegmentArgs) -> Result<(), CliError> {
     let progress = Arc::new(Mutex::new(Progress::new("segment", "images")));
     let t = std::time::Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..jobs {
+        for segmenter in &segmenters {
             s.spawn(|| {
+                let mut segmenter = segmenter.lock().unwrap_or_else(|e| e.into_inner());
                 while let Some(rel) = todo.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    match segment_file(&dir.join(rel), &out_of(rel), &a.segmenter) {
+                    match segment_file(&dir.join(rel), &out_of(rel), segmenter.as_mut()) {
                         Ok(n) => {
                             masks.fetch_add(n, Ordering::Relaxed);
                         }

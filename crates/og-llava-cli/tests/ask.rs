@@ -148,6 +148,43 @@ fn a_segmenter_on_the_fly_answers_as_its_mask_file() {
 }
 
 #[test]
+fn sam2_on_the_fly_answers_as_its_mask_file() {
+    let dir = tempfile::tempdir().unwrap();
+    model_dir(dir.path());
+    let image = root().join("images/chelsea.webp");
+    let sam = root().join("sam2/original_t/model.pt");
+    let generator = [
+        "--sam",
+        sam.to_str().unwrap(),
+        "--points-per-side",
+        "4",
+        "--pred-iou-thresh",
+        "0.55",
+        "--stability-score-thresh",
+        "0.6",
+    ];
+    let masks = dir.path().join("chelsea.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_og-llava"))
+        .args(["segment", "--segmenter", "sam2", "--image"])
+        .arg(&image)
+        .arg("--out")
+        .arg(&masks)
+        .args(generator)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let n = MaskSet::read_coco_json(&masks).unwrap().len();
+    let from_file = ask(dir.path(), &image, &["--masks", masks.to_str().unwrap()]);
+    let mut on_the_fly = vec!["--segmenter", "sam2"];
+    on_the_fly.extend(generator);
+    let live = ask(dir.path(), &image, &on_the_fly);
+    let err = String::from_utf8_lossy(&live.stderr);
+    assert!(live.status.success(), "{err}");
+    assert!(err.contains(&format!("{n} masks from Sam2")), "{err}");
+    assert_eq!(live.stdout, from_file.stdout);
+}
+
+#[test]
 fn bf16_where_the_backend_has_it() {
     let dir = tempfile::tempdir().unwrap();
     model_dir(dir.path());

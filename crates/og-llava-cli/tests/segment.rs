@@ -151,3 +151,83 @@ fn bad_parameters_and_missing_inputs_are_refused() {
     let o = segment(&["--out", out.to_str().unwrap()]);
     assert!(!o.status.success());
 }
+
+/// The flags of the tiny SAM 2 fixture's generator run (scripts/make_sam2_fixtures.py).
+const SAM2_FLAGS: &[&str] = &[
+    "--segmenter",
+    "sam2",
+    "--points-per-side",
+    "8",
+    "--points-per-batch",
+    "6",
+    "--pred-iou-thresh",
+    "0.55",
+    "--stability-score-thresh",
+    "0.6",
+    "--box-nms-thresh",
+    "1.0",
+];
+
+#[test]
+fn sam2_writes_the_generator_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("chelsea.json");
+    let sam = fixtures().join("sam2/original_t/model.pt");
+    let image = fixtures().join("images/chelsea.webp");
+    let mut args = vec![
+        "--image",
+        image.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--sam",
+        sam.to_str().unwrap(),
+    ];
+    args.extend(SAM2_FLAGS);
+    let o = segment(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = MaskSet::read_coco_json(&out).unwrap();
+    let want = MaskSet::read_coco_json(fixtures().join("sam2/original_t_amg.json")).unwrap();
+    assert_eq!(got.len(), want.len());
+    let scores = |m: &MaskSet| {
+        let mut s: Vec<f32> = m.iter().map(|m| m.score.unwrap()).collect();
+        s.sort_by(f32::total_cmp);
+        s
+    };
+    for (g, w) in scores(&got).iter().zip(scores(&want)) {
+        assert!((g - w).abs() < 1e-4, "predicted IoU {g} vs {w}");
+    }
+    assert!(
+        got.iter()
+            .all(|m| m.stability.is_some() && m.extra.contains_key("point_coords"))
+    );
+    // SAM 2 without weights, and weights that are not SAM 2, are named.
+    let o = segment(&[
+        "--image",
+        image.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--segmenter",
+        "sam2",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("--sam"),
+        "{}",
+        text(&o)
+    );
+    let not_sam = fixtures().join("vision/clip_vision_tiny");
+    let o = segment(&[
+        "--image",
+        image.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--segmenter",
+        "sam2",
+        "--sam",
+        not_sam.to_str().unwrap(),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("SAM 2"),
+        "{}",
+        text(&o)
+    );
+}
