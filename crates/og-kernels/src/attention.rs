@@ -13,15 +13,17 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{SharedMut, convert_all, from_flex, to_flex, values};
+use crate::flex::{SharedMut, convert_all, from_flex, to_flex_view};
 use crate::math::softmax_rows;
 
-/// `softmax(q kᵀ / √d) v` per head, every token attending to every token of its image.
+/// `softmax(q kᵀ / √d) v` per head, every query attending to every key of its batch entry.
 ///
 /// # Shapes
-/// `q`, `k`, `v`: `[batch · tokens, heads · head_dim]` (row `b · tokens + t`, head `j` in
-/// columns `j · head_dim ..`), as a linear projection of `[batch · tokens, hidden]` gives them;
-/// output: the same shape and layout, ready for the output projection.
+/// `q`: `[batch · lq, heads · head_dim]` (row `b · lq + t`, head `j` in columns
+/// `j · head_dim ..`), as a linear projection gives it; `k`, `v`: `[batch · lk, heads ·
+/// head_dim]` (`lk` may differ from `lq`: cross-attention, pooled queries). Each may be a view
+/// with contiguous rows, e.g. columns narrowed out of a fused `qkv` projection. Output:
+/// `[batch · lq, heads · head_dim]`, ready for the output projection.
 pub fn multi_head_attention<B: Backend>(
     q: Tensor<B, 2>,
     k: Tensor<B, 2>,
@@ -30,15 +32,32 @@ pub fn multi_head_attention<B: Backend>(
     heads: usize,
 ) -> Tensor<B, 2> {
     let [rows, width] = q.dims();
+    let [rows_k, width_k] = k.dims();
     let shapes_fit = batch > 0
         && heads > 0
         && rows % batch == 0
+        && rows_k % batch == 0
         && width % heads == 0
-        && k.dims() == q.dims()
-        && v.dims() == q.dims();
+        && width_k == width
+        && v.dims() == k.dims();
     if shapes_fit {
-        match convert_all([q, k, v], to_flex) {
-            Ok([q, k, v]) => return from_flex(fused(&q, &k, &v, batch, heads)),
+        match convert_all([q, k, v], to_flex_view) {
+            Ok([q, k, v]) => {
+                if let (Some(pq), Some(pk), Some(pv)) =
+                    (part(&q, width), part(&k, width), part(&v, width))
+                {
+                    let shape = Shape {
+                        batch,
+                        heads,
+                        lq: rows / batch,
+                        lk: rows_k / batch,
+                        width,
+                    };
+                    return from_flex(fused(pq, pk, pv, shape));
+                }
+                let [q, k, v] = [q, k, v].map(from_flex);
+                return unfused(q, k, v, batch, heads);
+            }
             Err([q, k, v]) => return unfused(q, k, v, batch, heads),
         }
     }
@@ -54,12 +73,13 @@ fn unfused<B: Backend>(
     heads: usize,
 ) -> Tensor<B, 2> {
     let [rows, width] = q.dims();
-    let (n, hd) = (rows / batch, width / heads);
-    let split = |t: Tensor<B, 2>| t.reshape([batch, n, heads, hd]).swap_dims(1, 2);
+    let rows_k = k.dims()[0];
+    let hd = width / heads;
+    let split = |t: Tensor<B, 2>, n: usize| t.reshape([batch, n, heads, hd]).swap_dims(1, 2);
     let out = attention(
-        split(q),
-        split(k),
-        split(v),
+        split(q, rows / batch),
+        split(k, rows_k / batch),
+        split(v, rows_k / batch),
         None,
         None,
         AttentionModuleOptions::default(),
@@ -67,68 +87,117 @@ fn unfused<B: Backend>(
     out.swap_dims(1, 2).reshape([rows, width])
 }
 
-fn fused(q: &FlexTensor, k: &FlexTensor, v: &FlexTensor, batch: usize, heads: usize) -> FlexTensor {
-    let shape = q.layout().shape().clone();
-    let (rows, width) = (shape[0], shape[1]);
-    let (n, hd) = (rows / batch, width / heads);
-    let (q, k, v) = (values(q), values(k), values(v));
-    let mut out = FlexTensor::empty(shape, DType::F32);
+/// A 2-D f32 view whose rows are contiguous (a whole tensor, or columns narrowed out of a
+/// packed projection such as a fused `qkv`) as rows of [`Part`].
+fn part(t: &FlexTensor, width: usize) -> Option<Part<'_>> {
+    let layout = t.layout();
+    let strides = layout.strides();
+    let rows = layout.shape()[0];
+    let (stride, inner) = (strides[0], strides[1]);
+    if t.dtype() != DType::F32 || inner != 1 || (rows > 1 && stride < width as isize) || stride < 0
+    {
+        return None;
+    }
+    Some(Part {
+        data: t.storage::<f32>(),
+        offset: layout.start_offset(),
+        stride: stride as usize,
+    })
+}
+
+/// Rows of one operand: element `(r, c)` at `data[offset + r · stride + c]`.
+#[derive(Clone, Copy)]
+struct Part<'a> {
+    data: &'a [f32],
+    offset: usize,
+    stride: usize,
+}
+
+#[derive(Clone, Copy)]
+struct Shape {
+    batch: usize,
+    heads: usize,
+    lq: usize,
+    lk: usize,
+    width: usize,
+}
+
+fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
+    let Shape {
+        batch,
+        heads,
+        lq,
+        lk,
+        width,
+    } = s;
+    let hd = width / heads;
+    let mut out = FlexTensor::empty([batch * lq, width].into(), DType::F32);
     let dst = SharedMut(out.storage_mut::<f32>().as_mut_ptr());
     let scale = (hd as f32).powf(-0.5);
-    let (row_stride, n_i, hd_i) = (width as isize, n as isize, 1isize);
+    let lk_i = lk as isize;
+    // Fewer (batch, head) tasks than threads (one image's global attention): each task's
+    // products use the threads the tasks leave idle.
+    let threads = rayon::current_num_threads();
+    let parallelism = match threads / (batch * heads) {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    };
     (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0.0f32; n * n],
+        || vec![0.0f32; lq * lk],
         |scores, task| {
             let (b, j) = (task / heads, task % heads);
-            let offset = b * n * width + j * hd;
-            // SAFETY: q, k, v hold `rows × width` f32; the head's block starts at `offset` and
-            // spans n rows of stride `width` and hd columns, inside the buffers. `scores` holds
-            // n × n. The output block of this (batch, head) is written by this task only.
+            let at = |p: Part<'_>, rows: usize| p.offset + b * rows * p.stride + j * hd;
+            let (qo, ko, vo) = (at(q, lq), at(k, lk), at(v, lk));
+            let out_offset = b * lq * width + j * hd;
+            // SAFETY: every operand holds its rows at its stride; the head's block starts at
+            // the computed offset and spans its rows and hd columns, inside the buffers.
+            // `scores` holds lq × lk. The output block of this (batch, head) is written by this
+            // task only.
             unsafe {
-                // scores = scale · q_h k_hᵀ   ([n, hd] × [hd, n])
+                // scores = scale · q_h k_hᵀ   ([lq, hd] × [hd, lk])
                 gemm::gemm(
-                    n,
-                    n,
+                    lq,
+                    lk,
                     hd,
                     scores.as_mut_ptr(),
                     1,
-                    n_i,
+                    lk_i,
                     false,
-                    q.as_ptr().add(offset),
-                    hd_i,
-                    row_stride,
-                    k.as_ptr().add(offset),
-                    row_stride,
-                    hd_i,
+                    q.data.as_ptr().add(qo),
+                    1,
+                    q.stride as isize,
+                    k.data.as_ptr().add(ko),
+                    k.stride as isize,
+                    1,
                     0.0,
                     scale,
                     false,
                     false,
                     false,
-                    gemm::Parallelism::None,
+                    parallelism,
                 );
-                softmax_rows(scores, n);
-                // out_h = P v_h   ([n, n] × [n, hd])
+                softmax_rows(scores, lk);
+                // out_h = P v_h   ([lq, lk] × [lk, hd])
                 gemm::gemm(
-                    n,
+                    lq,
                     hd,
-                    n,
-                    dst.add(offset),
+                    lk,
+                    dst.add(out_offset),
                     1,
-                    row_stride,
+                    width as isize,
                     false,
                     scores.as_ptr(),
                     1,
-                    n_i,
-                    v.as_ptr().add(offset),
+                    lk_i,
+                    v.data.as_ptr().add(vo),
                     1,
-                    row_stride,
+                    v.stride as isize,
                     0.0,
                     1.0,
                     false,
                     false,
                     false,
-                    gemm::Parallelism::None,
+                    parallelism,
                 );
             }
         },
@@ -185,6 +254,48 @@ mod tests {
             .zip(&reference)
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "max |fused − burn| = {worst}");
+    }
+
+    #[test]
+    fn packed_views_and_other_key_lengths_equal_burns_attention() {
+        // q of 5 rows per entry against k, v of 11, all three narrowed out of packed tensors.
+        let (batch, lq, lk, heads, hd) = (3, 5, 11, 2, 4);
+        let width = heads * hd;
+        let packed_q = random(batch * lq, 2 * width, 7);
+        let packed_kv = random(batch * lk, 3 * width, 9);
+        fn run<B: burn::tensor::backend::Backend>(
+            pq: &[f32],
+            pkv: &[f32],
+            (batch, lq, lk, heads, width): (usize, usize, usize, usize, usize),
+        ) -> Vec<f32> {
+            let d = Default::default();
+            let q = Tensor::<B, 2>::from_data(
+                TensorData::new(pq.to_vec(), [batch * lq, 2 * width]),
+                &d,
+            );
+            let kv = Tensor::<B, 2>::from_data(
+                TensorData::new(pkv.to_vec(), [batch * lk, 3 * width]),
+                &d,
+            );
+            let out = multi_head_attention(
+                q.narrow(1, width, width),
+                kv.clone().narrow(1, width, width),
+                kv.narrow(1, 2 * width, width),
+                batch,
+                heads,
+            );
+            out.into_data().to_vec::<f32>().unwrap()
+        }
+        let shape = (batch, lq, lk, heads, width);
+        let ours = run::<Flex>(&packed_q, &packed_kv, shape);
+        let reference = run::<NdArray>(&packed_q, &packed_kv, shape);
+        let worst = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert_eq!(ours.len(), batch * lq * width);
         assert!(worst < 1e-5, "max |fused − burn| = {worst}");
     }
 

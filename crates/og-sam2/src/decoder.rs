@@ -7,10 +7,8 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, relu, sigmoid};
+use burn::tensor::activation::{relu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::config::MaskDecoderConfig;
@@ -183,21 +181,17 @@ impl<B: Backend> Sam2Attention<B> {
     /// # Shapes
     /// `q` `[N, Lq, C]`, `k` and `v` `[N, Lk, C]` → `[N, Lq, C]`
     pub fn forward(&self, q: Tensor<B, 3>, k: Tensor<B, 3>, v: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [n, lq, _] = q.dims();
+        let [n, lq, c] = q.dims();
         let lk = k.dims()[1];
-        let inner = self.q_proj.weight.dims()[1];
-        let hd = inner / self.heads;
-        let heads = |t: Tensor<B, 3>, l: usize| t.reshape([n, l, self.heads, hd]).swap_dims(1, 2);
-        let o = attention(
-            heads(self.q_proj.forward(q), lq),
-            heads(self.k_proj.forward(k), lk),
-            heads(self.v_proj.forward(v), lk),
-            None,
-            None,
-            AttentionModuleOptions::default(),
+        let rows = |t: Tensor<B, 3>, l: usize| t.reshape([n * l, c]);
+        let o = og_kernels::multi_head_attention(
+            self.q_proj.forward(rows(q, lq)),
+            self.k_proj.forward(rows(k, lk)),
+            self.v_proj.forward(rows(v, lk)),
+            n,
+            self.heads,
         );
-        self.o_proj
-            .forward(o.swap_dims(1, 2).reshape([n, lq, inner]))
+        self.o_proj.forward(o).reshape([n, lq, c])
     }
 }
 
@@ -328,8 +322,8 @@ impl<B: Backend> MaskDecoder<B> {
         let image = image.swap_dims(1, 2).reshape([n, c, h, w]);
         let [s0, s1] = x.high_res;
         let up = self.upscale_conv1.forward(image) + per_prompt(s1, p);
-        let up = gelu(layer_norm_channels_first(&self.upscale_layer_norm, up));
-        let up = gelu(self.upscale_conv2.forward(up) + per_prompt(s0, p));
+        let up = og_kernels::gelu(layer_norm_channels_first(&self.upscale_layer_norm, up));
+        let up = og_kernels::gelu(self.upscale_conv2.forward(up) + per_prompt(s0, p));
         let [_, cu, hu, wu] = up.dims();
         let hyper = Tensor::cat(
             self.output_hypernetworks_mlps

@@ -6,10 +6,7 @@
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::{attention, max_pool2d};
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Tensor, TensorData};
 
 use crate::config::{BlockShape, HieraConfig, NeckConfig};
@@ -161,13 +158,25 @@ impl NeckConfig {
     }
 }
 
-/// Max-pools a channels-last map by `stride` (floor), as `do_pool`.
+/// Max-pools a channels-last map by `stride` (floor: trailing rows and columns that do not
+/// fill a window are dropped), as `do_pool`; the windows are read in place, without moving the
+/// channels first.
 fn pool<B: Backend>(x: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
     if stride == 1 {
         return x;
     }
-    let x = x.permute([0, 3, 1, 2]);
-    max_pool2d(x, [stride; 2], [stride; 2], [0, 0], [1, 1], false).permute([0, 2, 3, 1])
+    let [n, h, w, c] = x.dims();
+    let (ho, wo) = (h / stride, w / stride);
+    let x = if ho * stride != h || wo * stride != w {
+        x.slice([0..n, 0..ho * stride, 0..wo * stride, 0..c])
+    } else {
+        x
+    };
+    x.reshape([n * ho, stride, wo, stride * c])
+        .max_dim(1)
+        .reshape([n * ho * wo, stride, c])
+        .max_dim(1)
+        .reshape([n, ho, wo, c])
 }
 
 /// Splits `[B, H, W, C]` into `[B·nh·nw, w, w, C]` windows, zero-padding H and W up to
@@ -223,23 +232,12 @@ impl<B: Backend> MultiScaleAttention<B> {
         let q = qkv.clone().narrow(1, 0, dim_out);
         let k = qkv.clone().narrow(1, dim_out, dim_out);
         let v = qkv.narrow(1, 2 * dim_out, dim_out);
-        let out = if s == 1 {
-            og_kernels::multi_head_attention(q, k, v, n, self.heads)
+        let q = if s == 1 {
+            q
         } else {
-            let q = pool(q.reshape([n, h, w, dim_out]), s).reshape([n * ho * wo, dim_out]);
-            let hd = dim_out / self.heads;
-            let split =
-                |t: Tensor<B, 2>, l: usize| t.reshape([n, l, self.heads, hd]).swap_dims(1, 2);
-            let o = attention(
-                split(q, ho * wo),
-                split(k, h * w),
-                split(v, h * w),
-                None,
-                None,
-                AttentionModuleOptions::default(),
-            );
-            o.swap_dims(1, 2).reshape([n * ho * wo, dim_out])
+            pool(q.reshape([n, h, w, dim_out]), s).reshape([n * ho * wo, dim_out])
         };
+        let out = og_kernels::multi_head_attention(q, k, v, n, self.heads);
         self.proj.forward(out).reshape([n, ho, wo, dim_out])
     }
 }
@@ -247,7 +245,7 @@ impl<B: Backend> MultiScaleAttention<B> {
 impl<B: Backend> HieraMlp<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, w, c] = x.dims();
-        let y = gelu(self.proj_in.forward(x.reshape([b * h * w, c])));
+        let y = og_kernels::gelu(self.proj_in.forward(x.reshape([b * h * w, c])));
         self.proj_out.forward(y).reshape([b, h, w, c])
     }
 }
@@ -310,25 +308,38 @@ fn bicubic_matrix(out: usize, inp: usize) -> Vec<f32> {
 impl<B: Backend> HieraDet<B> {
     /// The position embedding of an `h`×`w` grid, channels-last `[1, h, w, C]`: the
     /// background embedding interpolated bicubically plus the window embedding tiled.
+    ///
+    /// Bicubic interpolation is linear along each axis (`My · P · Mxᵀ` per channel), and the
+    /// tiled window is a one-hot selection of rows, so both are one product written straight
+    /// in the channels-last layout: `[My | Ty] · [A ; Wₓ]`, with `A[i] = Mx · P[:, i, :]ᵀ` the
+    /// rows interpolated along x, `Wₓ` the window tiled along x and `Ty` picking its row.
     pub fn position_embedding(&self, h: usize, w: usize) -> Tensor<B, 4> {
         let pos = self.pos_embed.val();
         let [_, c, bh, bw] = pos.dims();
-        let device = pos.device();
-        let my =
-            Tensor::<B, 2>::from_data(TensorData::new(bicubic_matrix(h, bh), [h, bh]), &device);
-        let mx =
-            Tensor::<B, 2>::from_data(TensorData::new(bicubic_matrix(w, bw), [w, bw]), &device);
-        // [C, bh, bw] → rows: [C·bh, bw] · mxᵀ → [C, bh, w] → [C, w, bh] · myᵀ → [C, w, h].
-        let x = pos.reshape([c * bh, bw]).matmul(mx.transpose());
-        let x = x.reshape([c, bh, w]).swap_dims(1, 2).reshape([c * w, bh]);
-        let x = x.matmul(my.transpose()).reshape([c, w, h]).swap_dims(1, 2);
         let win = self.pos_embed_window.val();
         let [_, _, wh, ww] = win.dims();
-        let tiled = win
+        let device = pos.device();
+        let my = bicubic_matrix(h, bh);
+        let mut left = vec![0.0f32; h * (bh + wh)];
+        for y in 0..h {
+            left[y * (bh + wh)..y * (bh + wh) + bh].copy_from_slice(&my[y * bh..(y + 1) * bh]);
+            left[y * (bh + wh) + bh + y % wh] = 1.0;
+        }
+        let left = Tensor::<B, 2>::from_data(TensorData::new(left, [h, bh + wh]), &device);
+        let mx =
+            Tensor::<B, 2>::from_data(TensorData::new(bicubic_matrix(w, bw), [w, bw]), &device);
+        // [bh, w, C]: each background row interpolated along x.
+        let rows = mx
+            .unsqueeze_dim::<3>(0)
+            .repeat_dim(0, bh)
+            .matmul(pos.reshape([c, bh, bw]).permute([1, 2, 0]));
+        // [wh, w, C]: the window tiled along x.
+        let window = win
             .reshape([c, wh, ww])
-            .repeat_dim(1, h / wh)
-            .repeat_dim(2, w / ww);
-        (x + tiled).permute([1, 2, 0]).unsqueeze_dim(0)
+            .permute([1, 2, 0])
+            .repeat_dim(1, w / ww);
+        let right = Tensor::cat(vec![rows, window], 0).reshape([bh + wh, w * c]);
+        left.matmul(right).reshape([1, h, w, c])
     }
 
     /// The output of every stage's last block, channels-last, finest first.
@@ -361,7 +372,7 @@ impl<B: Backend> VisionNeck<B> {
         let mut levels: Vec<Tensor<B, 4>> = Vec::with_capacity(stages.len());
         let mut prev: Option<Tensor<B, 4>> = None;
         for (i, stage) in stages.into_iter().enumerate().rev() {
-            let lateral = self.convs[n - i].forward(stage.permute([0, 3, 1, 2]));
+            let lateral = conv1x1_channels_last(&self.convs[n - i], stage);
             let level = match prev.take() {
                 Some(deeper) if self.top_down_levels.contains(&i) && i != n => {
                     lateral + upsample_nearest_2x(deeper)
@@ -374,6 +385,17 @@ impl<B: Backend> VisionNeck<B> {
         levels.reverse();
         levels
     }
+}
+
+/// A 1×1 convolution of a channels-last map, as the matrix product it is:
+/// `[B, h, w, Cin]` → `[B, Cout, h, w]`.
+fn conv1x1_channels_last<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [b, h, w, cin] = x.dims();
+    let cout = conv.weight.dims()[0];
+    let weight = conv.weight.val().reshape([cout, cin]).transpose();
+    let bias = conv.bias.as_ref().map(|p| p.val());
+    let y = burn::tensor::module::linear(x.reshape([b * h * w, cin]), weight, bias);
+    y.reshape([b, h, w, cout]).permute([0, 3, 1, 2])
 }
 
 /// `F.interpolate(scale_factor=2, mode="nearest")` on `[B, C, h, w]`.

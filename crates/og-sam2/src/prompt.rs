@@ -7,7 +7,6 @@ use std::f64::consts::PI;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
@@ -142,11 +141,11 @@ impl<B: Backend> MaskEmbedding<B> {
     /// # Shapes
     /// `[B, 1, 4e, 4e]` → `[B, C, e, e]`
     pub fn forward(&self, masks: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = gelu(layer_norm_channels_first(
+        let x = og_kernels::gelu(layer_norm_channels_first(
             &self.layer_norm1,
             self.conv1.forward(masks),
         ));
-        let x = gelu(layer_norm_channels_first(
+        let x = og_kernels::gelu(layer_norm_channels_first(
             &self.layer_norm2,
             self.conv2.forward(x),
         ));
