@@ -14,6 +14,7 @@ runs), a tiny random SAM2Base in the original checkpoint layout:
   original_t_io.safetensors  the SAM2Transforms pixels of a photo, the predictor's features,
                          and low-resolution masks / IoU for point and box prompts
   original_t_amg*.json   SAM2AutomaticMaskGenerator output (coco_rle) on that photo
+  sam1_layout.pt         two tensors named as a Segment Anything (v1) checkpoint names them
 
 Every parameter is perturbed away from its initial value (zeros, ones) so that a tensor that
 is not loaded shows up as a difference.
@@ -222,6 +223,11 @@ def original():
         t[f"{name}.low_res"] = torch.from_numpy(low).contiguous()
         t[f"{name}.iou"] = torch.from_numpy(iou).contiguous()
     save_file(t, os.path.join(OUT, "original_t_io.safetensors"))
+
+    # A Segment Anything (v1) checkpoint's key layout, to be refused by name.
+    torch.save({"image_encoder.patch_embed.proj.weight": torch.zeros(4, 3, 2, 2),
+                "image_encoder.blocks.0.norm1.weight": torch.ones(4)},
+               os.path.join(OUT, "sam1_layout.pt"))
 
     # Thresholds in the gaps of this random model's scores (IoU ~0.48 | ~0.60..0.62,
     # stability ~0.35..0.40 | ~0.82..0.90); its masks barely depend on the point, so box NMS

@@ -7,7 +7,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   fixtures      regenerate fixtures/ (scripts/make_*_fixtures.py;
                 needs: pip install torch transformers peft numpy pycocotools pillow safetensors
-                pyarrow pandas scikit-image)
+                pyarrow pandas scikit-image; SAM 2's: SAM2_BUILD_CUDA=0 pip install
+                --no-build-isolation sam2)
   compare-phi   time Φ against the paper's Listing 1 in PyTorch (scripts/compare_phi.py)
   compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
   compare-llm   decode tok/s against transformers, SmolLM2-135M shape (scripts/compare_llm.py)
@@ -16,6 +17,8 @@ tasks:
                 (scripts/compare_felzenszwalb.py; needs: pip install scikit-image pycocotools pillow)
   perf          every comparison above in one run (scripts/perf.py): target/perf/perf.json + perf.md
                 (needs: pip install torch transformers peft numpy pycocotools pillow)
+  compare-sam2  SAM 2 Hiera-L image encoder and automatic mask generator against PyTorch
+                (scripts/compare_sam2.py; needs torch, transformers and the sam2 package)
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
   demo          the README's main job: og-llava tokens on the example image
   train [--seeds N] [--preset nano|smoke]
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
                 "make_train_fixtures.py",
                 "make_eval_fixtures.py",
                 "make_felzenszwalb_fixtures.py",
+                "make_sam2_fixtures.py",
                 "make_torch_fixtures.py",
                 "make_fuzz_corpus.py",
             ] {
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Some("compare-llm") => python(&root, "compare_llm.py"),
         Some("compare-train") => python(&root, "compare_train.py"),
         Some("compare-felzenszwalb") => python(&root, "compare_felzenszwalb.py"),
+        Some("compare-sam2") => python(&root, "compare_sam2.py"),
         Some("perf") => python(&root, "perf.py"),
         Some("ci") => run(Command::new(".ci/run").current_dir(&root)),
         Some("demo") => run(Command::new("cargo")

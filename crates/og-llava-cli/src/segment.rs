@@ -74,7 +74,7 @@ pub struct AmgArgs {
 }
 
 impl AmgArgs {
-    fn config(&self) -> AmgConfig {
+    fn config(&self, max_pixels: usize) -> AmgConfig {
         AmgConfig {
             points_per_side: self.points_per_side,
             points_per_batch: self.points_per_batch,
@@ -82,6 +82,7 @@ impl AmgArgs {
             stability_score_thresh: self.stability_score_thresh,
             box_nms_thresh: self.box_nms_thresh,
             crop_n_layers: self.crop_n_layers,
+            max_pixels,
             ..AmgConfig::default()
         }
     }
@@ -134,7 +135,7 @@ impl SegmenterArgs {
                             .into(),
                     )
                 })?;
-                let config = self.amg.config();
+                let config = self.amg.config(self.max_pixels);
                 dispatch(device, LoadSam2 { weights, config })?
             }
         }
@@ -142,7 +143,7 @@ impl SegmenterArgs {
 
     /// What an evaluation records about SAM 2: its weights and generator settings.
     pub fn describe_sam2(&self) -> serde_json::Value {
-        serde_json::json!({ "sam2": { "weights": self.sam, "generator": self.amg.config() } })
+        serde_json::json!({ "sam2": { "weights": self.sam, "generator": self.amg.config(self.max_pixels) } })
     }
 
     /// The segmenter these flags choose.

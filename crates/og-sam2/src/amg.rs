@@ -45,6 +45,9 @@ pub struct AmgConfig {
     pub crop_n_points_downscale_factor: usize,
     /// Three masks per point (else one).
     pub multimask_output: bool,
+    /// The largest image segmented, in pixels (each kept mask is upsampled to the image, so
+    /// memory grows with it).
+    pub max_pixels: usize,
 }
 
 impl Default for AmgConfig {
@@ -62,6 +65,7 @@ impl Default for AmgConfig {
             crop_overlap_ratio: 512.0 / 1500.0,
             crop_n_points_downscale_factor: 1,
             multimask_output: true,
+            max_pixels: 4096 * 4096,
         }
     }
 }
@@ -171,6 +175,12 @@ impl AmgConfig {
     ) -> Result<Vec<GeneratedMask>> {
         self.check()?;
         check_rgb(rgb, width, height)?;
+        if width * height > self.max_pixels {
+            return Err(Sam2Error::Input(format!(
+                "a {width}x{height} image is over the mask generator's {}-pixel limit",
+                self.max_pixels
+            )));
+        }
         let crops = self.crop_boxes(width, height);
         let mut kept: Vec<GeneratedMask> = Vec::new();
         for &(crop, layer) in &crops {

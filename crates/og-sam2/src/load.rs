@@ -221,6 +221,16 @@ impl<B: Backend> Sam2Model<B> {
                 .load_weights(&Weights::open(path)?, Layout::Transformers);
         }
         let weights = Weights::open_pytorch(path)?;
+        for p in ["model.", ""] {
+            if weights.contains(&format!("{p}image_encoder.patch_embed.proj.weight")) {
+                return Err(Sam2Error::Config {
+                    path: path.to_path_buf(),
+                    message: "a Segment Anything (v1) checkpoint (a ViT image encoder, no Hiera \
+                              trunk): this loader reads SAM 2 / 2.1"
+                        .into(),
+                });
+            }
+        }
         let prefix = ["model.", ""]
             .into_iter()
             .find(|p| weights.contains(&format!("{p}image_encoder.trunk.patch_embed.proj.weight")))

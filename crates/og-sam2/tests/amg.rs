@@ -122,3 +122,24 @@ fn crop_layers_equal_the_package() {
         },
     );
 }
+
+#[test]
+fn empty_and_oversized_images_are_refused() {
+    let device = Default::default();
+    let model = Sam2Model::<B>::open(fixtures().join("sam2/original_t/model.pt"), &device).unwrap();
+    let config = AmgConfig {
+        max_pixels: 100,
+        ..fixture_config()
+    };
+    let e = config.generate(&model, &[], 0, 0).unwrap_err();
+    assert!(e.to_string().contains("0x0"), "{e}");
+    let e = config
+        .generate(&model, &[0; 3 * 11 * 10], 11, 10)
+        .unwrap_err();
+    assert!(e.to_string().contains("100-pixel limit"), "{e}");
+    let bad = AmgConfig {
+        points_per_side: 0,
+        ..fixture_config()
+    };
+    assert!(bad.generate(&model, &[0; 3 * 4], 2, 2).is_err());
+}
