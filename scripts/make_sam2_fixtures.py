@@ -31,9 +31,11 @@ from transformers import Sam2Config, Sam2Model
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "sam2")
 
-# Tiny versions of the released Hiera shapes: tiny/small (one head and one block in stage 0,
-# 7x7 background) and base-plus/large (two heads, two blocks in stage 0, another background
-# size). Stage windows that do not divide the grid exercise the padded window partition.
+# Tiny versions of the four released Hiera shapes: tiny and small (one head and one block in
+# stage 0, 7x7 background, small with a longer stage 2 and two global blocks), base-plus (two
+# heads, two stage-0 blocks, a larger background) and large (two heads, two stage-0 blocks,
+# stage-3 windows of its own, a non-square background). Stage windows that do not divide the
+# grid exercise the padded window partition.
 VARIANTS = {
     "hiera_t": dict(hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 2, 3, 2],
                     embed_dim_per_stage=[8, 16, 32, 64],
@@ -45,6 +47,16 @@ VARIANTS = {
                     num_attention_heads_per_stage=[2, 2, 4, 4],
                     window_size_per_stage=[4, 2, 3, 2], global_attention_blocks=[6, 8],
                     window_positional_embedding_background_size=[3, 5]),
+    "hiera_s": dict(hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 2, 5, 2],
+                    embed_dim_per_stage=[8, 16, 32, 64],
+                    num_attention_heads_per_stage=[1, 2, 4, 4],
+                    window_size_per_stage=[4, 2, 3, 2], global_attention_blocks=[4, 6],
+                    window_positional_embedding_background_size=[7, 7]),
+    "hiera_b": dict(hidden_size=12, num_attention_heads=2, blocks_per_stage=[2, 3, 3, 2],
+                    embed_dim_per_stage=[12, 24, 48, 96],
+                    num_attention_heads_per_stage=[2, 4, 4, 8],
+                    window_size_per_stage=[4, 4, 2, 2], global_attention_blocks=[6],
+                    window_positional_embedding_background_size=[6, 6]),
 }
 IMAGE = 64
 FPN = 32

@@ -1,5 +1,5 @@
 //! SAM 2 equal to transformers' `Sam2Model` on committed tiny random checkpoints shaped like the
-//! Hiera variants (scripts/make_sam2_fixtures.py): every Hiera stage, the FPN levels, the image
+//! four Hiera variants (tiny, small, base-plus, large) (scripts/make_sam2_fixtures.py): every Hiera stage, the FPN levels, the image
 //! embeddings, the image position encoding, and for point, box, point+box, point+mask and empty
 //! prompts the mask logits, IoU scores and object-score logits, with multimask output and with
 //! single-mask output on both branches of the stability selection — on NdArray and on Flex.
@@ -138,6 +138,18 @@ fn hiera_tiny_shape_equals_transformers() {
 fn hiera_large_shape_equals_transformers() {
     check::<NdArray<f32>>("hiera_l");
     check::<Flex<f32>>("hiera_l");
+}
+
+#[test]
+fn hiera_small_shape_equals_transformers() {
+    check::<NdArray<f32>>("hiera_s");
+    check::<Flex<f32>>("hiera_s");
+}
+
+#[test]
+fn hiera_base_plus_shape_equals_transformers() {
+    check::<NdArray<f32>>("hiera_b");
+    check::<Flex<f32>>("hiera_b");
 }
 
 #[test]
