@@ -13,6 +13,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use og_sam2::{AmgConfig, Sam2Config};
 
+// The og-llava binary's allocator: SAM 2 allocates large short-lived activations, which mimalloc
+// reuses where the system allocator maps and faults in fresh pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn time<B: Backend>(
     variant: &str,
     repeats: usize,
