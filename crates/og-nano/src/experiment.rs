@@ -641,6 +641,7 @@ fn stage_config(
             selection: arm.selection.clone(),
             windows: arm.windows,
             felzenszwalb: None,
+            sam2: None,
             pad_to_square: false,
             fail_on_bad_rows: true,
             workers: 1,

@@ -62,6 +62,12 @@ pub struct DataConfig {
     /// an image each epoch; `og-llava segment --images` once is cheaper for long runs.
     #[serde(default)]
     pub felzenszwalb: Option<og_llava::og_segment::FelzenszwalbConfig>,
+    /// Segment every image on the fly with SAM 2's automatic mask generator (`[data.sam2]`:
+    /// `weights`, and `[data.sam2.generator]` with `og_sam2::AmgConfig`'s fields) instead of
+    /// reading the mask folder. A SAM 2 pass costs seconds an image on a CPU, every epoch:
+    /// `og-llava segment --segmenter sam2 --images` once is far cheaper for real runs.
+    #[serde(default)]
+    pub sam2: Option<Sam2Data>,
     /// Pad images to square with the CLIP mean colour (LLaVA-1.5's `expand2square`); else
     /// CLIP's resize and centre crop.
     #[serde(default = "yes")]
@@ -345,6 +351,16 @@ impl TrainConfig {
         if let Some(f) = &self.data.felzenszwalb {
             f.validate().map_err(|e| format!("data.{e}"))?;
         }
+        let sources = [
+            self.data.windows.is_some(),
+            self.data.felzenszwalb.is_some(),
+            self.data.sam2.is_some(),
+        ];
+        if sources.iter().filter(|&&s| s).count() > 1 {
+            return Err(
+                "data.windows, data.felzenszwalb and data.sam2 are alternatives: set one".into(),
+            );
+        }
         match (self.stage, &self.lora) {
             (Stage::Align, Some(_)) => {
                 return Err("stage align trains no LoRA: remove [lora] or use stage sft".into());
@@ -353,6 +369,36 @@ impl TrainConfig {
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// `[data.sam2]`: SAM 2 weights (a transformers `Sam2Model` folder or an original `.pt`) and
+/// the mask generator's settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sam2Data {
+    pub weights: PathBuf,
+    #[serde(default)]
+    pub generator: og_sam2::AmgConfig,
+}
+
+impl Sam2Data {
+    /// The generator on its model, loaded on `device`.
+    pub fn segmenter<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<crate::data::SharedSegmenter> {
+        let model =
+            og_sam2::Sam2Model::<B>::open(&self.weights, device).map_err(|e| TrainError::Data {
+                path: self.weights.clone(),
+                message: format!("data.sam2.weights: {e}"),
+            })?;
+        Ok(std::sync::Arc::new(std::sync::Mutex::new(Box::new(
+            og_sam2::Sam2Segmenter {
+                model,
+                config: self.generator.clone(),
+            },
+        ))))
     }
 }
 

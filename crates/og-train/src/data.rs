@@ -288,6 +288,10 @@ pub struct Example {
     pub length: usize,
 }
 
+/// A segmenter several loader threads share.
+pub type SharedSegmenter =
+    std::sync::Arc<std::sync::Mutex<Box<dyn og_llava::og_segment::Segmenter + Send>>>;
+
 /// Everything a loader thread needs to turn a row into an [`Example`].
 pub struct Preparer {
     pub rows: Vec<Row>,
@@ -302,6 +306,9 @@ pub struct Preparer {
     pub windows: Option<og_llava::og_fusion::Windows>,
     /// Felzenszwalb segmentation of each image instead of the mask folder.
     pub felzenszwalb: Option<og_llava::og_segment::FelzenszwalbConfig>,
+    /// SAM 2's automatic mask generator on each image instead of the mask folder (one model
+    /// the loader threads take turns on).
+    pub sam2: Option<SharedSegmenter>,
     pub image_token_id: u32,
     /// Patches per side of the encoder grid (the plain path has grid² visual tokens).
     pub grid: usize,
@@ -326,16 +333,20 @@ impl Preparer {
                 .pixel_data(&image)
                 .map_err(|e| BadRowKind::ImagePreprocessing.because(e))?;
             let grid = self.grid;
-            let masks = match (self.windows, &self.felzenszwalb) {
-                (Some(_), _) => None,
-                (None, Some(cfg)) => {
-                    let (w, h) = (image.width() as usize, image.height() as usize);
-                    Some(
-                        cfg.segment(image.as_raw(), w, h)
-                            .map_err(|e| BadRowKind::Segmentation.because(e))?,
-                    )
-                }
-                (None, None) => self.masks_for(rel)?,
+            let (w, h) = (image.width() as usize, image.height() as usize);
+            let masks = match (self.windows, &self.felzenszwalb, &self.sam2) {
+                (Some(_), _, _) => None,
+                (None, Some(cfg), _) => Some(
+                    cfg.segment(image.as_raw(), w, h)
+                        .map_err(|e| BadRowKind::Segmentation.because(e))?,
+                ),
+                (None, None, Some(sam)) => Some(
+                    sam.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .segment(image.as_raw(), w, h)
+                        .map_err(|e| BadRowKind::Segmentation.because(e))?,
+                ),
+                (None, None, None) => self.masks_for(rel)?,
             };
             let selection = match masks {
                 None => self

@@ -134,6 +134,7 @@ pub(crate) fn build_preparer<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: &OgLlava<B>,
     bad: &mut BadRows,
+    device: &B::Device,
 ) -> Result<Arc<Preparer>> {
     let tokenizer = ChatTokenizer::from_dir(cfg.base.tokenizer_dir())?;
     let rows = read_rows(&cfg.data.json, cfg.data.fail_on_bad_rows, bad)?;
@@ -180,6 +181,12 @@ pub(crate) fn build_preparer<B: AutodiffBackend>(
         selection: model.image.selection.clone(),
         windows: cfg.data.windows,
         felzenszwalb: cfg.data.felzenszwalb,
+        sam2: cfg
+            .data
+            .sam2
+            .as_ref()
+            .map(|s| s.segmenter::<B::InnerBackend>(device))
+            .transpose()?,
         image_token_id: model.image_token_id,
         grid,
         model_max_length: cfg.model_max_length,

@@ -181,7 +181,7 @@ pub fn train_parallel<B: AutodiffBackend>(
     let (_lock, resume_from) = setup::prepare_output(cfg, opts, writer)?;
     let mut model = setup::build_model::<B>(cfg, device)?;
     let mut bad = BadRows::default();
-    let preparer = setup::build_preparer(cfg, &model, &mut bad)?;
+    let preparer = setup::build_preparer(cfg, &model, &mut bad, device)?;
     let n_rows = preparer.rows.len();
     let per_step = cfg.batch_size * cfg.grad_accumulation * world;
     let total_steps = cfg

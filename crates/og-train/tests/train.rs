@@ -285,6 +285,79 @@ fn a_felzenszwalb_segmenter_replaces_the_mask_folder() {
     assert!(e.contains("sigma"), "{e}");
 }
 
+#[test]
+fn a_sam2_segmenter_replaces_the_mask_folder() {
+    let _one = one_run();
+    let dir = tiny_world();
+    let root = dir.path();
+    let empty = root.join("no_masks");
+    std::fs::create_dir(&empty).unwrap();
+    let sam = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/sam2/original_t/model.pt");
+    let run = |out: &str, extra: &[String]| {
+        let mut overrides = vec!["epochs=1".to_string(), "model_max_length=512".into()];
+        overrides.extend_from_slice(extra);
+        let cfg = config(root, Stage::Align, out, &overrides);
+        train::<B>(&cfg, &Default::default(), &RunOptions::default())
+    };
+    // The tiny SAM 2 keeps the three candidate masks of one point (no thresholds, no NMS).
+    let segmented = run(
+        "sam2",
+        &[
+            format!("data.masks={}", empty.display()),
+            "data.missing_masks=bad_row".into(),
+            format!("data.sam2.weights={}", sam.display()),
+            "data.sam2.generator.points_per_side=1".into(),
+            "data.sam2.generator.pred_iou_thresh=0".into(),
+            "data.sam2.generator.stability_score_thresh=0".into(),
+            "data.sam2.generator.box_nms_thresh=1".into(),
+        ],
+    )
+    .unwrap();
+    for reason in ["missing masks", "segmentation"] {
+        assert!(
+            !segmented.bad_rows.counts.contains_key(reason),
+            "{:?}",
+            segmented.bad_rows
+        );
+    }
+    let plain = run(
+        "plain",
+        &[
+            format!("data.masks={}", empty.display()),
+            "data.missing_masks=plain".into(),
+        ],
+    )
+    .unwrap();
+    assert_eq!(segmented.examples, plain.examples);
+    assert_ne!(
+        segmented.first_loss, plain.first_loss,
+        "the OG path was taken"
+    );
+    // Weights that are not there, and two segmenters at once, stop the run with the reason.
+    let e = run(
+        "absent",
+        &[format!(
+            "data.sam2.weights={}",
+            root.join("absent.pt").display()
+        )],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("data.sam2.weights"), "{e}");
+    let e = TrainConfig::resolve(
+        None,
+        Some(&root.join("sam2.json")),
+        &[
+            "data.felzenszwalb.scale=300".into(),
+            format!("data.sam2.weights={}", sam.display()),
+        ],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("alternatives"), "{e}");
+}
+
 /// A dataset in which no row yields a step ends the run with the reasons, instead of looping
 /// over epochs forever (with max_steps) or writing an untrained model.
 #[test]
