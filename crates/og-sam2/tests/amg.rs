@@ -9,17 +9,9 @@ use og_segment::{Mask, MaskSet, Segmenter};
 
 type B = NdArray<f32>;
 
-fn fixtures() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+mod common;
 
-fn photo() -> (Vec<u8>, usize, usize) {
-    let img = image::open(fixtures().join("images/chelsea.webp"))
-        .unwrap()
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    (img.into_raw(), w as usize, h as usize)
-}
+use common::{fixtures, photo};
 
 fn point(m: &Mask) -> [f64; 2] {
     let p = &m.extra["point_coords"][0];

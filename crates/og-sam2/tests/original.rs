@@ -4,40 +4,23 @@
 //! masks and IoU of point and box prompts equal the package's.
 
 use burn::backend::NdArray;
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use og_sam2::{Points, Prompts, Sam2Model, preprocess};
 use og_weights::Weights;
 
 type B = NdArray<f32>;
 
-fn fixtures() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
+mod common;
+
+use common::{fixtures, photo};
 
 fn close<const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>, tol: f32) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shapes");
-    let scale = want
-        .clone()
-        .abs()
-        .max()
-        .into_scalar()
-        .elem::<f32>()
-        .max(1.0);
-    let d = (got - want).abs().max().into_scalar().elem::<f32>();
-    assert!(d <= tol * scale, "{what}: differs by {d} (scale {scale})");
+    common::close(what, got, want, tol);
 }
 
 fn tensor<const D: usize>(io: &Weights, name: &str) -> Tensor<B, D> {
     let shape: [usize; D] = io.shape(name).unwrap().to_vec().try_into().unwrap();
     io.tensor(name, shape, &Default::default()).unwrap()
-}
-
-fn photo() -> (Vec<u8>, usize, usize) {
-    let img = image::open(fixtures().join("images/chelsea.webp"))
-        .unwrap()
-        .to_rgb8();
-    let (w, h) = img.dimensions();
-    (img.into_raw(), w as usize, h as usize)
 }
 
 #[test]

@@ -5,26 +5,19 @@
 //! single-mask output on both branches of the stability selection — on NdArray and on Flex.
 
 use burn::backend::{Flex, NdArray};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{ElementConversion, Tensor};
 use og_sam2::{Points, Prompts, Sam2Error, Sam2Model};
 use og_weights::Weights;
 
+mod common;
+
 fn fixtures() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/sam2")
+    common::fixtures().join("sam2")
 }
 
 fn close<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>) {
-    assert_eq!(got.dims(), want.dims(), "{what}: shapes");
-    let scale = want
-        .clone()
-        .abs()
-        .max()
-        .into_scalar()
-        .elem::<f32>()
-        .max(1.0);
-    let d = (got - want).abs().max().into_scalar().elem::<f32>();
-    assert!(d <= 1e-4 * scale, "{what}: differs by {d} (scale {scale})");
+    common::close(what, got, want, 1e-4);
 }
 
 fn tensor<B: Backend, const D: usize>(
