@@ -15,6 +15,8 @@ runs), a tiny random SAM2Base in the original checkpoint layout:
                          and low-resolution masks / IoU for point and box prompts
   original_t_amg*.json   SAM2AutomaticMaskGenerator output (coco_rle) on that photo
   sam1_layout.pt         two tensors named as a Segment Anything (v1) checkpoint names them
+  small_regions.json     the package's remove_small_regions (OpenCV, 8-connectivity) on a
+                         blobby mask: holes and islands at two areas (needs opencv-python)
 
 Every parameter is perturbed away from its initial value (zeros, ones) so that a tensor that
 is not loaded shows up as a difference.
@@ -259,6 +261,35 @@ def original():
               sorted(round(a["predicted_iou"], 3) for a in anns)[:5])
 
 
+def small_regions():
+    import json
+
+    import numpy as np
+    from pycocotools import mask as mask_utils
+    from sam2.utils.amg import remove_small_regions
+
+    rng = np.random.default_rng(4)
+    noise = rng.standard_normal((48, 64))
+    # Smoothed noise thresholded: blobs with holes, islands and diagonal-only contacts.
+    for _ in range(2):
+        noise = (noise + np.roll(noise, 1, 0) + np.roll(noise, 1, 1)) / 3
+    mask = noise > 0.15
+
+    def rle(m):
+        r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        return r["counts"].decode()
+
+    cases = []
+    for mode in ("holes", "islands"):
+        for area in (4, 40):
+            out, changed = remove_small_regions(mask, area, mode)
+            cases.append({"mode": mode, "area": area, "changed": bool(changed),
+                          "output": rle(out)})
+    with open(os.path.join(OUT, "small_regions.json"), "w") as f:
+        json.dump({"height": 48, "width": 64, "input": rle(mask), "cases": cases}, f, indent=1)
+
+
 if __name__ == "__main__":
     main()
     original()
+    small_regions()

@@ -71,6 +71,9 @@ pub struct AmgArgs {
     /// SAM 2: crop layers (layer i segments (2^i)² overlapping crops too).
     #[arg(long, default_value_t = AmgConfig::default().crop_n_layers)]
     pub crop_n_layers: usize,
+    /// SAM 2: remove holes and islands smaller than this many pixels from each mask (0: off).
+    #[arg(long, default_value_t = AmgConfig::default().min_mask_region_area)]
+    pub min_mask_region_area: usize,
 }
 
 impl AmgArgs {
@@ -82,6 +85,7 @@ impl AmgArgs {
             stability_score_thresh: self.stability_score_thresh,
             box_nms_thresh: self.box_nms_thresh,
             crop_n_layers: self.crop_n_layers,
+            min_mask_region_area: self.min_mask_region_area,
             max_pixels,
             ..AmgConfig::default()
         }

@@ -48,6 +48,12 @@ pub struct AmgConfig {
     /// The largest image segmented, in pixels (each kept mask is upsampled to the image, so
     /// memory grows with it).
     pub max_pixels: usize,
+    /// Holes and islands smaller than this many pixels are removed from every kept mask (8-
+    /// connected regions, as the package does with OpenCV), then box NMS runs again; 0: off.
+    /// The package's predictor also fills small holes in the low-resolution logits when its
+    /// CUDA connected-components extension is built; that step is not applied here (as on a
+    /// package installed without the extension).
+    pub min_mask_region_area: usize,
 }
 
 impl Default for AmgConfig {
@@ -66,6 +72,7 @@ impl Default for AmgConfig {
             crop_n_points_downscale_factor: 1,
             multimask_output: true,
             max_pixels: 4096 * 4096,
+            min_mask_region_area: 0,
         }
     }
 }
@@ -200,7 +207,47 @@ impl AmgConfig {
             let mut slots: Vec<Option<GeneratedMask>> = kept.into_iter().map(Some).collect();
             kept = order.into_iter().filter_map(|i| slots[i].take()).collect();
         }
+        if self.min_mask_region_area > 0 {
+            kept = self.remove_small_regions(kept);
+        }
         Ok(kept)
+    }
+
+    /// The package's `postprocess_small_regions`: holes, then islands, below the area removed
+    /// from each mask; NMS again, preferring masks that did not change.
+    fn remove_small_regions(&self, masks: Vec<GeneratedMask>) -> Vec<GeneratedMask> {
+        let area = self.min_mask_region_area;
+        let cleaned: Vec<(Bitmap, bool)> = masks
+            .iter()
+            .map(|m| {
+                let (b, holes) = remove_small_regions(&m.rle.to_bitmap(), area, Region::Holes);
+                let (b, islands) = remove_small_regions(&b, area, Region::Islands);
+                (b, holes || islands)
+            })
+            .collect();
+        let boxes: Vec<[u32; 4]> = cleaned.iter().map(|(b, _)| mask_box(b)).collect();
+        let scores: Vec<f32> = cleaned
+            .iter()
+            .map(|(_, changed)| if *changed { 0.0 } else { 1.0 })
+            .collect();
+        let order = nms(
+            &boxes,
+            &scores,
+            self.box_nms_thresh.max(self.crop_nms_thresh),
+        );
+        let mut slots: Vec<Option<(GeneratedMask, (Bitmap, bool))>> =
+            masks.into_iter().zip(cleaned).map(Some).collect();
+        order
+            .into_iter()
+            .filter_map(|i| {
+                let (mut m, (bitmap, changed)) = slots[i].take()?;
+                if changed {
+                    m.rle = Rle::from_bitmap(&bitmap);
+                    m.bbox = boxes[i];
+                }
+                Some(m)
+            })
+            .collect()
     }
 
     fn process_crop<B: Backend>(
@@ -370,6 +417,77 @@ fn near_crop_edge(bbox: [u32; 4], crop: [usize; 4], width: usize, height: usize)
         let near = |edge: usize| (v - edge as f32).abs() <= 20.0;
         near(crop[i]) && !near(image[i])
     })
+}
+
+/// Which small regions [`remove_small_regions`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    /// Background regions inside or beside the mask, filled.
+    Holes,
+    /// Foreground regions, dropped (the largest stays if all are small).
+    Islands,
+}
+
+/// 8-connected components of the set pixels, numbered from 1 in raster order of their first
+/// pixel (OpenCV's numbering); 0 where unset. Returns the labels and each component's size.
+fn components(b: &Bitmap, set: bool) -> (Vec<u32>, Vec<usize>) {
+    let (h, w) = (b.height(), b.width());
+    let mut labels = vec![0u32; h * w];
+    let mut sizes = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..h * w {
+        if labels[start] != 0 || b.get(start / w, start % w) != set {
+            continue;
+        }
+        let label = sizes.len() as u32 + 1;
+        labels[start] = label;
+        stack.push(start);
+        let mut size = 0;
+        while let Some(p) = stack.pop() {
+            size += 1;
+            let (y, x) = (p / w, p % w);
+            for ny in y.saturating_sub(1)..(y + 2).min(h) {
+                for nx in x.saturating_sub(1)..(x + 2).min(w) {
+                    let q = ny * w + nx;
+                    if labels[q] == 0 && b.get(ny, nx) == set {
+                        labels[q] = label;
+                        stack.push(q);
+                    }
+                }
+            }
+        }
+        sizes.push(size);
+    }
+    (labels, sizes)
+}
+
+/// The `sam2` package's `remove_small_regions`: the mask with its holes (or islands) of fewer
+/// than `area` pixels removed, and whether anything changed.
+pub fn remove_small_regions(b: &Bitmap, area: usize, region: Region) -> (Bitmap, bool) {
+    let holes = region == Region::Holes;
+    let (labels, sizes) = components(b, !holes);
+    let small: Vec<bool> = sizes.iter().map(|&s| s < area).collect();
+    if !small.contains(&true) {
+        return (b.clone(), false);
+    }
+    let keep: Vec<bool> = if holes {
+        small
+    } else if small.iter().all(|&s| s) {
+        // Every island is small: the largest (the first of equals) stays.
+        let largest =
+            (0..sizes.len()).fold(0, |best, i| if sizes[i] > sizes[best] { i } else { best });
+        (0..sizes.len()).map(|i| i == largest).collect()
+    } else {
+        small.iter().map(|&s| !s).collect()
+    };
+    let w = b.width();
+    let out = Bitmap::from_fn(b.height(), w, |y, x| match labels[y * w + x] {
+        // Label 0 is the other side: the mask itself when filling holes, the background when
+        // dropping islands.
+        0 => holes,
+        l => keep[l as usize - 1],
+    });
+    (out, true)
 }
 
 /// A crop's mask placed in the whole image.

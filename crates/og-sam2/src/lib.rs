@@ -20,7 +20,7 @@ mod model;
 pub mod preprocess;
 pub mod prompt;
 
-pub use amg::{AmgConfig, GeneratedMask, Sam2Segmenter};
+pub use amg::{AmgConfig, GeneratedMask, Region, Sam2Segmenter, remove_small_regions};
 pub use config::{HieraConfig, MaskDecoderConfig, NeckConfig, PromptEncoderConfig, Sam2Config};
 pub use decoder::MaskPrediction;
 pub use error::{Result, Sam2Error};

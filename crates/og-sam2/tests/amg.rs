@@ -135,3 +135,33 @@ fn empty_and_oversized_images_are_refused() {
     };
     assert!(bad.generate(&model, &[0; 3 * 4], 2, 2).is_err());
 }
+
+#[test]
+fn small_regions_are_removed_as_the_package_removes_them() {
+    use og_sam2::{Region, remove_small_regions};
+    use og_segment::Rle;
+    let text = std::fs::read_to_string(fixtures().join("sam2/small_regions.json")).unwrap();
+    let f: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (h, w) = (
+        f["height"].as_u64().unwrap() as usize,
+        f["width"].as_u64().unwrap() as usize,
+    );
+    let input = Rle::from_compressed(h, w, f["input"].as_str().unwrap())
+        .unwrap()
+        .to_bitmap();
+    for case in f["cases"].as_array().unwrap() {
+        let region = match case["mode"].as_str().unwrap() {
+            "holes" => Region::Holes,
+            _ => Region::Islands,
+        };
+        let area = case["area"].as_u64().unwrap() as usize;
+        let (out, changed) = remove_small_regions(&input, area, region);
+        assert_eq!(changed, case["changed"].as_bool().unwrap(), "{case}");
+        let want = Rle::from_compressed(h, w, case["output"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            Rle::from_bitmap(&out),
+            want,
+            "{region:?} below {area} pixels"
+        );
+    }
+}
