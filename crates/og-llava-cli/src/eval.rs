@@ -118,7 +118,8 @@ impl BackendTask for Eval<'_> {
                 }
                 (_, Some(SegmenterKind::Sam2)) => MaskMode::Segmenter(og_eval::OnTheFly {
                     segmenter: std::sync::Arc::new(std::sync::Mutex::new(
-                        a.segmenter.build(a.device.spec(crate::Work::Inference)?)?,
+                        a.segmenter
+                            .build(a.device.spec(crate::Work::Inference)?, false)?,
                     )),
                     description: a.segmenter.describe_sam2(),
                 }),

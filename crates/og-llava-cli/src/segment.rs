@@ -96,6 +96,8 @@ impl AmgArgs {
 struct LoadSam2<'a> {
     weights: &'a Path,
     config: AmgConfig,
+    /// Show a progress line over each image's point batches.
+    progress: bool,
 }
 
 impl BackendTask for LoadSam2<'_> {
@@ -103,9 +105,15 @@ impl BackendTask for LoadSam2<'_> {
 
     fn run<B: burn::tensor::backend::Backend>(self, device: B::Device) -> Self::Output {
         let model = Sam2Model::<B>::open(self.weights, &device)?;
+        let progress = self.progress.then(|| {
+            let mut line = Progress::new("sam2", "point batches");
+            Box::new(move |done, total| line.show(done, total))
+                as Box<dyn FnMut(usize, usize) + Send>
+        });
         Ok(Box::new(Sam2Segmenter {
             model,
             config: self.config,
+            progress,
         }))
     }
 }
@@ -125,8 +133,13 @@ impl SegmenterArgs {
         Ok(config)
     }
 
-    /// The segmenter, its parameters checked (SAM 2 loaded on `device`).
-    pub fn build(&self, device: DeviceSpec) -> Result<Box<dyn Segmenter + Send>, CliError> {
+    /// The segmenter, its parameters checked (SAM 2 loaded on `device`; `progress`: a progress
+    /// line over each image's point batches).
+    pub fn build(
+        &self,
+        device: DeviceSpec,
+        progress: bool,
+    ) -> Result<Box<dyn Segmenter + Send>, CliError> {
         match self.kind() {
             SegmenterKind::Felzenszwalb => Ok(Box::new(Felzenszwalb {
                 config: self.felzenszwalb()?,
@@ -140,7 +153,14 @@ impl SegmenterArgs {
                     )
                 })?;
                 let config = self.amg.config(self.max_pixels);
-                dispatch(device, LoadSam2 { weights, config })?
+                dispatch(
+                    device,
+                    LoadSam2 {
+                        weights,
+                        config,
+                        progress,
+                    },
+                )?
             }
         }
     }
@@ -162,7 +182,7 @@ impl SegmenterArgs {
         device: DeviceSpec,
     ) -> Result<MaskSet, CliError> {
         let (w, h) = (image.width() as usize, image.height() as usize);
-        Ok(self.build(device)?.segment(image.as_raw(), w, h)?)
+        Ok(self.build(device, true)?.segment(image.as_raw(), w, h)?)
     }
 }
 
@@ -198,7 +218,7 @@ pub fn run(a: &SegmentArgs) -> Result<(), CliError> {
     let device = a.device.spec(Work::Inference)?;
     match (&a.image, &a.images) {
         (Some(image), _) => {
-            let mut segmenter = a.segmenter.build(device)?;
+            let mut segmenter = a.segmenter.build(device, true)?;
             let t = std::time::Instant::now();
             let n = segment_file(image, &a.out, segmenter.as_mut())?;
             eprintln!(
@@ -298,7 +318,7 @@ fn segment_folder(dir: &Path, a: &SegmentArgs, device: DeviceSpec) -> Result<(),
         .clamp(1, todo.len().max(1));
     // One segmenter per job (a SAM 2 model each), built before any image is touched.
     let segmenters = (0..jobs)
-        .map(|_| a.segmenter.build(device).map(Mutex::new))
+        .map(|_| a.segmenter.build(device, false).map(Mutex::new))
         .collect::<Result<Vec<_>, _>>()?;
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(skipped);

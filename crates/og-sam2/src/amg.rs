@@ -92,6 +92,13 @@ pub struct GeneratedMask {
     pub crop_box: [usize; 4],
 }
 
+/// Point batches decoded so far, and whom to tell.
+struct Batches<'a> {
+    done: usize,
+    total: usize,
+    report: &'a mut dyn FnMut(usize, usize),
+}
+
 /// A mask between filtering and NMS, in crop coordinates until uncropped.
 struct Candidate {
     bitmap: Bitmap,
@@ -180,6 +187,18 @@ impl AmgConfig {
         width: usize,
         height: usize,
     ) -> Result<Vec<GeneratedMask>> {
+        self.generate_with_progress(model, rgb, width, height, &mut |_, _| {})
+    }
+
+    /// [`AmgConfig::generate`], reporting `(point batches done, total)` after each batch.
+    pub fn generate_with_progress<B: Backend>(
+        &self,
+        model: &Sam2Model<B>,
+        rgb: &[u8],
+        width: usize,
+        height: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<GeneratedMask>> {
         self.check()?;
         check_rgb(rgb, width, height)?;
         if width * height > self.max_pixels {
@@ -189,9 +208,29 @@ impl AmgConfig {
             )));
         }
         let crops = self.crop_boxes(width, height);
+        let total: usize = crops
+            .iter()
+            .map(|&(_, layer)| {
+                self.points_in_layer(layer)
+                    .pow(2)
+                    .div_ceil(self.points_per_batch)
+            })
+            .sum();
+        let mut batches = Batches {
+            done: 0,
+            total,
+            report: progress,
+        };
         let mut kept: Vec<GeneratedMask> = Vec::new();
         for &(crop, layer) in &crops {
-            kept.extend(self.process_crop(model, rgb, (width, height), crop, layer)?);
+            kept.extend(self.process_crop(
+                model,
+                rgb,
+                (width, height),
+                crop,
+                layer,
+                &mut batches,
+            )?);
         }
         if crops.len() > 1 {
             // Across crops the package prefers masks from smaller crops (score 1/area).
@@ -250,6 +289,11 @@ impl AmgConfig {
             .collect()
     }
 
+    /// Points per side of the grid of crop layer `layer`.
+    fn points_in_layer(&self, layer: usize) -> usize {
+        (self.points_per_side / self.crop_n_points_downscale_factor.pow(layer as u32)).max(1)
+    }
+
     fn process_crop<B: Backend>(
         &self,
         model: &Sam2Model<B>,
@@ -257,6 +301,7 @@ impl AmgConfig {
         (width, height): (usize, usize),
         crop: [usize; 4],
         layer: usize,
+        batches: &mut Batches<'_>,
     ) -> Result<Vec<GeneratedMask>> {
         let [x0, y0, x1, y1] = crop;
         let (cw, ch) = (x1 - x0, y1 - y0);
@@ -274,8 +319,7 @@ impl AmgConfig {
         let device = model.no_memory_embedding.device();
         let pixels = pixel_values::<B>(&cropped, cw, ch, model.image_size(), &device)?;
         let images = model.image_embeddings(pixels)?;
-        let n = self.points_per_side / self.crop_n_points_downscale_factor.pow(layer as u32);
-        let points: Vec<[f32; 2]> = Self::point_grid(n.max(1))
+        let points: Vec<[f32; 2]> = Self::point_grid(self.points_in_layer(layer))
             .into_iter()
             .map(|[x, y]| [(x * cw as f64) as f32, (y * ch as f64) as f32])
             .collect();
@@ -289,6 +333,8 @@ impl AmgConfig {
                 crop,
                 (width, height),
             )?);
+            batches.done += 1;
+            (batches.report)(batches.done, batches.total);
         }
         let boxes: Vec<[u32; 4]> = candidates.iter().map(|c| c.bbox).collect();
         let scores: Vec<f32> = candidates.iter().map(|c| c.iou).collect();
@@ -529,13 +575,22 @@ pub fn nms(boxes: &[[u32; 4]], scores: &[f32], threshold: f32) -> Vec<usize> {
 pub struct Sam2Segmenter<B: Backend> {
     pub model: Sam2Model<B>,
     pub config: AmgConfig,
+    /// Told `(point batches done, total)` while an image is segmented.
+    pub progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
 }
 
 impl<B: Backend> Sam2Segmenter<B> {
     /// The generator's masks as a [`MaskSet`] (scores, stability, point and crop kept as the
     /// package writes them).
-    pub fn mask_set(&self, rgb: &[u8], width: usize, height: usize) -> Result<Option<MaskSet>> {
-        let masks = self.config.generate(&self.model, rgb, width, height)?;
+    pub fn mask_set(&mut self, rgb: &[u8], width: usize, height: usize) -> Result<Option<MaskSet>> {
+        let mut silent = |_: usize, _: usize| {};
+        let report: &mut dyn FnMut(usize, usize) = match &mut self.progress {
+            Some(p) => p.as_mut(),
+            None => &mut silent,
+        };
+        let masks = self
+            .config
+            .generate_with_progress(&self.model, rgb, width, height, report)?;
         if masks.is_empty() {
             return Ok(None);
         }

@@ -46,9 +46,24 @@ fn check(fixture: &str, config: AmgConfig) {
     let model = Sam2Model::<B>::open(fixtures().join("sam2/original_t/model.pt"), &device).unwrap();
     let want = MaskSet::read_coco_json(fixtures().join(format!("sam2/{fixture}"))).unwrap();
     let (rgb, w, h) = photo();
-    let mut segmenter = Sam2Segmenter { model, config };
+    let batches = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = batches.clone();
+    let mut segmenter = Sam2Segmenter {
+        model,
+        config,
+        progress: Some(Box::new(move |done, total| {
+            seen.lock().unwrap().push((done, total))
+        })),
+    };
     let got = segmenter.segment(&rgb, w, h).unwrap();
     assert_eq!(got.len(), want.len(), "{fixture}: mask count");
+    // Progress counts every point batch of every crop once, up to the total.
+    let reported = batches.lock().unwrap().clone();
+    let total = reported.last().unwrap().1;
+    assert_eq!(
+        reported,
+        (1..=total).map(|d| (d, total)).collect::<Vec<_>>()
+    );
     let mut used = vec![false; got.len()];
     for (i, m) in want.iter().enumerate() {
         let p = point(m);

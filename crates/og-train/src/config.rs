@@ -397,6 +397,7 @@ impl Sam2Data {
             og_sam2::Sam2Segmenter {
                 model,
                 config: self.generator.clone(),
+                progress: None,
             },
         ))))
     }
