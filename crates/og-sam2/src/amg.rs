@@ -190,7 +190,8 @@ impl AmgConfig {
         self.generate_with_progress(model, rgb, width, height, &mut |_, _| {})
     }
 
-    /// [`AmgConfig::generate`], reporting `(point batches done, total)` after each batch.
+    /// [`AmgConfig::generate`], reporting `(point batches done, total)` before the first
+    /// batch and after each.
     pub fn generate_with_progress<B: Backend>(
         &self,
         model: &Sam2Model<B>,
@@ -216,6 +217,7 @@ impl AmgConfig {
                     .div_ceil(self.points_per_batch)
             })
             .sum();
+        progress(0, total);
         let mut batches = Batches {
             done: 0,
             total,

@@ -57,7 +57,7 @@ fn check(fixture: &str, config: AmgConfig) {
     };
     let got = segmenter.segment(&rgb, w, h).unwrap();
     assert_eq!(got.len(), want.len(), "{fixture}: mask count");
-    // Progress counts every point batch of every crop once, up to the total.
+    // Progress starts at 0 and counts every point batch of every crop once, up to the total.
     let reported = batches.lock().unwrap().clone();
     let total = reported.last().unwrap().1;
     assert_eq!(
