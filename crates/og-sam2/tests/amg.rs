@@ -62,7 +62,7 @@ fn check(fixture: &str, config: AmgConfig) {
     let total = reported.last().unwrap().1;
     assert_eq!(
         reported,
-        (1..=total).map(|d| (d, total)).collect::<Vec<_>>()
+        (0..=total).map(|d| (d, total)).collect::<Vec<_>>()
     );
     let mut used = vec![false; got.len()];
     for (i, m) in want.iter().enumerate() {
