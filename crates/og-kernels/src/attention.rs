@@ -105,6 +105,13 @@ fn part(t: &FlexTensor, width: usize) -> Option<Part<'_>> {
     })
 }
 
+/// Most query rows per task of the fused kernel when a head's scores exceed
+/// [`BLOCKED_SCORES`] (queries are split into equal blocks).
+const QUERY_BLOCK: usize = 128;
+
+/// Scores per head (queries × keys) above which the queries are split into blocks.
+const BLOCKED_SCORES: usize = 1 << 20;
+
 /// Rows of one operand: element `(r, c)` at `data[offset + r · stride + c]`.
 #[derive(Clone, Copy)]
 struct Part<'a> {
@@ -135,28 +142,42 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
     let dst = SharedMut(out.storage_mut::<f32>().as_mut_ptr());
     let scale = (hd as f32).powf(-0.5);
     let lk_i = lk as isize;
-    // Fewer (batch, head) tasks than threads (one image's global attention): each task's
-    // products use the threads the tasks leave idle.
-    let threads = rayon::current_num_threads();
-    let parallelism = match threads / (batch * heads) {
-        0 | 1 => gemm::Parallelism::None,
-        n => gemm::Parallelism::Rayon(n),
+    // Long attention (one image's global attention: few heads, thousands of queries) in
+    // blocks of at most QUERY_BLOCK queries: a block's scores stay in cache between the two
+    // products and the three passes of the softmax, the scratch is small (no fresh pages to
+    // fault in), and the blocks give every thread work. Short attention keeps one block per
+    // head (splitting it repacks the keys for nothing).
+    let blocks = if lq * lk > BLOCKED_SCORES {
+        lq.div_ceil(QUERY_BLOCK)
+    } else {
+        1
     };
-    (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0.0f32; lq * lk],
+    let block = lq.div_ceil(blocks).max(1);
+    (0..batch * heads * blocks).into_par_iter().for_each_init(
+        || vec![0.0f32; block * lk],
         |scores, task| {
-            let (b, j) = (task / heads, task % heads);
-            let at = |p: Part<'_>, rows: usize| p.offset + b * rows * p.stride + j * hd;
-            let (qo, ko, vo) = (at(q, lq), at(k, lk), at(v, lk));
-            let out_offset = b * lq * width + j * hd;
+            let (b, j, r) = (
+                task / (heads * blocks),
+                task / blocks % heads,
+                task % blocks,
+            );
+            let row0 = r * block;
+            let rows = block.min(lq.saturating_sub(row0));
+            if rows == 0 {
+                return;
+            }
+            let at = |p: Part<'_>, len: usize| p.offset + b * len * p.stride + j * hd;
+            let (qo, ko, vo) = (at(q, lq) + row0 * q.stride, at(k, lk), at(v, lk));
+            let out_offset = (b * lq + row0) * width + j * hd;
+            let parallelism = gemm::Parallelism::None;
             // SAFETY: every operand holds its rows at its stride; the head's block starts at
             // the computed offset and spans its rows and hd columns, inside the buffers.
-            // `scores` holds lq × lk. The output block of this (batch, head) is written by this
-            // task only.
+            // `scores` holds at least rows × lk. The output rows of this (batch, head, query
+            // block) are written by this task only.
             unsafe {
-                // scores = scale · q_h k_hᵀ   ([lq, hd] × [hd, lk])
+                // scores = scale · q_h k_hᵀ   ([rows, hd] × [hd, lk])
                 gemm::gemm(
-                    lq,
+                    rows,
                     lk,
                     hd,
                     scores.as_mut_ptr(),
@@ -176,10 +197,10 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
                     false,
                     parallelism,
                 );
-                softmax_rows(scores, lk);
-                // out_h = P v_h   ([lq, lk] × [lk, hd])
+                softmax_rows(&mut scores[..rows * lk], lk);
+                // out_h = P v_h   ([rows, lk] × [lk, hd])
                 gemm::gemm(
-                    lq,
+                    rows,
                     hd,
                     lk,
                     dst.add(out_offset),
@@ -296,6 +317,39 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         assert_eq!(ours.len(), batch * lq * width);
+        assert!(worst < 1e-5, "max |fused − burn| = {worst}");
+    }
+
+    #[test]
+    fn long_attention_split_into_query_blocks_equals_burns_attention() {
+        // 1100 × 1100 scores per head: over BLOCKED_SCORES, nine blocks (the last partial).
+        let (batch, n, heads, hd) = (1, 1100, 2, 4);
+        let (rows, width) = (batch * n, heads * hd);
+        let data: Vec<Vec<f32>> = (0..3).map(|s| random(rows, width, s + 11)).collect();
+        fn run<B: burn::tensor::backend::Backend>(
+            d: &[Vec<f32>],
+            rows: usize,
+            width: usize,
+        ) -> Vec<f32> {
+            let t = |v: &Vec<f32>| {
+                Tensor::<B, 2>::from_data(
+                    TensorData::new(v.clone(), [rows, width]),
+                    &Default::default(),
+                )
+            };
+            multi_head_attention(t(&d[0]), t(&d[1]), t(&d[2]), 1, 2)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        }
+        assert!(n * n > super::BLOCKED_SCORES);
+        let ours = run::<Flex>(&data, rows, width);
+        let reference = run::<NdArray>(&data, rows, width);
+        let worst = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst < 1e-5, "max |fused − burn| = {worst}");
     }
 
