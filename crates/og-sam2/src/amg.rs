@@ -131,6 +131,9 @@ impl AmgConfig {
         if self.crop_n_layers > 4 {
             return bad("at most 4 crop layers (layer 4 already has 256 crops)");
         }
+        if !(0.0..1.0).contains(&self.crop_overlap_ratio) {
+            return bad("crop_overlap_ratio must be in [0, 1)");
+        }
         Ok(())
     }
 
@@ -171,7 +174,10 @@ impl AmgConfig {
                 for j in 0..n {
                     let (x0, y0) = ((cw - overlap) * i, (ch - overlap) * j);
                     let b = [x0, y0, (x0 + cw).min(width), (y0 + ch).min(height)];
-                    boxes.push((b, layer + 1));
+                    // A tiny image can leave a crop of no pixels.
+                    if b[0] < b[2] && b[1] < b[3] {
+                        boxes.push((b, layer + 1));
+                    }
                 }
             }
         }

@@ -149,6 +149,17 @@ fn empty_and_oversized_images_are_refused() {
         ..fixture_config()
     };
     assert!(bad.generate(&model, &[0; 3 * 4], 2, 2).is_err());
+    let bad = AmgConfig {
+        crop_overlap_ratio: 1.5,
+        ..fixture_config()
+    };
+    assert!(bad.generate(&model, &[0; 3 * 4], 2, 2).is_err());
+    // Crop layers on a 3×2 image leave some crops empty: they are skipped, not a failure.
+    let tiny = AmgConfig {
+        crop_n_layers: 2,
+        ..fixture_config()
+    };
+    tiny.generate(&model, &[90; 3 * 6], 3, 2).unwrap();
 }
 
 #[test]
