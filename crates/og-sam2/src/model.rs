@@ -37,7 +37,7 @@ pub struct ImageEmbeddings<B: Backend> {
 }
 
 impl Sam2Config {
-    /// A randomly initialised model (weights normally come from [`Sam2Model::load_hf`]).
+    /// A randomly initialised model (weights normally come from [`Sam2Model::open`]).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Sam2Model<B>> {
         self.validate()?;
         Ok(Sam2Model {
