@@ -9,6 +9,11 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use og_llm::{KvCache, LlamaConfig};
 
+// The og-llava binary's allocator: every CPU op allocates its output, which mimalloc reuses
+// where the system allocator maps and faults in fresh pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn run<B: Backend>(cfg: &LlamaConfig, prompt: usize, new: usize, repeats: usize) -> (f64, f64) {
     let device = B::Device::default();
     let model = cfg.init::<B>(&device).expect("valid config");

@@ -9,6 +9,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 use og_vision::clip::ClipVisionConfig;
 
+// The og-llava binary's allocator: every CPU op allocates its output, which mimalloc reuses
+// where the system allocator maps and faults in fresh pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn run<B: Backend>(cfg: &ClipVisionConfig, repeats: usize) -> (f64, f64) {
     let device = B::Device::default();
     let tower = cfg.init::<B>(&device).expect("valid config");
