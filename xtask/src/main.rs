@@ -7,8 +7,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   fixtures      regenerate fixtures/ (scripts/make_*_fixtures.py;
                 needs: pip install torch transformers peft numpy pycocotools pillow safetensors
-                pyarrow pandas scikit-image; SAM 2's: SAM2_BUILD_CUDA=0 pip install
-                --no-build-isolation sam2)
+                pyarrow pandas scikit-image opencv-python-headless; SAM 2's:
+                SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2)
   compare-phi   time Φ against the paper's Listing 1 in PyTorch (scripts/compare_phi.py)
   compare-vit   time the CLIP ViT-L/14@336 forward against transformers (scripts/compare_vit.py)
   compare-llm   decode tok/s against transformers, SmolLM2-135M shape (scripts/compare_llm.py)
