@@ -3,12 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
 use og_llava::og_fusion::{Selection, SelectionConfig};
 use og_llava::og_llm::{ChatTokenizer, Message, Role, Segment};
-use og_llava::og_segment::{MaskSet, Segmenter};
+use og_llava::og_segment::{MaskSet, SharedSegmenter};
 use og_llava::og_vision::{ImageProcessor, RgbImage};
 use og_llava::{ImageInput, OgLlava, OgLlavaInput};
 
@@ -141,7 +140,7 @@ pub enum MaskMode {
 /// A segmenter the items of a run share, and what `run.json` records about it.
 #[derive(Clone)]
 pub struct OnTheFly {
-    pub segmenter: Arc<Mutex<Box<dyn Segmenter + Send>>>,
+    pub segmenter: SharedSegmenter,
     pub description: serde_json::Value,
 }
 
@@ -256,25 +255,20 @@ impl<B: Backend> Evaluator<'_, B> {
                     .map(Some)
                     .map_err(|e| input_err(PathBuf::from(&item.image_name))(e.to_string()))
             }
-            MaskMode::Felzenszwalb(cfg) => {
+            MaskMode::Felzenszwalb(_) | MaskMode::Segmenter(_) => {
                 let (w, h) = (image.width() as usize, image.height() as usize);
                 let name = PathBuf::from(&item.image_name);
-                let m = cfg
-                    .segment(image.as_raw(), w, h)
-                    .map_err(|e| input_err(name.clone())(e.to_string()))?;
-                Selection::from_masks(&m, frame, &self.selection)
-                    .map(Some)
-                    .map_err(|e| input_err(name)(e.to_string()))
-            }
-            MaskMode::Segmenter(s) => {
-                let (w, h) = (image.width() as usize, image.height() as usize);
-                let name = PathBuf::from(&item.image_name);
-                let m = s
-                    .segmenter
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .segment(image.as_raw(), w, h)
-                    .map_err(|e| input_err(name.clone())(e.to_string()))?;
+                let rgb = image.as_raw();
+                let m = match &self.masks {
+                    MaskMode::Felzenszwalb(cfg) => cfg.segment(rgb, w, h),
+                    MaskMode::Segmenter(s) => s
+                        .segmenter
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .segment(rgb, w, h),
+                    _ => unreachable!("matched above"),
+                }
+                .map_err(|e| input_err(name.clone())(e.to_string()))?;
                 Selection::from_masks(&m, frame, &self.selection)
                     .map(Some)
                     .map_err(|e| input_err(name)(e.to_string()))

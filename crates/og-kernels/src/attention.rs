@@ -233,6 +233,13 @@ mod tests {
 
     use super::multi_head_attention;
 
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
     fn random(rows: usize, width: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
         (0..rows * width)
@@ -270,11 +277,7 @@ mod tests {
             ours.into_data().to_vec::<f32>().unwrap(),
             reference.into_data().to_vec::<f32>().unwrap(),
         );
-        let worst = ours
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_diff(&ours, &reference);
         assert!(worst < 1e-5, "max |fused − burn| = {worst}");
     }
 
@@ -311,11 +314,7 @@ mod tests {
         let shape = (batch, lq, lk, heads, width);
         let ours = run::<Flex>(&packed_q, &packed_kv, shape);
         let reference = run::<NdArray>(&packed_q, &packed_kv, shape);
-        let worst = ours
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_diff(&ours, &reference);
         assert_eq!(ours.len(), batch * lq * width);
         assert!(worst < 1e-5, "max |fused − burn| = {worst}");
     }
@@ -345,11 +344,7 @@ mod tests {
         assert!(n * n > super::BLOCKED_SCORES);
         let ours = run::<Flex>(&data, rows, width);
         let reference = run::<NdArray>(&data, rows, width);
-        let worst = ours
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_diff(&ours, &reference);
         assert!(worst < 1e-5, "max |fused − burn| = {worst}");
     }
 

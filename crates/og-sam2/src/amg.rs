@@ -4,6 +4,8 @@
 //! stability (the IoU of the mask thresholded at ±offset), binarised at the image's resolution,
 //! de-duplicated by box non-maximum suppression, run-length encoded.
 
+use std::borrow::Cow;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use og_segment::{Bitmap, Mask, MaskSet, Rle, Segmenter};
@@ -250,9 +252,7 @@ impl AmgConfig {
                 })
                 .collect();
             let boxes: Vec<[u32; 4]> = kept.iter().map(|m| m.bbox).collect();
-            let order = nms(&boxes, &scores, self.crop_nms_thresh);
-            let mut slots: Vec<Option<GeneratedMask>> = kept.into_iter().map(Some).collect();
-            kept = order.into_iter().filter_map(|i| slots[i].take()).collect();
+            kept = in_order(kept, &nms(&boxes, &scores, self.crop_nms_thresh));
         }
         if self.min_mask_region_area > 0 {
             kept = self.remove_small_regions(kept);
@@ -282,17 +282,15 @@ impl AmgConfig {
             &scores,
             self.box_nms_thresh.max(self.crop_nms_thresh),
         );
-        let mut slots: Vec<Option<(GeneratedMask, (Bitmap, bool))>> =
-            masks.into_iter().zip(cleaned).map(Some).collect();
-        order
+        let cleaned: Vec<_> = masks.into_iter().zip(cleaned).zip(boxes).collect();
+        in_order(cleaned, &order)
             .into_iter()
-            .filter_map(|i| {
-                let (mut m, (bitmap, changed)) = slots[i].take()?;
+            .map(|((mut m, (bitmap, changed)), bbox)| {
                 if changed {
                     m.rle = Rle::from_bitmap(&bitmap);
-                    m.bbox = boxes[i];
+                    m.bbox = bbox;
                 }
-                Some(m)
+                m
             })
             .collect()
     }
@@ -313,8 +311,8 @@ impl AmgConfig {
     ) -> Result<Vec<GeneratedMask>> {
         let [x0, y0, x1, y1] = crop;
         let (cw, ch) = (x1 - x0, y1 - y0);
-        let cropped: Vec<u8> = if [cw, ch] == [width, height] {
-            rgb.to_vec()
+        let cropped: Cow<[u8]> = if [cw, ch] == [width, height] {
+            Cow::Borrowed(rgb)
         } else {
             (y0..y1)
                 .flat_map(|y| {
@@ -347,14 +345,12 @@ impl AmgConfig {
         let boxes: Vec<[u32; 4]> = candidates.iter().map(|c| c.bbox).collect();
         let scores: Vec<f32> = candidates.iter().map(|c| c.iou).collect();
         let order = nms(&boxes, &scores, self.box_nms_thresh);
-        let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
-        Ok(order
+        Ok(in_order(candidates, &order)
             .into_iter()
-            .filter_map(|i| slots[i].take())
             .map(|c| {
                 let off = [x0 as u32, y0 as u32, x0 as u32, y0 as u32];
                 GeneratedMask {
-                    rle: Rle::from_bitmap(&uncrop(&c.bitmap, crop, width, height)),
+                    rle: Rle::from_bitmap(&uncrop(c.bitmap, crop, width, height)),
                     bbox: std::array::from_fn(|i| c.bbox[i] + off[i]),
                     predicted_iou: c.iou,
                     stability_score: c.stability,
@@ -393,8 +389,8 @@ impl AmgConfig {
         };
         let out = model.predict(images, &prompts, self.multimask_output)?;
         let [_, p, k, lh, lw] = out.masks.dims();
-        let logits = to_vec(out.masks)?;
-        let ious = to_vec(out.iou_scores)?;
+        let logits = crate::host_f32(out.masks);
+        let ious = crate::host_f32(out.iou_scores);
         let mut kept = Vec::new();
         for i in 0..p * k {
             let iou = ious[i];
@@ -405,8 +401,9 @@ impl AmgConfig {
                 upsample_bilinear(&logits[i * lh * lw..(i + 1) * lh * lw], (lh, lw), (ch, cw));
             let hi = self.mask_threshold + self.stability_score_offset;
             let lo = self.mask_threshold - self.stability_score_offset;
-            let inter = full.iter().filter(|&&v| v > hi).count();
-            let union = full.iter().filter(|&&v| v > lo).count();
+            let (inter, union) = full.iter().fold((0usize, 0usize), |(i, u), &v| {
+                (i + usize::from(v > hi), u + usize::from(v > lo))
+            });
             // 0/0 is NaN in the package, which no threshold keeps.
             let stability = if union == 0 {
                 f32::NAN
@@ -432,13 +429,6 @@ impl AmgConfig {
         }
         Ok(kept)
     }
-}
-
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec()
-        .map_err(|e| Sam2Error::Input(format!("reading mask logits: {e:?}")))
 }
 
 /// `[x0, y0, x1, y1]` of the set pixels (inclusive), zeros when none.
@@ -545,15 +535,21 @@ pub fn remove_small_regions(b: &Bitmap, area: usize, region: Region) -> (Bitmap,
 }
 
 /// A crop's mask placed in the whole image.
-fn uncrop(b: &Bitmap, crop: [usize; 4], width: usize, height: usize) -> Bitmap {
+fn uncrop(b: Bitmap, crop: [usize; 4], width: usize, height: usize) -> Bitmap {
     if crop == [0, 0, width, height] {
-        return b.clone();
+        return b;
     }
     Bitmap::from_fn(height, width, |y, x| {
         (crop[1]..crop[3]).contains(&y)
             && (crop[0]..crop[2]).contains(&x)
             && b.get(y - crop[1], x - crop[0])
     })
+}
+
+/// The items at `order`'s indices, in that order (what [`nms`] keeps, best first).
+fn in_order<T>(items: Vec<T>, order: &[usize]) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order.iter().filter_map(|&i| slots[i].take()).collect()
 }
 
 /// Greedy non-maximum suppression (torchvision's `nms`): indices by descending score, each

@@ -384,9 +384,8 @@ impl<B: Backend> MaskDecoder<B> {
             .greater_elem(-self.stability_delta)
             .float()
             .sum_dim(1);
-        let inter = inter.into_data().to_vec::<f32>().unwrap_or_default();
-        let union = union.into_data().to_vec::<f32>().unwrap_or_default();
-        let scores = iou.clone().into_data().to_vec::<f32>().unwrap_or_default();
+        let (inter, union) = (crate::host_f32(inter), crate::host_f32(union));
+        let scores = crate::host_f32(iou.clone());
         let pick: Vec<i64> = (0..n)
             .map(|i| {
                 let stability = if union[i] > 0.0 {

@@ -27,3 +27,13 @@ pub use error::{Result, Sam2Error};
 pub use load::Layout;
 pub use model::{ImageEmbeddings, Sam2Model};
 pub use prompt::{Points, Prompts, label};
+
+/// A tensor's values on the host as f32 (converted first, so bf16 devices read back too).
+pub(crate) fn host_f32<B: burn::tensor::backend::Backend, const D: usize>(
+    t: burn::tensor::Tensor<B, D>,
+) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec()
+        .expect("converted data is f32")
+}

@@ -19,8 +19,7 @@ fn close<const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>, tol:
 }
 
 fn tensor<const D: usize>(io: &Weights, name: &str) -> Tensor<B, D> {
-    let shape: [usize; D] = io.shape(name).unwrap().to_vec().try_into().unwrap();
-    io.tensor(name, shape, &Default::default()).unwrap()
+    common::tensor(io, name, &Default::default())
 }
 
 #[test]

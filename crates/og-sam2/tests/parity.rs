@@ -1,8 +1,9 @@
 //! SAM 2 equal to transformers' `Sam2Model` on committed tiny random checkpoints shaped like the
-//! four Hiera variants (tiny, small, base-plus, large) (scripts/make_sam2_fixtures.py): every Hiera stage, the FPN levels, the image
-//! embeddings, the image position encoding, and for point, box, point+box, point+mask and empty
-//! prompts the mask logits, IoU scores and object-score logits, with multimask output and with
-//! single-mask output on both branches of the stability selection — on NdArray and on Flex.
+//! four Hiera variants, tiny, small, base-plus and large (scripts/make_sam2_fixtures.py): every
+//! Hiera stage, the FPN levels, the image embeddings, the image position encoding, and for point,
+//! box, point+box, point+mask and empty prompts the mask logits, IoU scores and object-score
+//! logits, with multimask output and with single-mask output on both branches of the stability
+//! selection — on NdArray and on Flex.
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::Tensor;
@@ -12,25 +13,14 @@ use og_weights::Weights;
 
 mod common;
 
+use common::tensor;
+
 fn fixtures() -> std::path::PathBuf {
     common::fixtures().join("sam2")
 }
 
 fn close<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<B, D>) {
     common::close(what, got, want, 1e-4);
-}
-
-fn tensor<B: Backend, const D: usize>(
-    io: &Weights,
-    name: &str,
-    device: &B::Device,
-) -> Tensor<B, D> {
-    let shape = io
-        .shape(name)
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .to_vec();
-    let want: [usize; D] = shape.try_into().unwrap();
-    io.tensor(name, want, device).unwrap()
 }
 
 fn prompts<B: Backend>(io: &Weights, case: &str, device: &B::Device) -> Prompts<B> {

@@ -27,6 +27,9 @@ pub trait Segmenter {
     fn segment(&mut self, rgb: &[u8], width: usize, height: usize) -> Result<MaskSet>;
 }
 
+/// A segmenter several threads take turns on (data loaders, evaluation items).
+pub type SharedSegmenter = std::sync::Arc<std::sync::Mutex<Box<dyn Segmenter + Send>>>;
+
 /// The largest masks file read (a COCO RLE JSON list).
 pub const MAX_MASKS_JSON_BYTES: u64 = 256 << 20;
 

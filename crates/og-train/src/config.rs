@@ -387,7 +387,7 @@ impl Sam2Data {
     pub fn segmenter<B: burn::tensor::backend::Backend>(
         &self,
         device: &B::Device,
-    ) -> Result<crate::data::SharedSegmenter> {
+    ) -> Result<og_llava::og_segment::SharedSegmenter> {
         let model =
             og_sam2::Sam2Model::<B>::open(&self.weights, device).map_err(|e| TrainError::Data {
                 path: self.weights.clone(),

@@ -288,10 +288,6 @@ pub struct Example {
     pub length: usize,
 }
 
-/// A segmenter several loader threads share.
-pub type SharedSegmenter =
-    std::sync::Arc<std::sync::Mutex<Box<dyn og_llava::og_segment::Segmenter + Send>>>;
-
 /// Everything a loader thread needs to turn a row into an [`Example`].
 pub struct Preparer {
     pub rows: Vec<Row>,
@@ -308,7 +304,7 @@ pub struct Preparer {
     pub felzenszwalb: Option<og_llava::og_segment::FelzenszwalbConfig>,
     /// SAM 2's automatic mask generator on each image instead of the mask folder (one model
     /// the loader threads take turns on).
-    pub sam2: Option<SharedSegmenter>,
+    pub sam2: Option<og_llava::og_segment::SharedSegmenter>,
     pub image_token_id: u32,
     /// Patches per side of the encoder grid (the plain path has grid² visual tokens).
     pub grid: usize,

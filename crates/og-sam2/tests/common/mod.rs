@@ -3,6 +3,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Tensor};
+use og_weights::Weights;
 
 /// The repository's `fixtures/` folder.
 pub fn fixtures() -> std::path::PathBuf {
@@ -35,4 +36,18 @@ pub fn close<B: Backend, const D: usize>(
         .max(1.0);
     let d = (got - want).abs().max().into_scalar().elem::<f32>();
     assert!(d <= tol * scale, "{what}: differs by {d} (scale {scale})");
+}
+
+/// Tensor `name` of a fixture file, at the shape it was saved with.
+pub fn tensor<B: Backend, const D: usize>(
+    io: &Weights,
+    name: &str,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    let shape = io
+        .shape(name)
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .to_vec();
+    let want: [usize; D] = shape.try_into().unwrap();
+    io.tensor(name, want, device).unwrap()
 }
