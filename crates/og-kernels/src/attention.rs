@@ -14,7 +14,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::flex::{SharedMut, convert_all, from_flex, to_flex_view};
-use crate::math::softmax_rows;
+use crate::math::exp_rows;
 
 /// `softmax(q kᵀ / √d) v` per head, every query attending to every key of its batch entry.
 ///
@@ -107,7 +107,7 @@ fn part(t: &FlexTensor, width: usize) -> Option<Part<'_>> {
 
 /// Most query rows per task of the fused kernel when a head's scores exceed
 /// [`BLOCKED_SCORES`] (queries are split into equal blocks).
-const QUERY_BLOCK: usize = 128;
+const QUERY_BLOCK: usize = 256;
 
 /// Scores per head (queries × keys) above which the queries are split into blocks.
 const BLOCKED_SCORES: usize = 1 << 20;
@@ -154,8 +154,8 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
     };
     let block = lq.div_ceil(blocks).max(1);
     (0..batch * heads * blocks).into_par_iter().for_each_init(
-        || vec![0.0f32; block * lk],
-        |scores, task| {
+        || (vec![0.0f32; block * lk], vec![0.0f32; block]),
+        |(scores, inv_sums), task| {
             let (b, j, r) = (
                 task / (heads * blocks),
                 task / blocks % heads,
@@ -197,7 +197,7 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
                     false,
                     parallelism,
                 );
-                softmax_rows(&mut scores[..rows * lk], lk);
+                exp_rows(&mut scores[..rows * lk], lk, &mut inv_sums[..rows]);
                 // out_h = P v_h   ([rows, lk] × [lk, hd])
                 gemm::gemm(
                     rows,
@@ -220,6 +220,11 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
                     false,
                     parallelism,
                 );
+                // The softmax's normalisation, on hd columns instead of lk.
+                for (r, &inv) in inv_sums[..rows].iter().enumerate() {
+                    let row = std::slice::from_raw_parts_mut(dst.add(out_offset + r * width), hd);
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
             }
         },
     );

@@ -130,32 +130,62 @@ elementwise! {
     silu_mul(gate, up) => |g, u| g * sigmoid(g) * u
 }
 
-/// Row-wise softmax of `row` in place (max-subtracted), as the scores of one query.
+/// Lanes of the partial maxima and sums in [`exp_row_body`]: independent accumulators the
+/// compiler keeps in vector registers (a single running f32 max or sum is a serial chain it
+/// may not reorder, which leaves the whole loop scalar).
+const LANES: usize = 16;
+
+/// Replaces `row` by e^(x − max(row)) in place and returns the sum of the results: the
+/// softmax of the row before its normalisation.
 #[inline(always)]
-fn softmax_row_body(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0f32;
-    for v in row.iter_mut() {
+fn exp_row_body(row: &mut [f32]) -> f32 {
+    let mut maxima = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &v) in maxima.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&maxima)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sums = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(chunk) {
+            *v = exp(*v - max);
+            *s += *v;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
         *v = exp(*v - max);
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
+    sum
 }
 
-/// Softmax over each row of a `[rows, cols]` row-major buffer, in place, on this thread.
-pub(crate) fn softmax_rows(data: &mut [f32], cols: usize) {
+/// For each row of a `[rows, cols]` row-major buffer: e^(x − row max) in place, and the
+/// reciprocal of the row's sum in `inv_sums` — a softmax whose normalisation the caller
+/// applies later (after a product with the values, on far fewer columns). On this thread.
+pub(crate) fn exp_rows(data: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
+    #[inline(always)]
+    fn body(data: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
+        for (row, inv) in data.chunks_mut(cols).zip(inv_sums) {
+            *inv = 1.0 / exp_row_body(row);
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma")]
-    unsafe fn v4(data: &mut [f32], cols: usize) {
-        data.chunks_mut(cols).for_each(softmax_row_body);
+    unsafe fn v4(data: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
+        body(data, cols, inv_sums)
     }
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn v3(data: &mut [f32], cols: usize) {
-        data.chunks_mut(cols).for_each(softmax_row_body);
+    unsafe fn v3(data: &mut [f32], cols: usize, inv_sums: &mut [f32]) {
+        body(data, cols, inv_sums)
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -164,15 +194,15 @@ pub(crate) fn softmax_rows(data: &mut [f32], cols: usize) {
             && std::arch::is_x86_feature_detected!("avx512dq")
         {
             // SAFETY: the CPU has the features `v4` is compiled for.
-            return unsafe { v4(data, cols) };
+            return unsafe { v4(data, cols, inv_sums) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has the features `v3` is compiled for.
-            return unsafe { v3(data, cols) };
+            return unsafe { v3(data, cols, inv_sums) };
         }
     }
-    data.chunks_mut(cols).for_each(softmax_row_body);
+    body(data, cols, inv_sums)
 }
 
 #[cfg(test)]
@@ -230,14 +260,26 @@ mod tests {
     }
 
     #[test]
-    fn softmax_rows_sum_to_one_and_keep_order() {
-        let mut rows: Vec<f32> = (0..3 * 50).map(|i| (i % 50) as f32 * 0.3 - 4.0).collect();
-        rows[60] = 80.0;
-        softmax_rows(&mut rows, 50);
-        for row in rows.chunks(50) {
-            let sum: f32 = row.iter().sum();
-            assert!((sum - 1.0).abs() < 1e-5);
+    fn exp_rows_is_the_softmax_before_normalisation() {
+        // Rows longer than the lanes and not a multiple of them, with one large score.
+        let cols = 3 * LANES + 5;
+        let mut rows: Vec<f32> = (0..3 * cols)
+            .map(|i| (i % cols) as f32 * 0.3 - 4.0)
+            .collect();
+        rows[cols + 7] = 80.0;
+        let input = rows.clone();
+        let mut inv = vec![0.0; 3];
+        exp_rows(&mut rows, cols, &mut inv);
+        for ((row, x), inv) in rows.chunks(cols).zip(input.chunks(cols)).zip(&inv) {
+            // The difference as the kernel rounds it, in f32; its exponential in f64.
+            let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
+            for (&got, &v) in row.iter().zip(x) {
+                let want = ((v - max) as f64).exp();
+                assert!((got as f64 - want).abs() <= 1e-6 * want.max(1e-30), "{v}");
+            }
+            assert!((*inv as f64 * sum - 1.0).abs() < 1e-6);
         }
-        assert!(rows[0] < rows[1] && rows[60] > 0.999);
+        assert_eq!(rows[cols + 7], 1.0);
     }
 }
