@@ -3,7 +3,7 @@
 
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 
 use crate::error::{LlmError, Result};
@@ -109,17 +109,37 @@ fn pick(logits: &[f32], sampling: Sampling, rng: &mut rand::rngs::StdRng) -> Res
     }
 }
 
-impl<B: Backend> LlamaForCausalLM<B> {
-    fn last_logits(&self, logits: Tensor<B, 3>) -> Vec<f32> {
-        let [_, t, v] = logits.dims();
-        logits
-            .slice([0..1, t - 1..t, 0..v])
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .expect("f32 logits")
-    }
+/// The generator a sequence samples with: seeded by [`Sampling::TopP`]'s seed (greedy
+/// decoding draws nothing).
+fn seeded_rng(sampling: Sampling) -> rand::rngs::StdRng {
+    let seed = match sampling {
+        Sampling::TopP { seed, .. } => seed,
+        Sampling::Greedy => 0,
+    };
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
 
+/// A right-padded batch: `batch` ≥ 1 rows of `t` position ids and real lengths in `1..=t`.
+fn check_batch(batch: usize, t: usize, positions: &[Vec<i64>], lengths: &[usize]) -> Result<()> {
+    if batch == 0 || t == 0 {
+        return Err(LlmError::Input(format!(
+            "generation needs at least one non-empty prompt (got [{batch}, {t}])"
+        )));
+    }
+    if positions.len() != batch || positions.iter().any(|p| p.len() != t) {
+        return Err(LlmError::Input(format!(
+            "position ids must be {batch} rows of {t} (one per token)"
+        )));
+    }
+    if lengths.len() != batch || lengths.iter().any(|&n| n == 0 || n > t) {
+        return Err(LlmError::Input(format!(
+            "prompt lengths {lengths:?}: expected {batch} lengths in 1..={t}"
+        )));
+    }
+    Ok(())
+}
+
+impl<B: Backend> LlamaForCausalLM<B> {
     /// Generates after a prompt of token ids; `on_token` sees each new token as it comes.
     /// Returns the new tokens (an EOS, if reached, included).
     pub fn generate(
@@ -153,47 +173,144 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 positions.len()
             )));
         }
+        if !config.use_cache {
+            return self.generate_uncached(embeds, positions, config, on_token);
+        }
+        let mut out =
+            self.generate_batch_from_embeds(embeds, &[positions], &[t], config, |_, token| {
+                on_token(token)
+            })?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Generates after `batch` prompts at once, each continuing as it would alone: prompts
+    /// given as right-padded embeddings `[batch, T, hidden]` with position ids (`batch` rows
+    /// of `T`; values at padding are ignored) and real lengths. Padding is never attended;
+    /// each sequence continues from its largest prompt position, samples with its own
+    /// generator seeded as [`Sampling::TopP`] says, and leaves the batch (its cache rows
+    /// dropped) when it stops. `on_token(row, token)` sees each new token as it comes.
+    /// Returns the new tokens of each prompt, in order.
+    pub fn generate_batch_from_embeds(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: &[Vec<i64>],
+        lengths: &[usize],
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(usize, u32),
+    ) -> Result<Vec<Vec<u32>>> {
+        let [b, t, _] = embeds.dims();
+        check_batch(b, t, positions, lengths)?;
         self.check_prompt_length(t)?;
-        let seed = match config.sampling {
-            Sampling::TopP { seed, .. } => seed,
-            Sampling::Greedy => 0,
-        };
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut outputs = vec![Vec::new(); b];
+        if config.max_new_tokens == 0 {
+            return Ok(outputs);
+        }
+        let device = embeds.device();
+        let mut rngs: Vec<_> = (0..b).map(|_| seeded_rng(config.sampling)).collect();
+        let mut next_pos: Vec<i64> = positions
+            .iter()
+            .zip(lengths)
+            .map(|(p, &n)| p[..n].iter().copied().max().unwrap_or(-1) + 1)
+            .collect();
+        let pad: Vec<bool> = lengths
+            .iter()
+            .flat_map(|&n| (0..t).map(move |i| i >= n))
+            .collect();
+        let padding = Tensor::<B, 2, Bool>::from_data(TensorData::new(pad, [b, t]), &device);
+        let mut cache = KvCache::new(self.num_layers());
+        let logits = self.forward(embeds, positions, Some(padding), Some(&mut cache))?;
+        let last: Vec<usize> = lengths.iter().map(|&n| n - 1).collect();
+        let mut rows_logits = self.logits_at(logits, &last);
+        // `active[k]`: the prompt whose sequence is row k of the batch.
+        let mut active: Vec<usize> = (0..b).collect();
+        loop {
+            let mut keep = Vec::with_capacity(active.len());
+            let mut tokens = Vec::with_capacity(active.len());
+            for (k, &row) in active.iter().enumerate() {
+                let token = pick(&rows_logits[k], config.sampling, &mut rngs[row])?;
+                outputs[row].push(token);
+                on_token(row, token);
+                let done = outputs[row].len() >= config.max_new_tokens
+                    || config.eos_token_ids.contains(&token);
+                if !done {
+                    keep.push(k);
+                    tokens.push(vec![token]);
+                }
+            }
+            if keep.is_empty() {
+                return Ok(outputs);
+            }
+            if keep.len() < active.len() {
+                cache.retain(&keep)?;
+                active = keep.iter().map(|&k| active[k]).collect();
+            }
+            let step_positions: Vec<Vec<i64>> = active
+                .iter()
+                .map(|&row| {
+                    next_pos[row] += 1;
+                    vec![next_pos[row] - 1]
+                })
+                .collect();
+            let logits = self.forward(
+                self.embed(&tokens)?,
+                &step_positions,
+                None,
+                Some(&mut cache),
+            )?;
+            rows_logits = self.logits_at(logits, &vec![0; active.len()]);
+        }
+    }
+
+    /// Generation without the cache: the whole sequence again at every step.
+    fn generate_uncached(
+        &self,
+        embeds: Tensor<B, 3>,
+        positions: Vec<i64>,
+        config: &GenerationConfig,
+        mut on_token: impl FnMut(u32),
+    ) -> Result<Vec<u32>> {
+        self.check_prompt_length(embeds.dims()[1])?;
+        let mut rng = seeded_rng(config.sampling);
         let mut next_pos = positions.iter().copied().max().unwrap_or(-1) + 1;
         let mut out = Vec::new();
-        if config.max_new_tokens == 0 {
-            return Ok(out);
-        }
-        if config.use_cache {
-            let mut cache = KvCache::new(self.num_layers());
-            let mut logits = self.forward(embeds, &[positions], None, Some(&mut cache))?;
-            loop {
-                let token = pick(&self.last_logits(logits), config.sampling, &mut rng)?;
-                out.push(token);
-                on_token(token);
-                if out.len() >= config.max_new_tokens || config.eos_token_ids.contains(&token) {
-                    return Ok(out);
-                }
-                let e = self.embed(&[vec![token]])?;
-                logits = self.forward(e, &[vec![next_pos]], None, Some(&mut cache))?;
-                next_pos += 1;
+        let (mut all_embeds, mut all_pos) = (embeds, positions);
+        while out.len() < config.max_new_tokens {
+            let logits = self.forward(all_embeds.clone(), &[all_pos.clone()], None, None)?;
+            let last = all_pos.len() - 1;
+            let token = pick(
+                &self.logits_at(logits, &[last])[0],
+                config.sampling,
+                &mut rng,
+            )?;
+            out.push(token);
+            on_token(token);
+            if config.eos_token_ids.contains(&token) {
+                break;
             }
-        } else {
-            let mut all_embeds = embeds;
-            let mut all_pos = positions;
-            loop {
-                let logits = self.forward(all_embeds.clone(), &[all_pos.clone()], None, None)?;
-                let token = pick(&self.last_logits(logits), config.sampling, &mut rng)?;
-                out.push(token);
-                on_token(token);
-                if out.len() >= config.max_new_tokens || config.eos_token_ids.contains(&token) {
-                    return Ok(out);
-                }
-                all_embeds = Tensor::cat(vec![all_embeds, self.embed(&[vec![token]])?], 1);
-                all_pos.push(next_pos);
-                next_pos += 1;
-            }
+            all_embeds = Tensor::cat(vec![all_embeds, self.embed(&[vec![token]])?], 1);
+            all_pos.push(next_pos);
+            next_pos += 1;
         }
+        Ok(out)
+    }
+
+    /// Row `r`'s logits at token `at[r]`, on the host, from `[batch, T, vocab]`.
+    fn logits_at(&self, logits: Tensor<B, 3>, at: &[usize]) -> Vec<Vec<f32>> {
+        let [b, t, v] = logits.dims();
+        let index: Vec<i64> = at
+            .iter()
+            .enumerate()
+            .map(|(r, &i)| (r * t + i) as i64)
+            .collect();
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [b]), &logits.device());
+        let data: Vec<f32> = logits
+            .reshape([b * t, v])
+            .select(0, index)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .expect("f32 logits");
+        data.chunks(v).map(<[f32]>::to_vec).collect()
     }
 
     /// Log-likelihood of each candidate continuation after `prompt`, in one padded batch.

@@ -89,6 +89,36 @@ impl<B: Backend> KvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Number of cached sequences (0 before the first forward pass).
+    pub fn batch(&self) -> usize {
+        self.padding.as_ref().map_or(0, |p| p.dims()[0])
+    }
+
+    /// Keeps only the sequences at `rows` (indices into the batch, in the order given): a
+    /// batch drops its finished sequences and decodes on with the rest.
+    pub fn retain(&mut self, rows: &[usize]) -> Result<()> {
+        let batch = self.batch();
+        if let Some(&bad) = rows.iter().find(|&&r| r >= batch) {
+            return Err(LlmError::Input(format!(
+                "row {bad} is not in a cache of {batch} sequences"
+            )));
+        }
+        let Some(padding) = self.padding.take() else {
+            return Ok(());
+        };
+        let device = padding.device();
+        let index = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
+            &device,
+        );
+        self.padding = Some(padding.select(0, index.clone()));
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(0, index.clone());
+            *v = v.clone().select(0, index.clone());
+        }
+        Ok(())
+    }
 }
 
 impl LlamaConfig {

@@ -165,6 +165,101 @@ fn sampling_is_seeded_and_stops_at_eos() {
     assert_eq!(c, a[..=first]);
 }
 
+/// A right-padded batch of prompts of different lengths generates, row for row, what each
+/// prompt generates alone — greedy and sampled, with an EOS that ends some rows early (their
+/// cache rows dropped while the others decode on), positions that do not start at 0.
+#[test]
+fn batched_generation_equals_one_prompt_at_a_time() {
+    let device = Default::default();
+    let model = LlamaForCausalLM::<B>::load_hf(fixtures().join("llama3"), &device).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![vec![3, 4, 5], vec![9], vec![7, 1, 2, 8, 6], vec![11, 12]];
+    let offsets = [0i64, 4, 2, 9];
+    let t = prompts.iter().map(Vec::len).max().unwrap();
+    let hidden = model.hidden_size();
+    let mut rows = Vec::new();
+    let mut positions = Vec::new();
+    for (p, &off) in prompts.iter().zip(&offsets) {
+        let mut parts = vec![model.embed(std::slice::from_ref(p)).unwrap()];
+        if p.len() < t {
+            parts.push(Tensor::zeros([1, t - p.len(), hidden], &device));
+        }
+        rows.push(Tensor::cat(parts, 1));
+        // Padding positions hold junk: they must not matter.
+        positions.push(
+            (0..t as i64)
+                .map(|i| if i < p.len() as i64 { off + i } else { 99 })
+                .collect::<Vec<_>>(),
+        );
+    }
+    let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+    let sampled = Sampling::TopP {
+        temperature: 1.5,
+        top_p: 0.9,
+        seed: 3,
+    };
+    for sampling in [Sampling::Greedy, sampled] {
+        let base = GenerationConfig {
+            max_new_tokens: 8,
+            sampling,
+            eos_token_ids: vec![],
+            use_cache: true,
+        };
+        let alone = |cfg: &GenerationConfig| -> Vec<Vec<u32>> {
+            prompts
+                .iter()
+                .zip(&positions)
+                .map(|(p, pos)| {
+                    let e = model.embed(std::slice::from_ref(p)).unwrap();
+                    model
+                        .generate_from_embeds(e, pos[..p.len()].to_vec(), cfg, |_| {})
+                        .unwrap()
+                })
+                .collect()
+        };
+        let free = alone(&base);
+        // An EOS that one row emits early ends that row only.
+        let cfg = GenerationConfig {
+            eos_token_ids: vec![free[0][1]],
+            ..base
+        };
+        let want = alone(&cfg);
+        assert!(
+            want.iter().any(|w| w.len() < 8),
+            "some row stops early: {want:?}"
+        );
+        let mut streamed = vec![Vec::new(); prompts.len()];
+        let got = model
+            .generate_batch_from_embeds(
+                Tensor::cat(rows.clone(), 0),
+                &positions,
+                &lengths,
+                &cfg,
+                |row, token| streamed[row].push(token),
+            )
+            .unwrap();
+        assert_eq!(got, want, "{sampling:?}");
+        assert_eq!(streamed, want);
+    }
+    // Mis-shaped batches are errors, not panics.
+    let e = Tensor::cat(rows.clone(), 0);
+    let cfg = GenerationConfig::default();
+    assert!(
+        model
+            .generate_batch_from_embeds(e.clone(), &positions, &[3, 1, 0, 2], &cfg, |_, _| {})
+            .is_err()
+    );
+    assert!(
+        model
+            .generate_batch_from_embeds(e.clone(), &positions, &[3, 1, 6, 2], &cfg, |_, _| {})
+            .is_err()
+    );
+    assert!(
+        model
+            .generate_batch_from_embeds(e, &positions[..3], &lengths, &cfg, |_, _| {})
+            .is_err()
+    );
+}
+
 /// `save_pretrained` writes what `load_hf` reads back to transformers' logits (tied and untied
 /// heads, biases, llama3 and linear RoPE in the old spelling — written back in the new one).
 #[test]
