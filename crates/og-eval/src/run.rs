@@ -153,26 +153,30 @@ pub fn run_benchmark<B: Backend>(
     let mut count = items.iter().filter(|i| done.contains_key(&i.id)).count();
     let mut skipped = cfg.skipped_rows;
     progress(count, total);
-    for item in items {
-        if done.contains_key(&item.id) {
-            continue;
+    let pending: Vec<&Item> = items.iter().filter(|i| !done.contains_key(&i.id)).collect();
+    for chunk in pending.chunks(ev.batch_size.max(1)) {
+        for (item, answer) in
+            chunk
+                .iter()
+                .zip(ev.answer_many(chunk, cfg.protocol, cfg.max_new_tokens))
+        {
+            let record = match answer {
+                Ok(r) => r,
+                Err(EvalError::Input { path, message }) if cfg.skip_bad_rows => {
+                    eprintln!("skipped item {}: {}: {message}", item.id, path.display());
+                    skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut line = serde_json::to_string(&record).expect("json");
+            line.push('\n');
+            file.write_all(line.as_bytes()).map_err(io(&path))?;
+            file.flush().map_err(io(&path))?;
+            done.insert(record.id.clone(), record);
+            count += 1;
+            progress(count, total);
         }
-        let record = match ev.answer(item, cfg.protocol, cfg.max_new_tokens) {
-            Ok(r) => r,
-            Err(EvalError::Input { path, message }) if cfg.skip_bad_rows => {
-                eprintln!("skipped item {}: {}: {message}", item.id, path.display());
-                skipped += 1;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        let mut line = serde_json::to_string(&record).expect("json");
-        line.push('\n');
-        file.write_all(line.as_bytes()).map_err(io(&path))?;
-        file.flush().map_err(io(&path))?;
-        done.insert(record.id.clone(), record);
-        count += 1;
-        progress(count, total);
     }
     let mut summary = summarize_records(cfg, items, &done);
     summary.skipped = skipped;

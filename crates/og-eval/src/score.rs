@@ -164,6 +164,9 @@ impl MaskMode {
     }
 }
 
+/// A generation prompt and the order its options are shown in.
+type OrderedPrompt<B> = (Vec<usize>, OgLlavaInput<B>);
+
 /// Scores items with one model.
 pub struct Evaluator<'a, B: Backend> {
     pub model: &'a OgLlava<B>,
@@ -175,6 +178,9 @@ pub struct Evaluator<'a, B: Backend> {
     /// generation; the first closes each option scored by likelihood.
     pub stop_ids: Vec<u32>,
     pub device: B::Device,
+    /// Prompts generated at once under the generation protocols (1: one at a time). Answers
+    /// do not depend on it.
+    pub batch_size: usize,
 }
 
 /// ARO's crop (PIL's `Image.crop`): the box cut out, parts outside the image black.
@@ -335,24 +341,50 @@ impl<B: Backend> Evaluator<'_, B> {
         Ok(self.model.score(&prompt, &candidates)?)
     }
 
-    /// Greedy answer to `prompt` about the image.
-    pub fn generate(
+    /// An item's prompts under a generation protocol, each with its option order (circular:
+    /// every rotation; paper: the original order). The image is read once.
+    fn generation_prompts(
         &self,
-        image: ImageInput<B>,
-        prompt: &str,
-        max_new_tokens: usize,
-    ) -> Result<String, EvalError> {
-        let input = OgLlavaInput {
-            token_ids: self.prompt_ids(prompt)?,
-            images: vec![image],
-        };
-        let cfg = og_llava::og_llm::GenerationConfig {
-            max_new_tokens,
-            eos_token_ids: self.stop_ids.clone(),
-            ..Default::default()
-        };
-        let ids = self.model.generate(&input, &cfg, |_| {})?;
-        Ok(self.tokenizer.decode(&ids, true)?)
+        item: &Item,
+        protocol: Protocol,
+    ) -> Result<Vec<OrderedPrompt<B>>, EvalError> {
+        let n = item.options.len();
+        let rotations = if protocol == Protocol::Circular { n } else { 1 };
+        let image = self.image(item)?;
+        (0..rotations)
+            .map(|r| {
+                let order = if n == 0 { Vec::new() } else { rotation(n, r) };
+                let input = OgLlavaInput {
+                    token_ids: self.prompt_ids(&paper_prompt(item, &order))?,
+                    images: vec![image.clone()],
+                };
+                Ok((order, input))
+            })
+            .collect()
+    }
+
+    /// Greedy answers to `prompts`, [`Evaluator::batch_size`] at a time, each cut to its own
+    /// token budget (greedy decoding makes that the answer it would get alone).
+    fn generate_texts(
+        &self,
+        prompts: &[OgLlavaInput<B>],
+        budgets: &[usize],
+    ) -> Result<Vec<String>, EvalError> {
+        let mut texts = Vec::with_capacity(prompts.len());
+        let size = self.batch_size.max(1);
+        for (chunk, budgets) in prompts.chunks(size).zip(budgets.chunks(size)) {
+            let cfg = og_llava::og_llm::GenerationConfig {
+                max_new_tokens: budgets.iter().copied().max().unwrap_or(0),
+                eos_token_ids: self.stop_ids.clone(),
+                ..Default::default()
+            };
+            let outputs = self.model.generate_batch(chunk, &cfg, |_, _| {})?;
+            for (mut ids, &budget) in outputs.into_iter().zip(budgets) {
+                ids.truncate(budget);
+                texts.push(self.tokenizer.decode(&ids, true)?);
+            }
+        }
+        Ok(texts)
     }
 
     /// The index of the option the model finds most likely.
@@ -378,61 +410,99 @@ impl<B: Backend> Evaluator<'_, B> {
         protocol: Protocol,
         max_new: Option<usize>,
     ) -> Result<Record, EvalError> {
-        let multiple_choice = item.options.len() >= 2;
-        if protocol != Protocol::Paper
-            && (!multiple_choice || item.bench.is_yes_no() && protocol == Protocol::Circular)
-        {
-            return Err(EvalError::Usage(format!(
-                "{} item {}: the {protocol} protocol needs multiple-choice options{}",
-                item.bench,
-                item.id,
-                if item.bench.is_yes_no() {
-                    " (MME is Yes/No: use paper or likelihood)"
-                } else {
-                    " (none could be read from the question)"
-                }
-            )));
+        match protocol {
+            Protocol::Likelihood => self.likelihood_record(item),
+            Protocol::Paper | Protocol::Circular => self
+                .answer_many(&[item], protocol, max_new)
+                .pop()
+                .expect("one answer per item"),
         }
-        let mut record = Record {
+    }
+
+    /// An item ranked by the likelihood of its options.
+    fn likelihood_record(&self, item: &Item) -> Result<Record, EvalError> {
+        check_protocol(item, Protocol::Likelihood)?;
+        let (best, scores) = self.choose(item)?;
+        Ok(Record {
             id: item.id.clone(),
             category: item.category.clone(),
             gold: item.gold(),
-            prediction: String::new(),
-            correct: false,
-            scores: None,
+            prediction: if item.bench.is_yes_no() {
+                item.options[best].clone()
+            } else {
+                letter(best).to_string()
+            },
+            correct: best == item.answer,
+            scores: Some(scores),
             generated: None,
-        };
-        match protocol {
-            Protocol::Likelihood => {
-                let (best, scores) = self.choose(item)?;
-                record.prediction = if item.bench.is_yes_no() {
-                    item.options[best].clone()
-                } else {
-                    letter(best).to_string()
-                };
-                record.correct = best == item.answer;
-                record.scores = Some(scores);
-            }
-            Protocol::Paper | Protocol::Circular => {
-                let n = item.options.len();
-                let rotations = if protocol == Protocol::Circular { n } else { 1 };
-                let image = self.image(item)?;
-                let budget = max_new.unwrap_or_else(|| max_new_tokens(item.bench));
-                let (mut preds, mut texts, mut all) = (Vec::new(), Vec::new(), true);
-                for r in 0..rotations {
-                    let order = if n == 0 { Vec::new() } else { rotation(n, r) };
-                    let text = self.generate(image.clone(), &paper_prompt(item, &order), budget)?;
-                    let j = judge(item, &order, &text);
-                    all &= j.correct;
-                    preds.push(original_letter(&j.prediction, &order));
-                    texts.push(text);
+        })
+    }
+
+    /// Answers several items, each as [`Evaluator::answer`] would alone. Under the generation
+    /// protocols their prompts are decoded [`Evaluator::batch_size`] at a time; an item whose
+    /// prompts cannot be built gets its error, and a batch that fails as a whole is answered
+    /// again item by item so the error lands on the item that caused it.
+    pub fn answer_many(
+        &self,
+        items: &[&Item],
+        protocol: Protocol,
+        max_new: Option<usize>,
+    ) -> Vec<Result<Record, EvalError>> {
+        if protocol == Protocol::Likelihood {
+            return items
+                .iter()
+                .map(|item| self.likelihood_record(item))
+                .collect();
+        }
+        let mut answers: Vec<Option<Result<Record, EvalError>>> = Vec::with_capacity(items.len());
+        let (mut prompts, mut budgets, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+        let mut orders: Vec<Vec<Vec<usize>>> = Vec::with_capacity(items.len());
+        for (k, item) in items.iter().enumerate() {
+            let built = check_protocol(item, protocol)
+                .and_then(|()| self.generation_prompts(item, protocol));
+            let budget = max_new.unwrap_or_else(|| max_new_tokens(item.bench));
+            match built {
+                Ok(list) => {
+                    let (item_orders, inputs): (Vec<_>, Vec<_>) = list.into_iter().unzip();
+                    owners.extend(std::iter::repeat_n(k, inputs.len()));
+                    budgets.extend(std::iter::repeat_n(budget, inputs.len()));
+                    prompts.extend(inputs);
+                    orders.push(item_orders);
+                    answers.push(None);
                 }
-                record.prediction = preds.join(",");
-                record.correct = all;
-                record.generated = Some(texts);
+                Err(e) => {
+                    orders.push(Vec::new());
+                    answers.push(Some(Err(e)));
+                }
             }
         }
-        Ok(record)
+        let texts = match self.generate_texts(&prompts, &budgets) {
+            Ok(texts) => texts,
+            Err(e) if items.len() == 1 => return vec![Err(e)],
+            Err(_) => {
+                return items
+                    .iter()
+                    .map(|item| self.answer_many(&[item], protocol, max_new).remove(0))
+                    .collect();
+            }
+        };
+        let mut texts_of: Vec<Vec<String>> = vec![Vec::new(); items.len()];
+        for (owner, text) in owners.into_iter().zip(texts) {
+            texts_of[owner].push(text);
+        }
+        answers
+            .into_iter()
+            .enumerate()
+            .map(|(k, answer)| {
+                answer.unwrap_or_else(|| {
+                    Ok(generation_record(
+                        items[k],
+                        &orders[k],
+                        std::mem::take(&mut texts_of[k]),
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// Likelihood ranking over items: accuracy under each item's benchmark name, MMVP pairs.
@@ -471,9 +541,11 @@ impl<B: Backend> Evaluator<'_, B> {
         protocol: Protocol,
     ) -> Result<Results, EvalError> {
         let mut r = Results::default();
-        for item in items {
-            let rec = self.answer(item, protocol, None)?;
-            r.add(generation_key(&result_key(item)), item, rec.correct);
+        for chunk in items.chunks(self.batch_size.max(1)) {
+            let refs: Vec<&Item> = chunk.iter().collect();
+            for (item, rec) in chunk.iter().zip(self.answer_many(&refs, protocol, None)) {
+                r.add(generation_key(&result_key(item)), item, rec?.correct);
+            }
         }
         Ok(r)
     }
@@ -481,6 +553,48 @@ impl<B: Backend> Evaluator<'_, B> {
 
 /// A letter read under `order`, renamed to the option's letter in the file's order (Yes/No and
 /// empty readings pass through).
+/// A protocol the item can be asked under: likelihood and circular need options, circular
+/// more than a Yes/No pair.
+fn check_protocol(item: &Item, protocol: Protocol) -> Result<(), EvalError> {
+    let multiple_choice = item.options.len() >= 2;
+    if protocol != Protocol::Paper
+        && (!multiple_choice || item.bench.is_yes_no() && protocol == Protocol::Circular)
+    {
+        Err(EvalError::Usage(format!(
+            "{} item {}: the {protocol} protocol needs multiple-choice options{}",
+            item.bench,
+            item.id,
+            if item.bench.is_yes_no() {
+                " (MME is Yes/No: use paper or likelihood)"
+            } else {
+                " (none could be read from the question)"
+            }
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// The record of a generated answer: each rotation's text judged, the item correct only if
+/// every rotation is.
+fn generation_record(item: &Item, orders: &[Vec<usize>], texts: Vec<String>) -> Record {
+    let (mut preds, mut all) = (Vec::with_capacity(texts.len()), true);
+    for (order, text) in orders.iter().zip(&texts) {
+        let j = judge(item, order, text);
+        all &= j.correct;
+        preds.push(original_letter(&j.prediction, order));
+    }
+    Record {
+        id: item.id.clone(),
+        category: item.category.clone(),
+        gold: item.gold(),
+        prediction: preds.join(","),
+        correct: all,
+        scores: None,
+        generated: Some(texts),
+    }
+}
+
 fn original_letter(prediction: &str, order: &[usize]) -> String {
     match crate::item::letter_index(prediction) {
         Some(k) if prediction.trim().len() == 1 && k < order.len() => letter(order[k]).to_string(),

@@ -3,37 +3,19 @@
 //! the chat template and the word-level tokenizer, the image's 25 visual tokens, each option
 //! followed by EOS.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use burn::backend::NdArray;
 use burn::tensor::Tensor;
+use common::{B, fixtures};
 use og_eval::{Benchmark, Evaluator, ImageSource, Item, MaskMode};
-use og_llava::og_llm::ChatTokenizer;
+use og_llava::ImageInput;
 use og_llava::og_vision::ImageProcessor;
-use og_llava::{ImageInput, OgLlava};
 use og_weights::Weights;
-
-type B = NdArray<f32>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
 
 #[test]
 fn option_log_likelihoods_equal_transformers() {
     let device = Default::default();
-    let model =
-        OgLlava::<B>::load_llava_hf(fixtures().join("vision/llava_tiny"), None, &device).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("tokenizer.json"),
-        og_llava::og_llm::testing::word_tokenizer_json(64, Some(63)),
-    )
-    .unwrap();
-    let cfg = serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
-        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"});
-    std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
-    let tokenizer = ChatTokenizer::from_dir(dir.path()).unwrap();
+    let (model, tokenizer) = common::tiny_model_and_tokenizer(&device);
     let processor = ImageProcessor::clip_336();
     let ev = Evaluator {
         model: &model,
@@ -43,6 +25,7 @@ fn option_log_likelihoods_equal_transformers() {
         masks: MaskMode::None,
         stop_ids: tokenizer.eos_id().into_iter().collect(),
         device,
+        batch_size: 1,
     };
     let root = fixtures().join("eval/likelihood");
     let pixels: Tensor<B, 4> = Weights::open(root.join("pixel_values.safetensors"))

@@ -10,6 +10,7 @@
 //! it runs exactly the burn ops the model would run without this crate.
 
 mod attention;
+mod causal;
 mod flex;
 mod linear;
 mod math;
@@ -19,6 +20,7 @@ use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::backend::Backend;
 
 pub use attention::multi_head_attention;
+pub use causal::{CausalKeys, causal_attention};
 pub use linear::{linear, matmul};
 
 /// CLIP's QuickGELU activation, `x · σ(1.702 x)` (transformers' `quick_gelu`).

@@ -63,6 +63,10 @@ pub struct EvalArgs {
     /// Generation budget per answer (default: the benchmark's).
     #[arg(long)]
     max_new_tokens: Option<usize>,
+    /// Prompts decoded together under paper and circular (likelihood already scores an item's
+    /// options as one batch); memory grows with it.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
     #[command(flatten)]
     device: crate::DeviceArgs,
     #[arg(long, default_value = "f32")]
@@ -128,6 +132,7 @@ impl BackendTask for Eval<'_> {
             },
             stop_ids: self.stop_ids.clone(),
             device,
+            batch_size: a.batch_size as usize,
         };
         let mut done: Vec<(Benchmark, Option<Summary>)> = Vec::new();
         for job in jobs(a) {

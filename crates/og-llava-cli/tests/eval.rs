@@ -106,6 +106,27 @@ fn every_protocol_writes_the_contract_and_runs_resume() {
             assert_eq!(items[0]["generated"].as_array().unwrap().len(), 4);
         }
     }
+    // Prompts decoded three at a time give the same lines.
+    let batched = dir.path().join("circular-batched");
+    ok(&eval(
+        &model,
+        &[
+            "--benchmark",
+            "mmbench",
+            "--data",
+            data,
+            "--protocol",
+            "circular",
+            "--batch-size",
+            "3",
+            "--out",
+            batched.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(
+        lines(&batched.join("items.jsonl")),
+        lines(&dir.path().join("circular/items.jsonl"))
+    );
     // Resume: two items, then the rest; the first two lines stay as they were.
     let out = dir.path().join("resume");
     let out_s = out.to_str().unwrap();

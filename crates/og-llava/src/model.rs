@@ -675,6 +675,33 @@ impl<B: Backend> OgLlava<B> {
             .generate_from_embeds(p.embeds, positions, config, on_token)?)
     }
 
+    /// Generates after several prompts at once (their images encoded in one pass, the prompts
+    /// decoded as one batch that shrinks as they finish); each prompt gets what
+    /// [`OgLlava::generate`] gives it alone. `on_token(prompt, token)` sees each new token as
+    /// it comes. Returns the new tokens of each prompt, in order.
+    pub fn generate_batch(
+        &self,
+        inputs: &[OgLlavaInput<B>],
+        config: &og_llm::GenerationConfig,
+        mut on_token: impl FnMut(usize, u32),
+    ) -> R<Vec<Vec<u32>>> {
+        if !config.use_cache {
+            return inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| self.generate(input, config, |token| on_token(i, token)))
+                .collect();
+        }
+        let p = self.prepare(inputs)?;
+        Ok(self.llm.generate_batch_from_embeds(
+            p.embeds,
+            &p.positions,
+            &p.lengths,
+            config,
+            on_token,
+        )?)
+    }
+
     /// Log-likelihood of each candidate continuation (token ids) after one prompt with its
     /// images — multiple-choice scoring. The images are encoded once; the candidates run as one
     /// right-padded batch, continuing the prompt's positions.

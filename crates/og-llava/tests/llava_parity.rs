@@ -598,6 +598,41 @@ fn score_and_generate_agree_with_forward() {
     assert!(model.score(&prompt, &[vec![]]).is_err());
 }
 
+/// `generate_batch` gives each prompt (different images, lengths, a text-only one) what
+/// `generate` gives it alone.
+#[test]
+fn batched_generation_equals_one_prompt_at_a_time() {
+    let device = Default::default();
+    let model =
+        OgLlava::<B>::load_llava_hf(root().join("vision/llava_tiny"), None, &device).unwrap();
+    let img = model.image_token_id;
+    let pv = |v: f32| Tensor::<B, 4>::ones([1, 3, 30, 30], &device) * v;
+    let inputs = vec![
+        OgLlavaInput::with_image(vec![1, 5, img, 6], pv(0.2), None),
+        OgLlavaInput::with_image(vec![1, img, 6, 9, 4, 3, 2], pv(-0.7), None),
+        OgLlavaInput {
+            token_ids: vec![1, 8],
+            images: vec![],
+        },
+    ];
+    let cfg = og_llava::og_llm::GenerationConfig {
+        max_new_tokens: 5,
+        eos_token_ids: vec![],
+        ..Default::default()
+    };
+    let alone: Vec<Vec<u32>> = inputs
+        .iter()
+        .map(|input| model.generate(input, &cfg, |_| {}).unwrap())
+        .collect();
+    let mut streamed = vec![Vec::new(); inputs.len()];
+    let batched = model
+        .generate_batch(&inputs, &cfg, |i, t| streamed[i].push(t))
+        .unwrap();
+    assert_eq!(batched, alone);
+    assert_eq!(streamed, alone);
+    assert!(model.generate_batch(&[], &cfg, |_, _| {}).is_err());
+}
+
 /// `OgLlava::open` tells the llava-hf and released OG-LLaVA layouts apart and loads each as its
 /// own loader does (same logits); a released checkpoint opened without its base and tower names
 /// both; a folder with no model says so. (Our layout and the original LLaVA-1.5 one go through

@@ -8,9 +8,10 @@
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+
+use og_kernels::CausalKeys;
 
 use crate::config::LlamaConfig;
 use crate::error::{LlmError, Result};
@@ -183,14 +184,14 @@ impl LlamaConfig {
 
 impl<B: Backend> LlamaAttention<B> {
     /// # Shapes
-    /// `x` `[batch, tokens, hidden]`; cos/sin `[batch, 1, tokens, head_dim]`; `mask`
-    /// `[batch, 1, tokens, past + tokens]` (true = masked).
+    /// `x` `[batch, tokens, hidden]`; cos/sin `[batch, 1, tokens, head_dim]`; `keys`: which
+    /// keys each query sees.
     fn forward(
         &self,
         x: Tensor<B, 3>,
         cos: Tensor<B, 4>,
         sin: Tensor<B, 4>,
-        mask: Tensor<B, 4, Bool>,
+        keys: &CausalKeys<B>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let [b, t, h] = x.dims();
@@ -211,27 +212,8 @@ impl<B: Backend> LlamaAttention<B> {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let s = k.dims()[2];
-        let rep = nh / nkv;
-        let repeat = |y: Tensor<B, 4>| {
-            if rep == 1 {
-                y
-            } else {
-                y.unsqueeze_dim::<5>(2)
-                    .expand([b, nkv, rep, s, hd])
-                    .reshape([b, nh, s, hd])
-            }
-        };
-        let (k, v) = (repeat(k), repeat(v));
-        let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-        // A large finite fill keeps rows whose keys are all masked (padding queries) finite.
-        let scores = scores.mask_fill(mask, -1.0e30);
-        // The softmax in f32 whatever the model's dtype, as transformers does (a no-op in f32).
-        let dtype = scores.dtype();
-        let out = softmax(scores.cast(DType::F32), 3).cast(dtype).matmul(v);
-        self.o_proj
-            .forward(out.swap_dims(1, 2).reshape([b * t, nh * hd]))
-            .reshape([b, t, h])
+        let out = og_kernels::causal_attention(q, k, v, keys);
+        self.o_proj.forward(out).reshape([b, t, h])
     }
 }
 
@@ -371,16 +353,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
             }
             None => padding,
         };
-        let s = past + t;
         // Causal in sequence order: query i (at past + i) sees keys j ≤ past + i.
-        let causal: Vec<bool> = (0..t)
-            .flat_map(|i| (0..s).map(move |j| j > past + i))
-            .collect();
-        let causal = Tensor::<B, 2, Bool>::from_data(TensorData::new(causal, [t, s]), &device)
-            .reshape([1, 1, t, s])
-            .expand([b, 1, t, s]);
-        let keys = key_padding.reshape([b, 1, 1, s]).expand([b, 1, t, s]);
-        let mask = causal.bool_or(keys);
+        let keys = CausalKeys::new(past, t, key_padding);
         let (cos, sin) = rope::cos_sin::<B>(&self.inv_freq, positions, &device);
         let mut x = embeds;
         for (i, layer) in self.model.layers.iter().enumerate() {
@@ -389,7 +363,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 layer.input_layernorm.forward(x.clone()),
                 cos.clone(),
                 sin.clone(),
-                mask.clone(),
+                &keys,
                 slot,
             );
             x = x + a;

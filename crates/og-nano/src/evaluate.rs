@@ -10,6 +10,10 @@ use og_llava::og_vision::ImageProcessor;
 
 use crate::experiment::{ArmResult, ArmSpec, ExperimentError, MaskSource, mask_dir, step_err};
 
+/// Task prompts generated at once for the `@gen` columns: the nano model is small, so a
+/// batch costs little more than one prompt per decode step.
+const GENERATION_BATCH: usize = 16;
+
 /// Where the blind arm's grey images live, mirroring the world's image folders.
 pub(crate) const BLANK: &str = "blank";
 
@@ -106,6 +110,7 @@ pub(crate) fn evaluate_arm<B: burn::tensor::backend::Backend>(
         },
         stop_ids: tok.eos_id().into_iter().collect(),
         device: device.clone(),
+        batch_size: GENERATION_BATCH,
     };
     let see = |items: &[Item]| -> Vec<Item> {
         if arm.blind {
