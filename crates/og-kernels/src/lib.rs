@@ -12,6 +12,7 @@
 mod attention;
 mod causal;
 mod flex;
+mod layout;
 mod linear;
 mod math;
 
@@ -21,6 +22,7 @@ use burn::tensor::backend::Backend;
 
 pub use attention::multi_head_attention;
 pub use causal::{CausalKeys, causal_attention};
+pub use layout::contiguous;
 pub use linear::{linear, matmul};
 
 /// CLIP's QuickGELU activation, `x · σ(1.702 x)` (transformers' `quick_gelu`).

@@ -192,9 +192,7 @@ fn window_partition<B: Backend>(x: Tensor<B, 4>, w: usize) -> (Tensor<B, 4>, [us
         x
     };
     let (nh, nw) = (ph / w, pw / w);
-    let x = x
-        .reshape([b * nh, w, nw, w * c])
-        .swap_dims(1, 2)
+    let x = og_kernels::contiguous(x.reshape([b * nh, w, nw, w * c]).swap_dims(1, 2))
         .reshape([b * nh * nw, w, w, c]);
     (x, [ph, pw])
 }
@@ -209,9 +207,7 @@ fn window_unpartition<B: Backend>(
     let (nh, nw) = (ph / w, pw / w);
     let [n, _, _, c] = windows.dims();
     let b = n / (nh * nw);
-    let x = windows
-        .reshape([b * nh, nw, w, w * c])
-        .swap_dims(1, 2)
+    let x = og_kernels::contiguous(windows.reshape([b * nh, nw, w, w * c]).swap_dims(1, 2))
         .reshape([b, ph, pw, c]);
     if ph != h || pw != wd {
         x.slice([0..b, 0..h, 0..wd, 0..c])
