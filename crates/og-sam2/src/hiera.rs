@@ -192,8 +192,12 @@ fn window_partition<B: Backend>(x: Tensor<B, 4>, w: usize) -> (Tensor<B, 4>, [us
         x
     };
     let (nh, nw) = (ph / w, pw / w);
-    let x = og_kernels::contiguous(x.reshape([b * nh, w, nw, w * c]).swap_dims(1, 2))
-        .reshape([b * nh * nw, w, w, c]);
+    let x = og_kernels::contiguous(x.reshape([b * nh, w, nw, w * c]).swap_dims(1, 2)).reshape([
+        b * nh * nw,
+        w,
+        w,
+        c,
+    ]);
     (x, [ph, pw])
 }
 
