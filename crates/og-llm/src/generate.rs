@@ -218,9 +218,9 @@ impl<B: Backend> LlamaForCausalLM<B> {
             .collect();
         let padding = Tensor::<B, 2, Bool>::from_data(TensorData::new(pad, [b, t]), &device);
         let mut cache = KvCache::new(self.num_layers());
-        let logits = self.forward(embeds, positions, Some(padding), Some(&mut cache))?;
+        let hidden = self.forward_hidden(embeds, positions, Some(padding), Some(&mut cache))?;
         let last: Vec<usize> = lengths.iter().map(|&n| n - 1).collect();
-        let mut rows_logits = self.logits_at(logits, &last);
+        let mut rows_logits = self.logits_at(hidden, &last);
         // `active[k]`: the prompt whose sequence is row k of the batch.
         let mut active: Vec<usize> = (0..b).collect();
         loop {
@@ -251,13 +251,13 @@ impl<B: Backend> LlamaForCausalLM<B> {
                     vec![next_pos[row] - 1]
                 })
                 .collect();
-            let logits = self.forward(
+            let hidden = self.forward_hidden(
                 self.embed(&tokens)?,
                 &step_positions,
                 None,
                 Some(&mut cache),
             )?;
-            rows_logits = self.logits_at(logits, &vec![0; active.len()]);
+            rows_logits = self.logits_at(hidden, &vec![0; active.len()]);
         }
     }
 
@@ -275,10 +275,10 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let mut out = Vec::new();
         let (mut all_embeds, mut all_pos) = (embeds, positions);
         while out.len() < config.max_new_tokens {
-            let logits = self.forward(all_embeds.clone(), &[all_pos.clone()], None, None)?;
+            let hidden = self.forward_hidden(all_embeds.clone(), &[all_pos.clone()], None, None)?;
             let last = all_pos.len() - 1;
             let token = pick(
-                &self.logits_at(logits, &[last])[0],
+                &self.logits_at(hidden, &[last])[0],
                 config.sampling,
                 &mut rng,
             )?;
@@ -294,18 +294,21 @@ impl<B: Backend> LlamaForCausalLM<B> {
         Ok(out)
     }
 
-    /// Row `r`'s logits at token `at[r]`, on the host, from `[batch, T, vocab]`.
-    fn logits_at(&self, logits: Tensor<B, 3>, at: &[usize]) -> Vec<Vec<f32>> {
-        let [b, t, v] = logits.dims();
+    /// Row `r`'s logits at token `at[r]`, on the host, from the final hidden states
+    /// `[batch, T, hidden]`: the head runs on those tokens only (generation needs no other
+    /// logits, and the head is a large share of a prefill — a fifth of SmolLM2's weights).
+    fn logits_at(&self, hidden: Tensor<B, 3>, at: &[usize]) -> Vec<Vec<f32>> {
+        let [b, t, h] = hidden.dims();
         let index: Vec<i64> = at
             .iter()
             .enumerate()
             .map(|(r, &i)| (r * t + i) as i64)
             .collect();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [b]), &logits.device());
+        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [b]), &hidden.device());
+        let picked = hidden.reshape([b * t, h]).select(0, index);
+        let logits = self.head(picked.unsqueeze_dim::<3>(0));
+        let v = logits.dims()[2];
         let data: Vec<f32> = logits
-            .reshape([b * t, v])
-            .select(0, index)
             .into_data()
             .convert::<f32>()
             .to_vec()

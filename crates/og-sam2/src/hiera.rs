@@ -192,13 +192,10 @@ fn window_partition<B: Backend>(x: Tensor<B, 4>, w: usize) -> (Tensor<B, 4>, [us
         x
     };
     let (nh, nw) = (ph / w, pw / w);
-    let x = og_kernels::contiguous(x.reshape([b * nh, w, nw, w * c]).swap_dims(1, 2)).reshape([
-        b * nh * nw,
-        w,
-        w,
-        c,
-    ]);
-    (x, [ph, pw])
+    // Window (i, j) is rows i·w.., columns j·w..: moving j before the rows inside a window
+    // makes each window one contiguous block.
+    let windows = og_kernels::contiguous(x.reshape([b * nh, w, nw, w * c]).swap_dims(1, 2));
+    (windows.reshape([b * nh * nw, w, w, c]), [ph, pw])
 }
 
 /// Inverse of [`window_partition`], cropping the padding away.
