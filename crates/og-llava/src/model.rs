@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, ElementConversion, Int, Tensor, TensorData};
 use og_fusion::{OgFusion, OgFusionConfig, Selection, SelectionConfig};
 use og_llm::{LlamaConfig, LlamaForCausalLM, rope};
 use og_vision::clip::{ClipVisionConfig, ClipVisionTransformer};
@@ -450,8 +450,19 @@ impl<B: Backend> OgLlava<B> {
             });
         }
         let t0 = std::time::Instant::now();
-        let pixels = all.iter().map(|im| im.pixel_values.clone()).collect();
-        let features = self.vision.features(Tensor::cat(pixels, 0))?;
+        // An image repeated in consecutive prompts (a circular evaluation's rotations) goes
+        // through the tower once; its features serve every copy.
+        let (distinct, source) = consecutive_copies(&all);
+        let pixels = distinct
+            .iter()
+            .map(|&k| all[k].pixel_values.clone())
+            .collect();
+        let mut features = self.vision.features(Tensor::cat(pixels, 0))?;
+        if distinct.len() < all.len() {
+            let device = features.device();
+            let index = TensorData::new(source, [all.len()]);
+            features = features.select(0, Tensor::<B, 1, Int>::from_data(index, &device));
+        }
         let vision_s = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
         let selections: Vec<Selection> = all
@@ -726,6 +737,32 @@ impl<B: Backend> OgLlava<B> {
     }
 }
 
+/// The images to encode (indices into `all`) and, per image, the index of its pixels among
+/// them: an image with the same pixels as the one before it reuses that one's.
+fn consecutive_copies<B: Backend>(all: &[&ImageInput<B>]) -> (Vec<usize>, Vec<i64>) {
+    let mut distinct = Vec::with_capacity(all.len());
+    let mut source = Vec::with_capacity(all.len());
+    for (k, image) in all.iter().enumerate() {
+        let repeat = k > 0 && same_pixels(&all[k - 1].pixel_values, &image.pixel_values);
+        if !repeat {
+            distinct.push(k);
+        }
+        source.push(distinct.len() as i64 - 1);
+    }
+    (distinct, source)
+}
+
+/// Whether two pixel tensors hold the same values.
+fn same_pixels<B: Backend>(a: &Tensor<B, 4>, b: &Tensor<B, 4>) -> bool {
+    a.dims() == b.dims()
+        && (a.clone() - b.clone())
+            .abs()
+            .max()
+            .into_scalar()
+            .elem::<f32>()
+            == 0.0
+}
+
 /// LLaVA's `mm_projector_type` must be the 2-layer GELU MLP (the released OG-LLaVA code appends
 /// its own tags after a comma).
 fn check_projector_type(cfg_path: &Path, value: &serde_json::Value) -> R<()> {
@@ -767,4 +804,27 @@ fn original_tower(
         None => Weights::open(vision)?,
     };
     Ok((vcfg, weights))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::NdArray;
+    use burn::tensor::Tensor;
+
+    use super::{ImageInput, consecutive_copies};
+
+    #[test]
+    fn consecutive_copies_of_an_image_are_encoded_once() {
+        let device = Default::default();
+        let image = |v: f32| ImageInput::<NdArray> {
+            pixel_values: Tensor::ones([1, 3, 4, 4], &device) * v,
+            selection: None,
+        };
+        let images = [image(0.5), image(0.5), image(0.5), image(-1.0), image(0.5)];
+        let all: Vec<&ImageInput<NdArray>> = images.iter().collect();
+        let (distinct, source) = consecutive_copies(&all);
+        // Only runs are merged: the last image equals the first but follows another one.
+        assert_eq!(distinct, vec![0, 3, 4]);
+        assert_eq!(source, vec![0, 0, 0, 1, 2]);
+    }
 }

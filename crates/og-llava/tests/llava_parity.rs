@@ -598,8 +598,8 @@ fn score_and_generate_agree_with_forward() {
     assert!(model.score(&prompt, &[vec![]]).is_err());
 }
 
-/// `generate_batch` gives each prompt (different images, lengths, a text-only one) what
-/// `generate` gives it alone.
+/// `generate_batch` gives each prompt (different images, a repeated one, lengths, a text-only
+/// one) what `generate` gives it alone.
 #[test]
 fn batched_generation_equals_one_prompt_at_a_time() {
     let device = Default::default();
@@ -609,6 +609,8 @@ fn batched_generation_equals_one_prompt_at_a_time() {
     let pv = |v: f32| Tensor::<B, 4>::ones([1, 3, 30, 30], &device) * v;
     let inputs = vec![
         OgLlavaInput::with_image(vec![1, 5, img, 6], pv(0.2), None),
+        // The same image again (encoded once for both).
+        OgLlavaInput::with_image(vec![1, img, 3, 3], pv(0.2), None),
         OgLlavaInput::with_image(vec![1, img, 6, 9, 4, 3, 2], pv(-0.7), None),
         OgLlavaInput {
             token_ids: vec![1, 8],
