@@ -167,6 +167,20 @@ impl MaskMode {
 /// A generation prompt and the order its options are shown in.
 type OrderedPrompt<B> = (Vec<usize>, OgLlavaInput<B>);
 
+/// The generation prompts of several items, flattened for batching, with what it takes to
+/// give each item its answer back.
+struct PromptBatch<B: Backend> {
+    prompts: Vec<OgLlavaInput<B>>,
+    /// Each prompt's token budget.
+    budgets: Vec<usize>,
+    /// Each prompt's item (index into the items).
+    owners: Vec<usize>,
+    /// Per item, the option order of each of its prompts.
+    orders: Vec<Vec<Vec<usize>>>,
+    /// Per item, the error that kept its prompts from being built.
+    failed: Vec<Option<EvalError>>,
+}
+
 /// Scores items with one model.
 pub struct Evaluator<'a, B: Backend> {
     pub model: &'a OgLlava<B>,
@@ -363,6 +377,44 @@ impl<B: Backend> Evaluator<'_, B> {
             .collect()
     }
 
+    /// Every prompt of `items` under a generation protocol, in item order.
+    fn prompt_batch(
+        &self,
+        items: &[&Item],
+        protocol: Protocol,
+        max_new: Option<usize>,
+    ) -> PromptBatch<B> {
+        let mut batch = PromptBatch {
+            prompts: Vec::new(),
+            budgets: Vec::new(),
+            owners: Vec::new(),
+            orders: Vec::with_capacity(items.len()),
+            failed: Vec::with_capacity(items.len()),
+        };
+        for (k, item) in items.iter().enumerate() {
+            let built = check_protocol(item, protocol)
+                .and_then(|()| self.generation_prompts(item, protocol));
+            let budget = max_new.unwrap_or_else(|| max_new_tokens(item.bench));
+            match built {
+                Ok(list) => {
+                    let (orders, inputs): (Vec<_>, Vec<_>) = list.into_iter().unzip();
+                    batch.owners.extend(std::iter::repeat_n(k, inputs.len()));
+                    batch
+                        .budgets
+                        .extend(std::iter::repeat_n(budget, inputs.len()));
+                    batch.prompts.extend(inputs);
+                    batch.orders.push(orders);
+                    batch.failed.push(None);
+                }
+                Err(e) => {
+                    batch.orders.push(Vec::new());
+                    batch.failed.push(Some(e));
+                }
+            }
+        }
+        batch
+    }
+
     /// Greedy answers to `prompts`, [`Evaluator::batch_size`] at a time, each cut to its own
     /// token budget (greedy decoding makes that the answer it would get alone).
     fn generate_texts(
@@ -454,29 +506,8 @@ impl<B: Backend> Evaluator<'_, B> {
                 .map(|item| self.likelihood_record(item))
                 .collect();
         }
-        let mut answers: Vec<Option<Result<Record, EvalError>>> = Vec::with_capacity(items.len());
-        let (mut prompts, mut budgets, mut owners) = (Vec::new(), Vec::new(), Vec::new());
-        let mut orders: Vec<Vec<Vec<usize>>> = Vec::with_capacity(items.len());
-        for (k, item) in items.iter().enumerate() {
-            let built = check_protocol(item, protocol)
-                .and_then(|()| self.generation_prompts(item, protocol));
-            let budget = max_new.unwrap_or_else(|| max_new_tokens(item.bench));
-            match built {
-                Ok(list) => {
-                    let (item_orders, inputs): (Vec<_>, Vec<_>) = list.into_iter().unzip();
-                    owners.extend(std::iter::repeat_n(k, inputs.len()));
-                    budgets.extend(std::iter::repeat_n(budget, inputs.len()));
-                    prompts.extend(inputs);
-                    orders.push(item_orders);
-                    answers.push(None);
-                }
-                Err(e) => {
-                    orders.push(Vec::new());
-                    answers.push(Some(Err(e)));
-                }
-            }
-        }
-        let texts = match self.generate_texts(&prompts, &budgets) {
+        let mut batch = self.prompt_batch(items, protocol, max_new);
+        let texts = match self.generate_texts(&batch.prompts, &batch.budgets) {
             Ok(texts) => texts,
             Err(e) if items.len() == 1 => return vec![Err(e)],
             Err(_) => {
@@ -487,20 +518,17 @@ impl<B: Backend> Evaluator<'_, B> {
             }
         };
         let mut texts_of: Vec<Vec<String>> = vec![Vec::new(); items.len()];
-        for (owner, text) in owners.into_iter().zip(texts) {
+        for (&owner, text) in batch.owners.iter().zip(texts) {
             texts_of[owner].push(text);
         }
-        answers
-            .into_iter()
-            .enumerate()
-            .map(|(k, answer)| {
-                answer.unwrap_or_else(|| {
-                    Ok(generation_record(
-                        items[k],
-                        &orders[k],
-                        std::mem::take(&mut texts_of[k]),
-                    ))
-                })
+        (0..items.len())
+            .map(|k| match batch.failed[k].take() {
+                Some(e) => Err(e),
+                None => Ok(generation_record(
+                    items[k],
+                    &batch.orders[k],
+                    std::mem::take(&mut texts_of[k]),
+                )),
             })
             .collect()
     }
