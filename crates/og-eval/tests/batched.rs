@@ -6,7 +6,7 @@ mod common;
 
 use common::{B, fixtures};
 use og_eval::run::{RunConfig, read_records, run_benchmark};
-use og_eval::{Benchmark, EvalError, Evaluator, ImageSource, Item, MaskMode, Protocol};
+use og_eval::{Benchmark, EvalError, Evaluator, ImageSource, Item, Protocol};
 use og_llava::og_vision::ImageProcessor;
 
 fn item(id: usize, image: &str, question: &str, options: &[&str]) -> Item {
@@ -41,16 +41,7 @@ fn batch_size_does_not_change_answers() {
     }
     let processor =
         ImageProcessor::from_hf_dir(fixtures().join("vision/llava_tiny"), 30, 6, true).unwrap();
-    let evaluator = |batch_size| Evaluator {
-        model: &model,
-        tokenizer: &tokenizer,
-        processor: &processor,
-        selection: Default::default(),
-        masks: MaskMode::None,
-        stop_ids: tokenizer.eos_id().into_iter().collect(),
-        device,
-        batch_size,
-    };
+    let evaluator = |batch_size| common::evaluator(&model, &tokenizer, &processor, batch_size);
     // Words the tokenizer knows (`w<id>`), so prompts differ in content and length.
     let items = vec![
         item(0, "astronaut.webp", "w10 w11", &["w20", "w21 w22"]),

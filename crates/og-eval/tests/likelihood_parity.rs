@@ -7,7 +7,7 @@ mod common;
 
 use burn::tensor::Tensor;
 use common::{B, fixtures};
-use og_eval::{Benchmark, Evaluator, ImageSource, Item, MaskMode};
+use og_eval::{Benchmark, ImageSource, Item};
 use og_llava::ImageInput;
 use og_llava::og_vision::ImageProcessor;
 use og_weights::Weights;
@@ -17,16 +17,7 @@ fn option_log_likelihoods_equal_transformers() {
     let device = Default::default();
     let (model, tokenizer) = common::tiny_model_and_tokenizer(&device);
     let processor = ImageProcessor::clip_336();
-    let ev = Evaluator {
-        model: &model,
-        tokenizer: &tokenizer,
-        processor: &processor,
-        selection: Default::default(),
-        masks: MaskMode::None,
-        stop_ids: tokenizer.eos_id().into_iter().collect(),
-        device,
-        batch_size: 1,
-    };
+    let ev = common::evaluator(&model, &tokenizer, &processor, 1);
     let root = fixtures().join("eval/likelihood");
     let pixels: Tensor<B, 4> = Weights::open(root.join("pixel_values.safetensors"))
         .unwrap()

@@ -141,7 +141,6 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
     let mut out = FlexTensor::empty([batch * lq, width].into(), DType::F32);
     let dst = SharedMut(out.storage_mut::<f32>().as_mut_ptr());
     let scale = (hd as f32).powf(-0.5);
-    let lk_i = lk as isize;
     // Long attention (one image's global attention: few heads, thousands of queries) in
     // blocks of at most QUERY_BLOCK queries: a block's scores stay in cache between the two
     // products and the three passes of the softmax, the scratch is small (no fresh pages to
@@ -169,66 +168,113 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
             let at = |p: Part<'_>, len: usize| p.offset + b * len * p.stride + j * hd;
             let (qo, ko, vo) = (at(q, lq) + row0 * q.stride, at(k, lk), at(v, lk));
             let out_offset = (b * lq + row0) * width + j * hd;
-            let parallelism = gemm::Parallelism::None;
+            let matrix = |p: Part<'_>, offset: usize| Strided {
+                // SAFETY: the offset lies inside the operand's storage (its rows at its stride).
+                ptr: unsafe { p.data.as_ptr().add(offset) },
+                rs: p.stride as isize,
+                cs: 1,
+            };
             // SAFETY: every operand holds its rows at its stride; the head's block starts at
-            // the computed offset and spans its rows and hd columns, inside the buffers.
-            // `scores` holds at least rows × lk. The output rows of this (batch, head, query
-            // block) are written by this task only.
+            // the computed offset and spans its rows and hd columns, inside the buffers. The
+            // output rows of this (batch, head, query block) are written by this task only.
             unsafe {
-                // scores = scale · q_h k_hᵀ   ([rows, hd] × [hd, lk])
-                gemm::gemm(
-                    rows,
-                    lk,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    lk_i,
-                    false,
-                    q.data.as_ptr().add(qo),
-                    1,
-                    q.stride as isize,
-                    k.data.as_ptr().add(ko),
-                    k.stride as isize,
-                    1,
-                    0.0,
+                head_attention(
+                    [rows, lk, hd],
+                    [matrix(q, qo), matrix(k, ko), matrix(v, vo)],
                     scale,
-                    false,
-                    false,
-                    false,
-                    parallelism,
+                    (scores, inv_sums),
+                    (dst.add(out_offset), width),
+                    |_| {},
                 );
-                exp_rows(&mut scores[..rows * lk], lk, &mut inv_sums[..rows]);
-                // out_h = P v_h   ([rows, lk] × [lk, hd])
-                gemm::gemm(
-                    rows,
-                    hd,
-                    lk,
-                    dst.add(out_offset),
-                    1,
-                    width as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    lk_i,
-                    v.data.as_ptr().add(vo),
-                    1,
-                    v.stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
-                // The softmax's normalisation, on hd columns instead of lk.
-                for (r, &inv) in inv_sums[..rows].iter().enumerate() {
-                    let row = std::slice::from_raw_parts_mut(dst.add(out_offset + r * width), hd);
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
             }
         },
     );
     out
+}
+
+/// A matrix read through raw strides: element `(r, c)` at `ptr + r·rs + c·cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided {
+    pub(crate) ptr: *const f32,
+    pub(crate) rs: isize,
+    pub(crate) cs: isize,
+}
+
+/// One head on one block of queries: `out = softmax(scale · q kᵀ, masked) v`, on this thread.
+/// `q`: `[rows, hd]`; `k`, `v`: `[keys, hd]`; `mask` may overwrite scores (row-major
+/// `[rows, keys]`) before the softmax; `out` receives `[rows, hd]` at row stride `out_rs`.
+/// The softmax is normalised on the `hd` output columns, after the product with `v`.
+///
+/// # Safety
+/// Each matrix's elements lie inside its allocation at its strides; `out` is valid for
+/// `rows` rows of `hd` at `out_rs` and no other thread writes them.
+pub(crate) unsafe fn head_attention(
+    [rows, keys, hd]: [usize; 3],
+    [q, k, v]: [Strided; 3],
+    scale: f32,
+    (scores, inv_sums): (&mut [f32], &mut [f32]),
+    (out, out_rs): (*mut f32, usize),
+    mask: impl FnOnce(&mut [f32]),
+) {
+    let scores = &mut scores[..rows * keys];
+    let inv_sums = &mut inv_sums[..rows];
+    let parallelism = gemm::Parallelism::None;
+    // SAFETY: the caller's guarantees; `scores` holds rows × keys.
+    unsafe {
+        // scores = scale · q kᵀ   ([rows, hd] × [hd, keys])
+        gemm::gemm(
+            rows,
+            keys,
+            hd,
+            scores.as_mut_ptr(),
+            1,
+            keys as isize,
+            false,
+            q.ptr,
+            q.cs,
+            q.rs,
+            k.ptr,
+            k.rs,
+            k.cs,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    mask(scores);
+    exp_rows(scores, keys, inv_sums);
+    // SAFETY: as above; `out` holds rows × hd at `out_rs`.
+    unsafe {
+        // out = P v   ([rows, keys] × [keys, hd])
+        gemm::gemm(
+            rows,
+            hd,
+            keys,
+            out,
+            1,
+            out_rs as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            keys as isize,
+            v.ptr,
+            v.cs,
+            v.rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        for (r, &inv) in inv_sums.iter().enumerate() {
+            let row = std::slice::from_raw_parts_mut(out.add(r * out_rs), hd);
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use burn::tensor::{Bool, DType, Tensor, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::attention::{Strided, head_attention};
 use crate::flex::{SharedMut, convert_all, from_flex, to_flex_view};
-use crate::math::exp_rows;
 
 /// The score masked keys get before the softmax: large and finite, so a query whose keys are
 /// all masked (a padding query) averages them instead of producing NaN.
@@ -207,74 +207,37 @@ fn fused(
             let (i, h, blk) = (task / (nh * blocks), task / blocks % nh, task % blocks);
             let row0 = blk * block;
             let rows = block.min(t - row0);
-            let scores = &mut scores[..rows * s];
             let qo = q.at(i, h) + row0 * q.strides[2] as usize;
             let (ko, vo) = (k.at(i, h / rep), v.at(i, h / rep));
             let out_offset = (i * t + row0) * width + h * hd;
-            // SAFETY: each view's matrix (i, j) spans its rows and hd columns at its strides
-            // inside its storage (burn's layout guarantees it); `scores` holds rows × s; the
-            // output rows row0.. of (sequence i, head h) are written by this task only.
-            unsafe {
-                // scores = scale · q_h k_gᵀ   ([rows, hd] × [hd, s])
-                gemm::gemm(
-                    rows,
-                    s,
-                    hd,
-                    scores.as_mut_ptr(),
-                    1,
-                    s as isize,
-                    false,
-                    q.data.as_ptr().add(qo),
-                    q.strides[3],
-                    q.strides[2],
-                    k.data.as_ptr().add(ko),
-                    k.strides[2],
-                    k.strides[3],
-                    0.0,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            let matrix = |x: Heads<'_>, offset: usize| Strided {
+                // SAFETY: the offset lies inside the view's storage (burn's layout).
+                ptr: unsafe { x.data.as_ptr().add(offset) },
+                rs: x.strides[2],
+                cs: x.strides[3],
+            };
             let padding = &keys.padding[i * s..(i + 1) * s];
-            for (r, row) in scores.chunks_mut(s).enumerate() {
-                let visible = keys.past + row0 + r + 1;
-                row[visible.min(s)..].fill(MASKED);
-                for (x, _) in row.iter_mut().zip(padding).filter(|(_, p)| **p) {
-                    *x = MASKED;
+            let mask = |scores: &mut [f32]| {
+                for (r, row) in scores.chunks_mut(s).enumerate() {
+                    let visible = keys.past + row0 + r + 1;
+                    row[visible.min(s)..].fill(MASKED);
+                    for (x, _) in row.iter_mut().zip(padding).filter(|(_, p)| **p) {
+                        *x = MASKED;
+                    }
                 }
-            }
-            exp_rows(scores, s, &mut inv_sums[..rows]);
-            // SAFETY: as above; the output block is rows × hd at row stride `width`.
+            };
+            // SAFETY: each view's matrix (i, j) spans its rows and hd columns at its strides
+            // inside its storage; the output rows row0.. of (sequence i, head h) are written
+            // by this task only.
             unsafe {
-                // out_h = P v_g   ([rows, s] × [s, hd])
-                gemm::gemm(
-                    rows,
-                    hd,
-                    s,
-                    dst.add(out_offset),
-                    1,
-                    width as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    s as isize,
-                    v.data.as_ptr().add(vo),
-                    v.strides[3],
-                    v.strides[2],
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                head_attention(
+                    [rows, s, hd],
+                    [matrix(q, qo), matrix(k, ko), matrix(v, vo)],
+                    scale,
+                    (scores, inv_sums),
+                    (dst.add(out_offset), width),
+                    mask,
                 );
-                for (r, &inv) in inv_sums[..rows].iter().enumerate() {
-                    let row = std::slice::from_raw_parts_mut(dst.add(out_offset + r * width), hd);
-                    row.iter_mut().for_each(|x| *x *= inv);
-                }
             }
         },
     );

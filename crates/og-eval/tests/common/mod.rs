@@ -4,8 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::NdArray;
+use og_eval::{Evaluator, MaskMode};
 use og_llava::OgLlava;
 use og_llava::og_llm::ChatTokenizer;
+use og_llava::og_vision::ImageProcessor;
 
 pub type B = NdArray<f32>;
 
@@ -31,4 +33,23 @@ pub fn tiny_model_and_tokenizer(
     std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
     let tokenizer = ChatTokenizer::from_dir(dir.path()).unwrap();
     (model, tokenizer)
+}
+
+/// A maskless evaluator of `model` that stops at the tokenizer's EOS.
+pub fn evaluator<'a>(
+    model: &'a OgLlava<B>,
+    tokenizer: &'a ChatTokenizer,
+    processor: &'a ImageProcessor,
+    batch_size: usize,
+) -> Evaluator<'a, B> {
+    Evaluator {
+        model,
+        tokenizer,
+        processor,
+        selection: Default::default(),
+        masks: MaskMode::None,
+        stop_ids: tokenizer.eos_id().into_iter().collect(),
+        device: Default::default(),
+        batch_size,
+    }
 }
