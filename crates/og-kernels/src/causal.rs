@@ -9,6 +9,8 @@
 //! padded keys), and a vectorised softmax whose normalisation is applied to the `head_dim`
 //! output columns.
 
+use std::cell::OnceCell;
+
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
@@ -31,40 +33,50 @@ const QUERY_BLOCK: usize = 128;
 #[derive(Debug, Clone)]
 pub struct CausalKeys<B: Backend> {
     past: usize,
+    tokens: usize,
     /// `[batch, past + tokens]`, true at padding keys.
     padding: Tensor<B, 2, Bool>,
-    /// `[batch, 1, tokens, past + tokens]`, true = masked: what burn's ops read.
-    mask: Tensor<B, 4, Bool>,
+    /// `[batch, 1, tokens, past + tokens]`, true = masked: what burn's ops read, built the
+    /// first time a layer needs it (never where the kernel runs).
+    mask: OnceCell<Tensor<B, 4, Bool>>,
     /// `padding` on the host, read the first time the kernel needs it.
-    host: std::cell::OnceCell<Vec<bool>>,
+    host: OnceCell<Vec<bool>>,
 }
 
 impl<B: Backend> CausalKeys<B> {
     /// `tokens` queries after `past` cached tokens; `padding` `[batch, past + tokens]`.
     pub fn new(past: usize, tokens: usize, padding: Tensor<B, 2, Bool>) -> Self {
-        let [b, s] = padding.dims();
-        let device = padding.device();
-        let causal: Vec<bool> = (0..tokens)
-            .flat_map(|i| (0..s).map(move |j| j > past + i))
-            .collect();
-        let causal = Tensor::<B, 2, Bool>::from_data(TensorData::new(causal, [tokens, s]), &device)
-            .reshape([1, 1, tokens, s])
-            .expand([b, 1, tokens, s]);
-        let keys = padding
-            .clone()
-            .reshape([b, 1, 1, s])
-            .expand([b, 1, tokens, s]);
         Self {
             past,
+            tokens,
             padding,
-            mask: causal.bool_or(keys),
-            host: std::cell::OnceCell::new(),
+            mask: OnceCell::new(),
+            host: OnceCell::new(),
         }
     }
 
     /// The mask as a tensor, `[batch, 1, tokens, past + tokens]`, true = masked.
     pub fn mask(&self) -> Tensor<B, 4, Bool> {
-        self.mask.clone()
+        self.mask
+            .get_or_init(|| {
+                let (past, t) = (self.past, self.tokens);
+                let [b, s] = self.padding.dims();
+                let causal: Vec<bool> = (0..t)
+                    .flat_map(|i| (0..s).map(move |j| j > past + i))
+                    .collect();
+                let device = self.padding.device();
+                let causal =
+                    Tensor::<B, 2, Bool>::from_data(TensorData::new(causal, [t, s]), &device)
+                        .reshape([1, 1, t, s])
+                        .expand([b, 1, t, s]);
+                let keys = self
+                    .padding
+                    .clone()
+                    .reshape([b, 1, 1, s])
+                    .expand([b, 1, t, s]);
+                causal.bool_or(keys)
+            })
+            .clone()
     }
 
     fn host_padding(&self) -> &[bool] {
@@ -101,6 +113,7 @@ pub fn causal_attention<B: Backend>(
         && v.dims() == k.dims()
         && nkv > 0
         && nh % nkv == 0
+        && t == keys.tokens
         && s == keys.past + t
         && keys.padding.dims() == [b, s];
     if !fits {

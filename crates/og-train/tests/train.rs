@@ -229,42 +229,54 @@ fn images_without_masks_are_bad_rows_unless_the_plain_path_is_chosen() {
     assert!(e.contains("absent") && e.contains("does not exist"), "{e}");
 }
 
+/// One alignment epoch on the tiny world with an empty mask folder into `out`. With
+/// `segmenter` overrides a segmenter stands in for the folder and a row without masks is a
+/// bad row; without, such rows train on the plain path.
+fn without_mask_files(
+    root: &std::path::Path,
+    out: &str,
+    segmenter: &[String],
+) -> Result<og_train::RunSummary, TrainError> {
+    let empty = root.join("no_masks");
+    std::fs::create_dir_all(&empty).unwrap();
+    let missing = if segmenter.is_empty() {
+        "plain"
+    } else {
+        "bad_row"
+    };
+    // Room for a delimiter per segment.
+    let mut overrides = vec![
+        "epochs=1".to_string(),
+        "model_max_length=512".into(),
+        format!("data.masks={}", empty.display()),
+        format!("data.missing_masks={missing}"),
+    ];
+    overrides.extend_from_slice(segmenter);
+    let cfg = config(root, Stage::Align, out, &overrides);
+    train::<B>(&cfg, &Default::default(), &RunOptions::default())
+}
+
 #[test]
 fn a_felzenszwalb_segmenter_replaces_the_mask_folder() {
     let _one = one_run();
     let dir = tiny_world();
     let root = dir.path();
-    let empty = root.join("no_masks");
-    std::fs::create_dir(&empty).unwrap();
-    let run = |out: &str, extra: &[String]| {
-        // Room for a delimiter per segment.
-        let mut overrides = vec!["epochs=1".to_string(), "model_max_length=512".into()];
-        overrides.extend_from_slice(extra);
-        let cfg = config(root, Stage::Align, out, &overrides);
-        train::<B>(&cfg, &Default::default(), &RunOptions::default()).unwrap()
-    };
     // The mask folder is empty: strict about missing masks, yet no row lacks them.
-    let segmented = run(
+    let segmented = without_mask_files(
+        root,
         "segmented",
         &[
-            format!("data.masks={}", empty.display()),
-            "data.missing_masks=bad_row".into(),
             "data.felzenszwalb.scale=300".into(),
             "data.felzenszwalb.min_size=20".into(),
         ],
-    );
+    )
+    .unwrap();
     assert!(
         !segmented.bad_rows.counts.contains_key("missing masks"),
         "{:?}",
         segmented.bad_rows
     );
-    let plain = run(
-        "plain",
-        &[
-            format!("data.masks={}", empty.display()),
-            "data.missing_masks=plain".into(),
-        ],
-    );
+    let plain = without_mask_files(root, "plain", &[]).unwrap();
     assert_eq!(
         segmented.examples, plain.examples,
         "{:?}",
@@ -290,22 +302,13 @@ fn a_sam2_segmenter_replaces_the_mask_folder() {
     let _one = one_run();
     let dir = tiny_world();
     let root = dir.path();
-    let empty = root.join("no_masks");
-    std::fs::create_dir(&empty).unwrap();
     let sam = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/sam2/original_t/model.pt");
-    let run = |out: &str, extra: &[String]| {
-        let mut overrides = vec!["epochs=1".to_string(), "model_max_length=512".into()];
-        overrides.extend_from_slice(extra);
-        let cfg = config(root, Stage::Align, out, &overrides);
-        train::<B>(&cfg, &Default::default(), &RunOptions::default())
-    };
     // The tiny SAM 2 keeps the three candidate masks of one point (no thresholds, no NMS).
-    let segmented = run(
+    let segmented = without_mask_files(
+        root,
         "sam2",
         &[
-            format!("data.masks={}", empty.display()),
-            "data.missing_masks=bad_row".into(),
             format!("data.sam2.weights={}", sam.display()),
             "data.sam2.generator.points_per_side=1".into(),
             "data.sam2.generator.pred_iou_thresh=0".into(),
@@ -321,29 +324,17 @@ fn a_sam2_segmenter_replaces_the_mask_folder() {
             segmented.bad_rows
         );
     }
-    let plain = run(
-        "plain",
-        &[
-            format!("data.masks={}", empty.display()),
-            "data.missing_masks=plain".into(),
-        ],
-    )
-    .unwrap();
+    let plain = without_mask_files(root, "plain", &[]).unwrap();
     assert_eq!(segmented.examples, plain.examples);
     assert_ne!(
         segmented.first_loss, plain.first_loss,
         "the OG path was taken"
     );
     // Weights that are not there, and two segmenters at once, stop the run with the reason.
-    let e = run(
-        "absent",
-        &[format!(
-            "data.sam2.weights={}",
-            root.join("absent.pt").display()
-        )],
-    )
-    .unwrap_err()
-    .to_string();
+    let absent = format!("data.sam2.weights={}", root.join("absent.pt").display());
+    let e = without_mask_files(root, "absent", &[absent])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("data.sam2.weights"), "{e}");
     let e = TrainConfig::resolve(
         None,
