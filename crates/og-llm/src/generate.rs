@@ -139,6 +139,161 @@ fn check_batch(batch: usize, t: usize, positions: &[Vec<i64>], lengths: &[usize]
     Ok(())
 }
 
+/// One sequence of a [`DecodeBatch`].
+#[derive(Debug)]
+struct Row<K> {
+    key: K,
+    sampling: Sampling,
+    rng: rand::rngs::StdRng,
+    /// Position of the next token fed in.
+    next_pos: i64,
+    /// The token chosen last (fed in at the next step).
+    last: u32,
+}
+
+/// Sequences decoding together that join and leave between steps (continuous batching):
+/// [`DecodeBatch::admit`] prefills new prompts and appends their keys/values to the running
+/// cache, [`DecodeBatch::step`] chooses one more token for every sequence in one forward pass,
+/// [`DecodeBatch::remove`] lets finished ones go. Each sequence continues exactly as it would
+/// alone — padding keys are never attended and positions travel with the cached keys — and
+/// samples with its own generator seeded as [`Sampling::TopP`] says. `K` names a sequence for
+/// the caller (a prompt index, a request id).
+#[derive(Debug)]
+pub struct DecodeBatch<B: Backend, K> {
+    cache: KvCache<B>,
+    rows: Vec<Row<K>>,
+}
+
+impl<B: Backend, K: Clone> DecodeBatch<B, K> {
+    pub fn new(model: &LlamaForCausalLM<B>) -> Self {
+        Self {
+            cache: KvCache::new(model.num_layers()),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Number of sequences decoding.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The sequences' keys, in batch order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.rows.iter().map(|r| &r.key)
+    }
+
+    /// Number of keys each sequence attends over at the next step (the longest one's
+    /// context; shorter ones are padded).
+    pub fn context(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Prefills new prompts — right-padded embeddings `[n, T, hidden]` with position ids
+    /// (`n` rows of `T`) and real lengths — and takes them into the batch, one per
+    /// `(key, sampling)`. Returns each one's first token.
+    pub fn admit(
+        &mut self,
+        model: &LlamaForCausalLM<B>,
+        embeds: Tensor<B, 3>,
+        positions: &[Vec<i64>],
+        lengths: &[usize],
+        sequences: &[(K, Sampling)],
+    ) -> Result<Vec<(K, u32)>> {
+        let [b, t, _] = embeds.dims();
+        check_batch(b, t, positions, lengths)?;
+        model.check_prompt_length(t)?;
+        if sequences.len() != b {
+            return Err(LlmError::Input(format!(
+                "{} sequences named for {b} prompts",
+                sequences.len()
+            )));
+        }
+        let pad: Vec<bool> = lengths
+            .iter()
+            .flat_map(|&n| (0..t).map(move |i| i >= n))
+            .collect();
+        let padding =
+            Tensor::<B, 2, Bool>::from_data(TensorData::new(pad, [b, t]), &embeds.device());
+        let mut cache = KvCache::new(model.num_layers());
+        let hidden = model.forward_hidden(embeds, positions, Some(padding), Some(&mut cache))?;
+        let last: Vec<usize> = lengths.iter().map(|&n| n - 1).collect();
+        let logits = model.logits_at(hidden, &last);
+        let mut rows = Vec::with_capacity(b);
+        for (((key, sampling), logits), (p, &n)) in sequences
+            .iter()
+            .zip(&logits)
+            .zip(positions.iter().zip(lengths))
+        {
+            let mut rng = seeded_rng(*sampling);
+            let token = pick(logits, *sampling, &mut rng)?;
+            rows.push(Row {
+                key: key.clone(),
+                sampling: *sampling,
+                rng,
+                next_pos: p[..n].iter().copied().max().unwrap_or(-1) + 1,
+                last: token,
+            });
+        }
+        self.cache.append(cache)?;
+        let first = rows.iter().map(|r| (r.key.clone(), r.last)).collect();
+        self.rows.extend(rows);
+        Ok(first)
+    }
+
+    /// Feeds every sequence its last token and chooses the next, in one forward pass.
+    /// Returns `(key, token)` per sequence, in batch order.
+    pub fn step(&mut self, model: &LlamaForCausalLM<B>) -> Result<Vec<(K, u32)>> {
+        if self.rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens: Vec<Vec<u32>> = self.rows.iter().map(|r| vec![r.last]).collect();
+        let positions: Vec<Vec<i64>> = self.rows.iter().map(|r| vec![r.next_pos]).collect();
+        let hidden = model.forward_hidden(
+            model.embed(&tokens)?,
+            &positions,
+            None,
+            Some(&mut self.cache),
+        )?;
+        let logits = model.logits_at(hidden, &vec![0; self.rows.len()]);
+        for (row, logits) in self.rows.iter_mut().zip(&logits) {
+            row.last = pick(logits, row.sampling, &mut row.rng)?;
+            row.next_pos += 1;
+        }
+        Ok(self.rows.iter().map(|r| (r.key.clone(), r.last)).collect())
+    }
+
+    /// Lets go of the sequences for which `finished(key, last_token)` holds; the cache drops
+    /// their rows and the key columns no remaining sequence attends.
+    pub fn remove(&mut self, mut finished: impl FnMut(&K, u32) -> bool) -> Result<()> {
+        let keep: Vec<usize> = (0..self.rows.len())
+            .filter(|&i| !finished(&self.rows[i].key, self.rows[i].last))
+            .collect();
+        if keep.len() == self.rows.len() {
+            return Ok(());
+        }
+        if keep.is_empty() {
+            self.rows.clear();
+            self.cache = KvCache::new(self.cache.num_layers());
+            return Ok(());
+        }
+        self.cache.retain(&keep)?;
+        self.cache.compact();
+        let mut rows: Vec<Option<Row<K>>> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.rows = keep
+            .iter()
+            .map(|&i| rows[i].take().expect("kept once"))
+            .collect();
+        Ok(())
+    }
+}
+
 impl<B: Backend> LlamaForCausalLM<B> {
     /// Generates after a prompt of token ids; `on_token` sees each new token as it comes.
     /// Returns the new tokens (an EOS, if reached, included).
@@ -200,64 +355,25 @@ impl<B: Backend> LlamaForCausalLM<B> {
     ) -> Result<Vec<Vec<u32>>> {
         let [b, t, _] = embeds.dims();
         check_batch(b, t, positions, lengths)?;
-        self.check_prompt_length(t)?;
         let mut outputs = vec![Vec::new(); b];
         if config.max_new_tokens == 0 {
             return Ok(outputs);
         }
-        let device = embeds.device();
-        let mut rngs: Vec<_> = (0..b).map(|_| seeded_rng(config.sampling)).collect();
-        let mut next_pos: Vec<i64> = positions
-            .iter()
-            .zip(lengths)
-            .map(|(p, &n)| p[..n].iter().copied().max().unwrap_or(-1) + 1)
-            .collect();
-        let pad: Vec<bool> = lengths
-            .iter()
-            .flat_map(|&n| (0..t).map(move |i| i >= n))
-            .collect();
-        let padding = Tensor::<B, 2, Bool>::from_data(TensorData::new(pad, [b, t]), &device);
-        let mut cache = KvCache::new(self.num_layers());
-        let hidden = self.forward_hidden(embeds, positions, Some(padding), Some(&mut cache))?;
-        let last: Vec<usize> = lengths.iter().map(|&n| n - 1).collect();
-        let mut rows_logits = self.logits_at(hidden, &last);
-        // `active[k]`: the prompt whose sequence is row k of the batch.
-        let mut active: Vec<usize> = (0..b).collect();
+        let mut batch = DecodeBatch::new(self);
+        let keys: Vec<(usize, Sampling)> = (0..b).map(|row| (row, config.sampling)).collect();
+        let mut tokens = batch.admit(self, embeds, positions, lengths, &keys)?;
         loop {
-            let mut keep = Vec::with_capacity(active.len());
-            let mut tokens = Vec::with_capacity(active.len());
-            for (k, &row) in active.iter().enumerate() {
-                let token = pick(&rows_logits[k], config.sampling, &mut rngs[row])?;
+            for &(row, token) in &tokens {
                 outputs[row].push(token);
                 on_token(row, token);
-                let done = outputs[row].len() >= config.max_new_tokens
-                    || config.eos_token_ids.contains(&token);
-                if !done {
-                    keep.push(k);
-                    tokens.push(vec![token]);
-                }
             }
-            if keep.is_empty() {
+            batch.remove(|&row, last| {
+                outputs[row].len() >= config.max_new_tokens || config.eos_token_ids.contains(&last)
+            })?;
+            if batch.is_empty() {
                 return Ok(outputs);
             }
-            if keep.len() < active.len() {
-                cache.retain(&keep)?;
-                active = keep.iter().map(|&k| active[k]).collect();
-            }
-            let step_positions: Vec<Vec<i64>> = active
-                .iter()
-                .map(|&row| {
-                    next_pos[row] += 1;
-                    vec![next_pos[row] - 1]
-                })
-                .collect();
-            let hidden = self.forward_hidden(
-                self.embed(&tokens)?,
-                &step_positions,
-                None,
-                Some(&mut cache),
-            )?;
-            rows_logits = self.logits_at(hidden, &vec![0; active.len()]);
+            tokens = batch.step(self)?;
         }
     }
 

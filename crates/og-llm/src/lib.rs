@@ -17,7 +17,7 @@ mod tokenizer;
 
 pub use config::{LlamaConfig, RopeScaling};
 pub use error::{LlmError, Result};
-pub use generate::{GenerationConfig, Sampling, Score};
+pub use generate::{DecodeBatch, GenerationConfig, Sampling, Score};
 pub use load::{DECODER_PREFIXES, HEAD_NAMES};
 pub use lora::{LORA_TARGETS, LoraAdapter, LoraConfig, LoraLinear, with_dropout_stream};
 pub use model::{

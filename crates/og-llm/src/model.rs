@@ -91,6 +91,11 @@ impl<B: Backend> KvCache<B> {
         self.len() == 0
     }
 
+    /// Number of decoder layers the cache holds keys/values for.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// Number of cached sequences (0 before the first forward pass).
     pub fn batch(&self) -> usize {
         self.padding.as_ref().map_or(0, |p| p.dims()[0])
@@ -108,18 +113,141 @@ impl<B: Backend> KvCache<B> {
         let Some(padding) = self.padding.take() else {
             return Ok(());
         };
+        let [_, len] = padding.dims();
         let device = padding.device();
-        let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
+        let pad = host_padding(padding);
+        let kept: Vec<bool> = rows
+            .iter()
+            .flat_map(|&r| pad[r * len..(r + 1) * len].iter().copied())
+            .collect();
+        self.padding = Some(Tensor::from_data(
+            TensorData::new(kept, [rows.len(), len]),
             &device,
-        );
-        self.padding = Some(padding.select(0, index.clone()));
+        ));
+        let index = index_tensor(rows.iter().copied(), &device);
         for (k, v) in self.layers.iter_mut().flatten() {
             *k = k.clone().select(0, index.clone());
             *v = v.clone().select(0, index.clone());
         }
         Ok(())
     }
+
+    /// Appends the sequences of `other` after this cache's rows (a batch taking in newly
+    /// prefilled sequences). The shorter key axis is lengthened with padding keys (zeros, never
+    /// attended): attention reads keys by mask, and positions travel with the keys (RoPE is
+    /// applied before caching), so a sequence continues exactly as it would alone.
+    pub fn append(&mut self, other: KvCache<B>) -> Result<()> {
+        if other.layers.len() != self.layers.len() {
+            return Err(LlmError::Input(format!(
+                "a cache of {} layers cannot join one of {}",
+                other.layers.len(),
+                self.layers.len()
+            )));
+        }
+        if other.batch() == 0 {
+            return Ok(());
+        }
+        if self.batch() == 0 {
+            *self = other;
+            return Ok(());
+        }
+        let len = self.len().max(other.len());
+        let (mut mine, mut theirs) = (std::mem::take(&mut self.layers), other.layers);
+        let padding = Tensor::cat(
+            vec![
+                pad_keys(self.padding.take().expect("a non-empty cache"), len),
+                pad_keys(other.padding.expect("a non-empty cache"), len),
+            ],
+            0,
+        );
+        for (a, b) in mine.iter_mut().zip(theirs.iter_mut()) {
+            if let (Some((ka, va)), Some((kb, vb))) = (a.take(), b.take()) {
+                *a = Some((
+                    Tensor::cat(vec![pad_values(ka, len), pad_values(kb, len)], 0),
+                    Tensor::cat(vec![pad_values(va, len), pad_values(vb, len)], 0),
+                ));
+            }
+        }
+        self.layers = mine;
+        self.padding = Some(padding);
+        Ok(())
+    }
+
+    /// Drops the key columns that are padding in every row (left behind when the sequence that
+    /// made a batch's key axis long has left); what each sequence attends to is unchanged.
+    pub fn compact(&mut self) {
+        let Some(padding) = self.padding.take() else {
+            return;
+        };
+        let [b, len] = padding.dims();
+        let device = padding.device();
+        let pad = host_padding(padding);
+        let keep: Vec<usize> = (0..len)
+            .filter(|&j| (0..b).any(|r| !pad[r * len + j]))
+            .collect();
+        let kept: Vec<bool> = (0..b)
+            .flat_map(|r| keep.iter().map(move |&j| (r, j)))
+            .map(|(r, j)| pad[r * len + j])
+            .collect();
+        self.padding = Some(Tensor::from_data(
+            TensorData::new(kept, [b, keep.len()]),
+            &device,
+        ));
+        if keep.len() == len {
+            return;
+        }
+        let index = index_tensor(keep.iter().copied(), &device);
+        for (k, v) in self.layers.iter_mut().flatten() {
+            *k = k.clone().select(2, index.clone());
+            *v = v.clone().select(2, index.clone());
+        }
+    }
+}
+
+/// The padding mask on the host, row-major (read through integers: bool tensors' element
+/// type differs between backends).
+fn host_padding<B: Backend>(padding: Tensor<B, 2, Bool>) -> Vec<bool> {
+    padding
+        .int()
+        .into_data()
+        .convert::<i64>()
+        .iter::<i64>()
+        .map(|v| v != 0)
+        .collect()
+}
+
+fn index_tensor<B: Backend>(
+    index: impl ExactSizeIterator<Item = usize>,
+    device: &B::Device,
+) -> Tensor<B, 1, Int> {
+    let n = index.len();
+    Tensor::from_data(
+        TensorData::new(index.map(|i| i as i64).collect(), [n]),
+        device,
+    )
+}
+
+/// `padding` `[batch, past]` lengthened to `len` keys with padding (true).
+fn pad_keys<B: Backend>(padding: Tensor<B, 2, Bool>, len: usize) -> Tensor<B, 2, Bool> {
+    let [b, past] = padding.dims();
+    if past == len {
+        return padding;
+    }
+    let extra = Tensor::<B, 2, Bool>::from_data(
+        TensorData::new(vec![true; b * (len - past)], [b, len - past]),
+        &padding.device(),
+    );
+    Tensor::cat(vec![padding, extra], 1)
+}
+
+/// Cached keys or values `[batch, heads, past, head_dim]` lengthened to `len` with zeros.
+fn pad_values<B: Backend>(x: Tensor<B, 4>, len: usize) -> Tensor<B, 4> {
+    let [b, h, past, d] = x.dims();
+    if past == len {
+        return x;
+    }
+    let zeros = Tensor::<B, 4>::zeros([b, h, len - past, d], &x.device()).cast(x.dtype());
+    Tensor::cat(vec![x, zeros], 2)
 }
 
 impl LlamaConfig {

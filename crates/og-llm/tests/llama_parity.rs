@@ -260,6 +260,76 @@ fn batched_generation_equals_one_prompt_at_a_time() {
     );
 }
 
+/// Continuous batching: prompts that join a running batch at different steps (longer and
+/// shorter than those already decoding) and leave at different steps each generate what they
+/// generate alone, greedy and sampled, on NdArray and on Flex.
+#[test]
+fn sequences_joining_and_leaving_a_batch_equal_each_alone() {
+    joining_and_leaving::<B>();
+    joining_and_leaving::<Flex<f32>>();
+}
+
+fn joining_and_leaving<B: Backend>() {
+    let device = Default::default();
+    let model = LlamaForCausalLM::<B>::load_hf(fixtures().join("llama3"), &device).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![
+        vec![3, 4, 5],
+        vec![9],
+        vec![7, 1, 2, 8, 6, 10, 13],
+        vec![11, 12],
+        vec![2, 2, 3, 5],
+    ];
+    // (step the prompt joins at, tokens it generates)
+    let plan = [(0usize, 6usize), (0, 2), (1, 5), (3, 7), (3, 1)];
+    let sampled = Sampling::TopP {
+        temperature: 1.5,
+        top_p: 0.9,
+        seed: 5,
+    };
+    for sampling in [Sampling::Greedy, sampled] {
+        let want: Vec<Vec<u32>> = prompts
+            .iter()
+            .zip(&plan)
+            .map(|(p, &(_, n))| {
+                let cfg = GenerationConfig {
+                    max_new_tokens: n,
+                    sampling,
+                    ..GenerationConfig::default()
+                };
+                model.generate(p, &cfg, |_| {}).unwrap()
+            })
+            .collect();
+        let mut got = vec![Vec::new(); prompts.len()];
+        let mut batch = og_llm::DecodeBatch::<B, usize>::new(&model);
+        for step in 0.. {
+            let mut tokens = if batch.is_empty() {
+                Vec::new()
+            } else {
+                batch.step(&model).unwrap()
+            };
+            let joining: Vec<usize> = (0..prompts.len()).filter(|&i| plan[i].0 == step).collect();
+            for &i in &joining {
+                let p = &prompts[i];
+                let positions = vec![(0..p.len() as i64).collect::<Vec<_>>()];
+                let e = model.embed(std::slice::from_ref(p)).unwrap();
+                tokens.extend(
+                    batch
+                        .admit(&model, e, &positions, &[p.len()], &[(i, sampling)])
+                        .unwrap(),
+                );
+            }
+            for (i, token) in tokens {
+                got[i].push(token);
+            }
+            batch.remove(|&i, _| got[i].len() >= plan[i].1).unwrap();
+            if batch.is_empty() && step >= 3 {
+                break;
+            }
+        }
+        assert_eq!(got, want, "{sampling:?}");
+    }
+}
+
 /// `save_pretrained` writes what `load_hf` reads back to transformers' logits (tied and untied
 /// heads, biases, llama3 and linear RoPE in the old spelling — written back in the new one).
 #[test]
