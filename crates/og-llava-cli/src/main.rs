@@ -7,6 +7,7 @@ mod nano;
 mod overlay;
 mod progress;
 mod segment;
+mod serve;
 mod train;
 mod world;
 
@@ -48,6 +49,9 @@ enum Command {
     /// Evaluate a model on a benchmark of the paper's Table 1 (or all: --suite paper) from the
     /// benchmark's downloaded files; resumable; writes items.jsonl and results.json.
     Eval(eval::EvalArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat completions, plain and
+    /// streamed; images with masks or a segmenter take the OG path), batching requests.
+    Serve(serve::ServeArgs),
     /// Generate text with any HF Llama checkpoint directory, streaming it.
     Generate(GenerateArgs),
     /// Train one stage (alignment or SFT) from a run configuration; resumable.
@@ -329,6 +333,7 @@ fn main() -> ExitCode {
         Command::World(args) => world::run(&args),
         Command::Nano(args) => nano::run_nano(&args),
         Command::Ask(args) => ask::ask(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Segment(args) => segment::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::DeviceCheck {
