@@ -131,6 +131,10 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub tools: Option<Value>,
+    /// Generate past end-of-turn tokens until `max_tokens` (vLLM's extension, for load
+    /// tests that need completions of a known length).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -43,6 +43,7 @@ struct Live {
     /// Tokens generated (an end-of-turn token included).
     generated: usize,
     max_tokens: usize,
+    ignore_eos: bool,
     prompt_tokens: usize,
     received: Instant,
 }
@@ -73,29 +74,33 @@ impl<B: Backend> Engine<'_, B> {
                 let admitted = self.admit(&mut batch, jobs, &mut next_id);
                 self.deliver(&mut batch, &mut live, admitted);
             }
-            self.metrics.set_active(batch.len());
-            if batch.is_empty() {
-                continue;
+            if !batch.is_empty() {
+                batch = self.step(batch, &mut live);
             }
-            match batch.step(&self.model.llm) {
-                Ok(tokens) => {
-                    self.metrics.generated(tokens.len());
-                    self.deliver(
-                        &mut batch,
-                        &mut live,
-                        Admitted {
-                            tokens,
-                            new: Vec::new(),
-                        },
-                    );
+            self.metrics.set_active(batch.len());
+        }
+    }
+
+    /// One decoding step for every sequence; on failure every sequence fails and the batch
+    /// starts afresh.
+    fn step(
+        &self,
+        mut batch: DecodeBatch<B, u64>,
+        live: &mut HashMap<u64, Live>,
+    ) -> DecodeBatch<B, u64> {
+        match batch.step(&self.model.llm) {
+            Ok(tokens) => {
+                self.metrics.generated(tokens.len());
+                let new = Vec::new();
+                self.deliver(&mut batch, live, Admitted { tokens, new });
+                batch
+            }
+            Err(e) => {
+                let error = ApiError::server(format!("decoding failed: {e}"));
+                for (_, l) in live.drain() {
+                    let _ = l.events.send(Event::Failed(error.clone()));
                 }
-                Err(e) => {
-                    let error = ApiError::server(format!("decoding failed: {e}"));
-                    for (_, l) in live.drain() {
-                        let _ = l.events.send(Event::Failed(error.clone()));
-                    }
-                    batch = DecodeBatch::new(&self.model.llm);
-                }
+                DecodeBatch::new(&self.model.llm)
             }
         }
     }
@@ -218,6 +223,7 @@ impl<B: Backend> Engine<'_, B> {
                     text: TextStream::new(job.prompt.stop),
                     generated: 0,
                     max_tokens,
+                    ignore_eos: job.prompt.ignore_eos,
                     prompt_tokens,
                     received: job.received,
                 };
@@ -288,7 +294,7 @@ impl<B: Backend> Engine<'_, B> {
                 self.metrics.first_token(l.received.elapsed());
             }
             l.generated += 1;
-            let end = if self.eos.contains(&token) {
+            let end = if !l.ignore_eos && self.eos.contains(&token) {
                 Some(FinishReason::Stop)
             } else {
                 l.text.push(token, self.tokenizer)

@@ -128,7 +128,7 @@ impl BackendTask for Serve<'_> {
     }
 }
 
-/// Runs the HTTP side until Ctrl-C, then lets requests in flight finish.
+/// Runs the HTTP side until Ctrl-C or SIGTERM, then lets requests in flight finish.
 fn run_http(listener: std::net::TcpListener, state: Arc<http::AppState>) -> Result<(), CliError> {
     let io = |e: std::io::Error| CliError::Usage(format!("the HTTP server failed: {e}"));
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -141,7 +141,7 @@ fn run_http(listener: std::net::TcpListener, state: Arc<http::AppState>) -> Resu
         let listener = tokio::net::TcpListener::from_std(listener).map_err(io)?;
         axum::serve(listener, http::router(state))
             .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
+                shutdown_signal().await;
                 eprintln!("shutting down: finishing the requests in flight");
             })
             .await
@@ -149,14 +149,44 @@ fn run_http(listener: std::net::TcpListener, state: Arc<http::AppState>) -> Resu
     })
 }
 
-/// The directory's name, as clients address the model.
+/// Ctrl-C, or SIGTERM (how service managers and containers stop a process).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The name clients address the model by: the directory's last two path components, as a
+/// Hugging Face repository id reads (`og-llava-sft/final` for a run's final checkpoint).
 fn model_name(a: &ServeArgs) -> String {
-    a.source
+    let path = a
+        .source
         .model
         .canonicalize()
-        .unwrap_or_else(|_| a.source.model.clone())
-        .file_name()
-        .map_or_else(|| "og-llava".into(), |n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| a.source.model.clone());
+    let names: Vec<String> = path
+        .components()
+        .rev()
+        .take(2)
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    match names.as_slice() {
+        [] => "og-llava".into(),
+        [name] => name.clone(),
+        [name, parent, ..] => format!("{parent}/{name}"),
+    }
 }
 
 /// The segmenters of the flags: Felzenszwalb always, SAM 2 when weights are given.

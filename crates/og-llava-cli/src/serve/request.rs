@@ -62,6 +62,8 @@ pub struct Prompt {
     /// `max_tokens` as asked (`None`: up to the context).
     pub max_tokens: Option<usize>,
     pub stop: Vec<String>,
+    /// Generate past end-of-turn tokens.
+    pub ignore_eos: bool,
 }
 
 /// Checks the request's settings and builds its prompt (images decoded and segmented: call it
@@ -139,6 +141,7 @@ pub fn build(request: ChatRequest, served: &Arc<Served>) -> Result<Prompt, ApiEr
         sampling,
         max_tokens: request.max_tokens,
         stop,
+        ignore_eos: request.ignore_eos,
     })
 }
 
