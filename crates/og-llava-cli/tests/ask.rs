@@ -12,16 +12,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
-fn model_dir(dir: &Path) {
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(root().join("vision/llava_tiny").join(f), dir.join(f)).unwrap();
-    }
-    common::write_word_tokenizer(dir, true);
-    let cfg = serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
-        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"});
-    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
-}
-
 fn ask(model: &Path, image: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_og-llava"))
         .args([
@@ -45,7 +35,7 @@ fn ask(model: &Path, image: &Path, extra: &[&str]) -> std::process::Output {
 #[test]
 fn plain_and_og_paths_answer() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let image = root().join("images/chelsea.webp"); // 451x300
     let o = ask(dir.path(), &image, &["--no-masks"]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -99,7 +89,7 @@ fn plain_and_og_paths_answer() {
 #[test]
 fn a_segmenter_on_the_fly_answers_as_its_mask_file() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let image = root().join("images/chelsea.webp");
     let params = ["--scale", "300", "--sigma", "0.5", "--min-size", "400"];
     let masks = dir.path().join("chelsea.json");
@@ -150,7 +140,7 @@ fn a_segmenter_on_the_fly_answers_as_its_mask_file() {
 #[test]
 fn sam2_on_the_fly_answers_as_its_mask_file() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let image = root().join("images/chelsea.webp");
     let sam = root().join("sam2/original_t/model.pt");
     let generator = [
@@ -187,7 +177,7 @@ fn sam2_on_the_fly_answers_as_its_mask_file() {
 #[test]
 fn bf16_where_the_backend_has_it() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let image = root().join("images/chelsea.webp");
     let o = ask(
         dir.path(),
@@ -216,7 +206,7 @@ fn bf16_where_the_backend_has_it() {
 #[test]
 fn inspect_llava_once_or_repeated_placeholder() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let image = root().join("images/rocket.jpg");
     let run = |extra: &[&str], out: &Path| {
         Command::new(env!("CARGO_BIN_EXE_og-llava"))

@@ -17,18 +17,8 @@ fn tiny_model() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
     std::fs::create_dir(&model).unwrap();
-    model_dir(&model);
+    common::write_tiny_llava(&model);
     (dir, model)
-}
-
-fn model_dir(dir: &Path) {
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixtures().join("vision/llava_tiny").join(f), dir.join(f)).unwrap();
-    }
-    common::write_word_tokenizer(dir, true);
-    let cfg = serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
-        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"});
-    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
 }
 
 fn eval(model: &Path, args: &[&str]) -> std::process::Output {

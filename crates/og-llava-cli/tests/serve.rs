@@ -21,16 +21,6 @@ fn chelsea() -> PathBuf {
     root().join("images/chelsea.webp") // 451x300
 }
 
-fn model_dir(dir: &Path) {
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(root().join("vision/llava_tiny").join(f), dir.join(f)).unwrap();
-    }
-    common::write_word_tokenizer(dir, true);
-    let cfg = serde_json::json!({"bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>",
-        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"});
-    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
-}
-
 /// Felzenszwalb's settings for both `ask` and the server.
 const FELZENSZWALB: [&str; 6] = ["--scale", "300", "--sigma", "0.5", "--min-size", "400"];
 
@@ -194,7 +184,7 @@ fn streamed_text(chunks: &[Value], want_usage: &Value) -> String {
 #[test]
 fn completions_equal_ask_and_batching_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let (masks_path, masks_json) = masks_file(dir.path());
     let mut flags = vec!["--max-batch", "8"];
     flags.extend(FELZENSZWALB);
@@ -296,7 +286,7 @@ fn completions_equal_ask_and_batching_changes_nothing() {
 #[test]
 fn a_client_that_leaves_cancels_its_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let server = Server::start(dir.path(), &[]);
     let name: Value = serde_json::from_str(&server.get("/v1/models")).unwrap();
     let mut body = request(
@@ -340,7 +330,7 @@ fn small_png(dir: &Path, w: u32, h: u32) -> PathBuf {
 #[test]
 fn bad_inputs_get_their_4xx_in_openai_shape() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let server = Server::start(dir.path(), &["--max-image-pixels", "100000"]);
     let models: Value = serde_json::from_str(&server.get("/v1/models")).unwrap();
     let name = models["data"][0]["id"].as_str().unwrap().to_string();
@@ -524,7 +514,7 @@ fn bad_inputs_get_their_4xx_in_openai_shape() {
 #[test]
 fn a_full_queue_answers_429() {
     let dir = tempfile::tempdir().unwrap();
-    model_dir(dir.path());
+    common::write_tiny_llava(dir.path());
     let server = Server::start(dir.path(), &["--max-batch", "1", "--max-queue", "1"]);
     let models: Value = serde_json::from_str(&server.get("/v1/models")).unwrap();
     let name = models["data"][0]["id"].as_str().unwrap().to_string();
