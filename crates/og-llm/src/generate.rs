@@ -186,12 +186,6 @@ impl<B: Backend, K: Clone> DecodeBatch<B, K> {
         self.rows.iter().map(|r| &r.key)
     }
 
-    /// Number of keys each sequence attends over at the next step (the longest one's
-    /// context; shorter ones are padded).
-    pub fn context(&self) -> usize {
-        self.cache.len()
-    }
-
     /// Prefills new prompts — right-padded embeddings `[n, T, hidden]` with position ids
     /// (`n` rows of `T`) and real lengths — and takes them into the batch, one per
     /// `(key, sampling)`. Returns each one's first token.

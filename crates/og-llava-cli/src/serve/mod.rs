@@ -111,7 +111,6 @@ impl BackendTask for Serve<'_> {
             "serving {} (context {} tokens, batches of up to {}) on http://{address}",
             served.name, served.context, a.max_batch
         );
-        eprintln!("listening on http://{address}");
         engine::Engine {
             model: &model,
             device,
