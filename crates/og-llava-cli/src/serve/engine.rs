@@ -308,10 +308,12 @@ impl<B: Backend> Engine<'_, B> {
                 let usage = Usage::new(l.prompt_tokens, l.generated);
                 sent &= l.events.send(Event::Done { finish, usage }).is_ok();
             }
-            if !sent || l.events.is_closed() {
+            // A finished request's handler may close its channel as soon as it has `Done`.
+            let gone = !sent || (end.is_none() && l.events.is_closed());
+            if gone {
                 self.metrics.cancelled();
-                done.push(id);
-            } else if end.is_some() {
+            }
+            if gone || end.is_some() {
                 done.push(id);
             }
         }
