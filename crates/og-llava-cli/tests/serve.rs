@@ -293,8 +293,10 @@ fn a_client_that_leaves_cancels_its_sequence() {
         name["data"][0]["id"].as_str().unwrap(),
         image_part(&data_url(&chelsea()), json!({})),
         "w5 w6",
-        300,
+        400,
     );
+    // Long enough to be running when the client leaves (the tiny model ends its turn early).
+    body["ignore_eos"] = json!(true);
     body["stream"] = json!(true);
     let r = ureq::post(&format!("{}/v1/chat/completions", server.url))
         .send_json(body)
@@ -518,12 +520,14 @@ fn a_full_queue_answers_429() {
     let server = Server::start(dir.path(), &["--max-batch", "1", "--max-queue", "1"]);
     let models: Value = serde_json::from_str(&server.get("/v1/models")).unwrap();
     let name = models["data"][0]["id"].as_str().unwrap().to_string();
-    let body = request(
+    let mut body = request(
         &name,
         image_part(&data_url(&chelsea()), json!({})),
         "w5 w6",
         200,
     );
+    // Each answer runs its 200 tokens, so the requests overlap.
+    body["ignore_eos"] = json!(true);
     let statuses: Vec<(u16, Value)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..8).map(|_| s.spawn(|| server.post(&body))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -550,4 +554,11 @@ fn a_full_queue_answers_429() {
         .collect();
     assert!(answered.len() >= 2);
     assert!(answered.windows(2).all(|w| content(w[0]) == content(w[1])));
+    assert!(
+        answered
+            .iter()
+            .all(|r| r["usage"]["completion_tokens"] == 200
+                && r["choices"][0]["finish_reason"] == "length"),
+        "ignore_eos runs to max_tokens"
+    );
 }
