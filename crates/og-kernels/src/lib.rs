@@ -54,6 +54,12 @@ pub fn has_fused_kernels<B: Backend>() -> bool {
     flex::is_flex::<B>()
 }
 
+/// Whether `B` computes on Flex, directly or under autodiff (whose device is its inner
+/// backend's): what layout choices that suit Flex's own ops go by.
+pub fn computes_on_flex<B: Backend>() -> bool {
+    std::any::TypeId::of::<B::Device>() == std::any::TypeId::of::<burn_flex::FlexDevice>()
+}
+
 #[cfg(test)]
 mod tests {
     use burn::backend::{Autodiff, Flex, NdArray};
@@ -72,6 +78,13 @@ mod tests {
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn flex_is_recognised_under_autodiff_and_nothing_else_is() {
+        assert!(computes_on_flex::<Flex>() && computes_on_flex::<Autodiff<Flex>>());
+        assert!(!computes_on_flex::<NdArray>() && !computes_on_flex::<Autodiff<NdArray>>());
+        assert!(has_fused_kernels::<Flex>() && !has_fused_kernels::<Autodiff<Flex>>());
     }
 
     #[test]

@@ -310,29 +310,39 @@ impl LlamaConfig {
     }
 }
 
+/// RoPE tables of one forward pass for the query heads and the key heads (see
+/// [`rope::cos_sin`]); the key tables are the query ones when the head counts agree.
+#[derive(Debug, Clone)]
+struct RopeTables<B: Backend> {
+    q: (Tensor<B, 4>, Tensor<B, 4>),
+    k: (Tensor<B, 4>, Tensor<B, 4>),
+}
+
 impl<B: Backend> LlamaAttention<B> {
     /// # Shapes
-    /// `x` `[batch, tokens, hidden]`; cos/sin `[batch, 1, tokens, head_dim]`; `keys`: which
-    /// keys each query sees.
+    /// `x` `[batch, tokens, hidden]`; `rope`: tables `[batch, tokens, heads, head_dim]`;
+    /// `keys`: which keys each query sees.
     fn forward(
         &self,
         x: Tensor<B, 3>,
-        cos: Tensor<B, 4>,
-        sin: Tensor<B, 4>,
+        rope: &RopeTables<B>,
         keys: &CausalKeys<B>,
         cache: Option<&mut Option<(Tensor<B, 4>, Tensor<B, 4>)>>,
     ) -> Tensor<B, 3> {
         let [b, t, h] = x.dims();
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let x = x.reshape([b * t, h]);
-        let heads = |y: Tensor<B, 2>, n: usize| y.reshape([b, t, n, hd]).swap_dims(1, 2);
-        let q = rope::apply(
-            heads(self.q_proj.forward(x.clone()), nh),
-            cos.clone(),
-            sin.clone(),
-        );
-        let mut k = rope::apply(heads(self.k_proj.forward(x.clone()), nkv), cos, sin);
-        let mut v = heads(self.v_proj.forward(x), nkv);
+        // RoPE in the projection's token-major layout, then heads first for attention.
+        let heads = |y: Tensor<B, 2>, n: usize, (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>)| {
+            rope::apply(y.reshape([b, t, n, hd]), cos.clone(), sin.clone()).swap_dims(1, 2)
+        };
+        let q = heads(self.q_proj.forward(x.clone()), nh, &rope.q);
+        let mut k = heads(self.k_proj.forward(x.clone()), nkv, &rope.k);
+        let mut v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, t, nkv, hd])
+            .swap_dims(1, 2);
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.take() {
                 k = Tensor::cat(vec![pk, k], 2);
@@ -355,6 +365,27 @@ impl<B: Backend> LlamaMlp<B> {
 }
 
 impl<B: Backend> LlamaForCausalLM<B> {
+    /// The RoPE tables of one forward pass, for the query and the key head counts.
+    fn rope_tables(&self, positions: &[Vec<i64>], device: &B::Device) -> RopeTables<B> {
+        let (nh, nkv) = self.model.layers.first().map_or((1, 1), |l| {
+            (l.self_attn.num_heads, l.self_attn.num_kv_heads)
+        });
+        // Flex multiplies equal shapes vectorised but broadcasts over a middle axis element by
+        // element; the other backends broadcast well, and smaller tables cost them less.
+        let (nh, nkv) = if og_kernels::computes_on_flex::<B>() {
+            (nh, nkv)
+        } else {
+            (1, 1)
+        };
+        let q = rope::cos_sin::<B>(&self.inv_freq, positions, nh, device);
+        let k = if nkv == nh {
+            q.clone()
+        } else {
+            rope::cos_sin::<B>(&self.inv_freq, positions, nkv, device)
+        };
+        RopeTables { q, k }
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
@@ -483,14 +514,13 @@ impl<B: Backend> LlamaForCausalLM<B> {
         };
         // Causal in sequence order: query i (at past + i) sees keys j ≤ past + i.
         let keys = CausalKeys::new(past, t, key_padding);
-        let (cos, sin) = rope::cos_sin::<B>(&self.inv_freq, positions, &device);
+        let rope = self.rope_tables(positions, &device);
         let mut x = embeds;
         for (i, layer) in self.model.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             let a = layer.self_attn.forward(
                 layer.input_layernorm.forward(x.clone()),
-                cos.clone(),
-                sin.clone(),
+                &rope,
                 &keys,
                 slot,
             );

@@ -48,38 +48,48 @@ pub fn inv_freq(config: &LlamaConfig) -> Vec<f32> {
 
 /// cos and sign-folded sin tables for given positions: `sin` holds `−sin θ` in its first half
 /// and `sin θ` in its second, so that [`apply`] needs no negation (`rotate_half`'s sign is in
-/// the table, computed once per forward instead of once per layer).
+/// the table, computed once per forward instead of once per layer). The tables are repeated
+/// over `heads` so that [`apply`] multiplies tensors of one shape: a broadcast over a middle
+/// axis takes the CPU backends' element-by-element path, a product of equal shapes their
+/// vectorised one.
 ///
 /// # Shapes
-/// `positions`: batch × tokens → cos, sin `[batch, 1, tokens, head_dim]`
+/// `positions`: batch × tokens → cos, sin `[batch, tokens, heads, head_dim]`
 pub fn cos_sin<B: Backend>(
     inv_freq: &[f32],
     positions: &[Vec<i64>],
+    heads: usize,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let b = positions.len();
     let t = positions.first().map_or(0, Vec::len);
     let half = inv_freq.len();
     let d = half * 2;
-    let mut cos = vec![0f32; b * t * d];
-    let mut sin = vec![0f32; b * t * d];
-    for (bi, row) in positions.iter().enumerate() {
-        for (ti, &p) in row.iter().enumerate() {
-            let base = (bi * t + ti) * d;
-            for (i, &f) in inv_freq.iter().enumerate() {
-                // f32 product, as transformers (autocast disabled, float32 matmul).
-                let angle = p as f32 * f;
-                let (s, c) = angle.sin_cos();
-                cos[base + i] = c;
-                cos[base + half + i] = c;
-                sin[base + i] = -s;
-                sin[base + half + i] = s;
-            }
+    let mut cos = vec![0f32; b * t * heads * d];
+    let mut sin = vec![0f32; b * t * heads * d];
+    let rows = cos
+        .chunks_mut(heads * d)
+        .zip(sin.chunks_mut(heads * d))
+        .zip(positions.iter().flatten());
+    for ((cos, sin), &p) in rows {
+        let (c0, s0) = (&mut cos[..d], &mut sin[..d]);
+        for (i, &f) in inv_freq.iter().enumerate() {
+            // f32 product, as transformers (autocast disabled, float32 matmul).
+            let angle = p as f32 * f;
+            let (s, c) = angle.sin_cos();
+            c0[i] = c;
+            c0[half + i] = c;
+            s0[i] = -s;
+            s0[half + i] = s;
+        }
+        for h in 1..heads {
+            cos.copy_within(..d, h * d);
+            sin.copy_within(..d, h * d);
         }
     }
     (
-        Tensor::from_data(TensorData::new(cos, [b, 1, t, d]), device),
-        Tensor::from_data(TensorData::new(sin, [b, 1, t, d]), device),
+        Tensor::from_data(TensorData::new(cos, [b, t, heads, d]), device),
+        Tensor::from_data(TensorData::new(sin, [b, t, heads, d]), device),
     )
 }
 
@@ -87,11 +97,12 @@ pub fn cos_sin<B: Backend>(
 /// [`cos_sin`] (sign folded in: `[x2, x1]·[−sin, sin]`, the same numbers bit for bit).
 ///
 /// # Shapes
-/// `x`: `[batch, heads, tokens, head_dim]`; cos/sin broadcast over heads.
+/// `x`: `[batch, tokens, heads, head_dim]` (the token-major layout a projection's output
+/// reshapes to, contiguous); cos/sin of the same shape.
 pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, h, t, d] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..h, 0..t, 0..d / 2]);
-    let x2 = x.clone().slice([0..b, 0..h, 0..t, d / 2..d]);
+    let [b, t, h, d] = x.dims();
+    let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..d / 2]);
+    let x2 = x.clone().slice([0..b, 0..t, 0..h, d / 2..d]);
     let rotated = Tensor::cat(vec![x2, x1], 3);
     x * cos + rotated * sin
 }
