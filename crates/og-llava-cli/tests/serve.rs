@@ -191,6 +191,8 @@ fn completions_equal_ask_and_batching_changes_nothing() {
     let server = Server::start(dir.path(), &flags);
     let models: Value = serde_json::from_str(&server.get("/v1/models")).unwrap();
     let name = models["data"][0]["id"].as_str().unwrap().to_string();
+    let one: Value = serde_json::from_str(&server.get(&format!("/v1/models/{name}"))).unwrap();
+    assert_eq!(one["id"], name.as_str());
     let url = data_url(&chelsea());
     let mut segmenter = vec!["--segmenter", "felzenszwalb"];
     segmenter.extend(FELZENSZWALB);
@@ -508,6 +510,15 @@ fn bad_inputs_get_their_4xx_in_openai_shape() {
     assert_eq!(
         r.into_json::<Value>().unwrap()["error"]["code"],
         "unknown_url"
+    );
+    let Err(ureq::Error::Status(404, r)) =
+        ureq::get(&format!("{}/v1/models/gpt-4o", server.url)).call()
+    else {
+        panic!("an unknown model was described")
+    };
+    assert_eq!(
+        r.into_json::<Value>().unwrap()["error"]["code"],
+        "model_not_found"
     );
     // After all that, the server still answers.
     assert_eq!(server.post(&ok).0, 200);

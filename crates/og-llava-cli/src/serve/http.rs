@@ -38,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
@@ -58,17 +59,30 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The served model as OpenAI describes a model.
+fn model_object(state: &AppState) -> serde_json::Value {
+    serde_json::json!({
+        "id": state.served.name,
+        "object": "model",
+        "created": now(),
+        "owned_by": "og-llava",
+    })
+}
+
 async fn models(State(state): State<Arc<AppState>>) -> Response {
-    axum::Json(serde_json::json!({
-        "object": "list",
-        "data": [{
-            "id": state.served.name,
-            "object": "model",
-            "created": now(),
-            "owned_by": "og-llava",
-        }],
-    }))
-    .into_response()
+    axum::Json(serde_json::json!({ "object": "list", "data": [model_object(&state)] }))
+        .into_response()
+}
+
+/// `GET /v1/models/{id}` (ids may hold slashes: `og-llava-sft/final`).
+async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if id != state.served.name {
+        return ApiError::unknown_model(&id, &state.served.name).into_response();
+    }
+    axum::Json(model_object(&state)).into_response()
 }
 
 async fn health(State(state): State<Arc<AppState>>) -> Response {
