@@ -181,11 +181,6 @@ impl<B: Backend, K: Clone> DecodeBatch<B, K> {
         self.rows.is_empty()
     }
 
-    /// The sequences' keys, in batch order.
-    pub fn keys(&self) -> impl Iterator<Item = &K> {
-        self.rows.iter().map(|r| &r.key)
-    }
-
     /// Prefills new prompts — right-padded embeddings `[n, T, hidden]` with position ids
     /// (`n` rows of `T`) and real lengths — and takes them into the batch, one per
     /// `(key, sampling)`. Returns each one's first token.
@@ -263,27 +258,18 @@ impl<B: Backend, K: Clone> DecodeBatch<B, K> {
     /// Lets go of the sequences for which `finished(key, last_token)` holds; the cache drops
     /// their rows and the key columns no remaining sequence attends.
     pub fn remove(&mut self, mut finished: impl FnMut(&K, u32) -> bool) -> Result<()> {
-        let keep: Vec<usize> = (0..self.rows.len())
-            .filter(|&i| !finished(&self.rows[i].key, self.rows[i].last))
-            .collect();
-        if keep.len() == self.rows.len() {
+        let done: Vec<bool> = self.rows.iter().map(|r| finished(&r.key, r.last)).collect();
+        if !done.contains(&true) {
             return Ok(());
         }
+        let keep: Vec<usize> = (0..done.len()).filter(|&i| !done[i]).collect();
         if keep.is_empty() {
-            self.rows.clear();
             self.cache = KvCache::new(self.cache.num_layers());
-            return Ok(());
+        } else {
+            self.cache.retain(&keep)?;
         }
-        self.cache.retain(&keep)?;
-        self.cache.compact();
-        let mut rows: Vec<Option<Row<K>>> = std::mem::take(&mut self.rows)
-            .into_iter()
-            .map(Some)
-            .collect();
-        self.rows = keep
-            .iter()
-            .map(|&i| rows[i].take().expect("kept once"))
-            .collect();
+        let mut done = done.into_iter();
+        self.rows.retain(|_| !done.next().unwrap_or(false));
         Ok(())
     }
 }

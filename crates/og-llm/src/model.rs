@@ -102,7 +102,9 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Keeps only the sequences at `rows` (indices into the batch, in the order given): a
-    /// batch drops its finished sequences and decodes on with the rest.
+    /// batch drops its finished sequences and decodes on with the rest. Key columns that are
+    /// padding in every kept row (left by a longer sequence that has gone) are dropped too;
+    /// what each sequence attends to is unchanged.
     pub fn retain(&mut self, rows: &[usize]) -> Result<()> {
         let batch = self.batch();
         if let Some(&bad) = rows.iter().find(|&&r| r >= batch) {
@@ -116,18 +118,30 @@ impl<B: Backend> KvCache<B> {
         let [_, len] = padding.dims();
         let device = padding.device();
         let pad = host_padding(padding);
+        let columns: Vec<usize> = (0..len)
+            .filter(|&j| rows.iter().any(|&r| !pad[r * len + j]))
+            .collect();
         let kept: Vec<bool> = rows
             .iter()
-            .flat_map(|&r| pad[r * len..(r + 1) * len].iter().copied())
+            .flat_map(|&r| columns.iter().map(move |&j| r * len + j))
+            .map(|i| pad[i])
             .collect();
         self.padding = Some(Tensor::from_data(
-            TensorData::new(kept, [rows.len(), len]),
+            TensorData::new(kept, [rows.len(), columns.len()]),
             &device,
         ));
-        let index = index_tensor(rows.iter().copied(), &device);
+        let rows = index_tensor(rows.iter().copied(), &device);
+        let columns = (columns.len() < len).then(|| index_tensor(columns.into_iter(), &device));
+        let keep = |x: &Tensor<B, 4>| {
+            let x = x.clone().select(0, rows.clone());
+            match &columns {
+                Some(c) => x.select(2, c.clone()),
+                None => x,
+            }
+        };
         for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.clone().select(0, index.clone());
-            *v = v.clone().select(0, index.clone());
+            *k = keep(k);
+            *v = keep(v);
         }
         Ok(())
     }
@@ -171,36 +185,6 @@ impl<B: Backend> KvCache<B> {
         self.layers = mine;
         self.padding = Some(padding);
         Ok(())
-    }
-
-    /// Drops the key columns that are padding in every row (left behind when the sequence that
-    /// made a batch's key axis long has left); what each sequence attends to is unchanged.
-    pub fn compact(&mut self) {
-        let Some(padding) = self.padding.take() else {
-            return;
-        };
-        let [b, len] = padding.dims();
-        let device = padding.device();
-        let pad = host_padding(padding);
-        let keep: Vec<usize> = (0..len)
-            .filter(|&j| (0..b).any(|r| !pad[r * len + j]))
-            .collect();
-        let kept: Vec<bool> = (0..b)
-            .flat_map(|r| keep.iter().map(move |&j| (r, j)))
-            .map(|(r, j)| pad[r * len + j])
-            .collect();
-        self.padding = Some(Tensor::from_data(
-            TensorData::new(kept, [b, keep.len()]),
-            &device,
-        ));
-        if keep.len() == len {
-            return;
-        }
-        let index = index_tensor(keep.iter().copied(), &device);
-        for (k, v) in self.layers.iter_mut().flatten() {
-            *k = k.clone().select(2, index.clone());
-            *v = v.clone().select(2, index.clone());
-        }
     }
 }
 
