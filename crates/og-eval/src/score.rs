@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use og_llava::og_fusion::{Selection, SelectionConfig};
-use og_llava::og_llm::{ChatTokenizer, Message, Role, Segment};
+use og_llava::og_llm::{ChatTokenizer, Message, Role};
 use og_llava::og_segment::{MaskSet, SharedSegmenter};
 use og_llava::og_vision::{ImageProcessor, RgbImage};
 use og_llava::{ImageInput, OgLlava, OgLlavaInput};
@@ -247,17 +247,11 @@ impl<B: Backend> Evaluator<'_, B> {
     /// The prompt's token ids (chat template, generation prompt, the model's image token).
     fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>, EvalError> {
         let content = format!("{}\n{prompt}", og_llava::og_llm::IMAGE_PLACEHOLDER);
-        let mut ids = Vec::new();
-        for seg in self
-            .tokenizer
-            .encode_chat(&[Message::new(Role::User, content)], true)?
-        {
-            match seg {
-                Segment::Text(t) => ids.extend(t),
-                Segment::Image(_) => ids.push(self.model.image_token_id),
-            }
-        }
-        Ok(ids)
+        Ok(self.tokenizer.encode_chat_ids(
+            &[Message::new(Role::User, content)],
+            true,
+            self.model.image_token_id,
+        )?)
     }
 
     fn selection(

@@ -6,7 +6,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use og_fusion::{Phi, Selection, SelectionConfig};
 use og_llava::{BackendTask, ExternalParts, Layout, ModelPart, OgLlava, OgLlavaInput};
-use og_llm::{ChatTokenizer, GenerationConfig, Message, Role, Segment};
+use og_llm::{ChatTokenizer, GenerationConfig, Message, Role};
 use og_vision::ImageProcessor;
 
 use crate::{AlphaUnit, CliError, FrameKind, OrderKind, PhiKind};
@@ -366,13 +366,11 @@ impl BackendTask for Ask<'_> {
             )));
         }
         let content = format!("{}\n{}", og_llm::IMAGE_PLACEHOLDER, a.question);
-        let mut ids = Vec::new();
-        for seg in tok.encode_chat(&[Message::new(Role::User, content)], true)? {
-            match seg {
-                Segment::Text(t) => ids.extend(t),
-                Segment::Image(_) => ids.push(model.image_token_id),
-            }
-        }
+        let ids = tok.encode_chat_ids(
+            &[Message::new(Role::User, content)],
+            true,
+            model.image_token_id,
+        )?;
         let prepared = model.prepare(&[OgLlavaInput {
             token_ids: ids,
             images: vec![og_llava::ImageInput {

@@ -348,6 +348,24 @@ impl ChatTokenizer {
         }
         Ok(segments)
     }
+
+    /// [`ChatTokenizer::encode_chat`] as one id sequence, `image_token_id` where each image
+    /// goes (what a multimodal model's prompt is).
+    pub fn encode_chat_ids(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        image_token_id: u32,
+    ) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        for segment in self.encode_chat(messages, add_generation_prompt)? {
+            match segment {
+                Segment::Text(t) => ids.extend(t),
+                Segment::Image(_) => ids.push(image_token_id),
+            }
+        }
+        Ok(ids)
+    }
 }
 
 /// End-of-turn markers of common chat templates, supervised after an answer.

@@ -53,6 +53,11 @@ fn llama3_ids_and_chat_match_python() {
     assert_eq!(segs[0], Segment::Text(tok.encode(before, false).unwrap()));
     assert_eq!(segs[1], Segment::Image(0));
     assert_eq!(segs[2], Segment::Text(tok.encode(after, false).unwrap()));
+    // As one id sequence: the image token in the image's slot.
+    let mut want = tok.encode(before, false).unwrap();
+    want.push(7);
+    want.extend(tok.encode(after, false).unwrap());
+    assert_eq!(tok.encode_chat_ids(&messages, true, 7).unwrap(), want);
     let Segment::Text(first) = &segs[0] else {
         panic!()
     };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use burn::tensor::TensorData;
 use og_fusion::{Selection, SelectionConfig};
-use og_llm::{ChatTokenizer, Message, Role, Sampling, Segment};
+use og_llm::{ChatTokenizer, Message, Role, Sampling};
 use og_segment::{Felzenszwalb, FelzenszwalbConfig, MaskSet, Segmenter, SharedSegmenter};
 use og_vision::ImageProcessor;
 
@@ -134,7 +134,16 @@ pub fn build(request: ChatRequest, served: &Arc<Served>) -> Result<Prompt, ApiEr
         let text = content(i, m.content, served, &mut images)?;
         messages.push(Message::new(role, text));
     }
-    let token_ids = tokenize(&served.tokenizer, &messages, served.image_token_id)?;
+    let token_ids = served
+        .tokenizer
+        .encode_chat_ids(&messages, true, served.image_token_id)
+        .map_err(|e| {
+            ApiError::invalid(
+                format!("the chat template refused the messages: {e}"),
+                Some("messages"),
+                "invalid_value",
+            )
+        })?;
     Ok(Prompt {
         token_ids,
         images,
@@ -407,27 +416,4 @@ fn segment_with(
             sam2.segment(image.as_raw(), w, h).map_err(failed)
         }
     }
-}
-
-/// The conversation's token ids, the model's image token where each image goes.
-fn tokenize(
-    tokenizer: &ChatTokenizer,
-    messages: &[Message],
-    image_token_id: u32,
-) -> Result<Vec<u32>, ApiError> {
-    let segments = tokenizer.encode_chat(messages, true).map_err(|e| {
-        ApiError::invalid(
-            format!("the chat template refused the messages: {e}"),
-            Some("messages"),
-            "invalid_value",
-        )
-    })?;
-    let mut ids = Vec::new();
-    for segment in segments {
-        match segment {
-            Segment::Text(t) => ids.extend(t),
-            Segment::Image(_) => ids.push(image_token_id),
-        }
-    }
-    Ok(ids)
 }
