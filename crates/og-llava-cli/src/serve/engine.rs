@@ -179,21 +179,7 @@ impl<B: Backend> Engine<'_, B> {
         if rows.is_empty() {
             return Admitted::default();
         }
-        let t = rows.iter().map(|&r| prepared.lengths[r]).max().unwrap_or(1);
-        let index = Tensor::<B, 1, Int>::from_data(
-            TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
-            &self.device,
-        );
-        let [_, _, d] = prepared.embeds.dims();
-        let embeds = prepared
-            .embeds
-            .select(0, index)
-            .slice([0..rows.len(), 0..t, 0..d]);
-        let positions: Vec<Vec<i64>> = rows
-            .iter()
-            .map(|&r| prepared.positions[r][..t].to_vec())
-            .collect();
-        let lengths: Vec<usize> = rows.iter().map(|&r| prepared.lengths[r]).collect();
+        let (embeds, positions, lengths) = accepted_rows(prepared, &rows, &self.device);
         let keys: Vec<(u64, og_llm::Sampling)> = accepted
             .iter()
             .map(|(job, _, _)| {
@@ -324,6 +310,34 @@ impl<B: Backend> Engine<'_, B> {
             tracing::error!("dropping finished sequences: {e}");
         }
     }
+}
+
+/// The prepared batch's rows at `rows` (ascending), narrowed to their longest prompt; the
+/// batch itself when every row is kept.
+fn accepted_rows<B: Backend>(
+    prepared: og_llava::Prepared<B>,
+    rows: &[usize],
+    device: &B::Device,
+) -> (Tensor<B, 3>, Vec<Vec<i64>>, Vec<usize>) {
+    if rows.len() == prepared.lengths.len() {
+        return (prepared.embeds, prepared.positions, prepared.lengths);
+    }
+    let lengths: Vec<usize> = rows.iter().map(|&r| prepared.lengths[r]).collect();
+    let t = lengths.iter().copied().max().unwrap_or(1);
+    let index = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(rows.iter().map(|&r| r as i64).collect(), [rows.len()]),
+        device,
+    );
+    let [_, _, d] = prepared.embeds.dims();
+    let embeds = prepared
+        .embeds
+        .select(0, index)
+        .slice([0..rows.len(), 0..t, 0..d]);
+    let positions = rows
+        .iter()
+        .map(|&r| prepared.positions[r][..t].to_vec())
+        .collect();
+    (embeds, positions, lengths)
 }
 
 /// Sequences just admitted and tokens to hand out.

@@ -230,9 +230,9 @@ fn chunks(
     include_usage: bool,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let data = |v: serde_json::Value| SseEvent::default().data(v.to_string());
-    futures::stream::unfold((Phase::Start, rx), move |(phase, mut rx)| {
-        let envelope = envelope.clone();
-        async move {
+    futures::stream::unfold(
+        (Phase::Start, rx, envelope),
+        move |(phase, mut rx, envelope)| async move {
             let (event, next) = match phase {
                 Phase::Start => (
                     data(envelope.chunk(
@@ -264,7 +264,7 @@ fn chunks(
                 Phase::Done => (SseEvent::default().data("[DONE]"), Phase::End),
                 Phase::End => return None,
             };
-            Some((Ok(event), (next, rx)))
-        }
-    })
+            Some((Ok(event), (next, rx, envelope)))
+        },
+    )
 }
