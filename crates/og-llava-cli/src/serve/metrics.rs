@@ -106,18 +106,15 @@ impl Metrics {
     /// The Prometheus exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            name.to_string()
-        };
-        let requests = metric(
-            "og_llava_requests_total",
+        let name = "og_llava_requests_total";
+        header(
+            &mut out,
+            name,
             "counter",
             "Chat completion requests by HTTP status.",
         );
-        let mut lines = String::new();
         for (status, n) in self.requests.lock().expect("metrics").iter() {
-            let _ = writeln!(lines, "{requests}{{status=\"{status}\"}} {n}");
+            let _ = writeln!(out, "{name}{{status=\"{status}\"}} {n}");
         }
         let gauges = [
             (
@@ -151,18 +148,13 @@ impl Metrics {
                 self.rate(),
             ),
         ];
-        let mut out = out + &lines;
         for (name, kind, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
         }
         let name = "og_llava_time_to_first_token_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} From a request's arrival to its first token.\n# TYPE {name} histogram"
-        );
+        let help = "From a request's arrival to its first token.";
+        header(&mut out, name, "histogram", help);
         let h = self.ttft.lock().expect("metrics");
         for (bound, count) in TTFT_BUCKETS.iter().zip(h.counts) {
             let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
@@ -174,6 +166,11 @@ impl Metrics {
         );
         out
     }
+}
+
+/// A metric's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 #[cfg(test)]
