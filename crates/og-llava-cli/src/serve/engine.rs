@@ -53,8 +53,6 @@ pub struct Engine<'a, B: Backend> {
     pub device: B::Device,
     pub tokenizer: &'a ChatTokenizer,
     pub eos: Vec<u32>,
-    /// The longest sequence, prompt and completion together.
-    pub context: usize,
     pub max_batch: usize,
     pub jobs: Receiver<Job>,
     pub metrics: Arc<Metrics>,
@@ -237,22 +235,21 @@ impl<B: Backend> Engine<'_, B> {
     /// The completion tokens a prompt of `len` tokens may have: `max_tokens` when it fits the
     /// context, the rest of the context when not asked.
     fn budget(&self, len: usize, max_tokens: Option<usize>) -> Result<usize, ApiError> {
-        let left = self.context.saturating_sub(len);
+        let context = self.model.llm.max_positions();
+        let left = context.saturating_sub(len);
         match max_tokens {
             _ if left == 0 => Err(ApiError::invalid(
                 format!(
                     "the prompt is {len} tokens (image tokens included); this model's context \
-                     is {} tokens",
-                    self.context
+                     is {context} tokens"
                 ),
                 Some("messages"),
                 "context_length_exceeded",
             )),
             Some(n) if n > left => Err(ApiError::invalid(
                 format!(
-                    "this model's context is {} tokens; the prompt is {len} (image tokens \
-                     included) and max_tokens asks for {n} more",
-                    self.context
+                    "this model's context is {context} tokens; the prompt is {len} (image \
+                     tokens included) and max_tokens asks for {n} more"
                 ),
                 Some("max_tokens"),
                 "context_length_exceeded",

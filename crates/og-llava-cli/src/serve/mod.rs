@@ -116,7 +116,6 @@ impl BackendTask for Serve<'_> {
             device,
             tokenizer: &served.tokenizer,
             eos: self.eos,
-            context: served.context,
             max_batch: a.max_batch,
             jobs: queue,
             metrics,
