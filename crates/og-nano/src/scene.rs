@@ -129,6 +129,10 @@ pub struct SceneSpec {
     pub max_objects: usize,
     /// Probability that an object is striped.
     pub striped: f64,
+    /// Object centres on multiples of this many pixels, one radius per size (0: centres and
+    /// radii drawn from continuous ranges). On a lattice of the patch size every object of a
+    /// given shape and size covers the same pixels of its patches wherever it stands.
+    pub grid: u32,
 }
 
 impl Default for SceneSpec {
@@ -138,6 +142,7 @@ impl Default for SceneSpec {
             min_objects: 2,
             max_objects: 5,
             striped: 0.2,
+            grid: 0,
         }
     }
 }
@@ -175,12 +180,27 @@ impl Scene {
                 continue;
             }
             let size = Size::ALL[rng.below(2)];
-            let r = s * match size {
-                Size::Small => 0.11 + 0.02 * uniform(rng),
-                Size::Large => 0.17 + 0.03 * uniform(rng),
+            let (r, cx, cy) = if spec.grid == 0 {
+                let r = s * match size {
+                    Size::Small => 0.11 + 0.02 * uniform(rng),
+                    Size::Large => 0.17 + 0.03 * uniform(rng),
+                };
+                let cx = r + (s - 2.0 * r) * uniform(rng);
+                let cy = r + (s - 2.0 * r) * uniform(rng);
+                (r, cx, cy)
+            } else {
+                let r = s * match size {
+                    Size::Small => 0.12,
+                    Size::Large => 0.185,
+                };
+                let g = spec.grid as f32;
+                let (first, last) = ((r / g).ceil() as usize, ((s - r) / g).floor() as usize);
+                if last < first {
+                    return None;
+                }
+                let mut on_grid = || (first + rng.below(last - first + 1)) as f32 * g;
+                (r, on_grid(), on_grid())
             };
-            let cx = r + (s - 2.0 * r) * uniform(rng);
-            let cy = r + (s - 2.0 * r) * uniform(rng);
             if objects
                 .iter()
                 .any(|o| ((o.cx - cx).powi(2) + (o.cy - cy).powi(2)).sqrt() < 0.9 * (o.r + r))
@@ -326,6 +346,34 @@ mod tests {
 
     fn dist(a: [u8; 3], b: [u8; 3]) -> i32 {
         (0..3).map(|i| (a[i] as i32 - b[i] as i32).abs()).sum()
+    }
+
+    #[test]
+    fn grid_scenes_stand_on_the_lattice_with_one_radius_per_size() {
+        let spec = SceneSpec {
+            size: 64,
+            grid: 8,
+            ..Default::default()
+        };
+        let all = |_: Colour, _: Shape| true;
+        let mut seen = 0;
+        for seed in 0..40 {
+            let Some(scene) = Scene::sample(&spec, &mut SplitMix64(seed), &all) else {
+                continue;
+            };
+            for o in &scene.objects {
+                seen += 1;
+                assert_eq!(o.cx % 8.0, 0.0, "{o:?}");
+                assert_eq!(o.cy % 8.0, 0.0, "{o:?}");
+                let r = match o.size {
+                    Size::Small => 64.0 * 0.12,
+                    Size::Large => 64.0 * 0.185,
+                };
+                assert_eq!(o.r, r);
+                assert!(o.cx >= r && o.cx <= 64.0 - r && o.cy >= r && o.cy <= 64.0 - r);
+            }
+        }
+        assert!(seen > 60, "{seen} objects");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! - `images/{train,eval}/NNNNNN.png`; `masks/{train,eval}/NNNNNN.json` (COCO RLE, ground truth
 //!   from the renderer); with `noisy_masks`, `masks_noisy/...` (merged, dilated, dropped);
 //! - `align.json` (caption conversations, stage 1) and `sft.json` (question–answer
-//!   conversations, 1–3 turns, a quarter starting with a caption request and a quarter of the
+//!   conversations, 1 to `sft_turns` questions (3 in the presets), a quarter starting with a caption request and a quarter of the
 //!   questions multiple choice with option letters, stage 2) in LLaVA's format; `captions.jsonl` (image + caption,
 //!   for contrastive pre-training); `text.txt` (every sentence, for the tokenizer and the LM);
 //! - `eval/vg_relation.json`, `eval/vg_attribution.json`, `eval/coco_order.json` (ARO's
@@ -76,6 +76,18 @@ pub struct WorldConfig {
     /// ([`FELZENSZWALB`]): a partition, background included.
     #[serde(default)]
     pub felzenszwalb_masks: bool,
+    /// Object centres on multiples of this many pixels, one radius per size (0: continuous);
+    /// see [`SceneSpec::grid`].
+    #[serde(default)]
+    pub grid: u32,
+    /// Questions per SFT conversation: 1 to this many (LLaVA-665k groups the questions of
+    /// one image into one multi-turn conversation).
+    #[serde(default = "default_sft_turns")]
+    pub sft_turns: usize,
+}
+
+fn default_sft_turns() -> usize {
+    3
 }
 
 /// The segmenter settings of `masks_felzenszwalb/`, fixed for 64–80-pixel scenes before any
@@ -102,6 +114,8 @@ impl WorldConfig {
             striped: 0.15,
             noisy_masks: true,
             felzenszwalb_masks: true,
+            grid: 0,
+            sft_turns: default_sft_turns(),
         }
     }
 
@@ -260,6 +274,7 @@ pub fn generate(cfg: &WorldConfig, out: &Path) -> R<WorldSummary> {
             min_objects: cfg.min_objects,
             max_objects: cfg.max_objects,
             striped: cfg.striped,
+            grid: cfg.grid,
         },
         rng: SplitMix64(cfg.seed),
         // Task items draw from their own stream, so the training data does not depend on them.
@@ -439,7 +454,7 @@ impl Generator<'_> {
         Ok(texts)
     }
 
-    /// One SFT conversation about `scene` (1–3 questions, sometimes after a caption request;
+    /// One SFT conversation about `scene` (1 to `sft_turns` questions, sometimes after a caption request;
     /// a share as multiple choice), its turns' texts added to `text_lines`.
     fn conversation(
         &mut self,
@@ -450,7 +465,7 @@ impl Generator<'_> {
         let heldout = &self.heldout;
         let objects = self.cfg.min_objects..=self.cfg.max_objects;
         let rng = &mut self.rng;
-        let turns = 1 + rng.below(3);
+        let turns = 1 + rng.below(self.cfg.sft_turns.max(1));
         let mut conv = Vec::new();
         let mut absent = |r: &mut SplitMix64| seen_pair(heldout, r);
         // LLaVA's SFT mix: some conversations start with a caption request.
@@ -653,6 +668,38 @@ mod tests {
             std::fs::read(a.path().join("align.json")).unwrap(),
             std::fs::read(b.path().join("align.json")).unwrap()
         );
+    }
+
+    #[test]
+    fn sft_turns_bounds_the_questions_of_a_conversation() {
+        let longest = |turns: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = WorldConfig {
+                sft_turns: turns,
+                felzenszwalb_masks: false,
+                noisy_masks: false,
+                ..tiny(5)
+            };
+            generate(&cfg, dir.path()).unwrap();
+            let rows: Vec<serde_json::Value> = serde_json::from_str(
+                &std::fs::read_to_string(dir.path().join("sft.json")).unwrap(),
+            )
+            .unwrap();
+            rows.iter()
+                .map(|r| {
+                    let conv = r["conversations"].as_array().unwrap();
+                    let caption = conv[0]["value"]
+                        .as_str()
+                        .unwrap()
+                        .ends_with("describe the image.");
+                    conv.len() / 2 - usize::from(caption)
+                })
+                .max()
+                .unwrap()
+        };
+        assert!(longest(1) == 1);
+        assert!((2..=3).contains(&longest(3)));
+        assert!((4..=8).contains(&longest(8)));
     }
 
     #[test]
