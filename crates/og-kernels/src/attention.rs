@@ -13,7 +13,7 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{SharedMut, convert_all, from_flex, to_flex_view};
+use crate::flex::{SharedMut, convert_all, from_flex, to_flex_view, written};
 use crate::math::exp_rows;
 
 /// `softmax(q kᵀ / √d) v` per head, every query attending to every key of its batch entry.
@@ -130,6 +130,16 @@ struct Shape {
 }
 
 fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
+    let (batch, lq, width) = (s.batch, s.lq, s.width);
+    // SAFETY: the tasks below write every (query, head) slice of every row.
+    unsafe {
+        written([batch * lq, width].into(), |dst| {
+            fused_into(dst, q, k, v, s)
+        })
+    }
+}
+
+fn fused_into(dst: SharedMut, q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) {
     let Shape {
         batch,
         heads,
@@ -138,8 +148,6 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
         width,
     } = s;
     let hd = width / heads;
-    let mut out = FlexTensor::empty([batch * lq, width].into(), DType::F32);
-    let dst = SharedMut(out.storage_mut::<f32>().as_mut_ptr());
     let scale = (hd as f32).powf(-0.5);
     // Long attention (one image's global attention: few heads, thousands of queries) in
     // blocks of at most QUERY_BLOCK queries: a block's scores stay in cache between the two
@@ -189,7 +197,6 @@ fn fused(q: Part<'_>, k: Part<'_>, v: Part<'_>, s: Shape) -> FlexTensor {
             }
         },
     );
-    out
 }
 
 /// A matrix read through raw strides: element `(r, c)` at `ptr + r·rs + c·cs`.

@@ -18,7 +18,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::attention::{Strided, head_attention};
-use crate::flex::{SharedMut, convert_all, from_flex, to_flex_view};
+use crate::flex::{SharedMut, convert_all, from_flex, to_flex_view, written};
 
 /// The score masked keys get before the softmax: large and finite, so a query whose keys are
 /// all masked (a padding query) averages them instead of producing NaN.
@@ -208,8 +208,23 @@ fn fused(
     [b, nh, nkv, t, s, hd]: [usize; 6],
 ) -> FlexTensor {
     let width = nh * hd;
-    let mut out = FlexTensor::empty([b * t, width].into(), DType::F32);
-    let dst = SharedMut(out.storage_mut::<f32>().as_mut_ptr());
+    // SAFETY: the tasks below write every (token, head) slice of every row.
+    unsafe {
+        written([b * t, width].into(), |dst| {
+            fused_into(dst, q, k, v, keys, [b, nh, nkv, t, s, hd])
+        })
+    }
+}
+
+fn fused_into(
+    dst: SharedMut,
+    q: Heads<'_>,
+    k: Heads<'_>,
+    v: Heads<'_>,
+    keys: Visible<'_>,
+    [b, nh, nkv, t, s, hd]: [usize; 6],
+) {
+    let width = nh * hd;
     let scale = (hd as f32).powf(-0.5);
     let rep = nh / nkv;
     let blocks = t.div_ceil(QUERY_BLOCK);
@@ -254,7 +269,6 @@ fn fused(
             }
         },
     );
-    out
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 use std::any::{Any, TypeId};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
-use burn_flex::FlexTensor;
+use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
+use burn_flex::{FlexTensor, Layout};
 
 pub(crate) fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>()
@@ -104,11 +104,41 @@ pub(crate) fn values(t: &FlexTensor) -> &[f32] {
         .expect("to_flex accepts contiguous f32 tensors only")
 }
 
+/// A contiguous f32 tensor holding `values`.
+///
+/// `FlexTensor::empty` allocates a zeroed byte vector and then copies it into a second,
+/// 16-byte-aligned allocation (cubecl's `Bytes::from_bytes_vec`); an f32 vector moved in as is
+/// costs neither the copy nor the second allocation's page faults.
+pub(crate) fn from_vec(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    debug_assert_eq!(values.len(), shape.num_elements());
+    FlexTensor::new(
+        Bytes::from_elems(values),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
+}
+
+/// A contiguous f32 tensor of `shape` whose elements `write` stores through the pointer it is
+/// given (the start of `shape.num_elements()` uninitialised elements): no zeroing pass and no
+/// copy (see [`from_vec`]).
+///
+/// # Safety
+/// `write` must store every element before it returns.
+pub(crate) unsafe fn written(shape: Shape, write: impl FnOnce(SharedMut)) -> FlexTensor {
+    let n = shape.num_elements();
+    let mut values = Vec::<f32>::with_capacity(n);
+    write(SharedMut(values.as_mut_ptr()));
+    // SAFETY: the caller's `write` stored all n elements.
+    unsafe { values.set_len(n) };
+    from_vec(values, shape)
+}
+
 /// A new f32 tensor of `like`'s shape whose elements `kernel` writes.
 fn fill_like(like: &FlexTensor, kernel: impl FnOnce(&mut [f32])) -> FlexTensor {
-    let mut out = FlexTensor::empty(like.layout().shape().clone(), DType::F32);
-    kernel(out.storage_mut::<f32>());
-    out
+    let shape = like.layout().shape().clone();
+    let mut out = vec![0.0f32; shape.num_elements()];
+    kernel(&mut out);
+    from_vec(out, shape)
 }
 
 /// `kernel(x, out)` on a Flex tensor, or the tensor back for the caller's fallback.

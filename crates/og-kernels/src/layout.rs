@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{SharedMut, from_flex, to_flex_view};
+use crate::flex::{SharedMut, from_flex, to_flex_view, written};
 
 /// Rows per parallel task (at least this many elements: scheduling stays noise).
 const TASK_ELEMENTS: usize = 64 * 1024;
@@ -37,15 +37,25 @@ fn copy_rows(t: &FlexTensor) -> Option<FlexTensor> {
     if d < 2 || strides[d - 1] != 1 || strides.iter().any(|&s| s < 0) {
         return None;
     }
-    let run = shape[d - 1];
-    let rows: usize = shape[..d - 1].iter().product();
-    let mut out = FlexTensor::empty(shape.clone().into(), burn::tensor::DType::F32);
-    if rows == 0 || run == 0 {
-        return Some(out);
-    }
     let src = t.storage::<f32>();
     let start = layout.start_offset();
-    let dst = SharedMut(out.storage_mut::<f32>().as_mut_ptr());
+    // SAFETY: the tasks below copy every row of the view.
+    Some(unsafe {
+        written(shape.clone().into(), |dst| {
+            copy_rows_into(dst, src, start, &shape, &strides)
+        })
+    })
+}
+
+/// Copies each row of a view (`shape`, `strides`, its first element at `start` in `src`; the
+/// innermost axis contiguous) to its place in a contiguous output at `dst`.
+fn copy_rows_into(dst: SharedMut, src: &[f32], start: usize, shape: &[usize], strides: &[isize]) {
+    let d = shape.len();
+    let run = shape[d - 1];
+    let rows: usize = shape[..d - 1].iter().product();
+    if rows == 0 || run == 0 {
+        return;
+    }
     let per_task = TASK_ELEMENTS.div_ceil(run).max(1);
     (0..rows.div_ceil(per_task))
         .into_par_iter()
@@ -69,7 +79,6 @@ fn copy_rows(t: &FlexTensor) -> Option<FlexTensor> {
                 }
             }
         });
-    Some(out)
 }
 
 #[cfg(test)]

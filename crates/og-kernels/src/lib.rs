@@ -23,7 +23,7 @@ use burn::tensor::backend::Backend;
 pub use attention::multi_head_attention;
 pub use causal::{CausalKeys, causal_attention};
 pub use layout::contiguous;
-pub use linear::{linear, matmul};
+pub use linear::{linear, linear_layer, matmul};
 
 /// CLIP's QuickGELU activation, `x · σ(1.702 x)` (transformers' `quick_gelu`).
 pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {

@@ -1,22 +1,26 @@
-//! `x W + b` with the work split the way skinny inputs need.
+//! `x W + b` on Flex with the work split the way the input's shape needs and no extra passes.
 //!
 //! gemm splits the rows of `x` among threads, so a product with one row (a decode step) and a
 //! large weight matrix (the LM head: 576 × 49,152 for SmolLM2) runs on one core however large
 //! it is. Here a large product with few rows splits the **columns** of `W` between threads
 //! instead: each thread streams its own part of the weights, which is what bounds these
-//! products. Smaller products stay with burn (waking threads costs more than they save).
+//! products. Many rows keep gemm's row split. Either way the output is allocated once, the bias
+//! is written into it before the product accumulates onto it, and nothing is zeroed or copied;
+//! burn-flex's `linear` zeroes its output, copies it into an aligned allocation, and adds the
+//! bias in a third pass, on one thread. Smaller products stay with burn (waking threads costs
+//! more than they save).
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::linear as burn_linear;
-use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex::{SharedMut, convert_all, from_flex, to_flex, to_flex_view, values};
+use crate::flex::{SharedMut, convert_all, from_flex, to_flex, to_flex_view, values, written};
 
 /// Below this many rows the columns are split between threads.
 const SKINNY_ROWS: usize = 64;
-/// Below this many multiply-adds burn's matmul runs the product.
+/// Below this many multiply-adds burn's `linear` runs the product.
 const SPLIT_WORK: usize = 1 << 22;
 /// Column blocks are multiples of this (whole vector registers on every x86 level).
 const COLUMN_ALIGN: usize = 16;
@@ -32,10 +36,16 @@ pub fn linear<B: Backend>(
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 2> {
-    match try_skinny(x, weight, bias) {
+    match try_product(x, weight, bias) {
         Ok(y) => y,
         Err((x, weight, bias)) => burn_linear(x, weight, bias),
     }
+}
+
+/// A `burn::nn::Linear` layer (weight `[in, out]`) on `x: [rows, in]` through [`linear`]; what
+/// `layer.forward(x)` computes, and the same ops on every backend but Flex.
+pub fn linear_layer<B: Backend>(layer: &burn::nn::Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
 /// `x W`; other backends run burn's `matmul`.
@@ -44,7 +54,7 @@ pub fn linear<B: Backend>(
 /// `x`: `[rows, in]`; `weight`: `[in, out]` (any strides: a transposed view serves a tied
 /// embedding as the LM head); output `[rows, out]`.
 pub fn matmul<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
-    match try_skinny(x, weight, None) {
+    match try_product(x, weight, None) {
         Ok(y) => y,
         Err((x, weight, _)) => x.matmul(weight),
     }
@@ -52,8 +62,9 @@ pub fn matmul<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2>
 
 type Operands<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
 
-/// The column-split product on Flex for few rows, or the operands back unchanged.
-fn try_skinny<B: Backend>(
+/// The product on Flex (columns split between threads for few rows, gemm's own row split
+/// otherwise), or the operands back unchanged.
+fn try_product<B: Backend>(
     x: Tensor<B, 2>,
     weight: Tensor<B, 2>,
     bias: Option<Tensor<B, 1>>,
@@ -61,7 +72,7 @@ fn try_skinny<B: Backend>(
     let [rows, inner] = x.dims();
     let [w_inner, cols] = weight.dims();
     let bias_fits = bias.as_ref().is_none_or(|b| b.dims() == [cols]);
-    if rows >= SKINNY_ROWS || rows * inner * cols < SPLIT_WORK || inner != w_inner || !bias_fits {
+    if rows * inner * cols < SPLIT_WORK || inner != w_inner || !bias_fits {
         return Err((x, weight, bias));
     }
     let [x, w] = match convert_all([x, weight], to_flex_view) {
@@ -78,38 +89,26 @@ fn try_skinny<B: Backend>(
         Some(Ok(b)) => Some(b),
         Some(Err(b)) => return Err((from_flex(x), from_flex(w), Some(b))),
     };
-    Ok(from_flex(skinny(&x, &w, b.as_ref())))
+    Ok(from_flex(product(&x, &w, b.as_ref())))
 }
 
-fn skinny(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+/// `x W (+ b)` into a fresh output: the bias rows are written first (in parallel, so the
+/// output's fresh pages are faulted in by every thread) and the product is accumulated onto
+/// them; without a bias the product writes every element. The output is never zeroed or copied
+/// (burn-flex's matmul output is both, and its bias add is a further pass).
+fn product(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
     let (rows, inner) = (x.layout().shape()[0], x.layout().shape()[1]);
     let cols = w.layout().shape()[1];
     let (w_rs, w_cs) = (w.layout().strides()[0], w.layout().strides()[1]);
-    let w_ptr = SharedMut(
-        // SAFETY: the layout's start offset is inside the storage.
-        unsafe { w.storage::<f32>().as_ptr().add(w.layout().start_offset()) } as *mut f32,
-    );
+    // SAFETY: the layout's start offset is inside the storage.
+    let w_ptr = unsafe { w.storage::<f32>().as_ptr().add(w.layout().start_offset()) };
+    let w_ptr = SharedMut(w_ptr as *mut f32);
     let x = values(x);
-    let mut out = FlexTensor::empty([rows, cols].into(), DType::F32);
-    let dst = out.storage_mut::<f32>();
-    if let Some(b) = bias {
-        dst.chunks_mut(cols)
-            .for_each(|row| row.copy_from_slice(values(b)));
-    }
-    let read_dst = bias.is_some();
-    let dst = SharedMut(dst.as_mut_ptr());
-    let threads = rayon::current_num_threads().max(1);
-    let block = cols
-        .div_ceil(threads)
-        .next_multiple_of(COLUMN_ALIGN)
-        .min(cols);
-    let blocks = cols.div_ceil(block);
-    (0..blocks).into_par_iter().for_each(|i| {
-        let start = i * block;
-        let width = block.min(cols - start);
-        // SAFETY (also of sharing `dst`): x holds rows × inner; the weight view's elements (r, c) lie at
-        // r·w_rs + c·w_cs from its start for r < inner, c < cols; the output holds rows × cols
-        // and this task writes columns start..start + width only.
+    let bias = bias.map(values);
+    let gemm_at = |dst: SharedMut, start: usize, width: usize, parallelism| {
+        // SAFETY (also of sharing `dst`): x holds rows × inner; the weight view's elements
+        // (r, c) lie at r·w_rs + c·w_cs from its start for r < inner, c < cols; the output
+        // holds rows × cols, of which this call writes columns start..start + width.
         unsafe {
             gemm::gemm(
                 rows,
@@ -118,7 +117,7 @@ fn skinny(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTens
                 dst.add(start),
                 1,
                 cols as isize,
-                read_dst,
+                bias.is_some(),
                 x.as_ptr(),
                 1,
                 inner as isize,
@@ -130,11 +129,34 @@ fn skinny(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTens
                 false,
                 false,
                 false,
-                gemm::Parallelism::None,
+                parallelism,
             );
         }
-    });
-    out
+    };
+    let write = |dst: SharedMut| {
+        if let Some(b) = bias {
+            (0..rows).into_par_iter().for_each(|r| {
+                // SAFETY: row r of the output, written by this task only.
+                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), dst.add(r * cols), cols) }
+            });
+        }
+        if rows >= SKINNY_ROWS {
+            gemm_at(dst, 0, cols, gemm::Parallelism::Rayon(0));
+            return;
+        }
+        let threads = rayon::current_num_threads().max(1);
+        let block = cols
+            .div_ceil(threads)
+            .next_multiple_of(COLUMN_ALIGN)
+            .min(cols);
+        (0..cols.div_ceil(block)).into_par_iter().for_each(|i| {
+            let start = i * block;
+            gemm_at(dst, start, block.min(cols - start), gemm::Parallelism::None);
+        });
+    };
+    // SAFETY: with a bias every row is written before gemm reads it back; without one gemm
+    // writes every element; the column blocks cover 0..cols.
+    unsafe { written([rows, cols].into(), write) }
 }
 
 #[cfg(test)]
@@ -151,48 +173,57 @@ mod tests {
     }
 
     #[test]
-    fn skinny_products_equal_burns_linear_with_and_without_bias() {
+    fn products_equal_burns_linear_with_and_without_bias() {
         let (d, nd_device) = (Default::default(), Default::default());
+        // Skinny (columns split), then many rows (gemm's row split), then too small for either.
         for (rows, inner, cols) in [
             (1, 2048, 2100),
             (5, 1000, 1000),
             (63, 300, 333),
+            (64, 256, 260),
+            (517, 300, 70),
             (3, 96, 200),
         ] {
             let (x, w, b) = (data(rows * inner, 1), data(inner * cols, 2), data(cols, 3));
-            let flex = linear(
-                Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [rows, inner]), &d),
-                Tensor::<Flex, 2>::from_data(TensorData::new(w.clone(), [inner, cols]), &d),
-                Some(Tensor::<Flex, 1>::from_data(
-                    TensorData::new(b.clone(), [cols]),
-                    &d,
-                )),
-            );
-            let nd = linear(
-                Tensor::<NdArray, 2>::from_data(
-                    TensorData::new(x.clone(), [rows, inner]),
-                    &nd_device,
-                ),
-                Tensor::<NdArray, 2>::from_data(
-                    TensorData::new(w.clone(), [inner, cols]),
-                    &nd_device,
-                ),
-                Some(Tensor::<NdArray, 1>::from_data(
-                    TensorData::new(b, [cols]),
-                    &nd_device,
-                )),
-            );
-            let (a, b) = (
-                flex.into_data().to_vec::<f32>().unwrap(),
-                nd.into_data().to_vec::<f32>().unwrap(),
-            );
-            // f32 sums of up to 2,048 products in another order: relative agreement.
-            let worst = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-                .fold(0.0f32, f32::max);
-            assert!(worst < 1e-5, "{rows}×{inner}×{cols}: {worst}");
+            for with_bias in [true, false] {
+                let flex = linear(
+                    Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [rows, inner]), &d),
+                    Tensor::<Flex, 2>::from_data(TensorData::new(w.clone(), [inner, cols]), &d),
+                    with_bias.then(|| {
+                        Tensor::<Flex, 1>::from_data(TensorData::new(b.clone(), [cols]), &d)
+                    }),
+                );
+                let nd = linear(
+                    Tensor::<NdArray, 2>::from_data(
+                        TensorData::new(x.clone(), [rows, inner]),
+                        &nd_device,
+                    ),
+                    Tensor::<NdArray, 2>::from_data(
+                        TensorData::new(w.clone(), [inner, cols]),
+                        &nd_device,
+                    ),
+                    with_bias.then(|| {
+                        Tensor::<NdArray, 1>::from_data(
+                            TensorData::new(b.clone(), [cols]),
+                            &nd_device,
+                        )
+                    }),
+                );
+                let (a, e) = (
+                    flex.into_data().to_vec::<f32>().unwrap(),
+                    nd.into_data().to_vec::<f32>().unwrap(),
+                );
+                // f32 sums of up to 2,048 products in another order: relative agreement.
+                let worst = a
+                    .iter()
+                    .zip(&e)
+                    .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst < 1e-5,
+                    "{rows}×{inner}×{cols} bias {with_bias}: {worst}"
+                );
+            }
         }
     }
 

@@ -222,7 +222,7 @@ impl<B: Backend> MultiScaleAttention<B> {
     /// `[N, h, w, dim]` → `[N, h/s, w/s, dim_out]` (s the query stride)
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, h, w, dim] = x.dims();
-        let qkv = self.qkv.forward(x.reshape([n * h * w, dim]));
+        let qkv = og_kernels::linear_layer(&self.qkv, x.reshape([n * h * w, dim]));
         let dim_out = qkv.dims()[1] / 3;
         let s = self.query_stride;
         let (ho, wo) = (h / s, w / s);
@@ -235,15 +235,18 @@ impl<B: Backend> MultiScaleAttention<B> {
             pool(q.reshape([n, h, w, dim_out]), s).reshape([n * ho * wo, dim_out])
         };
         let out = og_kernels::multi_head_attention(q, k, v, n, self.heads);
-        self.proj.forward(out).reshape([n, ho, wo, dim_out])
+        og_kernels::linear_layer(&self.proj, out).reshape([n, ho, wo, dim_out])
     }
 }
 
 impl<B: Backend> HieraMlp<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, h, w, c] = x.dims();
-        let y = og_kernels::gelu(self.proj_in.forward(x.reshape([b * h * w, c])));
-        self.proj_out.forward(y).reshape([b, h, w, c])
+        let y = og_kernels::gelu(og_kernels::linear_layer(
+            &self.proj_in,
+            x.reshape([b * h * w, c]),
+        ));
+        og_kernels::linear_layer(&self.proj_out, y).reshape([b, h, w, c])
     }
 }
 

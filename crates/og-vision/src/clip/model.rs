@@ -128,24 +128,24 @@ impl<B: Backend> ClipAttention<B> {
         // Projections on the flattened tokens: one plain matmul each; the heads are read from
         // their columns (fused per head on Flex, burn's attention op elsewhere).
         let x = x.reshape([b * n, h]);
-        let q = self.q_proj.forward(x.clone());
-        let k = self.k_proj.forward(x.clone());
-        let v = self.v_proj.forward(x);
+        let q = og_kernels::linear_layer(&self.q_proj, x.clone());
+        let k = og_kernels::linear_layer(&self.k_proj, x.clone());
+        let v = og_kernels::linear_layer(&self.v_proj, x);
         let out = og_kernels::multi_head_attention(q, k, v, b, self.num_heads);
-        self.out_proj.forward(out).reshape([b, n, h])
+        og_kernels::linear_layer(&self.out_proj, out).reshape([b, n, h])
     }
 }
 
 impl<B: Backend> ClipMlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, n, h] = x.dims();
-        let x = self.fc1.forward(x.reshape([b * n, h]));
+        let x = og_kernels::linear_layer(&self.fc1, x.reshape([b * n, h]));
         let x = match self.activation {
             ClipActivation::QuickGelu => og_kernels::quick_gelu(x),
             ClipActivation::Gelu => gelu(x),
             ClipActivation::GeluTanh => burn::tensor::activation::gelu_approximate(x),
         };
-        self.fc2.forward(x).reshape([b, n, h])
+        og_kernels::linear_layer(&self.fc2, x).reshape([b, n, h])
     }
 }
 
