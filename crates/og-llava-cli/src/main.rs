@@ -2,6 +2,7 @@
 
 mod ask;
 mod eval;
+mod launch;
 mod llm;
 mod nano;
 mod overlay;

@@ -8,6 +8,7 @@ use og_llava::{DeviceSpec, MultiDeviceTask};
 use og_train::{Collective, Nodes, RunOptions, TrainConfig};
 
 use crate::CliError;
+use crate::launch::Launch;
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -28,11 +29,15 @@ pub struct TrainArgs {
     /// Data-parallel replicas: a count (that many devices of `--device`'s kind: `cuda` → cuda:0,
     /// cuda:1, …; on the CPU backends each replica gets its own threads) or a list
     /// (`cuda:0,cuda:2`). `batch_size` is per replica; gradients are summed with burn's
-    /// collective all-reduce (across nodes: through the hub).
-    #[arg(long, default_value = "1")]
-    devices: String,
+    /// collective all-reduce (across nodes: through the hub). Default 1; under a launcher
+    /// (torchrun, SLURM) with `--device cuda`, the device `LOCAL_RANK` names.
+    #[arg(long)]
+    devices: Option<String>,
     /// Nodes of a multi-node run (each runs this command with the same configuration and
-    /// `--devices`); needs `--node-rank` and `--orchestrator`.
+    /// `--devices`); needs `--node-rank` and `--orchestrator`. Without these flags a
+    /// launcher's environment describes the run (torchrun's `WORLD_SIZE`, `RANK`,
+    /// `LOCAL_RANK`, `MASTER_ADDR`, `MASTER_PORT`, or SLURM's `SLURM_NTASKS`, `SLURM_PROCID`,
+    /// `SLURM_LOCALID` with `MASTER_ADDR`/`MASTER_PORT`); rank 0 then hosts the hub.
     #[arg(long, requires_all = ["node_rank", "orchestrator"])]
     nodes: Option<u32>,
     /// This node's rank, 0..nodes (rank 0 writes metrics and checkpoints).
@@ -57,10 +62,18 @@ impl MultiDeviceTask for Train {
     }
 }
 
-/// The multi-node part of the arguments.
-fn collective(args: &TrainArgs) -> Result<Collective, CliError> {
+/// The multi-node part of the arguments: the flags, or else the launcher's environment
+/// (returned too, so rank 0 can host the hub).
+fn collective(args: &TrainArgs) -> Result<(Collective, Option<Launch>), CliError> {
     let Some(count) = args.nodes else {
-        return Ok(Collective::default());
+        let launch = Launch::from_env(|k| std::env::var(k).ok())?;
+        let nodes = launch.as_ref().map(|l| Nodes {
+            count: l.world,
+            rank: l.rank,
+            orchestrator: l.orchestrator(),
+            token: hub_token(),
+        });
+        return Ok((Collective { nodes }, launch));
     };
     if count == 0 || count > og_train::hub::MAX_WORLD {
         return Err(CliError::Usage(format!(
@@ -74,14 +87,27 @@ fn collective(args: &TrainArgs) -> Result<Collective, CliError> {
             "--orchestrator {hub:?} needs a port: HOST:PORT"
         )));
     }
-    Ok(Collective {
-        nodes: Some(Nodes {
-            count,
-            rank: args.node_rank.unwrap_or_default(),
-            orchestrator: hub,
-            token: hub_token(),
-        }),
-    })
+    let nodes = Nodes {
+        count,
+        rank: args.node_rank.unwrap_or_default(),
+        orchestrator: hub,
+        token: hub_token(),
+    };
+    Ok((Collective { nodes: Some(nodes) }, None))
+}
+
+/// The replicas: `--devices`, else under a launcher with a CUDA device the one `LOCAL_RANK`
+/// names (one process per GPU), else one device of `--device`'s kind.
+fn devices(
+    args: &TrainArgs,
+    base: DeviceSpec,
+    launch: Option<&Launch>,
+) -> Result<Vec<DeviceSpec>, CliError> {
+    match (&args.devices, launch, base) {
+        (Some(d), _, _) => Ok(DeviceSpec::parse_many(d, base)?),
+        (None, Some(l), DeviceSpec::Cuda(_)) => Ok(vec![DeviceSpec::Cuda(l.local_rank as usize)]),
+        (None, _, _) => Ok(DeviceSpec::parse_many("1", base)?),
+    }
 }
 
 /// The shared hub token from the environment, if set and not empty.
@@ -119,8 +145,25 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
         ));
     }
     let base = args.device.spec(crate::Work::Training)?;
-    let devices = DeviceSpec::parse_many(&args.devices, base)?;
-    let collective = collective(args)?;
+    let (collective, launch) = collective(args)?;
+    let devices = devices(args, base, launch.as_ref())?;
+    if let Some(l) = &launch {
+        eprintln!(
+            "{:?} launch: node {} of {} (local rank {}), hub at {}{}",
+            l.source,
+            l.rank,
+            l.world,
+            l.local_rank,
+            l.orchestrator(),
+            if l.rank == 0 { ", hosted here" } else { "" }
+        );
+        if l.rank == 0 {
+            l.host_hub(og_train::hub::HubConfig {
+                token: hub_token(),
+                ..Default::default()
+            })?;
+        }
+    }
     let cfg = TrainConfig::resolve(
         args.preset.as_deref(),
         args.config.as_deref(),

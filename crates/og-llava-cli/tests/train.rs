@@ -128,9 +128,59 @@ impl Drop for Reap {
     }
 }
 
-/// Two nodes (two processes, one CPU replica each) joined through the orchestrator (the
-/// all-reduce hub) train the same steps as one process on one device with twice the
-/// micro-batch.
+/// Waits for every child (at most five minutes) and asserts each succeeded; returns their
+/// standard error.
+fn finish(children: Vec<std::process::Child>) -> Vec<String> {
+    let mut reap = Reap(children);
+    let t0 = Instant::now();
+    while reap.0.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "the two-node run did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reap.0
+        .drain(..)
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&o.stderr).to_string();
+            assert!(o.status.success(), "{err}");
+            err
+        })
+        .collect()
+}
+
+/// The run in `out` took the same steps as the one in `one`: losses and trained weights.
+fn assert_same_run(one: &Path, out: &Path) {
+    let (m1, m2) = (
+        og_train::read_metrics(one).unwrap(),
+        og_train::read_metrics(out).unwrap(),
+    );
+    assert_eq!(m1.len(), m2.len());
+    assert_eq!(m1.len(), 6);
+    for (a, b) in m1.iter().zip(&m2) {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
+            "step {}: loss {} on one device, {} in {}",
+            a.step,
+            a.loss,
+            b.loss,
+            out.display()
+        );
+    }
+    for (n, worst) in og_train::testing::weight_differences(
+        &last_checkpoint(one).join("trainable.safetensors"),
+        &last_checkpoint(out).join("trainable.safetensors"),
+    ) {
+        assert!(worst < 1e-4, "{}: {n} differs by {worst}", out.display());
+    }
+}
+
+/// Two nodes (two processes, one CPU replica each) train the same steps as one process on one
+/// device with twice the micro-batch: joined through the orchestrator (the all-reduce hub) by
+/// flags, and launched torchrun-style (`WORLD_SIZE`, `RANK`, `MASTER_ADDR`, `MASTER_PORT`),
+/// where rank 0 hosts the hub.
 #[test]
 fn two_nodes_train_like_one_device_with_twice_the_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,9 +203,19 @@ fn two_nodes_train_like_one_device_with_twice_the_batch() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
+    let node = |config: &Path| {
+        let mut c = train(config, false);
+        c.args(common)
+            .args(["--set", "batch_size=1"])
+            .env_remove(og_train::hub::TOKEN_ENV)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+
     let nodes = write_config(root, "nodes");
     let port = free_port();
-    let mut reap = Reap(vec![
+    let hub = Reap(vec![
         Command::new(exe)
             .args(["orchestrator", "--port", &port.to_string()])
             .stdout(std::process::Stdio::null())
@@ -163,55 +223,39 @@ fn two_nodes_train_like_one_device_with_twice_the_batch() {
             .spawn()
             .unwrap(),
     ]);
-    let node = |rank: u32| {
-        let mut c = train(&nodes, false);
-        c.args(common)
-            .args(["--set", "batch_size=1", "--nodes", "2", "--node-rank"])
-            .arg(rank.to_string())
+    let by_flags = |rank: u32| {
+        node(&nodes)
+            .args(["--nodes", "2", "--node-rank", &rank.to_string()])
             .arg("--orchestrator")
             .arg(format!("127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        c.spawn().unwrap()
+            .spawn()
+            .unwrap()
     };
-    reap.0.push(node(1));
-    reap.0.push(node(0));
-    let t0 = Instant::now();
-    while reap.0[1..]
-        .iter_mut()
-        .any(|c| c.try_wait().unwrap().is_none())
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(300),
-            "the two-node run did not finish"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for c in reap.0.drain(1..) {
-        let o = c.wait_with_output().unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    }
-    let (m1, m2) = (
-        og_train::read_metrics(&root.join("one")).unwrap(),
-        og_train::read_metrics(&root.join("nodes")).unwrap(),
+    finish(vec![by_flags(1), by_flags(0)]);
+    drop(hub);
+    assert_same_run(&root.join("one"), &root.join("nodes"));
+
+    let launched = write_config(root, "launched");
+    let port = free_port().to_string();
+    let by_env = |rank: &str| {
+        node(&launched)
+            .envs([
+                ("WORLD_SIZE", "2"),
+                ("RANK", rank),
+                ("LOCAL_RANK", "0"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", &port),
+            ])
+            .spawn()
+            .unwrap()
+    };
+    let errs = finish(vec![by_env("1"), by_env("0")]);
+    assert!(
+        errs[1].contains("node 0 of 2") && errs[1].contains("hosted here"),
+        "{}",
+        errs[1]
     );
-    assert_eq!(m1.len(), m2.len());
-    assert_eq!(m1.len(), 6);
-    for (a, b) in m1.iter().zip(&m2) {
-        assert!(
-            (a.loss - b.loss).abs() <= 1e-5 * a.loss.abs().max(1.0),
-            "step {}: loss {} on one device, {} on two nodes",
-            a.step,
-            a.loss,
-            b.loss
-        );
-    }
-    for (n, worst) in og_train::testing::weight_differences(
-        &last_checkpoint(&root.join("one")).join("trainable.safetensors"),
-        &last_checkpoint(&root.join("nodes")).join("trainable.safetensors"),
-    ) {
-        assert!(worst < 1e-4, "{n} differs by {worst}");
-    }
+    assert_same_run(&root.join("one"), &root.join("launched"));
 }
 
 /// A model trained with non-default image settings (the paper's Φ at α = 2, masks as given,

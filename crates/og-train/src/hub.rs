@@ -162,16 +162,24 @@ fn same_token(a: &[u8], b: &[u8]) -> bool {
 /// Serves runs on `bind:port` one after another until the process is interrupted. Listening
 /// beyond loopback needs a shared token.
 pub fn serve(bind: IpAddr, port: u16, config: &HubConfig) -> Result<()> {
+    serve_forever(&listen(bind, port, config)?, config)
+}
+
+/// The hub's listener on `bind:port`; beyond loopback only with a shared token.
+pub fn listen(bind: IpAddr, port: u16, config: &HubConfig) -> Result<TcpListener> {
     if !bind.is_loopback() && config.token.is_none() {
         return Err(err(format!(
             "listening on {bind} (beyond this machine) needs a shared token: set {TOKEN_ENV} \
              for the hub and every node"
         )));
     }
-    let listener = TcpListener::bind((bind, port))
-        .map_err(|e| err(format!("listening on {bind}:{port}: {e}")))?;
+    TcpListener::bind((bind, port)).map_err(|e| err(format!("listening on {bind}:{port}: {e}")))
+}
+
+/// Serves runs on `listener` one after another, for ever.
+pub fn serve_forever(listener: &TcpListener, config: &HubConfig) -> ! {
     loop {
-        match serve_run(&listener, config) {
+        match serve_run(listener, config) {
             Ok(world) => eprintln!("hub: a run of {world} replicas ended"),
             Err(e) => eprintln!("hub: a run failed: {e}"),
         }
