@@ -15,7 +15,7 @@ use crate::config::{Stage, TrainConfig};
 use crate::data::{BadRows, Preparer, read_rows};
 use crate::error::{Result, TrainError, io};
 use crate::optim::{OptimState, freeze_for, state_from_weights};
-use crate::trainer::{RunOptions, TrainState, backend_rng, param_sizes};
+use crate::trainer::{RunOptions, RunSizes, TrainState, backend_rng, param_sizes};
 
 /// Takes `out/.lock`: one run writes an output directory at a time. The lock is the operating
 /// system's (released when the file closes, however the process ends), so a killed run never
@@ -76,10 +76,14 @@ pub(crate) fn prepare_output(
             path: config_path.clone(),
             message: e.to_string(),
         })?;
-        if serde_json::to_value(&saved).ok() != serde_json::to_value(cfg).ok() {
+        let changed = changed_settings(&saved, cfg);
+        if !changed.is_empty() {
             return Err(TrainError::Config {
                 path: config_path,
-                message: "the configuration differs from the run being resumed".into(),
+                message: format!(
+                    "the configuration differs from the run being resumed: {}",
+                    changed.join(", ")
+                ),
             });
         }
     } else {
@@ -193,40 +197,70 @@ pub(crate) fn build_preparer<B: AutodiffBackend>(
     }))
 }
 
+/// Settings a resumed run may change: how a step's rows are split into micro-batches (the
+/// checkpoint's rows per step are checked in [`resume_state`], so the global batch stays).
+const RESUMABLE_CHANGES: [&str; 2] = ["batch_size", "grad_accumulation"];
+
+/// The top-level settings in which `cfg` differs from the `saved` configuration of the run it
+/// resumes, but for [`RESUMABLE_CHANGES`].
+fn changed_settings(saved: &TrainConfig, cfg: &TrainConfig) -> Vec<String> {
+    let as_map = |c: &TrainConfig| match serde_json::to_value(c) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (old, new) = (as_map(saved), as_map(cfg));
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| !RESUMABLE_CHANGES.contains(&k.as_str()) && old.get(*k) != new.get(*k))
+        .cloned()
+        .collect()
+}
+
 /// Loads checkpoint `dir` into `model` and returns its state and optimiser moments, after
-/// checking they belong to this run (replica count, step and data position in range,
-/// optimiser tensors named and sized as the model's trainables).
+/// checking they belong to this run (rows per step — so any replica count with the same
+/// global batch —, step and data position in range, optimiser tensors named and sized as the
+/// model's trainables).
 pub(crate) fn resume_state<B: AutodiffBackend>(
     dir: &Path,
     cfg: &TrainConfig,
     model: &mut OgLlava<B>,
-    (world, total_steps, n_rows): (usize, usize, usize),
+    sizes: RunSizes,
     device: &B::Device,
 ) -> Result<(TrainState, OptimState<B::InnerBackend>)> {
     let path = dir.join("state.json");
     let text = og_fs::read_text(&path, og_fs::MAX_CONFIG_BYTES).map_err(io(&path))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::Config {
+    let mut state: TrainState = serde_json::from_str(&text).map_err(|e| TrainError::Config {
         path: path.clone(),
         message: e.to_string(),
     })?;
-    if state.world != world {
+    let refused = match state.step_rows {
+        Some(rows) if rows != sizes.step_rows => Some(format!(
+            "the run's steps took {rows} rows (batch_size × grad_accumulation × replicas, on {} \
+             replica(s)); this one takes {}: resume with the same global batch",
+            state.world, sizes.step_rows
+        )),
+        None if state.world != sizes.world => Some(format!(
+            "the run trained on {} replica(s); resume it on as many (got {})",
+            state.world, sizes.world
+        )),
+        _ => None,
+    };
+    if let Some(message) = refused {
+        return Err(TrainError::Config { path, message });
+    }
+    if state.step > sizes.total_steps || state.position > sizes.rows {
         return Err(TrainError::Config {
             path,
             message: format!(
-                "the run trained on {} replica(s); resume it on as many (got {world})",
-                state.world
+                "step {} at row {}: beyond this run's {} steps of {} rows",
+                state.step, state.position, sizes.total_steps, sizes.rows
             ),
         });
     }
-    if state.step > total_steps || state.position > n_rows {
-        return Err(TrainError::Config {
-            path,
-            message: format!(
-                "step {} at row {}: beyond this run's {total_steps} steps of {n_rows} rows",
-                state.step, state.position
-            ),
-        });
-    }
+    state.world = sizes.world;
+    state.step_rows = Some(sizes.step_rows);
     load_trainables(model, cfg.stage, &dir.join("trainable.safetensors"), device)?;
     let optim = state_from_weights(
         &Weights::open(dir.join("optimizer.safetensors"))?,

@@ -82,14 +82,30 @@ pub(crate) struct TrainState {
     pub(crate) first_loss: Option<f64>,
     pub(crate) last_loss: Option<f64>,
     pub(crate) bad_rows: BadRows,
-    /// Replicas the run trains on (a step consumes `batch_size · grad_accumulation · world`
-    /// examples, so a run resumes only on as many).
+    /// Replicas the run trains on.
     #[serde(default = "one")]
     pub(crate) world: usize,
+    /// Rows a step consumes (`batch_size · grad_accumulation · world`): a run resumes on any
+    /// replica count that keeps it. Absent in checkpoints written before it was recorded,
+    /// which resume only on `world` replicas.
+    #[serde(default)]
+    pub(crate) step_rows: Option<usize>,
 }
 
 fn one() -> usize {
     1
+}
+
+/// A run's shape, which a resumed checkpoint must fit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RunSizes {
+    /// Replicas in the whole run.
+    pub(crate) world: usize,
+    /// Rows a step consumes.
+    pub(crate) step_rows: usize,
+    pub(crate) total_steps: usize,
+    /// Usable rows of the data.
+    pub(crate) rows: usize,
 }
 
 /// What one optimiser step produced.
@@ -188,7 +204,12 @@ pub fn train_parallel<B: AutodiffBackend>(
         .max_steps
         .unwrap_or(cfg.epochs * n_rows.div_ceil(per_step));
 
-    let sizes = (world, total_steps, n_rows);
+    let sizes = RunSizes {
+        world,
+        step_rows: per_step,
+        total_steps,
+        rows: n_rows,
+    };
     let (mut state, optim, last_good) =
         start_state(cfg, opts, &resume_from, &mut model, sizes, bad, device)?;
     let resumed = resume_from.is_some();
@@ -317,14 +338,13 @@ fn run_epoch<B: AutodiffBackend>(
 }
 
 /// Where a run starts: a fresh state, or the checkpoint `resume_from` names (its state,
-/// optimiser moments and path, the model's weights loaded from it). `sizes`: (world, total
-/// steps, rows), which a resumed run must match.
+/// optimiser moments and path, the model's weights loaded from it), which must fit `sizes`.
 fn start_state<B: AutodiffBackend>(
     cfg: &TrainConfig,
     opts: &RunOptions,
     resume_from: &Option<PathBuf>,
     model: &mut OgLlava<B>,
-    sizes: (usize, usize, usize),
+    sizes: RunSizes,
     bad: BadRows,
     device: &B::Device,
 ) -> Result<(TrainState, OptimState<B::InnerBackend>, Option<PathBuf>)> {
@@ -336,7 +356,11 @@ fn start_state<B: AutodiffBackend>(
             }
             Ok((state, optim, Some(dir.clone())))
         }
-        None => Ok((TrainState::new(bad, sizes.0), OptimState::default(), None)),
+        None => Ok((
+            TrainState::new(bad, sizes.world, sizes.step_rows),
+            OptimState::default(),
+            None,
+        )),
     }
 }
 
@@ -460,7 +484,7 @@ fn finish<B: AutodiffBackend>(
 }
 
 impl TrainState {
-    fn new(bad_rows: BadRows, world: usize) -> Self {
+    fn new(bad_rows: BadRows, world: usize, step_rows: usize) -> Self {
         Self {
             step: 0,
             epoch: 0,
@@ -471,6 +495,7 @@ impl TrainState {
             last_loss: None,
             bad_rows,
             world,
+            step_rows: Some(step_rows),
         }
     }
 

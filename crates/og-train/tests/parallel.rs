@@ -1,6 +1,6 @@
 //! Data-parallel training on two CPU replicas through burn-collective: the same steps as one
-//! device with twice the micro-batch, exact resume, and a resume on another device count
-//! refused.
+//! device with twice the micro-batch, exact resume, a resume on another device count with the
+//! same global batch, and one with another global batch refused.
 
 mod common;
 
@@ -85,7 +85,7 @@ fn two_devices_train_like_one_with_twice_the_batch_and_resume_exactly() {
     )
     .unwrap();
     assert_eq!(s.steps, 3);
-    // Resuming on another number of devices would change what a step consumes.
+    // One device with the same micro-batch would change what a step consumes: refused.
     match train_parallel::<B>(
         &cut,
         &one_dev,
@@ -96,13 +96,47 @@ fn two_devices_train_like_one_with_twice_the_batch_and_resume_exactly() {
         },
     ) {
         Err(TrainError::Config { message, .. }) => {
-            assert!(message.contains("2 replica"), "{message}")
+            assert!(message.contains("took 4 rows"), "{message}")
         }
         other => panic!(
             "expected a refused resume, got {:?}",
             other.map(|s| s.steps)
         ),
     }
+    // One device with twice the micro-batch keeps the global batch: a run interrupted on two
+    // devices resumes on one and ends where the uninterrupted two-device run ends.
+    train_parallel::<B>(
+        &run_config("cross", 1),
+        &two_dev,
+        &local,
+        &RunOptions {
+            stop_after: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let s = train_parallel::<B>(
+        &run_config("cross", 2),
+        &one_dev,
+        &local,
+        &RunOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .expect("resume on one device");
+    assert_eq!(s.steps, 6);
+    let worst = og_train::testing::weight_differences(
+        &root.join("two").join(last),
+        &root.join("cross").join(last),
+    )
+    .iter()
+    .map(|d| d.1)
+    .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-4,
+        "resumed on one device: weights differ by {worst}"
+    );
     let s = train_parallel::<B>(
         &cut,
         &two_dev,
