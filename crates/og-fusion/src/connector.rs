@@ -264,8 +264,16 @@ impl<B: Backend> OgFusion<B> {
     /// # Shapes
     /// `[..., F]` → `[..., D]`
     pub fn project<const N: usize>(&self, x: Tensor<B, N>) -> Tensor<B, N> {
-        self.linear_2
-            .forward(self.act.forward(self.linear_1.forward(x)))
+        let dims = x.dims();
+        let features = dims[N - 1];
+        let x = x.reshape([-1, features as i32]);
+        let h = self
+            .act
+            .forward(og_kernels::linear_layer(&self.linear_1, x));
+        let y = og_kernels::linear_layer(&self.linear_2, h);
+        let mut out = dims;
+        out[N - 1] = y.dims()[1];
+        y.reshape(out)
     }
 
     /// OGVT of a batch of images.

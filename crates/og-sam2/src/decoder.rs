@@ -185,13 +185,13 @@ impl<B: Backend> Sam2Attention<B> {
         let lk = k.dims()[1];
         let rows = |t: Tensor<B, 3>, l: usize| t.reshape([n * l, c]);
         let o = og_kernels::multi_head_attention(
-            self.q_proj.forward(rows(q, lq)),
-            self.k_proj.forward(rows(k, lk)),
-            self.v_proj.forward(rows(v, lk)),
+            og_kernels::linear_layer(&self.q_proj, rows(q, lq)),
+            og_kernels::linear_layer(&self.k_proj, rows(k, lk)),
+            og_kernels::linear_layer(&self.v_proj, rows(v, lk)),
             n,
             self.heads,
         );
-        self.o_proj.forward(o).reshape([n, lq, c])
+        og_kernels::linear_layer(&self.o_proj, o).reshape([n, lq, c])
     }
 }
 
