@@ -96,6 +96,11 @@ fn one() -> usize {
     1
 }
 
+/// Rows a step consumes on `world` replicas: `batch_size · grad_accumulation · world`.
+fn step_rows(cfg: &TrainConfig, world: usize) -> usize {
+    cfg.batch_size * cfg.grad_accumulation * world
+}
+
 /// A run's shape, which a resumed checkpoint must fit.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RunSizes {
@@ -199,7 +204,7 @@ pub fn train_parallel<B: AutodiffBackend>(
     let mut bad = BadRows::default();
     let preparer = setup::build_preparer(cfg, &model, &mut bad, device)?;
     let n_rows = preparer.rows.len();
-    let per_step = cfg.batch_size * cfg.grad_accumulation * world;
+    let per_step = step_rows(cfg, world);
     let total_steps = cfg
         .max_steps
         .unwrap_or(cfg.epochs * n_rows.div_ceil(per_step));
@@ -284,7 +289,7 @@ fn run_epoch<B: AutodiffBackend>(
     book: &mut Bookkeeping,
 ) -> Result<EpochEnd> {
     let cfg = plan.cfg;
-    let per_step = cfg.batch_size * cfg.grad_accumulation * plan.world;
+    let per_step = step_rows(cfg, plan.world);
     // An epoch read from its start that yields no step would repeat forever (max_steps) or
     // end the run untrained.
     let (whole_epoch, steps_before) = (state.position == 0, state.step);
