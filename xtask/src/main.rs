@@ -19,6 +19,10 @@ tasks:
                 (needs: pip install torch transformers peft numpy pycocotools pillow)
   compare-sam2  SAM 2 Hiera-L image encoder and automatic mask generator against PyTorch
                 (scripts/compare_sam2.py; needs torch, transformers and the sam2 package)
+  gpu-check [--device cuda[:N]|wgpu|flex|ndarray] [og-llava gpu-check flags]
+                build the binary for the device (CUDA: --features cuda into target/cuda) and
+                run og-llava gpu-check: parity with the CPU, one SFT step, throughput, in f32
+                and bf16; target/gpu-check/report.json + report.md
   ci            run .ci/run (fmt, clippy, tests, backend compile check)
   demo          the README's main job: og-llava tokens on the example image
   train [--seeds N] [--preset nano|smoke]
@@ -46,6 +50,39 @@ fn python(root: &std::path::Path, script: &str) -> ExitCode {
     run(Command::new("python3")
         .arg(format!("scripts/{script}"))
         .current_dir(root))
+}
+
+/// `cargo xtask gpu-check`: builds the release binary with the device's backend (CUDA in its
+/// own target directory, so the CPU build is not rebuilt) and runs `og-llava gpu-check`.
+fn gpu_check(root: &std::path::Path, args: &[String]) -> ExitCode {
+    let device = args
+        .iter()
+        .position(|a| a == "--device")
+        .and_then(|i| args.get(i + 1))
+        .map_or("cuda", String::as_str);
+    let backend = device.split(':').next().unwrap_or(device);
+    let mut build = Command::new("cargo");
+    build
+        .args(["build", "--release", "-p", "og-llava-cli"])
+        .current_dir(root);
+    let target = match backend {
+        "cuda" | "wgpu" => {
+            build.args(["--features", backend]);
+            root.join("target").join(backend)
+        }
+        _ => root.join("target"),
+    };
+    build.env("CARGO_TARGET_DIR", &target);
+    let code = run(&mut build);
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    let mut check = Command::new(target.join("release").join("og-llava"));
+    check.arg("gpu-check").current_dir(root);
+    if !args.iter().any(|a| a == "--device") {
+        check.args(["--device", device]);
+    }
+    run(check.args(args))
 }
 
 fn main() -> ExitCode {
@@ -81,6 +118,7 @@ fn main() -> ExitCode {
         Some("compare-felzenszwalb") => python(&root, "compare_felzenszwalb.py"),
         Some("compare-sam2") => python(&root, "compare_sam2.py"),
         Some("perf") => python(&root, "perf.py"),
+        Some("gpu-check") => gpu_check(&root, &args[1..]),
         Some("ci") => run(Command::new(".ci/run").current_dir(&root)),
         Some("demo") => run(Command::new("cargo")
             .args([

@@ -2,6 +2,7 @@
 
 mod ask;
 mod eval;
+mod gpu_check;
 mod launch;
 mod llm;
 mod nano;
@@ -76,6 +77,11 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         iterations: usize,
     },
+    /// Everything a GPU machine must prove in one run: parity with the CPU reference (vision
+    /// tower, Llama, both paths of the composed model) and one SFT step, in f32 and bf16, then
+    /// training, prefill and decode throughput at paper shapes; writes report.json and
+    /// report.md (`cargo xtask gpu-check` builds the CUDA binary and runs it).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 #[derive(Subcommand)]
@@ -342,6 +348,7 @@ fn main() -> ExitCode {
             text_hidden,
             iterations,
         } => device_check(&device, text_hidden, iterations),
+        Command::GpuCheck(args) => gpu_check::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
