@@ -131,6 +131,14 @@ impl Drop for Reap {
 /// Waits for every child (at most five minutes) and asserts each succeeded; returns their
 /// standard error.
 fn finish(children: Vec<std::process::Child>) -> Vec<String> {
+    finish_outputs(children)
+        .into_iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).to_string())
+        .collect()
+}
+
+/// [`finish`], returning each child's whole output.
+fn finish_outputs(children: Vec<std::process::Child>) -> Vec<std::process::Output> {
     let mut reap = Reap(children);
     let t0 = Instant::now();
     while reap.0.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
@@ -144,9 +152,8 @@ fn finish(children: Vec<std::process::Child>) -> Vec<String> {
         .drain(..)
         .map(|c| {
             let o = c.wait_with_output().unwrap();
-            let err = String::from_utf8_lossy(&o.stderr).to_string();
-            assert!(o.status.success(), "{err}");
-            err
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            o
         })
         .collect()
 }
@@ -256,6 +263,78 @@ fn two_nodes_train_like_one_device_with_twice_the_batch() {
         errs[1]
     );
     assert_same_run(&root.join("one"), &root.join("launched"));
+}
+
+/// Each node reads and decodes only the rows of its own micro-batches: the two shares are
+/// disjoint and together the whole epoch, and a row whose pixels turn out corrupt (its header
+/// passes the start-up check) is found, and counted, by the one node that decodes it.
+#[test]
+fn two_nodes_decode_only_their_own_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
+    let png = std::fs::read(root.join("images/0.png")).unwrap();
+    std::fs::write(root.join("images/torn.png"), &png[..png.len() * 2 / 3]).unwrap();
+    let data = root.join("data.json");
+    let mut rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&data).unwrap()).unwrap();
+    rows.push(
+        serde_json::json!({"id": "torn", "image": "torn.png", "conversations": [
+        {"from": "human", "value": "<image>\nw5"}, {"from": "gpt", "value": "w6"}]}),
+    );
+    std::fs::write(&data, serde_json::to_string(&rows).unwrap()).unwrap();
+
+    let config = write_config(root, "nodes");
+    let port = free_port();
+    let exe = env!("CARGO_BIN_EXE_og-llava");
+    let hub = Reap(vec![
+        Command::new(exe)
+            .args(["orchestrator", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ]);
+    let node = |rank: u32| {
+        train(&config, false)
+            .args(["--set", "epochs=1", "--set", "checkpoint_every=100"])
+            .args(["--nodes", "2", "--node-rank", &rank.to_string()])
+            .arg("--orchestrator")
+            .arg(format!("127.0.0.1:{port}"))
+            .env_remove(og_train::hub::TOKEN_ENV)
+            .env("RUST_LOG", "og_train=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let outputs = finish_outputs(vec![node(0), node(1)]);
+    drop(hub);
+    // 10 usable rows (the tiny world's 9 and the torn one), steps of 2 × 2 × 2 = 8 rows:
+    // node 0 reads micro-batches 0 and 2 of step 1 and micro-batch 0 of step 2, node 1 the rest.
+    let mut read = Vec::new();
+    let mut torn_found_by = Vec::new();
+    for (rank, o) in outputs.iter().enumerate() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        let line = err
+            .lines()
+            .find(|l| l.contains("this node reads"))
+            .unwrap_or_else(|| panic!("node {rank} says what it reads:\n{err}"));
+        let n: usize = line
+            .split("this node reads ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(line.contains("of the epoch's 10 rows"), "{line}");
+        read.push(n);
+        let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if summary["bad_rows"].to_string().contains("torn") {
+            torn_found_by.push(rank);
+        }
+    }
+    assert_eq!(read, vec![6, 4]);
+    assert_eq!(torn_found_by.len(), 1, "{torn_found_by:?}");
 }
 
 /// A model trained with non-default image settings (the paper's Φ at α = 2, masks as given,

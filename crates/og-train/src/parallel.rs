@@ -13,7 +13,11 @@
 //! its token sum by the step's total), so `D` devices with micro-batches of `b` compute the same
 //! step as one device with `D·b`, up to the order of float additions.
 //!
-//! Several nodes ([`Collective::nodes`]): every replica of every node sums through the hub
+//! Several nodes ([`Collective::nodes`]) read only their own micro-batches, so a step's token
+//! count is known only after the sum: there each replica sends token sums and its token count,
+//! and the summed buffer is divided by the summed count.
+//!
+//! Several nodes: every replica of every node sums through the hub
 //! that `og-llava orchestrator` runs ([`crate::hub`]): burn-collective 0.21's own multi-node
 //! all-reduce fails intermittently (see the crate's README).
 
@@ -204,6 +208,10 @@ pub(crate) struct Contribution<B: AutodiffBackend> {
     pub failed: bool,
     /// Its gradients by parameter name (token sums divided by the step's token count).
     pub grads: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
+    /// Its supervised tokens and examples (nodes that read only their own share of a step
+    /// learn the step's totals from their sum).
+    pub tokens: usize,
+    pub examples: usize,
 }
 
 /// What the replicas agree on after the all-reduce.
@@ -213,7 +221,13 @@ pub(crate) struct Reduced<B: AutodiffBackend> {
     pub failed: usize,
     /// The summed gradients of every parameter that got one on some replica.
     pub grads: BTreeMap<String, Tensor<B::InnerBackend, 1>>,
+    /// The step's supervised tokens and examples over every replica.
+    pub tokens: usize,
+    pub examples: usize,
 }
+
+/// Values before the gradients in the flat buffer: loss, failure flag, tokens, examples.
+const HEAD: usize = 4;
 
 /// Sums `mine` with every other replica's contribution. `params` lists every trainable
 /// parameter (name, element count) in the same order on every replica, so every replica makes
@@ -226,14 +240,20 @@ pub(crate) fn all_reduce<B: AutodiffBackend>(
     device: &burn::tensor::Device<B::InnerBackend>,
 ) -> Result<Reduced<B>> {
     let n = params.len();
-    let mut head = vec![mine.loss as f32, if mine.failed { 1.0 } else { 0.0 }];
+    // Counts stay exact in f32 up to 2^24 (16.7M tokens in one step).
+    let mut head = vec![
+        mine.loss as f32,
+        if mine.failed { 1.0 } else { 0.0 },
+        mine.tokens as f32,
+        mine.examples as f32,
+    ];
     head.extend(
         params
             .iter()
             .map(|(name, _)| f32::from(u8::from(mine.grads.contains_key(name)))),
     );
     let mut parts: Vec<Tensor<B::InnerBackend, 1>> = vec![Tensor::from_data(
-        TensorData::new(head, [2 + n]),
+        TensorData::new(head, [HEAD + n]),
         (device, DType::F32),
     )];
     let mut grads = mine.grads;
@@ -248,14 +268,14 @@ pub(crate) fn all_reduce<B: AutodiffBackend>(
     let summed: Tensor<B::InnerBackend, 1> = Tensor::from_primitive(TensorPrimitive::Float(summed));
     let head: Vec<f32> = summed
         .clone()
-        .slice(0..2 + n)
+        .slice(0..HEAD + n)
         .into_data()
         .into_vec()
         .map_err(|e| TrainError::Collective(format!("reading the reduced step: {e:?}")))?;
     let mut out = BTreeMap::new();
-    let mut at = 2 + n;
+    let mut at = HEAD + n;
     for (i, (name, numel)) in params.iter().enumerate() {
-        if head[2 + i] > 0.0 {
+        if head[HEAD + i] > 0.0 {
             out.insert(name.clone(), summed.clone().slice(at..at + numel));
         }
         at += numel;
@@ -264,6 +284,8 @@ pub(crate) fn all_reduce<B: AutodiffBackend>(
         loss: head[0] as f64,
         failed: head[1].round() as usize,
         grads: out,
+        tokens: head[2].round() as usize,
+        examples: head[3].round() as usize,
     })
 }
 
@@ -327,6 +349,8 @@ mod tests {
                             loss: 0.25,
                             failed: local == 1,
                             grads,
+                            tokens: 3 + local,
+                            examples: 1,
                         };
                         all_reduce::<B>(session, local, params, mine, &device).unwrap()
                     })
@@ -337,6 +361,7 @@ mod tests {
         for r in &out {
             assert_eq!(r.failed, 1);
             assert_eq!(r.loss, 0.5);
+            assert_eq!((r.tokens, r.examples), (7, 2));
             assert_eq!(r.grads.keys().collect::<Vec<_>>(), vec!["a"]);
             let a: Vec<f32> = r.grads["a"].clone().into_data().to_vec().unwrap();
             assert_eq!(a, vec![1.0, 2.0, 3.0]);

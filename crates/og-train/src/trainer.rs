@@ -119,16 +119,19 @@ struct StepOutcome {
     grad_norm: f64,
     clip_coef: f64,
     tokens: usize,
+    /// Examples the step trained on.
+    examples: usize,
     times: StepTimes,
 }
 
 impl StepOutcome {
-    fn non_finite(loss: f64, tokens: usize, times: StepTimes) -> Self {
+    fn non_finite(loss: f64, tokens: usize, examples: usize, times: StepTimes) -> Self {
         Self {
             loss,
             grad_norm: f64::NAN,
             clip_coef: 1.0,
             tokens,
+            examples,
             times,
         }
     }
@@ -288,6 +291,9 @@ fn run_epoch<B: AutodiffBackend>(
     state: &mut TrainState,
     book: &mut Bookkeeping,
 ) -> Result<EpochEnd> {
+    if let (Some(session), true) = (session, plan.collective.nodes.is_some()) {
+        return run_epoch_sharded(plan, replicas, session, preparer, state, book);
+    }
     let cfg = plan.cfg;
     let per_step = step_rows(cfg, plan.world);
     // An epoch read from its start that yields no step would repeat forever (max_steps) or
@@ -313,33 +319,140 @@ fn run_epoch<B: AutodiffBackend>(
             return Ok(EpochEnd::Exhausted);
         }
         let position = loader.position();
-        let step_count = step_examples.len();
         let data_s = waited.elapsed().as_secs_f64();
         let report = match session {
             None => run_step(plan, &mut replicas[0], step_examples, state.step)?,
             Some(session) => run_step_parallel(plan, replicas, session, step_examples, state.step)?,
         };
-        let Some(outcome) = report else {
-            // Nothing supervised in this step's examples: move on without stepping.
-            state.position = position;
-            continue;
-        };
-        if !outcome.loss.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: state.step + 1,
-                loss: outcome.loss,
-                last_good: book.last_good.clone(),
-            });
-        }
-        state.advance(&outcome, position, step_count);
-        book.after_step(plan, state, &outcome, data_s, &mut replicas[0])?;
-        if book.stop_after.is_some_and(|s| state.step >= s) {
-            return Ok(EpochEnd::Stopped);
-        }
-        if state.step >= plan.total_steps {
-            return Ok(EpochEnd::Done);
+        if let Some(end) = after_step(plan, replicas, state, book, report, position, data_s)? {
+            return Ok(end);
         }
     }
+}
+
+/// [`run_epoch`] across nodes: each node reads and decodes only the rows of its own
+/// micro-batches. Step `i` of the rest of the epoch is the `step_rows` positions of the order
+/// from `start + i·step_rows` on; its micro-batch `m` (`batch_size` positions) goes to
+/// run-wide rank `m mod world`, as within one node. A row found bad while decoding leaves its
+/// micro-batch rather than being replaced (no other node would know), and the step's
+/// supervised tokens — the loss's denominator — are summed with the gradients.
+fn run_epoch_sharded<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    replicas: &mut [Replica<B>],
+    session: &crate::parallel::Session<B::InnerBackend>,
+    preparer: &Arc<Preparer>,
+    state: &mut TrainState,
+    book: &mut Bookkeeping,
+) -> Result<EpochEnd> {
+    let cfg = plan.cfg;
+    let per_step = step_rows(cfg, plan.world);
+    let (whole_epoch, steps_before) = (state.position == 0, state.step);
+    let order = epoch_order(
+        &preparer.rows,
+        cfg.seed,
+        state.epoch,
+        cfg.batch_size,
+        cfg.data.group_by_length,
+    );
+    let start = state.position.min(order.len());
+    let slots = node_share(order.len(), start, per_step, cfg.batch_size, |m| {
+        plan.collective
+            .local_of(m % plan.world, plan.local_devices)
+            .is_some()
+    });
+    tracing::info!(
+        epoch = state.epoch,
+        "this node reads {} of the epoch's {} rows from position {start}",
+        slots.len(),
+        order.len()
+    );
+    let rows = slots.iter().map(|s| order[s.position]).collect();
+    let mut loader = Loader::new(preparer.clone(), rows, 0, cfg.data.workers);
+    let mut slots = slots.into_iter().peekable();
+    for i in 0..(order.len() - start).div_ceil(per_step) {
+        let waited = Instant::now();
+        let mut batches: BTreeMap<usize, Vec<Example>> = BTreeMap::new();
+        while let Some(slot) = slots.next_if(|s| s.step == i) {
+            match loader.next() {
+                Some(Ok(ex)) => batches.entry(slot.micro).or_default().push(ex),
+                Some(Err((id, reason))) => bad_row(cfg, state, &id, &reason)?,
+                None => break,
+            }
+        }
+        let position = (start + (i + 1) * per_step).min(order.len());
+        let data_s = waited.elapsed().as_secs_f64();
+        let report = run_node_share(plan, replicas, session, batches, state.step)?;
+        if let Some(end) = after_step(plan, replicas, state, book, report, position, data_s)? {
+            return Ok(end);
+        }
+    }
+    if whole_epoch && state.step == steps_before {
+        return Err(no_step_in_epoch(cfg, state));
+    }
+    state.epoch += 1;
+    state.position = 0;
+    Ok(EpochEnd::Exhausted)
+}
+
+/// A position of the epoch's order that this node reads: its step (counted from where the
+/// reading starts) and micro-batch within the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    position: usize,
+    step: usize,
+    micro: usize,
+}
+
+/// The positions `start..len` of an epoch's order that belong to this node's micro-batches
+/// (`mine(m)` for micro-batch `m` of a step), in order.
+fn node_share(
+    len: usize,
+    start: usize,
+    per_step: usize,
+    batch_size: usize,
+    mine: impl Fn(usize) -> bool,
+) -> Vec<Slot> {
+    (start..len)
+        .map(|position| {
+            let offset = position - start;
+            Slot {
+                position,
+                step: offset / per_step,
+                micro: offset % per_step / batch_size,
+            }
+        })
+        .filter(|s| mine(s.micro))
+        .collect()
+}
+
+/// Books a step's outcome (`None`: nothing supervised, the data position still moves on);
+/// returns how the epoch ends if this step ends it.
+fn after_step<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    replicas: &mut [Replica<B>],
+    state: &mut TrainState,
+    book: &mut Bookkeeping,
+    report: Option<StepOutcome>,
+    position: usize,
+    data_s: f64,
+) -> Result<Option<EpochEnd>> {
+    let Some(outcome) = report else {
+        state.position = position;
+        return Ok(None);
+    };
+    if !outcome.loss.is_finite() {
+        return Err(TrainError::NonFinite {
+            step: state.step + 1,
+            loss: outcome.loss,
+            last_good: book.last_good.clone(),
+        });
+    }
+    state.advance(&outcome, position);
+    book.after_step(plan, state, &outcome, data_s, &mut replicas[0])?;
+    if book.stop_after.is_some_and(|s| state.step >= s) {
+        return Ok(Some(EpochEnd::Stopped));
+    }
+    Ok((state.step >= plan.total_steps).then_some(EpochEnd::Done))
 }
 
 /// Where a run starts: a fresh state, or the checkpoint `resume_from` names (its state,
@@ -504,12 +617,11 @@ impl TrainState {
         }
     }
 
-    /// One optimiser step taken: `step_count` examples consumed, the epoch's order read up to
-    /// `position`.
-    fn advance(&mut self, outcome: &StepOutcome, position: usize, step_count: usize) {
+    /// One optimiser step taken, the epoch's order read up to `position`.
+    fn advance(&mut self, outcome: &StepOutcome, position: usize) {
         self.step += 1;
         self.position = position;
-        self.examples += step_count;
+        self.examples += outcome.examples;
         self.supervised_tokens += outcome.tokens;
         self.first_loss.get_or_insert(outcome.loss);
         self.last_loss = Some(outcome.loss);
@@ -544,20 +656,30 @@ fn gather_step(
         match loader.next() {
             None => break,
             Some(Ok(ex)) => examples.push(ex),
-            Some(Err((id, reason))) => {
-                if cfg.data.fail_on_bad_rows {
-                    return Err(TrainError::Data {
-                        path: cfg.data.json.clone(),
-                        message: format!("row {id}: {reason}"),
-                    });
-                }
-                if state.epoch == 0 {
-                    state.bad_rows.add(&id, &reason);
-                }
-            }
+            Some(Err((id, reason))) => bad_row(cfg, state, &id, &reason)?,
         }
     }
     Ok(examples)
+}
+
+/// A row found bad while decoding: an error under `fail_on_bad_rows`, otherwise counted, once
+/// (first epoch).
+fn bad_row(
+    cfg: &TrainConfig,
+    state: &mut TrainState,
+    id: &str,
+    reason: &crate::data::BadRow,
+) -> Result<()> {
+    if cfg.data.fail_on_bad_rows {
+        return Err(TrainError::Data {
+            path: cfg.data.json.clone(),
+            message: format!("row {id}: {reason}"),
+        });
+    }
+    if state.epoch == 0 {
+        state.bad_rows.add(id, reason);
+    }
+    Ok(())
 }
 
 fn no_step_in_epoch(cfg: &TrainConfig, state: &TrainState) -> TrainError {
@@ -675,8 +797,13 @@ struct StepPlan<'a> {
 /// What every replica of a step shares: the step's supervised tokens and, with
 /// `host_dropout`, the seed of its micro-batches' dropout streams.
 struct StepStart {
+    /// What each micro-batch's token sums are divided by: the step's supervised tokens, or 1
+    /// when they are only known after the all-reduce (`after_reduce`).
     total: usize,
     host_dropout: Option<u64>,
+    /// The loss and gradients are divided by the step's tokens summed in the all-reduce (nodes
+    /// that read only their own share of the step).
+    after_reduce: bool,
 }
 
 impl StepPlan<'_> {
@@ -693,6 +820,15 @@ impl StepPlan<'_> {
         if total == 0 {
             return None;
         }
+        Some(StepStart {
+            total,
+            after_reduce: false,
+            ..self.seed::<B>(step, device)
+        })
+    }
+
+    /// Seeds the backend's RNG for `step`; the step's token count is summed with the gradients.
+    fn seed<B: AutodiffBackend>(&self, step: usize, device: &B::Device) -> StepStart {
         // The backend's RNG is process-wide: seeded once per step, replicas' draws from it
         // interleave in scheduling order (bit-reproducible only with LoRA dropout 0 or
         // `host_dropout`, which gives every micro-batch its own stream).
@@ -700,10 +836,11 @@ impl StepPlan<'_> {
             let _seeded = backend_rng();
             B::seed(device, step_seed(self.cfg, step));
         }
-        Some(StepStart {
-            total,
+        StepStart {
+            total: 1,
             host_dropout: self.host_dropout.then(|| step_seed(self.cfg, step)),
-        })
+            after_reduce: true,
+        }
     }
 
     /// Each group's learning rate at `step`.
@@ -842,10 +979,12 @@ fn run_step<B: AutodiffBackend>(
     let Some(StepStart {
         total,
         host_dropout,
+        ..
     }) = plan.begin::<B>(&examples, image, step, &replica.device)
     else {
         return Ok(None);
     };
+    let count = examples.len();
     let batches = micro_batches(examples, plan.cfg.batch_size);
     let (loss, grads, mut times) = forward_backward(
         &mut replica.model,
@@ -856,7 +995,7 @@ fn run_step<B: AutodiffBackend>(
         &replica.device,
     )?;
     if !loss.is_finite() {
-        return Ok(Some(StepOutcome::non_finite(loss, total, times)));
+        return Ok(Some(StepOutcome::non_finite(loss, total, count, times)));
     }
     let t2 = Instant::now();
     let report = optimizer_step(plan, replica, grads, step);
@@ -866,6 +1005,7 @@ fn run_step<B: AutodiffBackend>(
         grad_norm: report.grad_norm,
         clip_coef: report.clip_coef,
         tokens: total,
+        examples: count,
         times,
     }))
 }
@@ -885,14 +1025,47 @@ fn run_step_parallel<B: AutodiffBackend>(
     let Some(start) = plan.begin::<B>(&examples, image, step, &replicas[0].device) else {
         return Ok(None);
     };
+    let batches = micro_batches(examples, plan.cfg.batch_size);
+    run_shares(plan, replicas, session, batches, &start, step)
+}
+
+/// One optimiser step over this node's micro-batches of the step (by index), the other nodes
+/// holding the rest: the loss's denominator comes from the all-reduce.
+fn run_node_share<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    replicas: &mut [Replica<B>],
+    session: &crate::parallel::Session<B::InnerBackend>,
+    batches: BTreeMap<usize, Vec<Example>>,
+    step: usize,
+) -> Result<Option<StepOutcome>> {
+    let start = plan.seed::<B>(step, &replicas[0].device);
+    run_shares(
+        plan,
+        replicas,
+        session,
+        batches.into_iter().collect(),
+        &start,
+        step,
+    )
+}
+
+/// Micro-batch `m` to the replica of run-wide rank `m mod world` (this node's only), one
+/// thread per replica, then the outcome.
+fn run_shares<B: AutodiffBackend>(
+    plan: &StepPlan<'_>,
+    replicas: &mut [Replica<B>],
+    session: &crate::parallel::Session<B::InnerBackend>,
+    batches: Vec<(usize, Vec<Example>)>,
+    start: &StepStart,
+    step: usize,
+) -> Result<Option<StepOutcome>> {
     let mut shares: Vec<Vec<(usize, Vec<Example>)>> =
         (0..replicas.len()).map(|_| Vec::new()).collect();
-    for (m, batch) in micro_batches(examples, plan.cfg.batch_size) {
+    for (m, batch) in batches {
         if let Some(local) = plan.collective.local_of(m % plan.world, plan.local_devices) {
             shares[local].push((m, batch));
         }
     }
-    let start = &start;
     let results: Vec<ReplicaResult> = std::thread::scope(|s| {
         let handles: Vec<_> = replicas
             .iter_mut()
@@ -939,20 +1112,36 @@ fn replica_step<B: AutodiffBackend>(
     if reduced.failed > 0 {
         return ReplicaResult::PeerFailed(reduced.failed);
     }
-    if !reduced.loss.is_finite() {
+    let (loss, grads, tokens) = match (start.after_reduce, reduced.tokens) {
+        (false, _) => (reduced.loss, reduced.grads, start.total),
+        // Nothing supervised anywhere in the step: every replica skips it.
+        (true, 0) => return ReplicaResult::Own(Ok(None)),
+        (true, n) => (
+            reduced.loss / n as f64,
+            reduced
+                .grads
+                .into_iter()
+                .map(|(name, g)| (name, g.div_scalar(n as f64)))
+                .collect(),
+            n,
+        ),
+    };
+    if !loss.is_finite() {
         return ReplicaResult::Own(Ok(Some(StepOutcome::non_finite(
-            reduced.loss,
-            start.total,
+            loss,
+            tokens,
+            reduced.examples,
             times,
         ))));
     }
-    let report = optimizer_step(plan, replica, reduced.grads, step);
+    let report = optimizer_step(plan, replica, grads, step);
     times.optimizer = t2.elapsed().as_secs_f64();
     ReplicaResult::Own(Ok(Some(StepOutcome {
-        loss: reduced.loss,
+        loss,
         grad_norm: report.grad_norm,
         clip_coef: report.clip_coef,
-        tokens: start.total,
+        tokens,
+        examples: reduced.examples,
         times,
     })))
 }
@@ -967,6 +1156,13 @@ fn contribute<B: AutodiffBackend>(
     share: Vec<(usize, Vec<Example>)>,
     start: &StepStart,
 ) -> (Contribution<B>, Option<TrainError>, StepTimes) {
+    let image = replica.model.image_token_id;
+    let examples = share.iter().map(|(_, b)| b.len()).sum();
+    let tokens = share
+        .iter()
+        .flat_map(|(_, b)| b)
+        .map(|e| supervised(e, image))
+        .sum();
     let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         forward_backward(
             &mut replica.model,
@@ -992,6 +1188,8 @@ fn contribute<B: AutodiffBackend>(
                 loss,
                 failed: false,
                 grads,
+                tokens,
+                examples,
             },
             None,
             times,
@@ -1001,6 +1199,8 @@ fn contribute<B: AutodiffBackend>(
                 loss: 0.0,
                 failed: true,
                 grads: BTreeMap::new(),
+                tokens,
+                examples,
             },
             Some(e),
             StepTimes::default(),
@@ -1027,5 +1227,35 @@ fn first_outcome(results: Vec<ReplicaResult>) -> Result<Option<StepOutcome>> {
         _ => Err(TrainError::Collective(format!(
             "{peer_failed} replica(s) on other nodes failed in this step"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_share;
+
+    #[test]
+    fn nodes_read_disjoint_shares_whose_union_is_every_step() {
+        // Positions 1..12 (a resumed run), steps of 6 rows in micro-batches of 2: micro-batch m
+        // of a step goes to rank m mod world, ranks numbered node by node.
+        for (world, ranks_per_node) in [(3, 1), (6, 2), (3, 3)] {
+            let nodes = world / ranks_per_node;
+            let shares: Vec<_> = (0..nodes)
+                .map(|node| node_share(12, 1, 6, 2, |m| m % world / ranks_per_node == node))
+                .collect();
+            let mut all: Vec<usize> = shares.iter().flatten().map(|s| s.position).collect();
+            all.sort_unstable();
+            assert_eq!(all, (1..12).collect::<Vec<_>>(), "world {world}");
+            for s in shares.iter().flatten() {
+                assert_eq!(s.step, (s.position - 1) / 6);
+                assert_eq!(s.micro, (s.position - 1) % 6 / 2);
+            }
+        }
+        // Three nodes of one replica: node 1 reads the second micro-batch of every step.
+        let node1: Vec<usize> = node_share(12, 1, 6, 2, |m| m % 3 == 1)
+            .iter()
+            .map(|s| s.position)
+            .collect();
+        assert_eq!(node1, vec![3, 4, 9, 10]);
     }
 }
