@@ -46,6 +46,17 @@ pub struct TrainArgs {
     /// The hub's address (`og-llava orchestrator --port P` runs it): HOST:P.
     #[arg(long, requires = "nodes")]
     orchestrator: Option<String>,
+    /// How the nodes of a CUDA run sum their gradients: through the hub, or with NCCL (the hub
+    /// then only hands out NCCL's id; needs a build with `--features cuda` and libnccl).
+    #[arg(long, value_enum, default_value = "hub")]
+    collective: CollectiveKind,
+}
+
+/// The engine that sums the gradients of a multi-node run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CollectiveKind {
+    Hub,
+    Nccl,
 }
 
 struct Train {
@@ -72,6 +83,7 @@ fn collective(args: &TrainArgs) -> Result<(Collective, Option<Launch>), CliError
             rank: l.rank,
             orchestrator: l.orchestrator(),
             token: hub_token(),
+            nccl: None,
         });
         return Ok((Collective { nodes }, launch));
     };
@@ -92,6 +104,7 @@ fn collective(args: &TrainArgs) -> Result<(Collective, Option<Launch>), CliError
         rank: args.node_rank.unwrap_or_default(),
         orchestrator: hub,
         token: hub_token(),
+        nccl: None,
     };
     Ok((Collective { nodes: Some(nodes) }, None))
 }
@@ -145,8 +158,27 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
         ));
     }
     let base = args.device.spec(crate::Work::Training)?;
-    let (collective, launch) = collective(args)?;
+    let (mut collective, launch) = collective(args)?;
     let devices = devices(args, base, launch.as_ref())?;
+    if args.collective == CollectiveKind::Nccl {
+        let ordinals: Option<Vec<usize>> = devices
+            .iter()
+            .map(|d| match d {
+                DeviceSpec::Cuda(i) => Some(*i),
+                _ => None,
+            })
+            .collect();
+        match (collective.nodes.as_mut(), ordinals) {
+            (Some(nodes), Some(ordinals)) => nodes.nccl = Some(ordinals),
+            _ => {
+                return Err(CliError::Usage(
+                    "--collective nccl needs CUDA devices and a multi-node run (--nodes, or a \
+                     launcher's environment)"
+                        .into(),
+                ));
+            }
+        }
+    }
     if let Some(l) = &launch {
         eprintln!(
             "{:?} launch: node {} of {} (local rank {}), hub at {}{}",

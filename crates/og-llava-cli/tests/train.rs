@@ -427,3 +427,22 @@ fn a_trained_model_is_asked_as_it_was_trained() {
         "{err}"
     );
 }
+
+/// NCCL sums the gradients of multi-node CUDA runs only; asked for elsewhere it is a usage
+/// error that says what it needs.
+#[test]
+fn nccl_needs_cuda_devices_and_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("run.json");
+    std::fs::write(&config, "{}").unwrap();
+    let o = train(&config, false)
+        .args(["--collective", "nccl"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--collective nccl needs CUDA devices and a multi-node run"),
+        "{err}"
+    );
+}

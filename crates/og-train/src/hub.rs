@@ -474,9 +474,68 @@ impl HubClient {
     }
 }
 
+impl HubClient {
+    /// Rank 0's `len` bytes, on every replica, in one round: the rendezvous of a collective
+    /// library (NCCL's unique id, the role torchrun's store plays). Rank 0 passes its bytes,
+    /// every other replica `None`; the hub's sum is rank 0's bytes.
+    pub fn share_from_rank0(&mut self, bytes: Option<&[u8]>, len: usize) -> Result<Vec<u8>> {
+        let values: Vec<f32> = match bytes {
+            Some(b) if b.len() == len => b.iter().map(|&x| f32::from(x)).collect(),
+            Some(b) => {
+                return Err(err(format!("{} bytes to share, {len} expected", b.len())));
+            }
+            None => vec![0.0; len],
+        };
+        self.all_reduce(&values)?
+            .into_iter()
+            .map(|v| {
+                if (0.0..=255.0).contains(&v) && v.fract() == 0.0 {
+                    Ok(v as u8)
+                } else {
+                    Err(err(
+                        "the bytes shared from rank 0 are malformed: did two replicas claim \
+                         rank 0?",
+                    ))
+                }
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rank 0's bytes reach every replica; two replicas that both share bytes are caught.
+    #[test]
+    fn bytes_from_rank_0_reach_every_replica() {
+        let (addr, h) = hub(2, quick());
+        let id: Vec<u8> = (0..128u32).map(|i| (i * 37 % 256) as u8).collect();
+        let run = |rank: u32, bytes: Option<Vec<u8>>| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                client(&addr, 3, rank).share_from_rank0(bytes.as_deref(), 128)
+            })
+        };
+        let got: Vec<_> = [run(0, Some(id.clone())), run(1, None), run(2, None)]
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        assert!(got.iter().all(|g| g == &id));
+        let twice: Vec<_> = [
+            run(0, Some(id.clone())),
+            run(1, Some(id.clone())),
+            run(2, None),
+        ]
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+        assert!(twice.iter().all(|r| {
+            r.as_ref()
+                .is_err_and(|e| e.to_string().contains("two replicas claim"))
+        }));
+        drop(h);
+    }
 
     fn quick() -> HubConfig {
         HubConfig {

@@ -7,7 +7,8 @@
 //!   rates), clipping by the global gradient norm, warm-up + cosine schedule.
 //! - [`trainer`]: the loop — accumulation, progress, metrics, atomic checkpoints, exact resume.
 //! - [`parallel`]: data-parallel training over several devices through burn's collective
-//!   all-reduce, and over several nodes through [`hub`], a TCP all-reduce hub.
+//!   all-reduce, and over several nodes through [`hub`], a TCP all-reduce hub, or NCCL
+//!   (feature `nccl`) with the hub as its rendezvous.
 //!
 //! The trainer is generic over burn's autodiff backends; on the CPU, `Autodiff<NdArray>` (f32)
 //! trains the small models fastest.
@@ -19,6 +20,8 @@ pub mod data;
 mod error;
 pub mod hub;
 pub mod metrics;
+#[cfg(feature = "nccl")]
+mod nccl;
 pub mod optim;
 pub mod parallel;
 mod setup;

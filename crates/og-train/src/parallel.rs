@@ -47,6 +47,9 @@ pub struct Nodes {
     pub orchestrator: String,
     /// The run's shared token, when the hub asks for one ([`crate::hub::TOKEN_ENV`]).
     pub token: Option<String>,
+    /// Sum the gradients with NCCL on these CUDA ordinals (one per local replica, in order);
+    /// the hub is then the rendezvous only. Needs the `nccl` feature.
+    pub nccl: Option<Vec<usize>>,
 }
 
 /// Where the replicas of a run live: this process's devices, and optionally other nodes.
@@ -96,6 +99,13 @@ enum Link {
         _guard: std::sync::MutexGuard<'static, ()>,
     },
     Hub(Vec<Mutex<HubClient>>),
+    /// NCCL communicators; the hub connections that carried the rendezvous stay open (the hub
+    /// ends a run when a replica leaves).
+    #[cfg(feature = "nccl")]
+    Nccl {
+        _rendezvous: Vec<Mutex<HubClient>>,
+        comms: Vec<Mutex<crate::nccl::NcclReplica>>,
+    },
 }
 
 /// The replicas of a run, joined; unregisters them when dropped.
@@ -124,8 +134,12 @@ impl<B: Backend> Session<B> {
                     .map(Mutex::new)
                 })
                 .collect::<Result<Vec<_>>>()?;
+            let link = match &nodes.nccl {
+                None => Link::Hub(clients),
+                Some(ordinals) => nccl_link(clients, ordinals, collective, n)?,
+            };
             return Ok(Self {
-                link: Link::Hub(clients),
+                link,
                 devices: devices.to_vec(),
             });
         }
@@ -168,25 +182,75 @@ impl<B: Backend> Session<B> {
                         TrainError::Collective(format!("all-reduce of the gradients: {e:?}"))
                     })
             }
-            Link::Hub(clients) => {
-                let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(tensor));
-                let data: Vec<f32> =
-                    t.into_data().convert::<f32>().into_vec().map_err(|e| {
-                        TrainError::Collective(format!("reading the gradients: {e:?}"))
-                    })?;
-                let n = data.len();
-                let sum = clients[local]
+            Link::Hub(clients) => self.through_host(local, tensor, |data| {
+                clients[local]
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .all_reduce(&data)?;
-                let summed = Tensor::<B, 1>::from_data(
-                    TensorData::new(sum, [n]),
-                    (&self.devices[local], DType::F32),
-                );
-                Ok(summed.into_primitive().tensor())
-            }
+                    .all_reduce(data)
+            }),
+            #[cfg(feature = "nccl")]
+            Link::Nccl { comms, .. } => self.through_host(local, tensor, |data| {
+                crate::nccl::all_reduce(&comms[local], data)
+            }),
         }
     }
+
+    /// `tensor` read to the host, summed by `sum`, and back on replica `local`'s device.
+    fn through_host(
+        &self,
+        local: usize,
+        tensor: FloatTensor<B>,
+        sum: impl FnOnce(&[f32]) -> Result<Vec<f32>>,
+    ) -> Result<FloatTensor<B>> {
+        let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(tensor));
+        let data: Vec<f32> = t
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| TrainError::Collective(format!("reading the gradients: {e:?}")))?;
+        let n = data.len();
+        let summed = Tensor::<B, 1>::from_data(
+            TensorData::new(sum(&data)?, [n]),
+            (&self.devices[local], DType::F32),
+        );
+        Ok(summed.into_primitive().tensor())
+    }
+}
+
+/// NCCL communicators for this node's replicas (CUDA `ordinals`), the id shared through
+/// `clients`.
+#[cfg(feature = "nccl")]
+fn nccl_link(
+    clients: Vec<Mutex<HubClient>>,
+    ordinals: &[usize],
+    collective: &Collective,
+    n: usize,
+) -> Result<Link> {
+    if ordinals.len() != n {
+        return Err(TrainError::Invalid(format!(
+            "NCCL: {} CUDA ordinals for {n} replicas",
+            ordinals.len()
+        )));
+    }
+    let ranks: Vec<usize> = (0..n).map(|l| collective.rank_of(l, n)).collect();
+    let comms = crate::nccl::join(&clients, ordinals, &ranks, collective.world(n))?;
+    Ok(Link::Nccl {
+        _rendezvous: clients,
+        comms,
+    })
+}
+
+#[cfg(not(feature = "nccl"))]
+fn nccl_link(
+    _clients: Vec<Mutex<HubClient>>,
+    _ordinals: &[usize],
+    _collective: &Collective,
+    _n: usize,
+) -> Result<Link> {
+    Err(TrainError::Invalid(
+        "NCCL needs og-train's `nccl` feature (og-llava-cli builds it with `--features cuda`)"
+            .into(),
+    ))
 }
 
 impl<B: Backend> Drop for Session<B> {
@@ -315,6 +379,7 @@ mod tests {
                 rank,
                 orchestrator: "127.0.0.1:1".into(),
                 token: None,
+                nccl: None,
             }),
         };
         assert_eq!(node(1).world(2), 4);
