@@ -297,6 +297,11 @@ fn run_all(args: &GpuCheckArgs, spec: DeviceSpec, shapes: Shapes) -> Result<(), 
     };
     let gpu = gpu_index.and_then(gpu_name);
     let exe = std::env::current_exe().map_err(|e| CliError::Usage(e.to_string()))?;
+    // The first phase writes the parity model afresh (a stale one could be of other sizes).
+    let base = args.out.join("parity-base");
+    if base.exists() {
+        std::fs::remove_dir_all(&base).map_err(|e| output_err(&base, e))?;
+    }
     let mut phases = std::collections::BTreeMap::new();
     for p in [PhasePrecision::F32, PhasePrecision::Bf16] {
         eprintln!("gpu-check: {} phase on {}", p.name(), args.device);
@@ -555,7 +560,7 @@ fn parity_lora() -> LoraConfig {
     }
 }
 
-/// Writes the parity model (random weights, f32) for both sides to load.
+/// Writes the parity model (seeded random weights, f32) for both sides to load.
 struct WriteBase<'a> {
     dir: &'a Path,
 }
@@ -566,6 +571,7 @@ impl BackendTask for WriteBase<'_> {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         let (vcfg, lcfg) = parity_configs();
         let dir = self.dir;
+        B::seed(&device, 0x0c4e_c7ed);
         vcfg.init::<B>(&device)?
             .save_pretrained(dir.join("vision"), &vcfg)?;
         lcfg.init::<B>(&device)?

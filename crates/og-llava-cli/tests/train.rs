@@ -116,6 +116,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The all-reduce hub on `port` of localhost, killed when the returned value drops.
+fn orchestrator(port: u16) -> Reap {
+    Reap(vec![
+        Command::new(env!("CARGO_BIN_EXE_og-llava"))
+            .args(["orchestrator", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    ])
+}
+
 /// Kills the child processes of a test when it ends, passing or not.
 struct Reap(Vec<std::process::Child>);
 
@@ -193,7 +205,6 @@ fn two_nodes_train_like_one_device_with_twice_the_batch() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     og_train::testing::tiny_world(root, &fixtures().join("vision/llava_tiny"));
-    let exe = env!("CARGO_BIN_EXE_og-llava");
     let common = [
         "--set",
         "lora.dropout=0.0",
@@ -222,14 +233,7 @@ fn two_nodes_train_like_one_device_with_twice_the_batch() {
 
     let nodes = write_config(root, "nodes");
     let port = free_port();
-    let hub = Reap(vec![
-        Command::new(exe)
-            .args(["orchestrator", "--port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ]);
+    let hub = orchestrator(port);
     let by_flags = |rank: u32| {
         node(&nodes)
             .args(["--nodes", "2", "--node-rank", &rank.to_string()])
@@ -286,15 +290,7 @@ fn two_nodes_decode_only_their_own_rows() {
 
     let config = write_config(root, "nodes");
     let port = free_port();
-    let exe = env!("CARGO_BIN_EXE_og-llava");
-    let hub = Reap(vec![
-        Command::new(exe)
-            .args(["orchestrator", "--port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    ]);
+    let hub = orchestrator(port);
     let node = |rank: u32| {
         train(&config, false)
             .args(["--set", "epochs=1", "--set", "checkpoint_every=100"])

@@ -299,13 +299,7 @@ fn run_epoch<B: AutodiffBackend>(
     // An epoch read from its start that yields no step would repeat forever (max_steps) or
     // end the run untrained.
     let (whole_epoch, steps_before) = (state.position == 0, state.step);
-    let order = epoch_order(
-        &preparer.rows,
-        cfg.seed,
-        state.epoch,
-        cfg.batch_size,
-        cfg.data.group_by_length,
-    );
+    let order = plan.epoch_order(preparer, state.epoch);
     let mut loader = Loader::new(preparer.clone(), order, state.position, cfg.data.workers);
     loop {
         let waited = Instant::now();
@@ -347,13 +341,7 @@ fn run_epoch_sharded<B: AutodiffBackend>(
     let cfg = plan.cfg;
     let per_step = step_rows(cfg, plan.world);
     let (whole_epoch, steps_before) = (state.position == 0, state.step);
-    let order = epoch_order(
-        &preparer.rows,
-        cfg.seed,
-        state.epoch,
-        cfg.batch_size,
-        cfg.data.group_by_length,
-    );
+    let order = plan.epoch_order(preparer, state.epoch);
     let start = state.position.min(order.len());
     let slots = node_share(order.len(), start, per_step, cfg.batch_size, |m| {
         plan.collective
@@ -841,6 +829,18 @@ impl StepPlan<'_> {
             host_dropout: self.host_dropout.then(|| step_seed(self.cfg, step)),
             after_reduce: true,
         }
+    }
+
+    /// The order of the rows in `epoch`.
+    fn epoch_order(&self, preparer: &Preparer, epoch: usize) -> Vec<usize> {
+        let cfg = self.cfg;
+        epoch_order(
+            &preparer.rows,
+            cfg.seed,
+            epoch,
+            cfg.batch_size,
+            cfg.data.group_by_length,
+        )
     }
 
     /// Each group's learning rate at `step`.
