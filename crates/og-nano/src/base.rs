@@ -36,7 +36,7 @@ pub(crate) fn base_key(cfg: &ExperimentConfig) -> serde_json::Value {
     serde_json::json!({
         "world": cfg.world, "vision": cfg.vision, "llm_hidden": cfg.llm_hidden,
         "llm_layers": cfg.llm_layers, "clip": cfg.clip, "clip_objects": cfg.clip_objects,
-        "lm": cfg.lm, "seed": cfg.seed,
+        "lm": cfg.lm, "lm_scene_context": cfg.lm_scene_context, "seed": cfg.seed,
     })
 }
 
@@ -88,7 +88,7 @@ pub fn prepare_base<B: AutodiffBackend>(
     drop(clip);
 
     say(progress, "4/6 tiny Llama (language-model pre-training)");
-    let sequences = lm_sequences(&world_dir, &text, &tok)?;
+    let sequences = lm_sequences(cfg, &world_dir, &text, &tok)?;
     let (llm, lm_report) =
         pretrain_llm::<B>(&sequences, &llm_cfg, &cfg.lm, device).map_err(step_err("llm"))?;
     llm.save_pretrained(&llm_dir, &llm_cfg)
@@ -248,12 +248,30 @@ fn clip_examples(
 
 /// The language model's pre-training sequences: every sentence of the world's `text`, and the
 /// SFT conversations in the chat layout with their images left out (so stage 2 starts from a
-/// model that knows the layout).
+/// model that knows the layout) — and, with `lm_scene_context`, once more with each image's
+/// scene in words where the image was.
 fn lm_sequences(
+    cfg: &ExperimentConfig,
     world_dir: &Path,
     text: &str,
     tok: &ChatTokenizer,
 ) -> Result<Vec<Vec<u32>>, ExperimentError> {
+    let scenes: HashMap<String, String> = if cfg.lm_scene_context {
+        read_scenes(world_dir)
+            .map_err(step_err("llm"))?
+            .into_iter()
+            .map(|(image, objects)| {
+                let scene = crate::scene::Scene {
+                    size: cfg.world.image_size,
+                    background: [0; 3],
+                    objects,
+                };
+                (image, crate::text::description(&scene))
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut sequences: Vec<Vec<u32>> = Vec::new();
     for l in text.lines() {
         sequences.push(wrap(tok, tok.encode(l, false).map_err(step_err("llm"))?));
@@ -263,24 +281,30 @@ fn lm_sequences(
     )
     .map_err(step_err("llm"))?;
     for row in &sft {
-        let msgs: Vec<Message> = row["conversations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                let role = if t["from"] == "human" {
-                    Role::User
-                } else {
-                    Role::Assistant
-                };
-                Message::new(
-                    role,
-                    t["value"].as_str().unwrap_or("").replace("<image>\n", ""),
-                )
-            })
-            .collect();
-        let rendered = tok.render(&msgs, false).map_err(step_err("llm"))?;
-        sequences.push(tok.encode(&rendered, false).map_err(step_err("llm"))?);
+        let described = row["image"].as_str().and_then(|i| scenes.get(i));
+        for image in std::iter::once("").chain(described.map(|d| format!("{d}\n")).as_deref()) {
+            let msgs: Vec<Message> = row["conversations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let role = if t["from"] == "human" {
+                        Role::User
+                    } else {
+                        Role::Assistant
+                    };
+                    Message::new(
+                        role,
+                        t["value"]
+                            .as_str()
+                            .unwrap_or("")
+                            .replace("<image>\n", image),
+                    )
+                })
+                .collect();
+            let rendered = tok.render(&msgs, false).map_err(step_err("llm"))?;
+            sequences.push(tok.encode(&rendered, false).map_err(step_err("llm"))?);
+        }
     }
     Ok(sequences)
 }

@@ -52,6 +52,11 @@ pub struct ExperimentConfig {
     #[serde(default)]
     pub clip_objects: ObjectObjective,
     pub lm: PretrainConfig,
+    /// The language model also pre-trains on the SFT conversations with each image replaced
+    /// by its scene in words ([`crate::text::description`]): questions answered from a
+    /// described scene, before stage 2 asks them of visual tokens.
+    #[serde(default)]
+    pub lm_scene_context: bool,
     /// Stage 1 / stage 2: epochs, batch, learning rates.
     pub align_epochs: usize,
     pub sft_epochs: usize,
@@ -100,6 +105,7 @@ impl ExperimentConfig {
                 seed,
                 log_every: 50,
             },
+            lm_scene_context: false,
             // Measured: with one alignment epoch and two SFT epochs at 2e-3/1e-3 no task rose
             // above the blind arm; twice the epochs at higher rates lift colour questions
             // above chance within the time budget.

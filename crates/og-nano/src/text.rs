@@ -37,15 +37,7 @@ pub fn related_pairs(scene: &Scene) -> Vec<(usize, usize, Relation)> {
 /// "a large red circle, a small blue square and a green triangle. the red circle is left of
 /// the blue square."
 pub fn caption(scene: &Scene, rng: &mut SplitMix64) -> String {
-    let objs = reading_order(scene);
-    let phrases: Vec<String> = objs
-        .iter()
-        .map(|o| format!("a {}", o.noun_phrase(true)))
-        .collect();
-    let list = match phrases.len() {
-        1 => phrases[0].clone(),
-        n => format!("{} and {}", phrases[..n - 1].join(", "), phrases[n - 1]),
-    };
+    let list = object_list(scene);
     let pairs = related_pairs(scene);
     if pairs.is_empty() {
         return format!("{list}.");
@@ -58,6 +50,35 @@ pub fn caption(scene: &Scene, rng: &mut SplitMix64) -> String {
         r.words(),
         b.noun_phrase(false)
     )
+}
+
+/// "a large red circle, a small blue square and a green triangle": the objects in reading
+/// order.
+fn object_list(scene: &Scene) -> String {
+    let phrases: Vec<String> = reading_order(scene)
+        .iter()
+        .map(|o| format!("a {}", o.noun_phrase(true)))
+        .collect();
+    match phrases.len() {
+        1 => phrases[0].clone(),
+        n => format!("{} and {}", phrases[..n - 1].join(", "), phrases[n - 1]),
+    }
+}
+
+/// The scene in words, for language-model pre-training on questions asked about a described
+/// scene: the caption's object list and every relation with a clear margin, one sentence each.
+pub fn description(scene: &Scene) -> String {
+    let mut s = format!("{}.", object_list(scene));
+    for (i, j, r) in related_pairs(scene) {
+        let (a, b) = (&scene.objects[i], &scene.objects[j]);
+        s += &format!(
+            " the {} is {} the {}.",
+            a.noun_phrase(false),
+            r.words(),
+            b.noun_phrase(false)
+        );
+    }
+    s
 }
 
 /// The kinds of question the SFT conversations ask; each is also evaluated on held-out scenes
@@ -456,6 +477,27 @@ mod tests {
         (seed..)
             .find_map(|s| Scene::sample(&SceneSpec::default(), &mut SplitMix64(s), &all))
             .unwrap()
+    }
+
+    #[test]
+    fn descriptions_hold_every_object_and_every_relation() {
+        for seed in 0..30 {
+            let s = scene(seed * 100);
+            let d = description(&s);
+            let c = caption(&s, &mut SplitMix64(seed));
+            assert!(c.starts_with(d.split('.').next().unwrap()), "{c} / {d}");
+            let pairs = related_pairs(&s);
+            assert_eq!(d.matches('.').count(), 1 + pairs.len(), "{d}");
+            for (i, j, r) in pairs {
+                let sentence = format!(
+                    "the {} is {} the {}.",
+                    s.objects[i].noun_phrase(false),
+                    r.words(),
+                    s.objects[j].noun_phrase(false)
+                );
+                assert!(d.contains(&sentence), "{d} lacks {sentence}");
+            }
+        }
     }
 
     #[test]
