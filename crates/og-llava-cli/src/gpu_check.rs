@@ -305,54 +305,14 @@ fn run_all(args: &GpuCheckArgs, spec: DeviceSpec, shapes: Shapes) -> Result<(), 
     let mut phases = std::collections::BTreeMap::new();
     for p in [PhasePrecision::F32, PhasePrecision::Bf16] {
         eprintln!("gpu-check: {} phase on {}", p.name(), args.device);
-        let path = phase_path(&args.out, p);
-        let _ = std::fs::remove_file(&path);
-        let t = Instant::now();
-        let mut cmd = Command::new(&exe);
-        cmd.args([
-            "gpu-check",
-            "--device",
-            &args.device,
-            "--shapes",
-            shapes.name(),
-        ])
-        .args(["--steps", &args.steps.to_string()])
-        .args(["--decode-tokens", &args.decode_tokens.to_string()])
-        .arg("--out")
-        .arg(&args.out)
-        .args(["--phase", p.name()]);
-        if let Some(b) = args.batch {
-            cmd.args(["--batch", &b.to_string()]);
-        }
-        let peak = peak_tflops(args.peak_tflops, gpu.as_deref(), p);
-        if let Some(peak) = peak {
-            cmd.args(["--peak-tflops", &peak.to_string()]);
-        }
-        let (status, gpu_peak) = with_gpu_memory_poll(gpu_index, || cmd.status());
-        let seconds = t.elapsed().as_secs_f64();
-        let outcome = match (status, std::fs::read_to_string(&path)) {
-            (Ok(s), Ok(text)) if s.success() => match serde_json::from_str::<PhaseFile>(&text) {
-                Ok(PhaseFile::Skipped { reason }) => PhaseOutcome::Skipped { reason },
-                Ok(PhaseFile::Ran(phase)) => PhaseOutcome::Ran {
-                    phase,
-                    peak_gpu_memory_mb: gpu_peak,
-                    seconds,
-                },
-                Err(e) => PhaseOutcome::Failed {
-                    error: format!("{}: {e}", path.display()),
-                },
-            },
-            (Ok(s), _) => PhaseOutcome::Failed {
-                error: format!(
-                    "the {} phase exited with {s} (its error is above)",
-                    p.name()
-                ),
-            },
-            (Err(e), _) => PhaseOutcome::Failed {
-                error: format!("could not start {}: {e}", exe.display()),
-            },
+        let child = Child {
+            args,
+            exe: &exe,
+            shapes,
+            gpu_index,
+            peak: peak_tflops(args.peak_tflops, gpu.as_deref(), p),
         };
-        phases.insert(p.name().to_string(), outcome);
+        phases.insert(p.name().to_string(), child.run(p));
     }
     let pass = phases.values().all(|o| match o {
         PhaseOutcome::Ran { phase, .. } => phase.pass(),
@@ -381,6 +341,64 @@ fn run_all(args: &GpuCheckArgs, spec: DeviceSpec, shapes: Shapes) -> Result<(), 
             "gpu-check failed (see {})",
             args.out.join("report.json").display()
         )))
+    }
+}
+
+/// How the parent starts a phase's process.
+struct Child<'a> {
+    args: &'a GpuCheckArgs,
+    exe: &'a Path,
+    shapes: Shapes,
+    gpu_index: Option<usize>,
+    peak: Option<f64>,
+}
+
+impl Child<'_> {
+    /// Runs phase `p` in a process of its own (polling the GPU's memory meanwhile) and reads
+    /// what it wrote.
+    fn run(&self, p: PhasePrecision) -> PhaseOutcome {
+        let args = self.args;
+        let path = phase_path(&args.out, p);
+        let _ = std::fs::remove_file(&path);
+        let t = Instant::now();
+        let mut cmd = Command::new(self.exe);
+        cmd.args(["gpu-check", "--device", &args.device])
+            .args(["--shapes", self.shapes.name()])
+            .args(["--steps", &args.steps.to_string()])
+            .args(["--decode-tokens", &args.decode_tokens.to_string()])
+            .arg("--out")
+            .arg(&args.out)
+            .args(["--phase", p.name()]);
+        if let Some(b) = args.batch {
+            cmd.args(["--batch", &b.to_string()]);
+        }
+        if let Some(peak) = self.peak {
+            cmd.args(["--peak-tflops", &peak.to_string()]);
+        }
+        let (status, gpu_peak) = with_gpu_memory_poll(self.gpu_index, || cmd.status());
+        let seconds = t.elapsed().as_secs_f64();
+        match (status, std::fs::read_to_string(&path)) {
+            (Ok(s), Ok(text)) if s.success() => match serde_json::from_str::<PhaseFile>(&text) {
+                Ok(PhaseFile::Skipped { reason }) => PhaseOutcome::Skipped { reason },
+                Ok(PhaseFile::Ran(phase)) => PhaseOutcome::Ran {
+                    phase,
+                    peak_gpu_memory_mb: gpu_peak,
+                    seconds,
+                },
+                Err(e) => PhaseOutcome::Failed {
+                    error: format!("{}: {e}", path.display()),
+                },
+            },
+            (Ok(s), _) => PhaseOutcome::Failed {
+                error: format!(
+                    "the {} phase exited with {s} (its error is above)",
+                    p.name()
+                ),
+            },
+            (Err(e), _) => PhaseOutcome::Failed {
+                error: format!("could not start {}: {e}", self.exe.display()),
+            },
+        }
     }
 }
 
