@@ -636,18 +636,6 @@ impl BackendTask for Measure<'_> {
     }
 }
 
-/// Deterministic values in [−scale/2, scale/2).
-fn host_values(n: usize, mut seed: u64, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-        })
-        .collect()
-}
-
 fn to_host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.cast(DType::F32)
         .into_data()
@@ -666,7 +654,7 @@ fn measure<B: AutodiffBackend>(base: &Path, device: &B::Device) -> Result<Output
     let (vcfg, _) = parity_configs();
     let s = vcfg.image_size;
     let pixels = Tensor::<B, 4>::from_data(
-        TensorData::new(host_values(3 * s * s, 7, 4.0), [1, 3, s, s]),
+        TensorData::new(og_llava::host_values(&mut 7, 3 * s * s, 4.0), [1, 3, s, s]),
         device,
     );
     let grid = vcfg.grid();

@@ -57,6 +57,20 @@ pub struct ProbeReport {
     pub median_ms: f64,
 }
 
+/// `n` values in [−scale/2, scale/2) from a xorshift stream on the host, continuing from
+/// `seed`: tensors built from them are the same on every backend, so results compare across
+/// backends.
+pub fn host_values(seed: &mut u64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            ((*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+        })
+        .collect()
+}
+
 impl BackendTask for ConnectorProbe {
     type Output = ProbeReport;
 
@@ -68,15 +82,7 @@ impl BackendTask for ConnectorProbe {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut host = |shape: Vec<usize>, scale: f32| {
             let n: usize = shape.iter().product();
-            let values: Vec<f32> = (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
-                })
-                .collect();
-            TensorData::new(values, shape)
+            TensorData::new(host_values(&mut seed, n, scale), shape)
         };
         model.linear_1.weight =
             Param::from_data(host(vec![f, d], 2.0 / (f as f32).sqrt()), &device);
