@@ -117,7 +117,7 @@ pub fn causal_attention<B: Backend>(
         && s == keys.past + t
         && keys.padding.dims() == [b, s];
     if !fits {
-        return unfused(q, k, v, keys.mask());
+        return fallback(q, k, v, keys.mask());
     }
     match convert_all([q, k, v], to_flex_view) {
         Ok([q, k, v]) => match (Heads::of(&q), Heads::of(&k), Heads::of(&v)) {
@@ -130,10 +130,10 @@ pub fn causal_attention<B: Backend>(
             }
             _ => {
                 let [q, k, v] = [q, k, v].map(from_flex);
-                unfused(q, k, v, keys.mask())
+                fallback(q, k, v, keys.mask())
             }
         },
-        Err([q, k, v]) => unfused(q, k, v, keys.mask()),
+        Err([q, k, v]) => fallback(q, k, v, keys.mask()),
     }
 }
 
@@ -144,9 +144,23 @@ struct Visible<'a> {
     padding: &'a [bool],
 }
 
+/// Under autodiff on a CPU backend one recorded operation with its own backward
+/// ([`crate::tracked`]); elsewhere burn's ops.
+fn fallback<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 4, Bool>,
+) -> Tensor<B, 2> {
+    match crate::tracked::causal_attention(q, k, v, mask) {
+        Ok(out) => out,
+        Err((q, k, v, mask)) => unfused(q, k, v, mask),
+    }
+}
+
 /// burn's ops: key/value heads repeated, scores masked, softmax in f32 (as transformers does
 /// whatever the model's dtype).
-fn unfused<B: Backend>(
+pub(crate) fn unfused<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,

@@ -14,7 +14,7 @@ pub(crate) fn is_flex<B: Backend>() -> bool {
 }
 
 /// Moves `value` from type `A` to type `T`, which the caller has checked are the same type.
-fn cast<A: 'static, T: 'static>(value: A) -> T {
+pub(crate) fn cast<A: 'static, T: 'static>(value: A) -> T {
     let mut slot = Some(value);
     (&mut slot as &mut dyn Any)
         .downcast_mut::<Option<T>>()

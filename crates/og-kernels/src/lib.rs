@@ -15,6 +15,7 @@ mod flex;
 mod layout;
 mod linear;
 mod math;
+mod tracked;
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::{sigmoid, silu};
