@@ -166,6 +166,30 @@ pub(crate) fn unfused<B: Backend>(
     v: Tensor<B, 4>,
     mask: Tensor<B, 4, Bool>,
 ) -> Tensor<B, 2> {
+    unfused_parts(q, k, v, mask).0
+}
+
+/// The operands of the value and score products and the probabilities, as [`unfused`]
+/// computes them: what a backward pass reads.
+#[derive(Debug, Clone)]
+pub(crate) struct Parts<B: Backend> {
+    /// `[b, heads, t, d]`.
+    pub q: Tensor<B, 4>,
+    /// Keys and values repeated per query head, `[b, heads, s, d]`.
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+    /// `[b, heads, t, s]`, zero at masked keys.
+    pub probs: Tensor<B, 4>,
+    pub kv_heads: usize,
+}
+
+/// [`unfused`]'s output and its [`Parts`].
+pub(crate) fn unfused_parts<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Tensor<B, 4, Bool>,
+) -> (Tensor<B, 2>, Parts<B>) {
     let [b, nh, t, hd] = q.dims();
     let [_, nkv, s, _] = k.dims();
     let rep = nh / nkv.max(1);
@@ -179,11 +203,20 @@ pub(crate) fn unfused<B: Backend>(
         }
     };
     let (k, v) = (repeat(k), repeat(v));
-    let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
+    let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * (hd as f64).powf(-0.5);
     let scores = scores.mask_fill(mask, MASKED as f64);
     let dtype = scores.dtype();
-    let out = softmax(scores.cast(DType::F32), 3).cast(dtype).matmul(v);
-    out.swap_dims(1, 2).reshape([b * t, nh * hd])
+    let probs = softmax(scores.cast(DType::F32), 3).cast(dtype);
+    let out = probs.clone().matmul(v.clone());
+    let out = out.swap_dims(1, 2).reshape([b * t, nh * hd]);
+    let parts = Parts {
+        q,
+        k,
+        v,
+        probs,
+        kv_heads: nkv,
+    };
+    (out, parts)
 }
 
 /// A 4-D f32 view: element `(i, j, r, c)` at `data[offset + i·s0 + j·s1 + r·s2 + c·s3]`.

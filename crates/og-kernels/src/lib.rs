@@ -5,9 +5,11 @@
 //! transcendentals (QuickGELU: three passes and a libm `exp` per element). Each function here
 //! takes and returns ordinary `Tensor<B, D>`s and stays generic over the backend: when `B` is
 //! burn's Flex backend and the tensors are contiguous f32, it runs one vectorised,
-//! multi-threaded kernel on the tensor's memory; for every other backend, dtype or layout
-//! (CUDA, wgpu, NdArray, bf16, and autodiff tensors, whose graph these kernels do not record)
-//! it runs exactly the burn ops the model would run without this crate.
+//! multi-threaded kernel on the tensor's memory. Under autodiff on the CPU backends
+//! (`Autodiff<NdArray<f32>>`, `Autodiff<Flex>`), causal attention and the SwiGLU product are
+//! each recorded as one operation with its own backward pass ([`tracked`]). For every other
+//! backend, dtype or layout (CUDA, wgpu, NdArray, bf16, other autodiff tensors) it runs
+//! exactly the burn ops the model would run without this crate.
 
 mod attention;
 mod causal;
@@ -46,7 +48,10 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>) -> Tensor<B, D> {
     match flex::binary::<B, D>(gate, up, math::silu_mul) {
         Ok(y) => y,
-        Err((gate, up)) => silu(gate) * up,
+        Err((gate, up)) => match tracked::silu_mul(gate, up) {
+            Ok(y) => y,
+            Err((gate, up)) => silu(gate) * up,
+        },
     }
 }
 

@@ -130,6 +130,20 @@ elementwise! {
     silu_mul(gate, up) => |g, u| g * sigmoid(g) * u
 }
 
+elementwise! {
+    /// The SwiGLU product's gradient with respect to `gate`:
+    /// d · up · σ(g) · (1 + g · (1 − σ(g))).
+    silu_mul_grad_gate(gate, up, grad) => |g, u, d| {
+        let s = sigmoid(g);
+        d * u * s * (1.0 + g * (1.0 - s))
+    }
+}
+
+elementwise! {
+    /// The SwiGLU product's gradient with respect to `up`: d · g · σ(g).
+    silu_mul_grad_up(gate, grad) => |g, d| d * g * sigmoid(g)
+}
+
 /// Lanes of the partial maxima and sums in [`exp_row_body`]: independent accumulators the
 /// compiler keeps in vector registers (a single running f32 max or sum is a serial chain it
 /// may not reorder, which leaves the whole loop scalar).

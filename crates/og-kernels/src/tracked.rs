@@ -1,39 +1,80 @@
-//! Causal grouped-query attention as one autodiff operation on burn's CPU backends.
+//! Hot paths of a Llama decoder layer as single autodiff operations on burn's CPU backends.
 //!
-//! Under `Autodiff<B>` burn records the attention of [`crate::causal_attention`]'s fallback as
-//! about a dozen operations (key/value repeat, score product, scale, mask, the five steps of
-//! softmax, value product, head merge), each keeping its operands and each running its own
-//! backward pass over `[batch, heads, tokens, keys]` tensors. Here the forward runs the same
-//! inner-backend operations and keeps only the softmax probabilities `P` and the operands; the
-//! backward is the attention's own (Vaswani et al. Eq. 1 differentiated):
+//! Under `Autodiff<B>` burn records each of the model's small ops with its operands and runs a
+//! backward pass per op. Two paths are long chains of them:
 //!
-//! - `dV = Pᵀ dO`, `dP = dO V`ᵀ,
-//! - `dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d` (masked keys have `P = 0`, so no gradient),
-//! - `dQ = dS K`, `dK = dSᵀ Q`,
+//! - **causal grouped-query attention** ([`causal_attention`]): about a dozen recorded ops
+//!   (key/value repeat, score product, scale, mask, the five steps of softmax, value product,
+//!   head merge), each backward pass over `[batch, heads, tokens, keys]` tensors. Here the
+//!   forward runs the same inner-backend ops and keeps the operands and the softmax
+//!   probabilities `P`; the backward is the attention's own (Vaswani et al. Eq. 1
+//!   differentiated): `dV = Pᵀ dO`, `dP = dO V`ᵀ, `dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d` (masked
+//!   keys have `P = 0`, so no gradient), `dQ = dS K`, `dK = dSᵀ Q`, with the gradients of the
+//!   query heads that share a key/value head (GQA) summed into it.
+//! - **the SwiGLU product** ([`silu_mul`]) `silu(g) · u`: burn's sigmoid on NdArray costs three
+//!   transcendentals and eight passes a value, then two products, each recorded. Here one
+//!   vectorised pass forward and one per input backward: `du = dO · g σ(g)`,
+//!   `dg = dO · u σ(g) (1 + g (1 − σ(g)))`.
 //!
-//! with the gradients of the query heads that share a key/value head (GQA) summed into it.
-//!
-//! It serves `Autodiff<NdArray<f32>>` and `Autodiff<Flex>` (the CPU training backends) with f32
-//! tensors; every other backend or dtype gets the tensors back for burn's recorded ops.
+//! They serve `Autodiff<NdArray<f32>>` and `Autodiff<Flex>` (the CPU training backends) with f32
+//! tensors; every other backend or dtype gets its tensors back for burn's recorded ops.
 
 use std::any::TypeId;
 
 use burn::backend::{Autodiff, Flex, NdArray};
-use burn::tensor::activation::softmax;
 use burn::tensor::backend::{Backend, BackendTypes};
-use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
+use crate::causal::{Parts, unfused_parts};
 use crate::flex::cast;
-
-/// The score masked keys get before the softmax (as the fallback: large and finite).
-const MASKED: f32 = -1.0e30;
+use crate::math;
 
 /// An autodiff tensor of the inner backend `I`.
 type Tracked<I> = <Autodiff<I> as BackendTypes>::FloatTensorPrimitive;
+
+/// The CPU backends whose autodiff tensors these operations serve.
+#[derive(Clone, Copy)]
+enum Inner {
+    NdArray,
+    Flex,
+}
+
+/// Which inner CPU backend `B`'s tensors are autodiff tensors of (any checkpointing strategy:
+/// the operations keep their own state and need none).
+fn inner_cpu<B: Backend>() -> Option<Inner> {
+    fn of<B: Backend, I: Backend>() -> bool {
+        TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Tracked<I>>()
+            && TypeId::of::<B::BoolTensorPrimitive>() == TypeId::of::<I::BoolTensorPrimitive>()
+    }
+    if of::<B, NdArray<f32>>() {
+        Some(Inner::NdArray)
+    } else if of::<B, Flex>() {
+        Some(Inner::Flex)
+    } else {
+        None
+    }
+}
+
+/// `B`'s tensor as `Autodiff<I>`'s, which the caller checked they are.
+fn tracked<B: Backend, I: Backend, const D: usize>(x: Tensor<B, D>) -> Tracked<I> {
+    cast(x.into_primitive().tensor())
+}
+
+fn untracked<B: Backend, I: Backend, const D: usize>(t: Tracked<I>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(cast(t)))
+}
+
+fn inner<I: Backend, const D: usize>(p: I::FloatTensorPrimitive) -> Tensor<I, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+
+fn primitive<I: Backend, const D: usize>(t: Tensor<I, D>) -> I::FloatTensorPrimitive {
+    t.into_primitive().tensor()
+}
 
 /// `softmax(q kᵀ / √d, masked) v` as one recorded operation when `B` is an autodiff CPU
 /// backend and the tensors are f32; otherwise the inputs, unchanged.
@@ -51,62 +92,35 @@ pub(crate) fn causal_attention<B: Backend>(
     if [&q, &k, &v].iter().any(|x| x.dtype() != DType::F32) {
         return Err((q, k, v, mask));
     }
-    if is_autodiff_of::<B, NdArray<f32>>() {
-        return Ok(run::<B, NdArray<f32>>(q, k, v, mask));
+    fn run<B: Backend, I: Backend>(
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 2> {
+        let mask: I::BoolTensorPrimitive = cast(mask.into_primitive());
+        untracked::<B, I, 2>(attention::<I>(
+            tracked::<B, I, 4>(q),
+            tracked::<B, I, 4>(k),
+            tracked::<B, I, 4>(v),
+            mask,
+        ))
     }
-    if is_autodiff_of::<B, Flex>() {
-        return Ok(run::<B, Flex>(q, k, v, mask));
+    match inner_cpu::<B>() {
+        Some(Inner::NdArray) => Ok(run::<B, NdArray<f32>>(q, k, v, mask)),
+        Some(Inner::Flex) => Ok(run::<B, Flex>(q, k, v, mask)),
+        None => Err((q, k, v, mask)),
     }
-    Err((q, k, v, mask))
-}
-
-/// Whether `B`'s tensors are `Autodiff<I>`'s (any checkpointing strategy: the op saves its own
-/// state and needs none).
-fn is_autodiff_of<B: Backend, I: Backend>() -> bool {
-    TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Tracked<I>>()
-        && TypeId::of::<B::BoolTensorPrimitive>() == TypeId::of::<I::BoolTensorPrimitive>()
-}
-
-/// [`attention`] on `B`'s tensors, which the caller checked are `Autodiff<I>`'s.
-fn run<B: Backend, I: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Tensor<B, 4, Bool>,
-) -> Tensor<B, 2> {
-    let float = |x: Tensor<B, 4>| -> Tracked<I> { cast(x.into_primitive().tensor()) };
-    let mask: I::BoolTensorPrimitive = cast(mask.into_primitive());
-    let out = attention::<I>(float(q), float(k), float(v), mask);
-    Tensor::from_primitive(TensorPrimitive::Float(cast(out)))
-}
-
-fn inner<I: Backend, const D: usize>(p: I::FloatTensorPrimitive) -> Tensor<I, D> {
-    Tensor::from_primitive(TensorPrimitive::Float(p))
-}
-
-fn primitive<I: Backend, const D: usize>(t: Tensor<I, D>) -> I::FloatTensorPrimitive {
-    t.into_primitive().tensor()
-}
-
-/// What the backward pass needs: the operands (keys and values already repeated per query
-/// head) and the probabilities.
-#[derive(Debug, Clone)]
-struct Saved<I: Backend> {
-    q: Tensor<I, 4>,
-    k: Tensor<I, 4>,
-    v: Tensor<I, 4>,
-    probs: Tensor<I, 4>,
-    kv_heads: usize,
 }
 
 #[derive(Debug)]
 struct Attention;
 
 impl<I: Backend> Backward<I, 3> for Attention {
-    type State = Saved<I>;
+    type State = Parts<I>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let Saved {
+        let Parts {
             q,
             k,
             v,
@@ -148,8 +162,8 @@ impl<I: Backend> Backward<I, 3> for Attention {
     }
 }
 
-/// The recorded operation: forward on the inner backend, state kept only when a gradient is
-/// needed.
+/// The recorded operation: forward on the inner backend, its [`Parts`] kept only when a
+/// gradient is needed.
 fn attention<I: Backend>(
     q: Tracked<I>,
     k: Tracked<I>,
@@ -163,52 +177,120 @@ fn attention<I: Backend>(
         inner::<I, 4>(v.primitive),
     );
     let mask = Tensor::<I, 4, Bool>::from_primitive(mask);
-    let (out, saved) = forward(q, k, v, mask);
+    // The fallback's operations in its order: outputs equal to it bit for bit on NdArray.
+    let (out, parts) = unfused_parts(q, k, v, mask);
     match Attention
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(saved, primitive(out)),
+        OpsKind::Tracked(prep) => prep.finish(parts, primitive(out)),
         OpsKind::UnTracked(prep) => prep.finish(primitive(out)),
     }
 }
 
-/// The fallback's operations in its order (so outputs match it bit for bit on NdArray), with
-/// the repeated keys/values and the probabilities kept.
-fn forward<I: Backend>(
-    q: Tensor<I, 4>,
-    k: Tensor<I, 4>,
-    v: Tensor<I, 4>,
-    mask: Tensor<I, 4, Bool>,
-) -> (Tensor<I, 2>, Saved<I>) {
-    let [b, nh, t, hd] = q.dims();
-    let [_, nkv, s, _] = k.dims();
-    let rep = nh / nkv.max(1);
-    let repeat = |y: Tensor<I, 4>| {
-        if rep == 1 {
-            y
-        } else {
-            y.unsqueeze_dim::<5>(2)
-                .expand([b, nkv, rep, s, hd])
-                .reshape([b, nh, s, hd])
+/// `silu(gate) · up` as one recorded operation when `B` is an autodiff CPU backend and both
+/// tensors are f32; otherwise the inputs, unchanged.
+#[allow(clippy::type_complexity)]
+pub(crate) fn silu_mul<B: Backend, const D: usize>(
+    gate: Tensor<B, D>,
+    up: Tensor<B, D>,
+) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+    if gate.dtype() != DType::F32 || up.dtype() != DType::F32 || gate.shape() != up.shape() {
+        return Err((gate, up));
+    }
+    fn run<B: Backend, I: Backend, const D: usize>(
+        g: Tensor<B, D>,
+        u: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        untracked::<B, I, D>(swiglu::<I, D>(tracked::<B, I, D>(g), tracked::<B, I, D>(u)))
+    }
+    match inner_cpu::<B>() {
+        Some(Inner::NdArray) => Ok(run::<B, NdArray<f32>, D>(gate, up)),
+        Some(Inner::Flex) => Ok(run::<B, Flex, D>(gate, up)),
+        None => Err((gate, up)),
+    }
+}
+
+/// The values of an f32 tensor, row-major, and its shape.
+fn host<I: Backend, const D: usize>(p: I::FloatTensorPrimitive) -> (Vec<f32>, Vec<usize>) {
+    let data = inner::<I, D>(p).into_data();
+    let shape = data.shape.to_vec();
+    (data.into_vec::<f32>().expect("an f32 tensor"), shape)
+}
+
+fn device_tensor<I: Backend, const D: usize>(
+    values: Vec<f32>,
+    shape: &[usize],
+    device: &I::Device,
+) -> I::FloatTensorPrimitive {
+    primitive(Tensor::<I, D>::from_data(
+        TensorData::new(values, shape.to_vec()),
+        device,
+    ))
+}
+
+#[derive(Debug)]
+struct SwiGlu<const D: usize>;
+
+/// The operands, on the host.
+#[derive(Debug, Clone)]
+struct SwiGluSaved<I: Backend> {
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    shape: Vec<usize>,
+    device: I::Device,
+}
+
+impl<I: Backend, const D: usize> Backward<I, 2> for SwiGlu<D> {
+    type State = SwiGluSaved<I>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let SwiGluSaved {
+            gate,
+            up,
+            shape,
+            device,
+        } = ops.state;
+        let (d_out, _) = host::<I, D>(grads.consume::<I>(&ops.node));
+        let [pg, pu] = ops.parents;
+        if let Some(node) = pg {
+            let mut dg = vec![0.0; d_out.len()];
+            math::silu_mul_grad_gate(&gate, &up, &d_out, &mut dg);
+            grads.register::<I>(node.id, device_tensor::<I, D>(dg, &shape, &device));
         }
-    };
-    let (k, v) = (repeat(k), repeat(v));
-    let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * (hd as f64).powf(-0.5);
-    let probs = softmax(scores.mask_fill(mask, MASKED as f64), 3);
-    let out = probs.clone().matmul(v.clone());
-    let out = out.swap_dims(1, 2).reshape([b * t, nh * hd]);
-    (
-        out,
-        Saved {
-            q,
-            k,
-            v,
-            probs,
-            kv_heads: nkv,
-        },
-    )
+        if let Some(node) = pu {
+            let mut du = vec![0.0; d_out.len()];
+            math::silu_mul_grad_up(&gate, &d_out, &mut du);
+            grads.register::<I>(node.id, device_tensor::<I, D>(du, &shape, &device));
+        }
+    }
+}
+
+fn swiglu<I: Backend, const D: usize>(gate: Tracked<I>, up: Tracked<I>) -> Tracked<I> {
+    let nodes = [gate.node.clone(), up.node.clone()];
+    let device = inner::<I, D>(gate.primitive.clone()).device();
+    let (g, shape) = host::<I, D>(gate.primitive);
+    let (u, _) = host::<I, D>(up.primitive);
+    let mut out = vec![0.0; g.len()];
+    math::silu_mul(&g, &u, &mut out);
+    let out = device_tensor::<I, D>(out, &shape, &device);
+    match SwiGlu::<D>
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            SwiGluSaved {
+                gate: g,
+                up: u,
+                shape,
+                device,
+            },
+            out,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
 }
 
 #[cfg(test)]
@@ -315,5 +397,49 @@ mod tests {
         assert_eq!(out.dims(), [3, 8]);
         // Nothing requires a gradient: the output is a constant of the graph.
         assert!(!out.is_require_grad());
+    }
+
+    /// The recorded op against burn's `silu(g) · u` under autodiff: output and both
+    /// gradients, through a weighted sum.
+    fn swiglu_diffs<B: burn::tensor::backend::AutodiffBackend>() -> [f32; 3] {
+        let device = Default::default();
+        B::seed(&device, 3);
+        let r = || Tensor::<B, 3>::random([2, 5, 7], Distribution::Normal(0.0, 3.0), &device);
+        let (g0, u0, w) = (r(), r(), r());
+        let run = |fused: bool| {
+            let (g, u) = (g0.clone().require_grad(), u0.clone().require_grad());
+            let out = if fused {
+                silu_mul(g.clone(), u.clone()).unwrap_or_else(|_| panic!("served"))
+            } else {
+                burn::tensor::activation::silu(g.clone()) * u.clone()
+            };
+            let grads = (out.clone() * w.clone()).sum().backward();
+            [
+                out.into_data(),
+                g.grad(&grads).unwrap().into_data(),
+                u.grad(&grads).unwrap().into_data(),
+            ]
+        };
+        let (a, b) = (run(true), run(false));
+        [0, 1, 2].map(|i| {
+            a[i].to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .zip(b[i].to_vec::<f32>().unwrap())
+                .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+                .fold(0.0f32, f32::max)
+        })
+    }
+
+    #[test]
+    fn swiglu_gradients_equal_the_recorded_ops() {
+        for d in swiglu_diffs::<A>().into_iter().chain(swiglu_diffs::<AF>()) {
+            assert!(d <= 2e-6, "{d}");
+        }
+        // Mismatched shapes are left to burn's broadcasting ops.
+        let device = Default::default();
+        let g = Tensor::<A, 2>::ones([2, 3], &device);
+        let u = Tensor::<A, 2>::ones([1, 3], &device);
+        assert!(silu_mul(g, u).is_err());
     }
 }
