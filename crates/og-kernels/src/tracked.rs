@@ -76,19 +76,21 @@ fn primitive<I: Backend, const D: usize>(t: Tensor<I, D>) -> I::FloatTensorPrimi
     t.into_primitive().tensor()
 }
 
+/// The attention's inputs, handed back to callers the operation does not serve.
+type AttentionInputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4, Bool>);
+
 /// `softmax(q kᵀ / √d, masked) v` as one recorded operation when `B` is an autodiff CPU
 /// backend and the tensors are f32; otherwise the inputs, unchanged.
 ///
 /// # Shapes
 /// As [`crate::causal_attention`]: `q` `[b, heads, t, d]`, `k`, `v` `[b, kv_heads, s, d]`,
 /// `mask` `[b, 1, t, s]` (true = masked); output `[b · t, heads · d]`.
-#[allow(clippy::type_complexity)]
 pub(crate) fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     mask: Tensor<B, 4, Bool>,
-) -> Result<Tensor<B, 2>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4, Bool>)> {
+) -> Result<Tensor<B, 2>, AttentionInputs<B>> {
     if [&q, &k, &v].iter().any(|x| x.dtype() != DType::F32) {
         return Err((q, k, v, mask));
     }
@@ -191,7 +193,6 @@ fn attention<I: Backend>(
 
 /// `silu(gate) · up` as one recorded operation when `B` is an autodiff CPU backend and both
 /// tensors are f32; otherwise the inputs, unchanged.
-#[allow(clippy::type_complexity)]
 pub(crate) fn silu_mul<B: Backend, const D: usize>(
     gate: Tensor<B, D>,
     up: Tensor<B, D>,
