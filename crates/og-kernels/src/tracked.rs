@@ -270,7 +270,7 @@ impl<I: Backend, const D: usize> Backward<I, 2> for SwiGlu<D> {
 
 fn swiglu<I: Backend, const D: usize>(gate: Tracked<I>, up: Tracked<I>) -> Tracked<I> {
     let nodes = [gate.node.clone(), up.node.clone()];
-    let device = inner::<I, D>(gate.primitive.clone()).device();
+    let device = I::float_device(&gate.primitive);
     let (g, shape) = host::<I, D>(gate.primitive);
     let (u, _) = host::<I, D>(up.primitive);
     let mut out = vec![0.0; g.len()];
