@@ -4,15 +4,15 @@
 The same small LLaVA (CLIP 4×128 @112px/14 → 64 patches, Llama 4×256, vocab 512, random
 weights), the same 64 conversations (one image each, 3 prompt words, 16 supervised answer
 words), stage 2: projector + LoRA r=16 on q_proj/v_proj of the LLM, batch 4, AdamW, global-norm
-clip 0.3, f32, the same number of threads (ours on NdArray unless OG_DEVICE says otherwise).
-The plain path (no masks) on both sides, since transformers has no OG path. Ours runs twice: one
+clip 0.3, f32, the same number of threads (ours on Flex, the default training backend, unless
+OG_DEVICE says otherwise). The plain path (no masks) on both sides, since transformers has no OG path. Ours runs twice: one
 replica (burn's ops use the cores inside each op) and one data-parallel replica per core with the
 micro-batch split between them (`--devices N`: same global batch, same step). Prints seconds per step (steps 3..N; ours from metrics.jsonl) and
 steps/s ours ÷ theirs. Our side includes its loader (image decode, preprocessing, tokenising) in
 the step time; PyTorch's batches are prebuilt tensors.
 
 Usage: pip install torch transformers peft pillow && python3 scripts/compare_train.py [STEPS]
-(builds target/release/og-llava if needed; OG_DEVICE=ndarray (default)|flex picks our backend;
+(builds target/release/og-llava if needed; OG_DEVICE=flex (default)|ndarray picks our backend;
 OG_BLAS=1 builds and runs target-blas/release/og-llava with `--features openblas`: NdArray's
 matmuls through the system OpenBLAS, `apt-get install libopenblas-dev`)
 """
@@ -135,7 +135,7 @@ def ours(dirpath, steps, replicas=1, device="ndarray"):
 def measure(steps=12, device=None, replicas=None):
     """Milliseconds per step: PyTorch eager + peft, and ours for each replica count (one process;
     `replicas` defaults to 1 and, when the batch divides, one replica per core)."""
-    device = device or os.environ.get("OG_DEVICE", "ndarray")
+    device = device or os.environ.get("OG_DEVICE", "flex")
     cores = os.cpu_count()
     replicas = replicas or sorted({1, cores if BATCH % cores == 0 else 1})
     torch.set_num_threads(cores)

@@ -22,7 +22,7 @@ use crate::flex::{SharedMut, convert_all, from_flex, to_flex_view, written};
 
 /// The score masked keys get before the softmax: large and finite, so a query whose keys are
 /// all masked (a padding query) averages them instead of producing NaN.
-const MASKED: f32 = -1.0e30;
+pub(crate) const MASKED: f32 = -1.0e30;
 
 /// Most query rows per task.
 const QUERY_BLOCK: usize = 128;
@@ -32,7 +32,7 @@ const QUERY_BLOCK: usize = 128;
 /// by the layers.
 #[derive(Debug, Clone)]
 pub struct CausalKeys<B: Backend> {
-    past: usize,
+    pub(crate) past: usize,
     tokens: usize,
     /// `[batch, past + tokens]`, true at padding keys.
     padding: Tensor<B, 2, Bool>,
@@ -79,7 +79,8 @@ impl<B: Backend> CausalKeys<B> {
             .clone()
     }
 
-    fn host_padding(&self) -> &[bool] {
+    /// `[batch, past + tokens]` on the host, true at padding keys.
+    pub(crate) fn host_padding(&self) -> &[bool] {
         self.host.get_or_init(|| {
             self.padding
                 .clone()
@@ -91,7 +92,9 @@ impl<B: Backend> CausalKeys<B> {
 }
 
 /// `softmax(q kᵀ / √d, masked) v` for grouped-query heads: query head `h` reads key/value head
-/// `h / (heads / kv_heads)` (Vaswani et al. Eq. 1; Ainslie et al.'s GQA).
+/// `h / (heads / kv_heads)` (Vaswani et al. Eq. 1; Ainslie et al.'s GQA). On Flex the fused
+/// kernel below; under autodiff on the CPU backends one recorded operation
+/// ([`crate::tracked`]); elsewhere burn's ops.
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, tokens, head_dim]`; `k`, `v`: `[batch, kv_heads, keys, head_dim]`
@@ -117,8 +120,12 @@ pub fn causal_attention<B: Backend>(
         && s == keys.past + t
         && keys.padding.dims() == [b, s];
     if !fits {
-        return fallback(q, k, v, keys.mask());
+        return unfused(q, k, v, keys.mask());
     }
+    let (q, k, v) = match crate::tracked::causal_attention(q, k, v, keys) {
+        Ok(out) => return out,
+        Err(inputs) => inputs,
+    };
     match convert_all([q, k, v], to_flex_view) {
         Ok([q, k, v]) => match (Heads::of(&q), Heads::of(&k), Heads::of(&v)) {
             (Some(hq), Some(hk), Some(hv)) => {
@@ -130,10 +137,10 @@ pub fn causal_attention<B: Backend>(
             }
             _ => {
                 let [q, k, v] = [q, k, v].map(from_flex);
-                fallback(q, k, v, keys.mask())
+                unfused(q, k, v, keys.mask())
             }
         },
-        Err([q, k, v]) => fallback(q, k, v, keys.mask()),
+        Err([q, k, v]) => unfused(q, k, v, keys.mask()),
     }
 }
 
@@ -144,20 +151,6 @@ struct Visible<'a> {
     padding: &'a [bool],
 }
 
-/// Under autodiff on a CPU backend one recorded operation with its own backward
-/// ([`crate::tracked`]); elsewhere burn's ops.
-fn fallback<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Tensor<B, 4, Bool>,
-) -> Tensor<B, 2> {
-    match crate::tracked::causal_attention(q, k, v, mask) {
-        Ok(out) => out,
-        Err((q, k, v, mask)) => unfused(q, k, v, mask),
-    }
-}
-
 /// burn's ops: key/value heads repeated, scores masked, softmax in f32 (as transformers does
 /// whatever the model's dtype).
 pub(crate) fn unfused<B: Backend>(
@@ -166,30 +159,6 @@ pub(crate) fn unfused<B: Backend>(
     v: Tensor<B, 4>,
     mask: Tensor<B, 4, Bool>,
 ) -> Tensor<B, 2> {
-    unfused_parts(q, k, v, mask).0
-}
-
-/// The operands of the value and score products and the probabilities, as [`unfused`]
-/// computes them: what a backward pass reads.
-#[derive(Debug, Clone)]
-pub(crate) struct Parts<B: Backend> {
-    /// `[b, heads, t, d]`.
-    pub q: Tensor<B, 4>,
-    /// Keys and values repeated per query head, `[b, heads, s, d]`.
-    pub k: Tensor<B, 4>,
-    pub v: Tensor<B, 4>,
-    /// `[b, heads, t, s]`, zero at masked keys.
-    pub probs: Tensor<B, 4>,
-    pub kv_heads: usize,
-}
-
-/// [`unfused`]'s output and its [`Parts`].
-pub(crate) fn unfused_parts<B: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    mask: Tensor<B, 4, Bool>,
-) -> (Tensor<B, 2>, Parts<B>) {
     let [b, nh, t, hd] = q.dims();
     let [_, nkv, s, _] = k.dims();
     let rep = nh / nkv.max(1);
@@ -203,20 +172,12 @@ pub(crate) fn unfused_parts<B: Backend>(
         }
     };
     let (k, v) = (repeat(k), repeat(v));
-    let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) * (hd as f64).powf(-0.5);
+    let scores = q.matmul(k.swap_dims(2, 3)) * (hd as f64).powf(-0.5);
     let scores = scores.mask_fill(mask, MASKED as f64);
     let dtype = scores.dtype();
     let probs = softmax(scores.cast(DType::F32), 3).cast(dtype);
-    let out = probs.clone().matmul(v.clone());
-    let out = out.swap_dims(1, 2).reshape([b * t, nh * hd]);
-    let parts = Parts {
-        q,
-        k,
-        v,
-        probs,
-        kv_heads: nkv,
-    };
-    (out, parts)
+    let out = probs.matmul(v);
+    out.swap_dims(1, 2).reshape([b * t, nh * hd])
 }
 
 /// A 4-D f32 view: element `(i, j, r, c)` at `data[offset + i·s0 + j·s1 + r·s2 + c·s3]`.

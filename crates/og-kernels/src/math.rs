@@ -15,10 +15,13 @@ const LN2_LO: f32 = 1.428_606_8e-6;
 /// mantissa bits.
 const ROUND: f32 = 12_582_912.0;
 
-/// e^x to about 1 ulp, branch-free (so it vectorises). Arguments are clamped to
-/// [-87, 88], the range with a normal result; NaN stays NaN.
+/// e^x to about 1 ulp, branch-free (so it vectorises). Arguments above 88 give e^88;
+/// arguments below −87 give 0, as below about −87.3 the result would be subnormal, and
+/// subnormal operands slow every product they reach (a masked softmax's probabilities feed
+/// two matrix products); NaN stays NaN.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
@@ -29,7 +32,8 @@ pub(crate) fn exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let k = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    p * f32::from_bits((k.wrapping_add(127) << 23) as u32)
+    let y = p * f32::from_bits((k.wrapping_add(127) << 23) as u32);
+    if underflow { 0.0 } else { y }
 }
 
 /// σ(x) = 1 / (1 + e^(−x)).
@@ -237,7 +241,10 @@ mod tests {
 
     #[test]
     fn exp_saturates_and_keeps_nan() {
-        assert!(exp(-1000.0) > 0.0 && exp(-1000.0) < 1e-37);
+        // Underflow is 0, never a subnormal value.
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(-87.01), 0.0);
+        assert!(exp(-87.0).is_normal() && exp(-87.0) < 1e-37);
         assert!(exp(1000.0).is_finite() && exp(1000.0) > 1e38);
         assert!(exp(f32::NAN).is_nan());
         assert_eq!(exp(0.0), 1.0);

@@ -6,11 +6,11 @@
 //! - **causal grouped-query attention** ([`causal_attention`]): about a dozen recorded ops
 //!   (key/value repeat, score product, scale, mask, the five steps of softmax, value product,
 //!   head merge), each backward pass over `[batch, heads, tokens, keys]` tensors. Here the
-//!   forward runs the same inner-backend ops and keeps the operands and the softmax
-//!   probabilities `P`; the backward is the attention's own (Vaswani et al. Eq. 1
-//!   differentiated): `dV = Pᵀ dO`, `dP = dO V`ᵀ, `dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d` (masked
-//!   keys have `P = 0`, so no gradient), `dQ = dS K`, `dK = dSᵀ Q`, with the gradients of the
-//!   query heads that share a key/value head (GQA) summed into it.
+//!   forward and backward run on host copies of the operands, one task per head
+//!   ([`crate::causal_host`]): the forward keeps the softmax probabilities `P`; the backward is
+//!   the attention's own (Vaswani et al. Eq. 1 differentiated): `dV = Pᵀ dO`, `dP = dO V`ᵀ,
+//!   `dS = P ⊙ (dP − rowsum(dP ⊙ P)) / √d` (zero at masked scores), `dQ = dS K`, `dK = dSᵀ Q`,
+//!   with the gradients of the query heads that share a key/value head (GQA) summed into it.
 //! - **the SwiGLU product** ([`silu_mul`]) `silu(g) · u`: burn's sigmoid on NdArray costs three
 //!   transcendentals and eight passes a value, then two products, each recorded. Here one
 //!   vectorised pass forward and one per input backward: `du = dO · g σ(g)`,
@@ -23,13 +23,14 @@ use std::any::TypeId;
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::tensor::backend::{Backend, BackendTypes};
-use burn::tensor::{Bool, DType, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
-use crate::causal::{Parts, unfused_parts};
+use crate::causal::CausalKeys;
+use crate::causal_host;
 use crate::flex::cast;
 use crate::math;
 
@@ -77,117 +78,154 @@ fn primitive<I: Backend, const D: usize>(t: Tensor<I, D>) -> I::FloatTensorPrimi
 }
 
 /// The attention's inputs, handed back to callers the operation does not serve.
-type AttentionInputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4, Bool>);
+type AttentionInputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
 
 /// `softmax(q kᵀ / √d, masked) v` as one recorded operation when `B` is an autodiff CPU
 /// backend and the tensors are f32; otherwise the inputs, unchanged.
 ///
 /// # Shapes
-/// As [`crate::causal_attention`]: `q` `[b, heads, t, d]`, `k`, `v` `[b, kv_heads, s, d]`,
-/// `mask` `[b, 1, t, s]` (true = masked); output `[b · t, heads · d]`.
+/// As [`crate::causal_attention`], which checked them against `keys`: `q` `[b, heads, t, d]`,
+/// `k`, `v` `[b, kv_heads, past + t, d]`; output `[b · t, heads · d]`.
 pub(crate) fn causal_attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    mask: Tensor<B, 4, Bool>,
+    keys: &CausalKeys<B>,
 ) -> Result<Tensor<B, 2>, AttentionInputs<B>> {
     if [&q, &k, &v].iter().any(|x| x.dtype() != DType::F32) {
-        return Err((q, k, v, mask));
+        return Err((q, k, v));
     }
     fn run<B: Backend, I: Backend>(
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
-        mask: Tensor<B, 4, Bool>,
+        keys: &CausalKeys<B>,
     ) -> Tensor<B, 2> {
-        let mask: I::BoolTensorPrimitive = cast(mask.into_primitive());
         untracked::<B, I, 2>(attention::<I>(
-            tracked::<B, I, 4>(q),
-            tracked::<B, I, 4>(k),
-            tracked::<B, I, 4>(v),
-            mask,
+            [
+                tracked::<B, I, 4>(q),
+                tracked::<B, I, 4>(k),
+                tracked::<B, I, 4>(v),
+            ],
+            keys.past,
+            keys.host_padding(),
         ))
     }
     match inner_cpu::<B>() {
-        Some(Inner::NdArray) => Ok(run::<B, NdArray<f32>>(q, k, v, mask)),
-        Some(Inner::Flex) => Ok(run::<B, Flex>(q, k, v, mask)),
-        None => Err((q, k, v, mask)),
+        Some(Inner::NdArray) => Ok(run::<B, NdArray<f32>>(q, k, v, keys)),
+        Some(Inner::Flex) => Ok(run::<B, Flex>(q, k, v, keys)),
+        None => Err((q, k, v)),
     }
 }
 
 #[derive(Debug)]
 struct Attention;
 
+/// The host operands and probabilities, and the device the gradients go to.
+#[derive(Debug, Clone)]
+struct AttentionSaved<I: Backend> {
+    host: causal_host::Saved,
+    device: I::Device,
+}
+
 impl<I: Backend> Backward<I, 3> for Attention {
-    type State = Parts<I>;
+    type State = AttentionSaved<I>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let Parts {
-            q,
-            k,
-            v,
-            probs,
-            kv_heads,
-        } = ops.state;
-        let [b, nh, t, hd] = q.dims();
-        let s = k.dims()[2];
-        let d_out: Tensor<I, 2> = inner(grads.consume::<I>(&ops.node));
-        let d_out = d_out.reshape([b, t, nh, hd]).swap_dims(1, 2);
-        let [pq, pk, pv] = ops.parents;
-        let per_kv_head = |g: Tensor<I, 4>| {
-            let rep = nh / kv_heads;
-            if rep == 1 {
-                g
-            } else {
-                g.reshape([b, kv_heads, rep, s, hd])
-                    .sum_dim(2)
-                    .reshape([b, kv_heads, s, hd])
-            }
-        };
-        if let Some(node) = pv {
-            let dv = probs.clone().swap_dims(2, 3).matmul(d_out.clone());
-            grads.register::<I>(node.id, primitive(per_kv_head(dv)));
-        }
-        if pq.is_none() && pk.is_none() {
+        let AttentionSaved { host, device } = ops.state;
+        let (d_out, _) = self::host::<I, 2>(grads.consume::<I>(&ops.node));
+        if ops.parents.iter().all(Option::is_none) {
             return;
         }
-        let dp = d_out.matmul(v.swap_dims(2, 3));
-        let row = (dp.clone() * probs.clone()).sum_dim(3);
-        let ds = probs * (dp - row) * (hd as f64).powf(-0.5);
-        if let Some(node) = pq {
-            grads.register::<I>(node.id, primitive(ds.clone().matmul(k)));
-        }
-        if let Some(node) = pk {
-            let dk = ds.swap_dims(2, 3).matmul(q);
-            grads.register::<I>(node.id, primitive(per_kv_head(dk)));
+        let d = host.dims;
+        let s = d.past + d.tokens;
+        let (dq, dk, dv) = causal_host::backward(&host, &d_out);
+        let q_shape = [d.batch, d.heads, d.tokens, d.head_dim];
+        let kv_shape = [d.batch, d.kv_heads, s, d.head_dim];
+        let [pq, pk, pv] = ops.parents;
+        for (node, grad, shape) in [(pq, dq, q_shape), (pk, dk, kv_shape), (pv, dv, kv_shape)] {
+            if let Some(node) = node {
+                grads.register::<I>(node.id, heads_view::<I>(&grad, shape, &device));
+            }
         }
     }
 }
 
-/// The recorded operation: forward on the inner backend, its [`Parts`] kept only when a
-/// gradient is needed.
-fn attention<I: Backend>(
-    q: Tracked<I>,
-    k: Tracked<I>,
-    v: Tracked<I>,
-    mask: I::BoolTensorPrimitive,
-) -> Tracked<I> {
+/// A `[b, heads, tokens, d]` tensor's values in that order. The model hands its heads over as
+/// views of token-major projections (`[b, tokens, heads, d]` with the middle axes swapped):
+/// swapped back they are contiguous, read in one copy and reordered by rows of `d`, where
+/// reading the view itself would gather element by element.
+fn heads_first<I: Backend>(x: I::FloatTensorPrimitive) -> (Vec<f32>, [usize; 4]) {
+    let (values, shape) = host::<I, 4>(primitive(inner::<I, 4>(x).swap_dims(1, 2)));
+    let [b, t, n, d] = [shape[0], shape[1], shape[2], shape[3]];
+    (swap_middle(&values, [b, t, n, d]), [b, n, t, d])
+}
+
+/// `[b, heads, tokens, d]` values as a tensor of that shape laid out token-major (a view with
+/// the middle axes swapped), the layout [`heads_first`] reads: the model's own swap and
+/// reshape then cost no copy in the backward pass.
+fn heads_view<I: Backend>(
+    values: &[f32],
+    [b, n, t, d]: [usize; 4],
+    device: &I::Device,
+) -> I::FloatTensorPrimitive {
+    let tokens_first = swap_middle(values, [b, n, t, d]);
+    primitive(
+        inner::<I, 4>(device_tensor::<I, 4>(tokens_first, &[b, t, n, d], device)).swap_dims(1, 2),
+    )
+}
+
+/// Row-major `[a, m, n, r]` values reordered to `[a, n, m, r]`, `r` values at a time.
+fn swap_middle(values: &[f32], [_, m, n, r]: [usize; 4]) -> Vec<f32> {
+    let mut out = vec![0.0f32; values.len()];
+    if out.is_empty() {
+        return out;
+    }
+    for (i, block) in out.chunks_mut(m * n * r).enumerate() {
+        for (row, dst) in block.chunks_mut(r).enumerate() {
+            let (jn, jm) = (row / m, row % m);
+            let at = ((i * m + jm) * n + jn) * r;
+            dst.copy_from_slice(&values[at..at + r]);
+        }
+    }
+    out
+}
+
+/// The recorded operation: forward on the host ([`causal_host::forward`]), its operands and
+/// probabilities kept only when a gradient is needed.
+fn attention<I: Backend>([q, k, v]: [Tracked<I>; 3], past: usize, padding: &[bool]) -> Tracked<I> {
     let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
-    let (q, k, v) = (
-        inner::<I, 4>(q.primitive),
-        inner::<I, 4>(k.primitive),
-        inner::<I, 4>(v.primitive),
-    );
-    let mask = Tensor::<I, 4, Bool>::from_primitive(mask);
-    // The fallback's operations in its order: outputs equal to it bit for bit on NdArray.
-    let (out, parts) = unfused_parts(q, k, v, mask);
+    let device = I::float_device(&q.primitive);
+    let (q, [batch, heads, tokens, head_dim]) = heads_first::<I>(q.primitive);
+    let (k, [_, kv_heads, _, _]) = heads_first::<I>(k.primitive);
+    let (v, _) = heads_first::<I>(v.primitive);
+    let dims = causal_host::Dims {
+        batch,
+        heads,
+        kv_heads,
+        tokens,
+        past,
+        head_dim,
+    };
+    let (out, probs) = causal_host::forward(&q, &k, &v, padding, dims);
+    let out = device_tensor::<I, 2>(out, &[batch * tokens, heads * head_dim], &device);
     match Attention
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(parts, primitive(out)),
-        OpsKind::UnTracked(prep) => prep.finish(primitive(out)),
+        OpsKind::Tracked(prep) => {
+            let host = causal_host::Saved {
+                q,
+                k,
+                v,
+                probs,
+                padding: padding.to_vec(),
+                dims,
+            };
+            prep.finish(AttentionSaved { host, device }, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
     }
 }
 
@@ -294,6 +332,107 @@ fn swiglu<I: Backend, const D: usize>(gate: Tracked<I>, up: Tracked<I>) -> Track
     }
 }
 
+/// The rotary embedding's inputs, handed back to callers the operation does not serve.
+type RopeInputs<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+
+/// [`crate::rope`] as one recorded operation when `B` is an autodiff CPU backend and the
+/// tables are constants; otherwise the inputs, unchanged. The caller checked the shapes and
+/// that every tensor is f32.
+pub(crate) fn rope<B: Backend>(
+    x: Tensor<B, 4>,
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, RopeInputs<B>> {
+    if cos.is_require_grad() || sin.is_require_grad() {
+        return Err((x, cos, sin));
+    }
+    fn run<B: Backend, I: Backend>(
+        x: Tensor<B, 4>,
+        cos: Tensor<B, 4>,
+        sin: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let [_, _, heads, head_dim] = x.dims();
+        let table_heads = cos.dims()[2];
+        let tables = RopeTables {
+            cos: crate::rope::host(cos),
+            sin: crate::rope::host(sin),
+            sizes: [heads, table_heads, head_dim],
+        };
+        untracked::<B, I, 4>(rotary::<I>(tracked::<B, I, 4>(x), tables))
+    }
+    match inner_cpu::<B>() {
+        Some(Inner::NdArray) => Ok(run::<B, NdArray<f32>>(x, cos, sin)),
+        Some(Inner::Flex) => Ok(run::<B, Flex>(x, cos, sin)),
+        None => Err((x, cos, sin)),
+    }
+}
+
+#[derive(Debug)]
+struct Rope;
+
+/// The tables on the host and `[heads, table_heads, head_dim]` ([`crate::rope::Table::new`]).
+#[derive(Debug, Clone)]
+struct RopeTables {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    sizes: [usize; 3],
+}
+
+impl RopeTables {
+    fn table(&self) -> crate::rope::Table<'_> {
+        crate::rope::Table::new(&self.cos, &self.sin, self.sizes)
+    }
+}
+
+/// The tables, and the shape and device of the gradient.
+#[derive(Debug, Clone)]
+struct RopeSaved<I: Backend> {
+    tables: RopeTables,
+    shape: Vec<usize>,
+    device: I::Device,
+}
+
+impl<I: Backend> Backward<I, 1> for Rope {
+    type State = RopeSaved<I>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let RopeSaved {
+            tables,
+            shape,
+            device,
+        } = ops.state;
+        let (d_out, _) = host::<I, 4>(grads.consume::<I>(&ops.node));
+        let [px] = ops.parents;
+        if let Some(node) = px {
+            let dx = crate::rope::rotate(&d_out, tables.table(), crate::rope::Direction::Backward);
+            grads.register::<I>(node.id, device_tensor::<I, 4>(dx, &shape, &device));
+        }
+    }
+}
+
+fn rotary<I: Backend>(x: Tracked<I>, tables: RopeTables) -> Tracked<I> {
+    let nodes = [x.node.clone()];
+    let device = I::float_device(&x.primitive);
+    let (x, shape) = host::<I, 4>(x.primitive);
+    let y = crate::rope::rotate(&x, tables.table(), crate::rope::Direction::Forward);
+    let out = device_tensor::<I, 4>(y, &shape, &device);
+    match Rope
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(
+            RopeSaved {
+                tables,
+                shape,
+                device,
+            },
+            out,
+        ),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,10 +452,8 @@ mod tests {
         let x = |h| Tensor::<B, 4>::random([b, h, t, hd], Distribution::Normal(0.0, 1.0), &device);
         let (q0, k0, v0) = (x(nh), x(nkv), x(nkv));
         let w = Tensor::<B, 2>::random([b * t, nh * hd], Distribution::Normal(0.0, 1.0), &device);
-        let causal: Vec<bool> = (0..b)
-            .flat_map(|r| (0..t).flat_map(move |i| (0..t).map(move |j| j > i || padded[r * t + j])))
-            .collect();
-        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(causal, [b, 1, t, t]), &device);
+        let padding = TensorData::new(padded.to_vec(), [b, t]);
+        let keys = CausalKeys::<B>::new(0, t, Tensor::from_data(padding, &device));
         let run = |fused: bool| {
             let (q, k, v) = (
                 q0.clone().require_grad(),
@@ -324,10 +461,10 @@ mod tests {
                 v0.clone().require_grad(),
             );
             let out = if fused {
-                causal_attention(q.clone(), k.clone(), v.clone(), mask.clone())
+                causal_attention(q.clone(), k.clone(), v.clone(), &keys)
                     .unwrap_or_else(|_| panic!("served"))
             } else {
-                crate::causal::unfused(q.clone(), k.clone(), v.clone(), mask.clone())
+                crate::causal::unfused(q.clone(), k.clone(), v.clone(), keys.mask())
             };
             let g = (out.clone() * w.clone()).sum().backward();
             let grads = [q, k, v].map(|p| p.grad(&g).unwrap().into_data());
@@ -357,44 +494,46 @@ mod tests {
 
     #[test]
     fn gradients_equal_the_recorded_ops_with_gqa_and_padding() {
-        // Two sequences, the second padded at its last two keys; 4 query heads on 2 kv heads.
-        let padded = [vec![false; 6], vec![false, false, false, false, true, true]].concat();
-        let (out, grad, scale) = compare::<A>([2, 4, 2, 6, 8], &padded);
-        assert_eq!(out, 0.0, "NdArray: the same operations, bit for bit");
-        assert!(grad <= 1e-5 * scale.max(1.0), "{grad} (largest {scale})");
-        let (out, grad, scale) = compare::<AF>([2, 4, 2, 6, 8], &padded);
-        assert!(out <= 1e-5, "{out}");
-        assert!(grad <= 1e-5 * scale.max(1.0), "{grad} (largest {scale})");
-        // Without grouping.
-        let (_, grad, scale) = compare::<A>([1, 2, 2, 5, 4], &[false; 5]);
-        assert!(grad <= 1e-5 * scale.max(1.0), "{grad} (largest {scale})");
+        // Three sequences: the second padded at its last two keys, the third at its first (its
+        // first query sees no key: a constant average, no gradient to q or k); 4 query heads on
+        // 2 kv heads.
+        let padded = [
+            vec![false; 6],
+            vec![false, false, false, false, true, true],
+            vec![true, false, false, false, false, false],
+        ]
+        .concat();
+        for (out, grad, scale) in [
+            compare::<A>([3, 4, 2, 6, 8], &padded),
+            compare::<AF>([3, 4, 2, 6, 8], &padded),
+            // Without grouping.
+            compare::<A>([1, 2, 2, 5, 4], &[false; 5]),
+        ] {
+            assert!(out <= 1e-5, "{out}");
+            assert!(grad <= 1e-5 * scale.max(1.0), "{grad} (largest {scale})");
+        }
+    }
+
+    fn keys<B: Backend>(b: usize, t: usize) -> CausalKeys<B> {
+        let padding = TensorData::new(vec![false; b * t], [b, t]);
+        CausalKeys::new(0, t, Tensor::from_data(padding, &Default::default()))
     }
 
     #[test]
     fn other_backends_and_dtypes_get_their_tensors_back() {
         let device = Default::default();
         let x = || Tensor::<NdArray<f32>, 4>::zeros([1, 1, 2, 2], &device);
-        let mask = Tensor::<NdArray<f32>, 4, Bool>::from_data(
-            TensorData::new(vec![false; 4], [1, 1, 2, 2]),
-            &device,
-        );
-        assert!(causal_attention(x(), x(), x(), mask).is_err());
+        assert!(causal_attention(x(), x(), x(), &keys(1, 2)).is_err());
         let device = Default::default();
         let x = || Tensor::<Flex, 4>::zeros([1, 1, 2, 2], &device);
-        let mask = Tensor::<Flex, 4, Bool>::from_data(
-            TensorData::new(vec![false; 4], [1, 1, 2, 2]),
-            &device,
-        );
-        assert!(causal_attention(x(), x(), x(), mask).is_err());
+        assert!(causal_attention(x(), x(), x(), &keys(1, 2)).is_err());
     }
 
     #[test]
     fn untracked_inputs_need_no_state() {
         let device = Default::default();
         let x = || Tensor::<A, 4>::ones([1, 2, 3, 4], &device);
-        let mask =
-            Tensor::<A, 4, Bool>::from_data(TensorData::new(vec![false; 9], [1, 1, 3, 3]), &device);
-        let out = causal_attention(x(), x(), x(), mask.clone()).unwrap_or_else(|_| panic!());
+        let out = causal_attention(x(), x(), x(), &keys(1, 3)).unwrap_or_else(|_| panic!());
         assert_eq!(out.dims(), [3, 8]);
         // Nothing requires a gradient: the output is a constant of the graph.
         assert!(!out.is_require_grad());
@@ -442,5 +581,53 @@ mod tests {
         let g = Tensor::<A, 2>::ones([2, 3], &device);
         let u = Tensor::<A, 2>::ones([1, 3], &device);
         assert!(silu_mul(g, u).is_err());
+    }
+
+    /// The recorded rotary embedding against burn's ops under autodiff: output and the
+    /// gradient of `x`, through a weighted sum, with tables shared by the heads and per head.
+    fn rope_diffs<B: burn::tensor::backend::AutodiffBackend>(table_heads: usize) -> [f32; 2] {
+        let device = Default::default();
+        B::seed(&device, 5);
+        let (b, t, h, d) = (2, 5, 3, 8);
+        let r = |heads| {
+            Tensor::<B, 4>::random([b, t, heads, d], Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (x0, w, cos, sin) = (r(h), r(h), r(table_heads), r(table_heads));
+        let run = |fused: bool| {
+            let x = x0.clone().require_grad();
+            let out = if fused {
+                rope(x.clone(), cos.clone(), sin.clone()).unwrap_or_else(|_| panic!("served"))
+            } else {
+                crate::rope::unfused(x.clone(), cos.clone(), sin.clone())
+            };
+            let grads = (out.clone() * w.clone()).sum().backward();
+            [out.into_data(), x.grad(&grads).unwrap().into_data()]
+        };
+        let (a, b) = (run(true), run(false));
+        [0, 1].map(|i| {
+            a[i].to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .zip(b[i].to_vec::<f32>().unwrap())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        })
+    }
+
+    #[test]
+    fn rope_gradients_equal_the_recorded_ops() {
+        for table_heads in [1, 3] {
+            for d in rope_diffs::<A>(table_heads)
+                .into_iter()
+                .chain(rope_diffs::<AF>(table_heads))
+            {
+                assert!(d <= 1e-6, "{d}");
+            }
+        }
+        // Tables that require a gradient are left to burn's ops.
+        let device = Default::default();
+        let x = Tensor::<A, 4>::ones([1, 2, 1, 4], &device);
+        let table = Tensor::<A, 4>::ones([1, 2, 1, 4], &device).require_grad();
+        assert!(rope(x, table.clone(), table).is_err());
     }
 }

@@ -349,9 +349,7 @@ impl BackendTask for Ask<'_> {
         let preprocess_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let masks = match (&a.masks, a.segmenter.segmenter) {
-            (_, Some(_)) => {
-                MaskSource::Segmenter(&a.segmenter, a.device.spec(crate::Work::Inference)?)
-            }
+            (_, Some(_)) => MaskSource::Segmenter(&a.segmenter, a.device.spec()?),
             (Some(path), None) if !a.no_masks => MaskSource::File(path),
             _ => MaskSource::None,
         };
@@ -423,10 +421,7 @@ impl BackendTask for Ask<'_> {
 pub fn ask(args: &AskArgs) -> Result<(), CliError> {
     require_inputs(&args.source.model, &args.image)?;
     let tokenizer = ChatTokenizer::from_dir(tokenizer_dir(&args.source.model)?)?;
-    og_llava::dispatch(
-        args.device.spec(crate::Work::Inference)?,
-        Ask { args, tokenizer },
-    )?
+    og_llava::dispatch(args.device.spec()?, Ask { args, tokenizer })?
 }
 
 #[derive(clap::Args)]
@@ -531,8 +526,5 @@ pub fn inspect(args: &InspectLlavaArgs) -> Result<(), CliError> {
         Some(_) => Some(ChatTokenizer::from_dir(tokenizer_dir(&args.source.model)?)?),
         None => None,
     };
-    og_llava::dispatch(
-        args.device.spec(crate::Work::Inference)?,
-        Inspect { args, tokenizer },
-    )?
+    og_llava::dispatch(args.device.spec()?, Inspect { args, tokenizer })?
 }

@@ -122,8 +122,7 @@ impl BackendTask for Eval<'_> {
                 }
                 (_, Some(SegmenterKind::Sam2)) => MaskMode::Segmenter(og_eval::OnTheFly {
                     segmenter: std::sync::Arc::new(std::sync::Mutex::new(
-                        a.segmenter
-                            .build(a.device.spec(crate::Work::Inference)?, false)?,
+                        a.segmenter.build(a.device.spec()?, false)?,
                     )),
                     description: a.segmenter.describe_sam2(),
                 }),
@@ -253,7 +252,7 @@ pub fn run(args: &EvalArgs) -> Result<(), CliError> {
         }
     }
     og_llava::dispatch(
-        args.device.spec(crate::Work::Inference)?,
+        args.device.spec()?,
         Eval {
             args,
             tokenizer,

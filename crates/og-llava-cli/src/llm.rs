@@ -37,7 +37,7 @@ impl BackendTask for Inspect<'_> {
 
 pub fn inspect(args: &InspectLlmArgs) -> Result<(), CliError> {
     crate::require_model_dir(&args.model)?;
-    og_llava::dispatch(args.device.spec(crate::Work::Inference)?, Inspect(args))?
+    og_llava::dispatch(args.device.spec()?, Inspect(args))?
 }
 
 /// Stop tokens: the config's EOS ids, the tokenizer's EOS and Llama-3's `<|eot_id|>`.
@@ -124,8 +124,5 @@ impl BackendTask for Generate<'_> {
 pub fn generate(args: &GenerateArgs) -> Result<(), CliError> {
     crate::require_model_dir(&args.model)?;
     let tokenizer = ChatTokenizer::from_dir(&args.model)?;
-    og_llava::dispatch(
-        args.device.spec(crate::Work::Inference)?,
-        Generate { args, tokenizer },
-    )?
+    og_llava::dispatch(args.device.spec()?, Generate { args, tokenizer })?
 }

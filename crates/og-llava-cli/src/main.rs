@@ -417,30 +417,21 @@ pub(crate) fn save_logits<B: burn::tensor::backend::Backend>(
 
 /// The device a command runs on: `--device ndarray | flex | wgpu[:N] | cuda[:N]`.
 ///
-/// Without it, the default follows the work ([`Work`]): training (`train`, `nano`) runs on
-/// NdArray, which trains the small models these commands usually see faster than Flex on the
-/// CPU (docs/backends.md); everything else runs on the measured-fastest CPU backend for
-/// inference, [`og_llava::backend::DEFAULT_DEVICE`] (Flex), or the first backend compiled in.
+/// Without it, every command (training included) runs on the measured-fastest CPU backend,
+/// [`og_llava::backend::DEFAULT_DEVICE`] (Flex), or the first backend compiled in
+/// (docs/backends.md).
 #[derive(clap::Args, Clone, Default)]
 pub(crate) struct DeviceArgs {
-    /// ndarray | flex | wgpu[:N] | cuda[:N] (default: ndarray for training, flex otherwise).
+    /// ndarray | flex | wgpu[:N] | cuda[:N] (default: flex).
     #[arg(long)]
     pub device: Option<String>,
 }
 
-/// What a command does with its device, which sets the default one.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Work {
-    Training,
-    Inference,
-}
-
 impl DeviceArgs {
-    pub(crate) fn spec(&self, work: Work) -> Result<DeviceSpec, CliError> {
-        Ok(match (&self.device, work) {
-            (Some(s), _) => s.parse::<DeviceSpec>()?,
-            (None, Work::Training) if cfg!(feature = "ndarray") => DeviceSpec::NdArray,
-            (None, _) => DeviceSpec::default(),
+    pub(crate) fn spec(&self) -> Result<DeviceSpec, CliError> {
+        Ok(match &self.device {
+            Some(s) => s.parse::<DeviceSpec>()?,
+            None => DeviceSpec::default(),
         })
     }
 }
@@ -588,7 +579,7 @@ fn device_check(
             "--text-hidden must be in 1..=65536 (got {text_hidden}) and --iterations at least 1"
         )));
     }
-    let spec = device.spec(Work::Inference)?;
+    let spec = device.spec()?;
     eprintln!(
         "compiled backends: {}; running on {spec}",
         og_llava::compiled_backends().join(", ")
@@ -669,7 +660,7 @@ fn inspect_vision(args: &InspectVisionArgs) -> Result<(), CliError> {
     )?;
     let image = og_vision::load_rgb(&args.image)?;
     og_llava::dispatch(
-        args.device.spec(Work::Inference)?,
+        args.device.spec()?,
         InspectVision {
             args,
             image,

@@ -41,9 +41,9 @@ pub struct NanoArgs {
     /// Seeds seed, seed+1, … (default: 3 for the nano preset, else 1).
     #[arg(long)]
     seeds: Option<u64>,
-    /// Seeds run at the same time, each in its own process (default: all of them; each
-    /// process is single-threaded, and sharing the cores between all seeds finishes sooner
-    /// than running them in waves).
+    /// Seeds run at the same time, each in its own process (default: all of them; the tiny
+    /// models keep each process on about one core, and sharing the cores between all seeds
+    /// finishes sooner than running them in waves).
     #[arg(long)]
     jobs: Option<usize>,
     /// Override the preset's settings, `key=value` with dotted keys into the experiment
@@ -118,7 +118,7 @@ fn run_one(
         arms.retain(|a| args.arms.contains(&a.name));
     }
     og_llava::dispatch(
-        args.device.spec(crate::Work::Training)?,
+        args.device.spec()?,
         Nano {
             cfg,
             arms,

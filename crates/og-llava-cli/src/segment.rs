@@ -10,7 +10,7 @@ use og_sam2::{AmgConfig, Sam2Model, Sam2Segmenter};
 use og_segment::{CountsFormat, Felzenszwalb, FelzenszwalbConfig, MaskSet, Segmenter};
 
 use crate::progress::Progress;
-use crate::{CliError, DeviceArgs, Work};
+use crate::{CliError, DeviceArgs};
 
 /// The segmenters this build can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -215,7 +215,7 @@ pub struct SegmentArgs {
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
 pub fn run(a: &SegmentArgs) -> Result<(), CliError> {
-    let device = a.device.spec(Work::Inference)?;
+    let device = a.device.spec()?;
     match (&a.image, &a.images) {
         (Some(image), _) => {
             let mut segmenter = a.segmenter.build(device, true)?;

@@ -157,7 +157,7 @@ pub fn run(args: &TrainArgs) -> Result<(), CliError> {
             "give --config FILE and/or --preset NAME (see `og-llava train --help`)".into(),
         ));
     }
-    let base = args.device.spec(crate::Work::Training)?;
+    let base = args.device.spec()?;
     let (mut collective, launch) = collective(args)?;
     let devices = devices(args, base, launch.as_ref())?;
     if args.collective == CollectiveKind::Nccl {

@@ -294,13 +294,9 @@ impl LlamaConfig {
     }
 }
 
-/// RoPE tables of one forward pass for the query heads and the key heads (see
-/// [`rope::cos_sin`]); the key tables are the query ones when the head counts agree.
-#[derive(Debug, Clone)]
-struct RopeTables<B: Backend> {
-    q: (Tensor<B, 4>, Tensor<B, 4>),
-    k: (Tensor<B, 4>, Tensor<B, 4>),
-}
+/// RoPE tables of one forward pass, `[batch, tokens, 1, head_dim]` each: shared by the query
+/// and the key heads (see [`rope::cos_sin`]).
+type RopeTables<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
 impl<B: Backend> LlamaAttention<B> {
     /// # Shapes
@@ -317,11 +313,12 @@ impl<B: Backend> LlamaAttention<B> {
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let x = x.reshape([b * t, h]);
         // RoPE in the projection's token-major layout, then heads first for attention.
-        let heads = |y: Tensor<B, 2>, n: usize, (cos, sin): &(Tensor<B, 4>, Tensor<B, 4>)| {
+        let (cos, sin) = rope;
+        let heads = |y: Tensor<B, 2>, n: usize| {
             rope::apply(y.reshape([b, t, n, hd]), cos.clone(), sin.clone()).swap_dims(1, 2)
         };
-        let q = heads(self.q_proj.forward(x.clone()), nh, &rope.q);
-        let mut k = heads(self.k_proj.forward(x.clone()), nkv, &rope.k);
+        let q = heads(self.q_proj.forward(x.clone()), nh);
+        let mut k = heads(self.k_proj.forward(x.clone()), nkv);
         let mut v = self
             .v_proj
             .forward(x)
@@ -349,25 +346,9 @@ impl<B: Backend> LlamaMlp<B> {
 }
 
 impl<B: Backend> LlamaForCausalLM<B> {
-    /// The RoPE tables of one forward pass, for the query and the key head counts.
+    /// The RoPE tables of one forward pass.
     fn rope_tables(&self, positions: &[Vec<i64>], device: &B::Device) -> RopeTables<B> {
-        let (nh, nkv) = self.model.layers.first().map_or((1, 1), |l| {
-            (l.self_attn.num_heads, l.self_attn.num_kv_heads)
-        });
-        // Flex multiplies equal shapes vectorised but broadcasts over a middle axis element by
-        // element; the other backends broadcast well, and smaller tables cost them less.
-        let (nh, nkv) = if og_kernels::computes_on_flex::<B>() {
-            (nh, nkv)
-        } else {
-            (1, 1)
-        };
-        let q = rope::cos_sin::<B>(&self.inv_freq, positions, nh, device);
-        let k = if nkv == nh {
-            q.clone()
-        } else {
-            rope::cos_sin::<B>(&self.inv_freq, positions, nkv, device)
-        };
-        RopeTables { q, k }
+        rope::cos_sin::<B>(&self.inv_freq, positions, device)
     }
 
     pub fn vocab_size(&self) -> usize {

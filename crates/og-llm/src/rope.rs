@@ -48,63 +48,52 @@ pub fn inv_freq(config: &LlamaConfig) -> Vec<f32> {
 
 /// cos and sign-folded sin tables for given positions: `sin` holds `−sin θ` in its first half
 /// and `sin θ` in its second, so that [`apply`] needs no negation (`rotate_half`'s sign is in
-/// the table, computed once per forward instead of once per layer). The tables are repeated
-/// over `heads` so that [`apply`] multiplies tensors of one shape: a broadcast over a middle
-/// axis takes the CPU backends' element-by-element path, a product of equal shapes their
-/// vectorised one.
+/// the table, computed once per forward instead of once per layer). One row per token, shared
+/// by the query and the key heads.
 ///
 /// # Shapes
-/// `positions`: batch × tokens → cos, sin `[batch, tokens, heads, head_dim]`
+/// `positions`: batch × tokens → cos, sin `[batch, tokens, 1, head_dim]`
 pub fn cos_sin<B: Backend>(
     inv_freq: &[f32],
     positions: &[Vec<i64>],
-    heads: usize,
     device: &B::Device,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let b = positions.len();
     let t = positions.first().map_or(0, Vec::len);
     let half = inv_freq.len();
     let d = half * 2;
-    let mut cos = vec![0f32; b * t * heads * d];
-    let mut sin = vec![0f32; b * t * heads * d];
+    let mut cos = vec![0f32; b * t * d];
+    let mut sin = vec![0f32; b * t * d];
     let rows = cos
-        .chunks_mut(heads * d)
-        .zip(sin.chunks_mut(heads * d))
+        .chunks_mut(d)
+        .zip(sin.chunks_mut(d))
         .zip(positions.iter().flatten());
     for ((cos, sin), &p) in rows {
-        let (c0, s0) = (&mut cos[..d], &mut sin[..d]);
         for (i, &f) in inv_freq.iter().enumerate() {
             // f32 product, as transformers (autocast disabled, float32 matmul).
             let angle = p as f32 * f;
             let (s, c) = angle.sin_cos();
-            c0[i] = c;
-            c0[half + i] = c;
-            s0[i] = -s;
-            s0[half + i] = s;
-        }
-        for h in 1..heads {
-            cos.copy_within(..d, h * d);
-            sin.copy_within(..d, h * d);
+            cos[i] = c;
+            cos[half + i] = c;
+            sin[i] = -s;
+            sin[half + i] = s;
         }
     }
     (
-        Tensor::from_data(TensorData::new(cos, [b, t, heads, d]), device),
-        Tensor::from_data(TensorData::new(sin, [b, t, heads, d]), device),
+        Tensor::from_data(TensorData::new(cos, [b, t, 1, d]), device),
+        Tensor::from_data(TensorData::new(sin, [b, t, 1, d]), device),
     )
 }
 
 /// `x·cos + rotate_half(x)·sin`, `rotate_half([x1, x2]) = [−x2, x1]`, with `sin` from
-/// [`cos_sin`] (sign folded in: `[x2, x1]·[−sin, sin]`, the same numbers bit for bit).
+/// [`cos_sin`] (sign folded in: `[x2, x1]·[−sin, sin]`, the same numbers bit for bit); one
+/// pass on the CPU backends ([`og_kernels::rope`]).
 ///
 /// # Shapes
 /// `x`: `[batch, tokens, heads, head_dim]` (the token-major layout a projection's output
-/// reshapes to, contiguous); cos/sin of the same shape.
+/// reshapes to); cos/sin `[batch, tokens, 1, head_dim]` (shared by the heads) or of `x`'s shape.
 pub fn apply<B: Backend>(x: Tensor<B, 4>, cos: Tensor<B, 4>, sin: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [b, t, h, d] = x.dims();
-    let x1 = x.clone().slice([0..b, 0..t, 0..h, 0..d / 2]);
-    let x2 = x.clone().slice([0..b, 0..t, 0..h, d / 2..d]);
-    let rotated = Tensor::cat(vec![x2, x1], 3);
-    x * cos + rotated * sin
+    og_kernels::rope(x, cos, sin)
 }
 
 #[cfg(test)]

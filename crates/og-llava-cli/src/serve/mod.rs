@@ -18,7 +18,7 @@ use og_llm::ChatTokenizer;
 
 use crate::ask::{ModelSource, OgPathArgs};
 use crate::segment::{SegmenterArgs, SegmenterKind};
-use crate::{CliError, DeviceArgs, Work};
+use crate::{CliError, DeviceArgs};
 
 /// The environment variable holding the API key clients must present.
 const API_KEY_ENV: &str = "OG_LLAVA_API_KEY";
@@ -196,7 +196,7 @@ fn segmenters(a: &ServeArgs) -> Result<request::Segmenters, CliError> {
                 segmenter: Some(SegmenterKind::Sam2),
                 ..seg.clone()
             };
-            let device = a.device.spec(Work::Inference)?;
+            let device = a.device.spec()?;
             Some(Arc::new(std::sync::Mutex::new(sam.build(device, false)?)))
         }
         (None, Some(SegmenterKind::Sam2)) => {
@@ -234,7 +234,7 @@ pub fn run(args: &ServeArgs) -> Result<(), CliError> {
     let tokenizer = ChatTokenizer::from_dir(&dir)?;
     let eos = crate::llm::eos_ids(&dir, &tokenizer)?;
     og_llava::dispatch(
-        args.device.spec(Work::Inference)?,
+        args.device.spec()?,
         Serve {
             args,
             tokenizer,
