@@ -1,16 +1,26 @@
-//! Moving between `Tensor<B, D>` and burn-flex's `FlexTensor` when `B` is the Flex backend.
+//! Moving between `Tensor<B, D>` and burn-flex's `FlexTensor` when `B` is the Flex backend, or
+//! `Autodiff<Flex>` and the tensor needs no gradient (a frozen tower's activations: an
+//! untracked result is all burn's recorded ops would give).
 //!
 //! The test is on types (`TypeId` of the backend's float primitive), so for any other backend
 //! the tensor is handed back untouched and the caller runs burn's ops.
 
 use std::any::{Any, TypeId};
 
+use burn::backend::Flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 
+use crate::tracked::{Tracked, is_tracked};
+
 pub(crate) fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>()
+}
+
+/// Whether `B`'s float tensors are autodiff tensors of Flex.
+fn is_autodiff_flex<B: Backend>() -> bool {
+    TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<Tracked<Flex>>()
 }
 
 /// Moves `value` from type `A` to type `T`, which the caller has checked are the same type.
@@ -22,15 +32,18 @@ pub(crate) fn cast<A: 'static, T: 'static>(value: A) -> T {
         .expect("the caller checked that both types are the same")
 }
 
-/// The tensor as a Flex tensor of any layout, when `B` is Flex and the tensor is f32;
-/// otherwise the tensor itself, unchanged.
+/// The tensor as a Flex tensor of any layout, when it is f32 and `B` is Flex, or
+/// `Autodiff<Flex>` and the tensor requires no gradient; otherwise the tensor itself,
+/// unchanged.
 pub(crate) fn to_flex_view<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> Result<FlexTensor, Tensor<B, D>> {
-    if !is_flex::<B>() || x.dtype() != DType::F32 {
+    let autodiff = is_autodiff_flex::<B>() && !is_tracked::<B, Flex, D>(&x);
+    if !(is_flex::<B>() || autodiff) || x.dtype() != DType::F32 {
         return Err(x);
     }
     match x.into_primitive() {
+        TensorPrimitive::Float(p) if autodiff => Ok(cast::<_, Tracked<Flex>>(p).primitive),
         TensorPrimitive::Float(p) => Ok(cast(p)),
         q => Err(Tensor::from_primitive(q)),
     }
@@ -48,7 +61,11 @@ pub(crate) fn to_flex<B: Backend, const D: usize>(
     }
 }
 
+/// A Flex tensor as `B`'s: itself, or under `Autodiff<Flex>` a leaf that requires no gradient.
 pub(crate) fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
+    if is_autodiff_flex::<B>() {
+        return Tensor::from_primitive(TensorPrimitive::Float(cast(Tracked::<Flex>::new(t))));
+    }
     Tensor::from_primitive(TensorPrimitive::Float(cast(t)))
 }
 

@@ -141,4 +141,31 @@ mod tests {
         );
         assert!(d < 1e-6);
     }
+
+    #[test]
+    fn frozen_autodiff_flex_tensors_take_the_kernels_and_stay_untracked() {
+        type A = Autodiff<Flex>;
+        let shape = [96, 80];
+        let n = shape[0] * shape[1];
+        let (x, w) = (values(n, 0.01), values(80 * 700, 0.002));
+        let ad = |v: &Vec<f32>, s: [usize; 2]| {
+            Tensor::<A, 2>::from_data(TensorData::new(v.clone(), s), &Default::default())
+        };
+        let nd = |v: &Vec<f32>, s: [usize; 2]| {
+            Tensor::<NdArray, 2>::from_data(TensorData::new(v.clone(), s), &Default::default())
+        };
+        let vec = |d: TensorData| d.to_vec::<f32>().unwrap();
+        // A frozen layer on a frozen input: the Flex kernels, an untracked result.
+        let ours = quick_gelu(linear(ad(&x, shape), ad(&w, [80, 700]), None));
+        assert!(!tracked::is_tracked::<A, Flex, 2>(&ours));
+        let want = quick_gelu(nd(&x, shape).matmul(nd(&w, [80, 700])));
+        let d = max_diff(vec(ours.into_data()), vec(want.into_data()));
+        assert!(d < 1e-5, "{d}");
+        // An input that needs a gradient keeps burn's recorded ops and gets it.
+        let input = ad(&x, shape).require_grad();
+        let y = quick_gelu(linear(input.clone(), ad(&w, [80, 700]), None));
+        assert!(tracked::is_tracked::<A, Flex, 2>(&y));
+        let grads = y.sum().backward();
+        assert_eq!(input.grad(&grads).expect("a gradient").dims(), shape);
+    }
 }
