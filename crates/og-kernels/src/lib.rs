@@ -5,10 +5,11 @@
 //! transcendentals (QuickGELU: three passes and a libm `exp` per element). Each function here
 //! takes and returns ordinary `Tensor<B, D>`s and stays generic over the backend: when `B` is
 //! burn's Flex backend and the tensors are contiguous f32, it runs one vectorised,
-//! multi-threaded kernel on the tensor's memory. Under autodiff on the CPU backends
-//! (`Autodiff<NdArray<f32>>`, `Autodiff<Flex>`), causal attention and the SwiGLU product are
-//! each recorded as one operation with its own backward pass ([`tracked`]). For every other
-//! backend, dtype or layout (CUDA, wgpu, NdArray, bf16, other autodiff tensors) it runs
+//! multi-threaded kernel on the tensor's memory; under `Autodiff<Flex>` too for tensors that
+//! need no gradient (a frozen tower under training). Under autodiff on the CPU backends
+//! (`Autodiff<NdArray<f32>>`, `Autodiff<Flex>`), causal attention, RoPE and the SwiGLU product
+//! are each recorded as one operation with its own backward pass ([`tracked`]). For every
+//! other backend, dtype or layout (CUDA, wgpu, NdArray, bf16, other autodiff tensors) it runs
 //! exactly the burn ops the model would run without this crate.
 
 mod attention;

@@ -116,33 +116,40 @@ pub(crate) fn rotate(x: &[f32], table: Table<'_>, direction: Direction) -> Vec<f
     let d = table.head_dim;
     let half = d / 2;
     let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(d * ROWS_PER_TASK)
-        .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .enumerate()
-        .for_each(|(task, (out, x))| {
-            for (r, (y, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
-                let at = table.row(task * ROWS_PER_TASK + r) * d;
-                let (c, s) = (&table.cos[at..at + d], &table.sin[at..at + d]);
-                let (x1, x2) = x.split_at(half);
-                let (y1, y2) = y.split_at_mut(half);
-                let (c1, c2) = c.split_at(half);
-                let (s1, s2) = s.split_at(half);
-                match direction {
-                    Direction::Forward => {
-                        for j in 0..half {
-                            y1[j] = x1[j] * c1[j] + x2[j] * s1[j];
-                            y2[j] = x2[j] * c2[j] + x1[j] * s2[j];
-                        }
+    let task = |(task, (out, x)): (usize, (&mut [f32], &[f32]))| {
+        for (r, (y, x)) in out.chunks_mut(d).zip(x.chunks(d)).enumerate() {
+            let at = table.row(task * ROWS_PER_TASK + r) * d;
+            let (c, s) = (&table.cos[at..at + d], &table.sin[at..at + d]);
+            let (x1, x2) = x.split_at(half);
+            let (y1, y2) = y.split_at_mut(half);
+            let (c1, c2) = c.split_at(half);
+            let (s1, s2) = s.split_at(half);
+            match direction {
+                Direction::Forward => {
+                    for j in 0..half {
+                        y1[j] = x1[j] * c1[j] + x2[j] * s1[j];
+                        y2[j] = x2[j] * c2[j] + x1[j] * s2[j];
                     }
-                    Direction::Backward => {
-                        for j in 0..half {
-                            y1[j] = x1[j] * c1[j] + x2[j] * s2[j];
-                            y2[j] = x2[j] * c2[j] + x1[j] * s1[j];
-                        }
+                }
+                Direction::Backward => {
+                    for j in 0..half {
+                        y1[j] = x1[j] * c1[j] + x2[j] * s2[j];
+                        y2[j] = x2[j] * c2[j] + x1[j] * s1[j];
                     }
                 }
             }
-        });
+        }
+    };
+    let block = d * ROWS_PER_TASK;
+    if x.len() <= block {
+        // One task (a decoding step's few heads): no hand-off to the thread pool.
+        task((0, (&mut out[..], x)));
+    } else {
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .enumerate()
+            .for_each(task);
+    }
     out
 }
 
@@ -180,8 +187,11 @@ mod tests {
 
     #[test]
     fn one_pass_equals_burns_ops_with_shared_and_per_head_tables() {
-        let (b, t, h, d) = (2, 5, 3, 8);
-        for table_heads in [1, h] {
+        // Few rows (one task on this thread) and many (split between threads).
+        for ((b, t, h, d), table_heads) in [(2, 5, 3, 8), (2, 200, 3, 8)]
+            .into_iter()
+            .flat_map(|s| [(s, 1), (s, s.2)])
+        {
             let shape = [b, t, table_heads, d];
             let x = random::<NdArray>([b, t, h, d], 1);
             let (cos, sin) = (random::<NdArray>(shape, 2), random::<NdArray>(shape, 3));

@@ -1,7 +1,7 @@
 //! Hot paths of a Llama decoder layer as single autodiff operations on burn's CPU backends.
 //!
 //! Under `Autodiff<B>` burn records each of the model's small ops with its operands and runs a
-//! backward pass per op. Two paths are long chains of them:
+//! backward pass per op. Three paths are long chains of them:
 //!
 //! - **causal grouped-query attention** ([`causal_attention`]): about a dozen recorded ops
 //!   (key/value repeat, score product, scale, mask, the five steps of softmax, value product,
@@ -15,6 +15,9 @@
 //!   transcendentals and eight passes a value, then two products, each recorded. Here one
 //!   vectorised pass forward and one per input backward: `du = dO · g σ(g)`,
 //!   `dg = dO · u σ(g) (1 + g (1 − σ(g)))`.
+//! - **RoPE** ([`rope`]) `x·cos + rotate_half(x)·sin`: two slices, a concatenation, two
+//!   products and a sum, recorded. Here one pass each way ([`crate::rope`]): `y = x·c + P(x)·s`
+//!   with `P` swapping a row's halves, and `dx = dy·c + P(dy·s)` (the tables are constants).
 //!
 //! They serve `Autodiff<NdArray<f32>>` and `Autodiff<Flex>` (the CPU training backends) with f32
 //! tensors; every other backend or dtype gets its tensors back for burn's recorded ops.
