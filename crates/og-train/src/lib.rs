@@ -10,8 +10,8 @@
 //!   all-reduce, and over several nodes through [`hub`], a TCP all-reduce hub, or NCCL
 //!   (feature `nccl`) with the hub as its rendezvous.
 //!
-//! The trainer is generic over burn's autodiff backends; on the CPU, `Autodiff<NdArray>` (f32)
-//! trains the small models fastest.
+//! The trainer is generic over burn's autodiff backends; on the CPU, `Autodiff<Flex>` (f32)
+//! trains the small models fastest (docs/backends.md).
 
 mod autodiff;
 mod checkpoint;
