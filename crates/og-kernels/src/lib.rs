@@ -59,7 +59,8 @@ pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>
     }
 }
 
-/// Whether `B`'s float tensors are Flex tensors, i.e. whether the fused kernels can run.
+/// Whether `B`'s float tensors are Flex tensors, on which the fused kernels run for every f32
+/// tensor (under `Autodiff<Flex>` they serve only tensors that need no gradient).
 pub fn has_fused_kernels<B: Backend>() -> bool {
     flex::is_flex::<B>()
 }
@@ -82,11 +83,6 @@ mod tests {
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
-    }
-
-    #[test]
-    fn flex_is_recognised_under_autodiff_and_nothing_else_is() {
-        assert!(has_fused_kernels::<Flex>() && !has_fused_kernels::<Autodiff<Flex>>());
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl<'a> Table<'a> {
 }
 
 /// Which map [`rotate`] applies.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub(crate) enum Direction {
     /// `y = x·c + P(x)·s`, `P` swapping the two halves of a row.
     Forward,
