@@ -15,6 +15,7 @@
 mod attention;
 mod causal;
 mod causal_host;
+mod few_rows;
 mod flex;
 mod layout;
 mod linear;

@@ -16,12 +16,17 @@ use burn::tensor::module::linear as burn_linear;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::few_rows;
 use crate::flex::{SharedMut, convert_all, from_flex, to_flex, to_flex_view, values, written};
 
 /// Below this many rows the columns are split between threads.
 const SKINNY_ROWS: usize = 64;
-/// Below this many multiply-adds burn's `linear` runs the product.
+/// Below this many multiply-adds a product with many rows stays with burn's `linear`.
 const SPLIT_WORK: usize = 1 << 22;
+/// Below this many weights a skinny product stays with burn's `linear`. A skinny product is
+/// bound by streaming its weights from memory, which one core does at about half the rate of
+/// two: every weight matrix of a decode step (SmolLM2's smallest is 576 × 192) is above it.
+const SKINNY_SPLIT_WEIGHTS: usize = 1 << 16;
 /// Column blocks are multiples of this (whole vector registers on every x86 level).
 const COLUMN_ALIGN: usize = 16;
 
@@ -60,6 +65,16 @@ pub fn matmul<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2>
     }
 }
 
+/// Whether the product is large enough for threads to pay for their wake-up: by the weights
+/// it streams when it has few rows, by its multiply-adds otherwise.
+fn worth_splitting(rows: usize, inner: usize, cols: usize) -> bool {
+    if rows < SKINNY_ROWS {
+        inner * cols >= SKINNY_SPLIT_WEIGHTS
+    } else {
+        rows * inner * cols >= SPLIT_WORK
+    }
+}
+
 type Operands<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
 
 /// The product on Flex (columns split between threads for few rows, gemm's own row split
@@ -72,7 +87,7 @@ fn try_product<B: Backend>(
     let [rows, inner] = x.dims();
     let [w_inner, cols] = weight.dims();
     let bias_fits = bias.as_ref().is_none_or(|b| b.dims() == [cols]);
-    if rows * inner * cols < SPLIT_WORK || inner != w_inner || !bias_fits {
+    if !worth_splitting(rows, inner, cols) || inner != w_inner || !bias_fits {
         return Err((x, weight, bias));
     }
     let [x, w] = match convert_all([x, weight], to_flex_view) {
@@ -105,6 +120,21 @@ fn product(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTen
     let w_ptr = SharedMut(w_ptr as *mut f32);
     let x = values(x);
     let bias = bias.map(values);
+    if rows <= few_rows::MAX_ROWS && few_rows::Weights::supported(w_rs as usize, w_cs as usize) {
+        let w = few_rows::Weights {
+            values: &w.storage::<f32>()[w.layout().start_offset()..],
+            inner,
+            cols,
+            row_stride: w_rs as usize,
+            col_stride: w_cs as usize,
+        };
+        // SAFETY: `few_rows::product` writes all rows × cols elements of the fresh output.
+        return unsafe {
+            written([rows, cols].into(), |dst| {
+                few_rows::product(x, rows, w, bias, dst)
+            })
+        };
+    }
     let gemm_at = |dst: SharedMut, start: usize, width: usize, parallelism| {
         // SAFETY (also of sharing `dst`): x holds rows × inner; the weight view's elements
         // (r, c) lie at r·w_rs + c·w_cs from its start for r < inner, c < cols; the output
@@ -162,6 +192,7 @@ fn product(x: &FlexTensor, w: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTen
 #[cfg(test)]
 mod tests {
     use burn::backend::{Flex, NdArray};
+    use burn::tensor::backend::Backend;
     use burn::tensor::{Tensor, TensorData};
 
     use super::{linear, matmul};
@@ -172,12 +203,28 @@ mod tests {
             .collect()
     }
 
+    /// The largest `|a − e| / (1 + |e|)`: f32 sums of hundreds of products in another order
+    /// agree relatively, not to the bit.
+    fn worst_relative<A: Backend, E: Backend>(a: Tensor<A, 2>, e: Tensor<E, 2>) -> f32 {
+        let (a, e) = (
+            a.into_data().to_vec::<f32>().unwrap(),
+            e.into_data().to_vec::<f32>().unwrap(),
+        );
+        a.iter()
+            .zip(&e)
+            .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+            .fold(0.0f32, f32::max)
+    }
+
     #[test]
     fn products_equal_burns_linear_with_and_without_bias() {
         let (d, nd_device) = (Default::default(), Default::default());
-        // Skinny (columns split), then many rows (gemm's row split), then too small for either.
+        // Few rows (weights streamed by every thread), skinny (gemm on column blocks), many
+        // rows (gemm's row split), then too small for any of them.
         for (rows, inner, cols) in [
             (1, 2048, 2100),
+            (8, 301, 333),
+            (9, 301, 333),
             (5, 1000, 1000),
             (63, 300, 333),
             (64, 256, 260),
@@ -209,16 +256,7 @@ mod tests {
                         )
                     }),
                 );
-                let (a, e) = (
-                    flex.into_data().to_vec::<f32>().unwrap(),
-                    nd.into_data().to_vec::<f32>().unwrap(),
-                );
-                // f32 sums of up to 2,048 products in another order: relative agreement.
-                let worst = a
-                    .iter()
-                    .zip(&e)
-                    .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-                    .fold(0.0f32, f32::max);
+                let worst = worst_relative(flex, nd);
                 assert!(
                     worst < 1e-5,
                     "{rows}×{inner}×{cols} bias {with_bias}: {worst}"
@@ -230,13 +268,20 @@ mod tests {
     #[test]
     fn a_transposed_weight_view_serves_as_a_tied_head() {
         let d = Default::default();
-        let (rows, inner, vocab) = (2, 400, 5300);
-        let (x, e) = (data(rows * inner, 4), data(vocab * inner, 5));
-        let x = Tensor::<Flex, 2>::from_data(TensorData::new(x, [rows, inner]), &d);
-        let embed = Tensor::<Flex, 2>::from_data(TensorData::new(e, [vocab, inner]), &d);
-        let ours = matmul(x.clone(), embed.clone().transpose());
-        let want = x.matmul(embed.transpose());
-        let worst = (ours - want).abs().max().into_scalar();
-        assert!(worst < 1e-4, "{worst}");
+        // Few rows (a dot product per element, with a tail past the last 16 lanes), then
+        // gemm on column blocks.
+        for (rows, inner, vocab) in [(1, 401, 5300), (2, 400, 5300), (12, 400, 5300)] {
+            let (x, e) = (data(rows * inner, 4), data(vocab * inner, 5));
+            let x = Tensor::<Flex, 2>::from_data(TensorData::new(x, [rows, inner]), &d);
+            let embed = Tensor::<Flex, 2>::from_data(TensorData::new(e, [vocab, inner]), &d);
+            let bias = Tensor::<Flex, 1>::from_data(TensorData::new(data(vocab, 6), [vocab]), &d);
+            let ours = matmul(x.clone(), embed.clone().transpose());
+            let want = x.clone().matmul(embed.clone().transpose());
+            let worst = worst_relative(ours, want.clone());
+            assert!(worst < 1e-5, "{rows}×{inner}: {worst}");
+            let ours = linear(x, embed.transpose(), Some(bias.clone()));
+            let worst = worst_relative(ours, want + bias.unsqueeze());
+            assert!(worst < 1e-5, "{rows}×{inner} with bias: {worst}");
+        }
     }
 }
