@@ -9,6 +9,10 @@ use burn::backend::Flex;
 use burn::tensor::{Distribution, Tensor};
 
 fn main() {
+    og_kernels::in_thread_pool(measure);
+}
+
+fn measure() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("arguments are numbers"))

@@ -153,7 +153,8 @@ struct Band<'a> {
 }
 
 /// Rows of `W` contiguous: `acc[r, :] += x[r, k] · W[k, :]` for `k` in the band, reading
-/// each weight once, in memory order.
+/// each weight once, in memory order. Four rows of `W` are taken together, so each element
+/// of `acc` is loaded and stored once per four weights and four streams are read at once.
 #[inline(always)]
 fn band_of_rows(a: Band<'_>) {
     let Band {
@@ -164,8 +165,20 @@ fn band_of_rows(a: Band<'_>) {
         k1,
         acc,
     } = a;
-    for k in k0..k1 {
-        let wk = &w.values[k * w.row_stride..][..w.cols];
+    let row = |k: usize| &w.values[k * w.row_stride..][..w.cols];
+    let mut k = k0;
+    while k + 4 <= k1 {
+        let (w0, w1, w2, w3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
+        for (r, acc) in acc.chunks_exact_mut(w.cols).enumerate().take(rows) {
+            let s = &x[r * w.inner + k..][..4];
+            for ((((a, &v0), &v1), &v2), &v3) in acc.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
+                *a = s[3].mul_add(v3, s[2].mul_add(v2, s[1].mul_add(v1, s[0].mul_add(v0, *a))));
+            }
+        }
+        k += 4;
+    }
+    for k in k..k1 {
+        let wk = row(k);
         for (r, acc) in acc.chunks_exact_mut(w.cols).enumerate().take(rows) {
             let s = x[r * w.inner + k];
             for (a, &v) in acc.iter_mut().zip(wk) {

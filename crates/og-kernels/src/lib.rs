@@ -60,6 +60,27 @@ pub fn silu_mul<B: Backend, const D: usize>(gate: Tensor<B, D>, up: Tensor<B, D>
     }
 }
 
+/// Runs `work` on a thread of its own rayon pool (one thread per core) and returns its result.
+///
+/// The parallel kernels started from a pool thread run on that thread too: the caller takes
+/// part in the work instead of handing it to a pool thread and sleeping until woken, which on
+/// a busy machine waits for a time slice. A decode step starts about 250 parallel sections,
+/// so this is most of what separates its time from the weights' streaming time. Threads that
+/// `work` spawns itself (data-parallel replicas, a server's request handlers) use rayon's
+/// global pool as before, so none of them waits on a pool thread that is blocked.
+pub fn in_thread_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    /// The main thread's stack on Linux: what `work` would have had without the pool.
+    const STACK: usize = 8 << 20;
+    match rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("og-worker-{i}"))
+        .stack_size(STACK)
+        .build()
+    {
+        Ok(pool) => pool.install(work),
+        Err(_) => work(),
+    }
+}
+
 /// Whether `B`'s float tensors are Flex tensors, on which the fused kernels run for every f32
 /// tensor (under `Autodiff<Flex>` they serve only tensors that need no gradient).
 pub fn has_fused_kernels<B: Backend>() -> bool {
@@ -84,6 +105,41 @@ mod tests {
             .zip(&b)
             .map(|(x, y)| (x - y).abs())
             .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn work_runs_on_a_pool_thread_and_threads_it_spawns_use_the_global_pool() {
+        let (index, threads, spawned) = in_thread_pool(|| {
+            let spawned = std::thread::spawn(rayon::current_thread_index)
+                .join()
+                .unwrap();
+            (
+                rayon::current_thread_index(),
+                rayon::current_num_threads(),
+                spawned,
+            )
+        });
+        assert!(index.is_some(), "the work runs on a thread of the pool");
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let want = std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(cores);
+        assert_eq!(threads, want);
+        assert_eq!(
+            spawned, None,
+            "a thread spawned by the work is outside the pool"
+        );
+        // A kernel started from the pool thread gives the result it gives elsewhere.
+        let x = || {
+            Tensor::<Flex, 2>::from_data(
+                TensorData::new(values(64, 0.01), [8, 8]),
+                &Default::default(),
+            )
+        };
+        let inside = in_thread_pool(|| quick_gelu(x()).into_data().to_vec::<f32>().unwrap());
+        assert_eq!(inside, quick_gelu(x()).into_data().to_vec::<f32>().unwrap());
     }
 
     #[test]

@@ -343,7 +343,7 @@ fn main() -> ExitCode {
     keep_freed_pages();
     init_logging();
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = og_kernels::in_thread_pool(move || match cli.command {
         Command::Tokens(args) => tokens(&args),
         Command::Inspect(Inspect::Vision(args)) => inspect_vision(&args),
         Command::Inspect(Inspect::Llm(args)) => llm::inspect(&args),
@@ -363,7 +363,7 @@ fn main() -> ExitCode {
             iterations,
         } => device_check(&device, text_hidden, iterations),
         Command::GpuCheck(args) => gpu_check::run(&args),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

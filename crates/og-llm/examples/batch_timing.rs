@@ -69,8 +69,8 @@ fn main() {
         .split(',')
         .map(|b| b.parse().expect("batch sizes"))
         .collect();
-    match backend.as_str() {
+    og_kernels::in_thread_pool(|| match backend.as_str() {
         "ndarray" => run::<burn::backend::NdArray<f32>>(&batches, &backend),
         _ => run::<burn::backend::Flex<f32>>(&batches, &backend),
-    }
+    })
 }

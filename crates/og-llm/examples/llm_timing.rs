@@ -72,10 +72,10 @@ fn main() {
         "tiny" => LlamaConfig::tiny(),
         _ => LlamaConfig::smollm2_135m(),
     };
-    let (prefill, tps) = match backend.as_str() {
+    let (prefill, tps) = og_kernels::in_thread_pool(|| match backend.as_str() {
         "ndarray" => run::<burn::backend::NdArray<f32>>(&cfg, prompt, new, repeats),
         _ => run::<burn::backend::Flex<f32>>(&cfg, prompt, new, repeats),
-    };
+    });
     println!(
         "{{\"model\": \"{which}\", \"backend\": \"{backend}\", \"prefill_s\": {prefill:.4}, \"decode_tok_s\": {tps:.2}}}"
     );

@@ -70,10 +70,10 @@ fn main() {
     let image = a
         .get(6)
         .map_or("fixtures/images/astronaut.webp", String::as_str);
-    let times = match backend {
+    let times = og_kernels::in_thread_pool(|| match backend {
         "ndarray" => time::<NdArray<f32>>(variant, repeats, mode, points, image),
         _ => time::<Flex<f32>>(variant, repeats, mode, points, image),
-    };
+    });
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     println!(

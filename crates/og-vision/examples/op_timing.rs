@@ -66,6 +66,8 @@ fn run<B: Backend>(label: &str) {
 }
 
 fn main() {
-    run::<burn::backend::Flex<f32>>("flex");
-    run::<burn::backend::NdArray<f32>>("ndarray");
+    og_kernels::in_thread_pool(|| {
+        run::<burn::backend::Flex<f32>>("flex");
+        run::<burn::backend::NdArray<f32>>("ndarray");
+    });
 }

@@ -59,10 +59,10 @@ fn main() {
         "tiny" => ClipVisionConfig::tiny(),
         _ => ClipVisionConfig::vit_l_14_336(),
     };
-    let (features, all) = match backend.as_str() {
+    let (features, all) = og_kernels::in_thread_pool(|| match backend.as_str() {
         "ndarray" => run::<burn::backend::NdArray<f32>>(&cfg, repeats),
         _ => run::<burn::backend::Flex<f32>>(&cfg, repeats),
-    };
+    });
     println!(
         "{{\"model\": \"{which}\", \"backend\": \"{backend}\", \"features_s\": {features:.4}, \"all_layers_s\": {all:.4}}}"
     );
