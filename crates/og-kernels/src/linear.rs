@@ -30,8 +30,9 @@ const SKINNY_SPLIT_WEIGHTS: usize = 1 << 16;
 /// Column blocks are multiples of this (whole vector registers on every x86 level).
 const COLUMN_ALIGN: usize = 16;
 
-/// `x W (+ b)`, transformers' and burn's `Linear` with `W` stored `[in, out]`; other backends
-/// run burn's `linear`.
+/// `x W (+ b)`, transformers' and burn's `Linear` with `W` stored `[in, out]`. Under autodiff
+/// on the CPU backends, a product of a tracked `x` with constant `W` and `b` is one recorded
+/// operation (`tracked::frozen_linear`); other backends run burn's `linear`.
 ///
 /// # Shapes
 /// `x`: `[rows, in]`; `weight`: `[in, out]` (any strides); `bias`: `[out]`; output
@@ -43,7 +44,10 @@ pub fn linear<B: Backend>(
 ) -> Tensor<B, 2> {
     match try_product(x, weight, bias) {
         Ok(y) => y,
-        Err((x, weight, bias)) => burn_linear(x, weight, bias),
+        Err((x, weight, bias)) => match crate::tracked::frozen_linear(x, weight, bias) {
+            Ok(y) => y,
+            Err((x, weight, bias)) => burn_linear(x, weight, bias),
+        },
     }
 }
 
@@ -53,7 +57,7 @@ pub fn linear_layer<B: Backend>(layer: &burn::nn::Linear<B>, x: Tensor<B, 2>) ->
     linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
 }
 
-/// `x W`; other backends run burn's `matmul`.
+/// `x W`, served as [`linear`] is; other backends run burn's `matmul`.
 ///
 /// # Shapes
 /// `x`: `[rows, in]`; `weight`: `[in, out]` (any strides: a transposed view serves a tied
@@ -61,7 +65,10 @@ pub fn linear_layer<B: Backend>(layer: &burn::nn::Linear<B>, x: Tensor<B, 2>) ->
 pub fn matmul<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 2>) -> Tensor<B, 2> {
     match try_product(x, weight, None) {
         Ok(y) => y,
-        Err((x, weight, _)) => x.matmul(weight),
+        Err((x, weight, _)) => match crate::tracked::frozen_linear(x, weight, None) {
+            Ok(y) => y,
+            Err((x, weight, _)) => x.matmul(weight),
+        },
     }
 }
 

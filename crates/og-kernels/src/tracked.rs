@@ -1,7 +1,8 @@
 //! Hot paths of a Llama decoder layer as single autodiff operations on burn's CPU backends.
 //!
 //! Under `Autodiff<B>` burn records each of the model's small ops with its operands and runs a
-//! backward pass per op. Three paths are long chains of them:
+//! backward pass per op. Three paths are long chains of them, and one common op does more than
+//! it needs:
 //!
 //! - **causal grouped-query attention** ([`causal_attention`]): about a dozen recorded ops
 //!   (key/value repeat, score product, scale, mask, the five steps of softmax, value product,
@@ -18,6 +19,10 @@
 //! - **RoPE** ([`rope`]) `x·cos + rotate_half(x)·sin`: two slices, a concatenation, two
 //!   products and a sum, recorded. Here one pass each way ([`crate::rope`]): `y = x·c + P(x)·s`
 //!   with `P` swapping a row's halves, and `dx = dy·c + P(dy·s)` (the tables are constants).
+//! - **products with frozen weights** ([`frozen_linear`]) `x W + b` with `W`, `b` constants
+//!   (LoRA's frozen base projections, the LM head): burn's `linear` zeroes each product's
+//!   output and adds the bias in a pass of its own, forward and backward. Here the forward is
+//!   [`crate::linear`] on the inner tensors and the backward `dx = dy Wᵀ`, nothing else.
 //!
 //! They serve `Autodiff<NdArray<f32>>` and `Autodiff<Flex>` (the CPU training backends) with f32
 //! tensors; every other backend or dtype gets its tensors back for burn's recorded ops.
@@ -446,6 +451,90 @@ fn rotary<I: Backend>(x: Tracked<I>, tables: RopeTables) -> Tracked<I> {
     }
 }
 
+/// The operands of a product with frozen weights, handed back to callers the operation does
+/// not serve.
+type LinearInputs<B> = (Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>);
+
+/// `x W (+ b)` with `W` and `b` constants (a frozen base projection, a frozen LM head) as one
+/// recorded operation when `B` is an autodiff CPU backend and `x` needs a gradient; otherwise
+/// the operands, unchanged. The forward is [`crate::linear`] on the inner tensors; the backward
+/// is `dx = dy Wᵀ` ([`crate::matmul`] on a transposed view of `W`). burn's recorded `linear`
+/// computes the same two products with a zeroed output and a separate bias pass each, and
+/// keeps the bias's and the weight's nodes for gradients nobody asks for.
+pub(crate) fn frozen_linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Result<Tensor<B, 2>, LinearInputs<B>> {
+    fn run<B: Backend, I: Backend>(
+        x: Tensor<B, 2>,
+        weight: Tensor<B, 2>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Result<Tensor<B, 2>, LinearInputs<B>> {
+        let constant = |t: &Tensor<B, 2>| !is_tracked::<B, I, 2>(t) && t.dtype() == DType::F32;
+        let bias_constant = bias
+            .as_ref()
+            .is_none_or(|b| !is_tracked::<B, I, 1>(b) && b.dtype() == DType::F32);
+        if !is_tracked::<B, I, 2>(&x)
+            || x.dtype() != DType::F32
+            || !constant(&weight)
+            || !bias_constant
+        {
+            return Err((x, weight, bias));
+        }
+        let weight = inner::<I, 2>(tracked::<B, I, 2>(weight).primitive);
+        let bias = bias.map(|b| inner::<I, 1>(tracked::<B, I, 1>(b).primitive));
+        Ok(untracked::<B, I, 2>(linear_op::<I>(
+            tracked::<B, I, 2>(x),
+            weight,
+            bias,
+        )))
+    }
+    match inner_cpu::<B>() {
+        Some(Inner::NdArray) => run::<B, NdArray<f32>>(x, weight, bias),
+        Some(Inner::Flex) => run::<B, Flex>(x, weight, bias),
+        None => Err((x, weight, bias)),
+    }
+}
+
+#[derive(Debug)]
+struct FrozenLinear;
+
+impl<I: Backend> Backward<I, 1> for FrozenLinear {
+    /// The weight (`[in, out]`).
+    type State = Tensor<I, 2>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let d_out = inner::<I, 2>(grads.consume::<I>(&ops.node));
+        let [px] = ops.parents;
+        if let Some(node) = px {
+            let dx = crate::linear::matmul(d_out, ops.state.transpose());
+            grads.register::<I>(node.id, primitive(dx));
+        }
+    }
+}
+
+fn linear_op<I: Backend>(
+    x: Tracked<I>,
+    weight: Tensor<I, 2>,
+    bias: Option<Tensor<I, 1>>,
+) -> Tracked<I> {
+    let nodes = [x.node.clone()];
+    let out = primitive(crate::linear::linear(
+        inner::<I, 2>(x.primitive),
+        weight.clone(),
+        bias,
+    ));
+    match FrozenLinear
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(weight, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -550,6 +639,92 @@ mod tests {
         assert_eq!(out.dims(), [3, 8]);
         // Nothing requires a gradient: the output is a constant of the graph.
         assert!(!is_tracked::<A, NdArray<f32>, 2>(&out));
+    }
+
+    /// `crate::linear` (the recorded operation when `W` and `b` are constants) against burn's
+    /// recorded `linear` on a tracked `x`: the largest differences of output and of `x`'s
+    /// gradient through a weighted sum, relative to 1 + |value|.
+    fn frozen_linear_diffs<B: burn::tensor::backend::AutodiffBackend>(
+        [rows, inner, cols]: [usize; 3],
+        with_bias: bool,
+        transposed: bool,
+    ) -> [f32; 2] {
+        let device = Default::default();
+        B::seed(&device, 5);
+        let r = |shape: [usize; 2]| {
+            Tensor::<B, 2>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (x0, w_out) = (r([rows, inner]), r([rows, cols]));
+        // A transposed view, as a tied embedding serves as the LM head.
+        let weight = if transposed {
+            r([cols, inner]).transpose()
+        } else {
+            r([inner, cols])
+        };
+        let bias = with_bias
+            .then(|| Tensor::<B, 1>::random([cols], Distribution::Normal(0.0, 1.0), &device));
+        let run = |ours: bool| {
+            let x = x0.clone().require_grad();
+            let y = if ours {
+                crate::linear::linear(x.clone(), weight.clone(), bias.clone())
+            } else {
+                burn::tensor::module::linear(x.clone(), weight.clone(), bias.clone())
+            };
+            let g = (y.clone() * w_out.clone()).sum().backward();
+            (y.into_data(), x.grad(&g).unwrap().into_data())
+        };
+        let ((ya, ga), (yb, gb)) = (run(true), run(false));
+        let rel = |a: TensorData, b: TensorData| {
+            a.to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .zip(b.to_vec::<f32>().unwrap())
+                .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
+                .fold(0.0f32, f32::max)
+        };
+        [rel(ya, yb), rel(ga, gb)]
+    }
+
+    #[test]
+    fn products_with_frozen_weights_equal_burns_recorded_linear() {
+        // Few rows, many rows (gemm), too small to split, a transposed weight; with and
+        // without a bias; on both CPU training backends.
+        for (shape, transposed) in [
+            ([3, 300, 400], false),
+            ([130, 96, 288], false),
+            ([8, 16, 24], false),
+            ([5, 64, 1000], true),
+        ] {
+            for with_bias in [true, false] {
+                for [out, grad] in [
+                    frozen_linear_diffs::<AF>(shape, with_bias, transposed),
+                    frozen_linear_diffs::<A>(shape, with_bias, transposed),
+                ] {
+                    // Sums of hundreds of unit-scale products in another order.
+                    assert!(
+                        out < 1e-4 && grad < 1e-4,
+                        "{shape:?} bias {with_bias}: {out} {grad}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_trainable_weight_keeps_burns_ops_and_its_gradient() {
+        let device = Default::default();
+        let x = Tensor::<AF, 2>::ones([2, 3], &device).require_grad();
+        let w = Tensor::<AF, 2>::ones([3, 4], &device).require_grad();
+        assert!(frozen_linear(x.clone(), w.clone(), None).is_err());
+        let y = crate::linear::linear(x, w.clone(), None);
+        let g = y.sum().backward();
+        assert_eq!(
+            w.grad(&g).unwrap().to_data().to_vec::<f32>().unwrap(),
+            vec![2.0; 12]
+        );
+        // A constant input with a constant weight needs no operation either.
+        let c = Tensor::<AF, 2>::ones([2, 3], &device);
+        assert!(frozen_linear(c, Tensor::<AF, 2>::ones([3, 4], &device), None).is_err());
     }
 
     /// The recorded op against burn's `silu(g) · u` under autodiff: output and both
