@@ -81,42 +81,76 @@ pub(crate) unsafe fn product(
     debug_assert!(rows <= MAX_ROWS && x.len() == rows * w.inner);
     let threads = rayon::current_num_threads().max(1);
     if w.col_stride == 1 {
-        // Each thread streams a contiguous band of W's rows and sums into its own partial
-        // output; the partials (rows × cols each) are then added.
-        let band = w.inner.div_ceil(threads).max(1);
-        let partials: Vec<Vec<f32>> = (0..w.inner)
-            .step_by(band)
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|k0| {
-                let mut acc = vec![0.0f32; rows * w.cols];
-                let args = Band {
-                    x,
-                    rows,
-                    w,
-                    k0,
-                    k1: (k0 + band).min(w.inner),
-                    acc: &mut acc,
-                };
-                dispatch!(band_of_rows(args: Band));
-                acc
-            })
-            .collect();
-        for r in 0..rows {
-            // SAFETY: row r of the output, written by this loop only.
-            let dst = unsafe { std::slice::from_raw_parts_mut(out.add(r * w.cols), w.cols) };
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { row_bands(x, rows, w, bias, out, threads) }
+    } else {
+        // SAFETY: the caller's guarantee, passed on.
+        unsafe { column_blocks(x, rows, w, bias, out, threads) }
+    }
+}
+
+/// Rows of `W` contiguous: each thread streams a contiguous band of them into a partial
+/// output of its own; the partials (`rows × cols` each) are then added onto the bias.
+///
+/// # Safety
+/// As [`product`].
+unsafe fn row_bands(
+    x: &[f32],
+    rows: usize,
+    w: Weights<'_>,
+    bias: Option<&[f32]>,
+    out: SharedMut,
+    threads: usize,
+) {
+    let band = w.inner.div_ceil(threads).max(1);
+    let partials: Vec<Vec<f32>> = (0..w.inner)
+        .step_by(band)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|k0| {
+            let mut acc = vec![0.0f32; rows * w.cols];
+            let args = Band {
+                x,
+                rows,
+                w,
+                k0,
+                k1: (k0 + band).min(w.inner),
+                acc: &mut acc,
+            };
+            dispatch!(band_of_rows(args: Band));
+            acc
+        })
+        .collect();
+    for r in 0..rows {
+        // SAFETY: row r of the output, this loop's only; initialised before it is borrowed.
+        let dst = unsafe {
+            let start = out.add(r * w.cols);
             match bias {
-                Some(b) => dst.copy_from_slice(b),
-                None => dst.fill(0.0),
+                Some(b) => std::ptr::copy_nonoverlapping(b.as_ptr(), start, w.cols),
+                None => std::ptr::write_bytes(start, 0, w.cols),
             }
-            for p in &partials {
-                for (d, v) in dst.iter_mut().zip(&p[r * w.cols..][..w.cols]) {
-                    *d += v;
-                }
+            std::slice::from_raw_parts_mut(start, w.cols)
+        };
+        for p in &partials {
+            for (d, v) in dst.iter_mut().zip(&p[r * w.cols..][..w.cols]) {
+                *d += v;
             }
         }
-        return;
     }
+}
+
+/// Columns of `W` contiguous: each thread takes a block of output columns.
+///
+/// # Safety
+/// As [`product`].
+unsafe fn column_blocks(
+    x: &[f32],
+    rows: usize,
+    w: Weights<'_>,
+    bias: Option<&[f32]>,
+    out: SharedMut,
+    threads: usize,
+) {
     let block = w
         .cols
         .div_ceil(threads)
