@@ -2,10 +2,11 @@
 //!
 //! gemm splits the rows of `x` among threads, so a product with one row (a decode step) and a
 //! large weight matrix (the LM head: 576 × 49,152 for SmolLM2) runs on one core however large
-//! it is. Here a large product with few rows splits the **columns** of `W` between threads
-//! instead: each thread streams its own part of the weights, which is what bounds these
-//! products. Many rows keep gemm's row split. Either way the output is allocated once, the bias
-//! is written into it before the product accumulates onto it, and nothing is zeroed or copied;
+//! it is. Here a product with up to 8 rows streams the weights on every thread
+//! ([`crate::few_rows`]), one with up to 63 rows splits the **columns** of `W` between gemm
+//! calls, one per thread: each thread streams its own part of the weights, which is what bounds
+//! these products. Many rows keep gemm's row split. Either way the output is allocated once,
+//! the bias is written before the product accumulates onto it, and nothing is zeroed or copied;
 //! burn-flex's `linear` zeroes its output, copies it into an aligned allocation, and adds the
 //! bias in a third pass, on one thread. Smaller products stay with burn (waking threads costs
 //! more than they save).
