@@ -85,7 +85,7 @@ pub(crate) unsafe fn product(
         unsafe { row_bands(x, rows, w, bias, out, threads) }
     } else {
         // SAFETY: the caller's guarantee, passed on.
-        unsafe { column_blocks(x, rows, w, bias, out, threads) }
+        unsafe { column_blocks(x, w, bias, out, threads) }
     }
 }
 
@@ -111,7 +111,6 @@ unsafe fn row_bands(
             let mut acc = vec![0.0f32; rows * w.cols];
             let args = Band {
                 x,
-                rows,
                 w,
                 k0,
                 k1: (k0 + band).min(w.inner),
@@ -145,7 +144,6 @@ unsafe fn row_bands(
 /// As [`product`].
 unsafe fn column_blocks(
     x: &[f32],
-    rows: usize,
     w: Weights<'_>,
     bias: Option<&[f32]>,
     out: SharedMut,
@@ -160,7 +158,6 @@ unsafe fn column_blocks(
     let run = |start: usize| {
         let args = Columns {
             x,
-            rows,
             w,
             bias,
             out,
@@ -176,10 +173,10 @@ unsafe fn column_blocks(
         .for_each(run);
 }
 
-/// One task of the row-major case: rows `k0..k1` of `W` into `acc` (`rows × cols`).
+/// One task of the row-major case: rows `k0..k1` of `W` into `acc` (`rows × cols`, as `x` is
+/// `rows × inner`).
 struct Band<'a> {
     x: &'a [f32],
-    rows: usize,
     w: Weights<'a>,
     k0: usize,
     k1: usize,
@@ -191,30 +188,29 @@ struct Band<'a> {
 /// of `acc` is loaded and stored once per four weights and four streams are read at once.
 #[inline(always)]
 fn band_of_rows(a: Band<'_>) {
-    let Band {
-        x,
-        rows,
-        w,
-        k0,
-        k1,
-        acc,
-    } = a;
+    let w = a.w;
     let row = |k: usize| &w.values[k * w.row_stride..][..w.cols];
-    let mut k = k0;
-    while k + 4 <= k1 {
+    let mut k = a.k0;
+    while k + 4 <= a.k1 {
         let (w0, w1, w2, w3) = (row(k), row(k + 1), row(k + 2), row(k + 3));
-        for (r, acc) in acc.chunks_exact_mut(w.cols).enumerate().take(rows) {
-            let s = &x[r * w.inner + k..][..4];
+        for (x, acc) in
+            a.x.chunks_exact(w.inner)
+                .zip(a.acc.chunks_exact_mut(w.cols))
+        {
+            let s = &x[k..k + 4];
             for ((((a, &v0), &v1), &v2), &v3) in acc.iter_mut().zip(w0).zip(w1).zip(w2).zip(w3) {
                 *a = s[3].mul_add(v3, s[2].mul_add(v2, s[1].mul_add(v1, s[0].mul_add(v0, *a))));
             }
         }
         k += 4;
     }
-    for k in k..k1 {
+    for k in k..a.k1 {
         let wk = row(k);
-        for (r, acc) in acc.chunks_exact_mut(w.cols).enumerate().take(rows) {
-            let s = x[r * w.inner + k];
+        for (x, acc) in
+            a.x.chunks_exact(w.inner)
+                .zip(a.acc.chunks_exact_mut(w.cols))
+        {
+            let s = x[k];
             for (a, &v) in acc.iter_mut().zip(wk) {
                 *a = s.mul_add(v, *a);
             }
@@ -226,7 +222,6 @@ fn band_of_rows(a: Band<'_>) {
 #[derive(Clone, Copy)]
 struct Columns<'a> {
     x: &'a [f32],
-    rows: usize,
     w: Weights<'a>,
     bias: Option<&'a [f32]>,
     out: SharedMut,
@@ -238,21 +233,13 @@ struct Columns<'a> {
 /// column of `W`.
 #[inline(always)]
 fn columns_of_weights(a: Columns<'_>) {
-    let Columns {
-        x,
-        rows,
-        w,
-        bias,
-        out,
-        start,
-        end,
-    } = a;
-    for c in start..end {
+    let w = a.w;
+    for c in a.start..a.end {
         let column = &w.values[c * w.col_stride..][..w.inner];
-        for r in 0..rows {
-            let y = dot(&x[r * w.inner..][..w.inner], column) + bias.map_or(0.0, |b| b[c]);
+        for (r, x) in a.x.chunks_exact(w.inner).enumerate() {
+            let y = dot(x, column) + a.bias.map_or(0.0, |b| b[c]);
             // SAFETY: element (r, c) of the output, written by this task only.
-            unsafe { *out.add(r * w.cols + c) = y };
+            unsafe { *a.out.add(r * w.cols + c) = y };
         }
     }
 }

@@ -471,14 +471,13 @@ pub(crate) fn frozen_linear<B: Backend>(
         weight: Tensor<B, 2>,
         bias: Option<Tensor<B, 1>>,
     ) -> Result<Tensor<B, 2>, LinearInputs<B>> {
-        let constant = |t: &Tensor<B, 2>| !is_tracked::<B, I, 2>(t) && t.dtype() == DType::F32;
-        let bias_constant = bias
-            .as_ref()
-            .is_none_or(|b| !is_tracked::<B, I, 1>(b) && b.dtype() == DType::F32);
-        if !is_tracked::<B, I, 2>(&x)
-            || x.dtype() != DType::F32
-            || !constant(&weight)
-            || !bias_constant
+        fn f32_constant<B: Backend, I: Backend, const D: usize>(t: &Tensor<B, D>) -> bool {
+            t.dtype() == DType::F32 && !is_tracked::<B, I, D>(t)
+        }
+        if x.dtype() != DType::F32
+            || !is_tracked::<B, I, 2>(&x)
+            || !f32_constant::<B, I, 2>(&weight)
+            || !bias.as_ref().is_none_or(f32_constant::<B, I, 1>)
         {
             return Err((x, weight, bias));
         }
